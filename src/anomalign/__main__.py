@@ -1,0 +1,3 @@
+from anomalign.cli import main
+
+raise SystemExit(main())

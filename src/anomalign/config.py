@@ -1,0 +1,198 @@
+"""Typed command configs: dataclass defaults < YAML file (``--config``) < command-line flags.
+
+Every command has one dataclass. Its fields carry their help text in ``metadata["help"]``; the CLI
+builds its flags from the fields, so a new option is added in one place and shows up in ``--help``,
+in YAML files and in the ``config.yaml`` saved beside every output.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import dataclasses
+import types
+import typing
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from anomalign.errors import ConfigError
+
+
+def option(default: Any = dataclasses.MISSING, help: str = "", *, positional: bool = False,
+           default_factory: Any = dataclasses.MISSING) -> Any:
+    """A dataclass field with CLI help. ``positional=True`` makes it a positional argument."""
+    meta = {"help": help, "positional": positional}
+    if default_factory is not dataclasses.MISSING:
+        return dataclasses.field(default_factory=default_factory, metadata=meta)
+    return dataclasses.field(default=default, metadata=meta)
+
+
+def _unwrap_optional(tp: Any) -> tuple[Any, bool]:
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if len(args) == 1 and len(typing.get_args(tp)) == 2:
+            return args[0], True
+    return tp, False
+
+
+def _coerce(value: Any, tp: Any, where: str) -> Any:
+    """Convert ``value`` (from YAML or argparse) to type ``tp`` or raise ConfigError naming ``where``."""
+    tp, optional = _unwrap_optional(tp)
+    if value is None:
+        if optional:
+            return None
+        raise ConfigError(f"{where}: a value is required (got null)")
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        choices = typing.get_args(tp)
+        if value not in choices:
+            raise ConfigError(f"{where}: {value!r} is not one of {list(choices)}")
+        return value
+    if origin in (list, tuple):
+        (item_tp, *_rest) = typing.get_args(tp) or (str,)
+        if isinstance(value, (str, int, float)):
+            value = [value]
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where}: expected a list, got {type(value).__name__}")
+        items = [_coerce(v, item_tp, f"{where}[{i}]") for i, v in enumerate(value)]
+        return tuple(items) if origin is tuple else items
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "yes", "1", "false", "no", "0"):
+            return value.lower() in ("true", "yes", "1")
+        raise ConfigError(f"{where}: expected true/false, got {value!r}")
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, (int, str)):
+            raise ConfigError(f"{where}: expected an integer, got {value!r}")
+        try:
+            return int(value)
+        except ValueError:
+            raise ConfigError(f"{where}: expected an integer, got {value!r}") from None
+    if tp is float:
+        if isinstance(value, bool):
+            raise ConfigError(f"{where}: expected a number, got {value!r}")
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{where}: expected a number, got {value!r}") from None
+    if tp is Path:
+        if not isinstance(value, (str, Path)):
+            raise ConfigError(f"{where}: expected a path, got {value!r}")
+        return Path(value)
+    if tp is str:
+        if not isinstance(value, (str, int, float)):
+            raise ConfigError(f"{where}: expected a string, got {value!r}")
+        return str(value)
+    return value
+
+
+def build_config(cls: type, values: dict[str, Any], source: str = "config") -> Any:
+    """Make a ``cls`` instance from a plain dict, checking names and types; errors name ``source``."""
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - names)
+    if unknown:
+        raise ConfigError(f"{source}: unknown option(s) {unknown}; valid options: {sorted(names)}")
+    kwargs = {k: _coerce(v, hints[k], f"{source}: option '{k}'") for k, v in values.items()}
+    try:
+        cfg = cls(**kwargs)
+    except TypeError as e:  # a required field is missing
+        raise ConfigError(f"{source}: {e}") from None
+    check = getattr(cfg, "validate", None)
+    if check is not None:
+        check()
+    return cfg
+
+
+def read_yaml(path: Path) -> dict[str, Any]:
+    """Read a YAML mapping with ``safe_load``; errors name the file."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read config file ({e.strerror or e})") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: invalid YAML ({e})") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of option: value, got {type(data).__name__}")
+    return data
+
+
+def load_config(cls: type, path: Path) -> Any:
+    """Load a saved or hand-written YAML config as ``cls``."""
+    return build_config(cls, read_yaml(path), source=str(path))
+
+
+def config_to_dict(cfg: Any) -> dict[str, Any]:
+    """A YAML-safe dict (paths as strings, tuples as lists)."""
+    def plain(v: Any) -> Any:
+        if isinstance(v, Path):
+            return str(v)
+        if isinstance(v, (list, tuple)):
+            return [plain(x) for x in v]
+        if isinstance(v, dict):
+            return {k: plain(x) for k, x in v.items()}
+        return v
+    return {f.name: plain(getattr(cfg, f.name)) for f in dataclasses.fields(cfg)}
+
+
+def save_config(cfg: Any, path: Path) -> None:
+    """Write ``cfg`` as YAML (atomically: a partial file is never left behind)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
+    tmp.replace(path)
+
+
+def add_config_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
+    """Add one flag per field of ``cls`` (plus ``--config``) to ``parser``.
+
+    Flags default to ``argparse.SUPPRESS`` so that only flags the user typed override the YAML file.
+    """
+    hints = typing.get_type_hints(cls)
+    parser.add_argument("--config", type=Path, default=None, metavar="YAML",
+                        help="YAML file with any of the options below; flags typed here override it")
+    for f in dataclasses.fields(cls):
+        tp, _ = _unwrap_optional(hints[f.name])
+        help_text = f.metadata.get("help", "")
+        if f.default is not dataclasses.MISSING and f.default is not None and not f.metadata.get("positional"):
+            shown = f.default
+            if isinstance(shown, (list, tuple)):
+                shown = " ".join(map(str, shown)) or "none"
+            help_text = f"{help_text} (default: {shown})"
+        kwargs: dict[str, Any] = {"help": help_text, "default": argparse.SUPPRESS}
+        origin = typing.get_origin(tp)
+        if origin is Literal:
+            kwargs["choices"] = list(typing.get_args(tp))
+        elif origin in (list, tuple):
+            kwargs["nargs"] = "+"
+        elif tp is bool:
+            kwargs["action"] = argparse.BooleanOptionalAction
+        if f.metadata.get("positional"):
+            required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+            if not required:
+                kwargs["nargs"] = "?"
+            parser.add_argument(f.name, metavar=f.name.upper(), **kwargs)
+        else:
+            parser.add_argument("--" + f.name.replace("_", "-"), dest=f.name, **kwargs)
+
+
+def config_from_args(cls: type, ns: argparse.Namespace) -> Any:
+    """Merge defaults, the YAML file named by ``--config`` and the typed flags into a ``cls``."""
+    values: dict[str, Any] = {}
+    source = "command line"
+    if getattr(ns, "config", None):
+        values.update(read_yaml(ns.config))
+        source = f"{ns.config} + command line"
+    for f in dataclasses.fields(cls):
+        if f.name in vars(ns):
+            values[f.name] = getattr(ns, f.name)
+    return build_config(cls, values, source=source)

@@ -1,0 +1,119 @@
+"""Image/mask preprocessing and paired augmentation.
+
+Every geometric op takes and returns BOTH the image and the mask, so they cannot drift apart:
+images resize with bilinear/bicubic (antialiased), masks with nearest ("nearest-exact": the same
+pixel-centre convention as the image resize, so the two stay aligned).
+The model range is defined once here: ``to_model_range`` / ``from_model_range``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+Interp = Literal["bilinear", "bicubic"]
+
+
+def to_model_range(image: np.ndarray | torch.Tensor) -> torch.Tensor:
+    """uint8 [H, W, 3] (or [B, H, W, 3]) -> float32 [3, H, W] (or [B, 3, H, W]) in [-1, 1]."""
+    t = torch.as_tensor(np.asarray(image))
+    t = t.movedim(-1, -3).to(torch.float32)
+    return t / 127.5 - 1.0
+
+
+def from_model_range(x: torch.Tensor) -> np.ndarray:
+    """float [..., 3, H, W] in [-1, 1] -> uint8 [..., H, W, 3] (clipped, rounded)."""
+    x = ((x.detach().float().clamp(-1, 1) + 1.0) * 127.5).round().to(torch.uint8)
+    return x.movedim(-3, -1).cpu().numpy()
+
+
+def mask_to_tensor(mask: np.ndarray) -> torch.Tensor:
+    """bool [H, W] -> float32 [1, H, W] in {0, 1}."""
+    return torch.from_numpy(np.ascontiguousarray(mask)).to(torch.float32)[None]
+
+
+def resize_pair_pil(image: np.ndarray, mask: np.ndarray, size: tuple[int, int],
+                    interpolation: Interp = "bicubic") -> tuple[np.ndarray, np.ndarray]:
+    """Resize uint8 [H, W, 3] and bool [H, W] to ``size`` = (height, width): image smooth, mask nearest."""
+    h, w = size
+    if image.shape[:2] == (h, w) and mask.shape == (h, w):
+        return image, mask
+    resample = Image.BICUBIC if interpolation == "bicubic" else Image.BILINEAR
+    img = np.asarray(Image.fromarray(image).resize((w, h), resample=resample))
+    m = np.asarray(Image.fromarray(mask.astype(np.uint8) * 255).resize((w, h), resample=Image.NEAREST)) > 127
+    return img, m
+
+
+# Tensor ops on image [C, H, W] and mask [1, H, W]: each applies the same geometry to both.
+
+def hflip(image: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    return image.flip(-1), mask.flip(-1)
+
+
+def vflip(image: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    return image.flip(-2), mask.flip(-2)
+
+
+def rot90(image: torch.Tensor, mask: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rotate both by k*90 degrees counter-clockwise."""
+    return torch.rot90(image, k, dims=(-2, -1)), torch.rot90(mask, k, dims=(-2, -1))
+
+
+def crop(image: torch.Tensor, mask: torch.Tensor, top: int, left: int, height: int, width: int
+         ) -> tuple[torch.Tensor, torch.Tensor]:
+    return (image[..., top:top + height, left:left + width], mask[..., top:top + height, left:left + width])
+
+
+def resize(image: torch.Tensor, mask: torch.Tensor, size: tuple[int, int], interpolation: Interp = "bilinear"
+           ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Resize to ``size`` = (height, width). Mask stays binary (nearest-exact)."""
+    if tuple(image.shape[-2:]) == tuple(size):
+        return image, mask
+    img = F.interpolate(image[None], size=size, mode=interpolation, align_corners=False, antialias=True)[0]
+    if image.dtype == torch.float32 and interpolation == "bicubic":
+        img = img.clamp(image.min(), image.max())  # bicubic overshoot must not leave the model range
+    m = F.interpolate(mask[None].float(), size=size, mode="nearest-exact")[0].to(mask.dtype)
+    return img, m
+
+
+@dataclass(frozen=True)
+class PairedAugment:
+    """Random flips, 90-degree rotations and a random crop-and-resize, applied identically to both.
+
+    ``crop_scale`` = (min, max) side fraction of the crop (None: no crop). Randomness comes from the
+    ``generator`` passed in, so a seeded run augments identically.
+    """
+
+    hflip: float = 0.5
+    vflip: float = 0.0
+    rot90: float = 0.0
+    crop_scale: tuple[float, float] | None = None
+
+    def __call__(self, image: torch.Tensor, mask: torch.Tensor, generator: torch.Generator | None = None
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+        """image [C, H, W], mask [1, H, W] -> the same shapes."""
+        def rand() -> float:
+            return float(torch.rand((), generator=generator))
+        size = tuple(image.shape[-2:])
+        if rand() < self.hflip:
+            image, mask = hflip(image, mask)
+        if rand() < self.vflip:
+            image, mask = vflip(image, mask)
+        if rand() < self.rot90:
+            k = int(torch.randint(1, 4, (), generator=generator))
+            image, mask = rot90(image, mask, k)
+            if k % 2 == 1 and size[0] != size[1]:
+                image, mask = resize(image, mask, size)
+        if self.crop_scale is not None:
+            lo, hi = self.crop_scale
+            s = lo + (hi - lo) * rand()
+            h, w = max(1, round(size[0] * s)), max(1, round(size[1] * s))
+            top = int(torch.randint(0, size[0] - h + 1, (), generator=generator))
+            left = int(torch.randint(0, size[1] - w + 1, (), generator=generator))
+            image, mask = crop(image, mask, top, left, h, w)
+            image, mask = resize(image, mask, size)
+        return image, mask

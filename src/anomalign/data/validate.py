@@ -1,0 +1,159 @@
+"""Pixel-level dataset checks, the skip/fail loading policy and the ``data check`` report."""
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from anomalign.data.folders import DataOptions
+from anomalign.data.imageio import DEFAULT_MASK_THRESHOLD, FileProblem, binarize, mask_values, open_image
+from anomalign.data.layouts import read_dataset
+from anomalign.data.sample import SPLITS, DatasetIndex, Problem, Sample
+from anomalign.errors import DataError
+
+@dataclass
+class SampleStats:
+    size: tuple[int, int] | None = None      # image (width, height)
+    coverage: float | None = None            # fraction of anomaly pixels after binarization
+    problems: list[Problem] = field(default_factory=list)
+
+
+def check_sample(s: Sample, threshold: float = DEFAULT_MASK_THRESHOLD) -> SampleStats:
+    """Decode one pair fully and list its problems (never raises for bad files)."""
+    st = SampleStats()
+    try:
+        st.size = open_image(s.image).size
+    except FileProblem as e:
+        st.problems.append(e.problem)
+    if s.mask is None:
+        st.coverage = 0.0
+        return st
+    try:
+        im = open_image(s.mask)
+    except FileProblem as e:
+        st.problems.append(Problem(s.mask, e.problem.kind, "mask " + e.problem.message))
+        return st
+    values, top = mask_values(im)
+    mask = binarize(values, top, path=s.mask, mode=im.mode, threshold=threshold, ids=s.mask_ids)
+    st.coverage = float(mask.mean())
+    if st.size is not None and im.size != st.size:
+        st.problems.append(Problem(s.mask, "size-mismatch", f"mask is {im.size[0]}x{im.size[1]} but its image "
+                                   f"{s.image.name} is {st.size[0]}x{st.size[1]}"))
+    distinct = np.unique(values)
+    if len(distinct) > 2 and not (s.mask_ids or im.mode == "P"):
+        st.problems.append(Problem(s.mask, "non-binary-mask", f"mask has {len(distinct)} distinct values "
+                                   f"(anti-aliasing or JPEG noise); binarized at {threshold:g} of full scale",
+                                   "warning"))
+    if not s.normal and not mask.any():
+        faint = distinct.max(initial=0) > 0
+        msg = (f"mask of an anomalous image is empty after binarization (max value {distinct.max():g} of "
+               f"{top:g} is below the threshold {threshold:g})" if faint else "mask of an anomalous image is empty")
+        st.problems.append(Problem(s.mask, "empty-mask", msg, "warning"))
+    if s.normal and mask.any():
+        st.problems.append(Problem(s.mask, "normal-with-anomaly",
+                                   f"image is marked normal but its mask covers {st.coverage:.1%}", "warning"))
+    return st
+
+
+@dataclass
+class CheckReport:
+    """What ``check_dataset`` found: the index, per-sample stats and every problem."""
+
+    index: DatasetIndex
+    stats: list[SampleStats]
+
+    @property
+    def problems(self) -> list[Problem]:
+        return self.index.problems + [p for st in self.stats for p in st.problems]
+
+    @property
+    def errors(self) -> list[Problem]:
+        return [p for p in self.problems if p.severity == "error"]
+
+    def format(self, max_per_kind: int = 5) -> str:
+        """Human-readable report: layout, counts, sizes, mask coverage, problems grouped by kind."""
+        idx = self.index
+        lines = [f"dataset: {idx.root}", f"layout:  {idx.layout}", f"pairs:   {len(idx.samples)} "
+                 f"({sum(not s.normal for s in idx.samples)} anomalous, {sum(s.normal for s in idx.samples)} normal)"]
+        table: dict[tuple[str, str], Counter] = defaultdict(Counter)
+        for s in idx.samples:
+            key = (s.category, "normal" if s.normal else s.defect)
+            table[key][s.split if not s.subset else f"{s.split}:{s.subset}"] += 1
+        cols = [c for c in (*SPLITS, *sorted({k for c in table.values() for k in c} - set(SPLITS)))
+                if any(c in t for t in table.values())]
+        width = max([len(f"{c}/{d}" if c else d) for c, d in table] + [12])
+        lines.append("")
+        lines.append(f"{'type':<{width}}  " + "  ".join(f"{c:>8}" for c in cols) + f"  {'total':>6}")
+        for (cat, d), cnt in sorted(table.items(), key=lambda kv: (kv[0][0], kv[0][1] == "normal", kv[0][1])):
+            name = f"{cat}/{d}" if cat else d
+            lines.append(f"{name:<{width}}  " + "  ".join(f"{cnt.get(c, 0):>8}" for c in cols)
+                         + f"  {sum(cnt.values()):>6}")
+        sizes = [st.size for st in self.stats if st.size]
+        if sizes:
+            w = np.array([s[0] for s in sizes])
+            h = np.array([s[1] for s in sizes])
+            lines += ["", f"image sizes: {len(set(sizes))} distinct; width {w.min()}-{w.max()} (median "
+                      f"{int(np.median(w))}), height {h.min()}-{h.max()} (median {int(np.median(h))})"]
+        cov = np.array([st.coverage for s, st in zip(idx.samples, self.stats)
+                        if not s.normal and st.coverage is not None])
+        if cov.size:
+            lines.append(f"mask coverage (anomalous): mean {cov.mean():.2%}, median {np.median(cov):.2%}, "
+                         f"min {cov.min():.2%}, max {cov.max():.2%}; under 1%: {(cov < 0.01).sum()} images")
+        problems = self.problems
+        lines.append("")
+        if not problems:
+            lines.append("problems: none")
+        by_kind: dict[tuple[str, str], list[Problem]] = defaultdict(list)
+        for p in problems:
+            by_kind[(p.severity, p.kind)].append(p)
+        for (sev, kind), ps in sorted(by_kind.items()):
+            lines.append(f"{sev}s [{kind}]: {len(ps)}")
+            lines += [f"  {p.path}: {p.message}" for p in ps[:max_per_kind]]
+            if len(ps) > max_per_kind:
+                lines.append(f"  ... and {len(ps) - max_per_kind} more")
+        n_err = len([p for p in problems if p.severity == "error"])
+        lines.append("")
+        lines.append(f"result: {n_err} error(s), {len(problems) - n_err} warning(s)")
+        return "\n".join(lines)
+
+
+def check_dataset(index: DatasetIndex, threshold: float = DEFAULT_MASK_THRESHOLD, workers: int = 4,
+                  progress: bool = False) -> CheckReport:
+    """Decode every image and mask of ``index`` (threads: PIL decodes without the GIL)."""
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        it = pool.map(lambda s: check_sample(s, threshold), index.samples)
+        stats = list(tqdm(it, total=len(index.samples), desc="checking", disable=not progress, unit="pair"))
+    return CheckReport(index, stats)
+
+
+def load_dataset(root: Path, options: DataOptions | None = None, *, verify: bool = True, progress: bool = False
+                 ) -> DatasetIndex:
+    """Read and (if ``verify``) decode-check a dataset, then apply the policy.
+
+    ``fail``: raise DataError listing ALL errors found. ``skip``: drop the pairs that have errors
+    and keep going; the dropped pairs stay listed in ``.problems``. Warnings never stop loading.
+    """
+    opts = options or DataOptions()
+    policy, threshold = opts.policy, opts.mask_threshold
+    if policy not in ("fail", "skip"):
+        raise DataError(f"unknown policy {policy!r}; choose 'fail' or 'skip'")
+    index = read_dataset(root, opts)
+    problems = list(index.problems)
+    samples = index.samples
+    if verify:
+        report = check_dataset(index, threshold, progress=progress)
+        problems = report.problems
+        bad = {id(s) for s, st in zip(index.samples, report.stats)
+               if any(p.severity == "error" for p in st.problems)}
+        samples = [s for s in index.samples if id(s) not in bad]
+    errors = [p for p in problems if p.severity == "error"]
+    if errors and policy == "fail":
+        raise DataError(f"{root}: {len(errors)} problem(s) found (use policy 'skip' to drop the bad pairs, "
+                        f"or run `anomalign data check {root}`)", errors)
+    if not samples:
+        raise DataError(f"{root}: no usable image/mask pairs found (layout {index.layout})", errors)
+    return DatasetIndex(root=index.root, layout=index.layout, samples=samples, problems=problems)

@@ -1,0 +1,143 @@
+"""Mask binarization in every mode, preprocessing, and pixel alignment after each paired augmentation."""
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from anomalign.data import PairedAugment, from_model_range, load_mask, to_model_range
+from anomalign.data.transforms import crop, hflip, resize, resize_pair_pil, rot90, vflip
+
+TRUTH = np.zeros((16, 20), dtype=bool)
+TRUTH[4:10, 5:15] = True
+
+
+def write(tmp_path, name, array, mode=None):
+    path = tmp_path / name
+    (Image.fromarray(array, mode=mode) if mode else Image.fromarray(array)).save(path)
+    return path
+
+
+def test_mode_1(tmp_path):
+    path = tmp_path / "m.png"
+    Image.fromarray(TRUTH).convert("1").save(path)
+    assert Image.open(path).mode == "1"
+    assert np.array_equal(load_mask(path), TRUTH)
+
+
+def test_mode_L_anti_aliased_uses_threshold(tmp_path):
+    soft = TRUTH.astype(np.float64) * 255
+    soft[3, 5:15] = 100  # an anti-aliased edge row below half
+    soft[10, 5:15] = 200  # and one above half
+    path = write(tmp_path, "m.png", soft.astype(np.uint8))
+    expected = TRUTH.copy()
+    expected[10, 5:15] = True
+    assert np.array_equal(load_mask(path), expected)
+    low = load_mask(path, threshold=0.3)
+    assert low[3, 5:15].all()  # threshold is configurable
+
+
+def test_mode_P_palette_index(tmp_path):
+    im = Image.fromarray(TRUTH.astype(np.uint8), mode="L").convert("P")
+    im.putpalette([0, 0, 0, 128, 0, 0] + [0] * 762)  # VOC-like: index 1 is dark red
+    path = tmp_path / "m.png"
+    im.save(path)
+    assert Image.open(path).mode == "P"
+    assert np.array_equal(load_mask(path), TRUTH)
+
+
+def test_mode_RGB_coloured_mask(tmp_path):
+    rgb = np.zeros((*TRUTH.shape, 3), dtype=np.uint8)
+    rgb[TRUTH] = (255, 0, 0)  # red on black: luminance would be 76 < 128
+    assert np.array_equal(load_mask(write(tmp_path, "m.png", rgb)), TRUTH)
+
+
+def test_16_bit_mask(tmp_path):
+    arr = TRUTH.astype(np.uint16) * 65535
+    path = tmp_path / "m.png"
+    Image.fromarray(arr).save(path)
+    assert Image.open(path).mode.startswith("I")
+    assert np.array_equal(load_mask(path), TRUTH)
+
+
+def test_zero_one_png_reads_as_ids_but_jpeg_noise_does_not(tmp_path):
+    assert np.array_equal(load_mask(write(tmp_path, "ids.png", TRUTH.astype(np.uint8))), TRUTH)
+    noise = np.random.default_rng(0).integers(0, 4, TRUTH.shape).astype(np.uint8)  # JPEG-like noise near 0
+    path = tmp_path / "noise.jpg"
+    Image.fromarray(noise).save(path, quality=95)
+    assert not load_mask(path).any()
+
+
+def test_jpeg_mask_noise_binarizes_cleanly(tmp_path):
+    path = tmp_path / "m.jpg"
+    Image.fromarray(TRUTH.astype(np.uint8) * 255).save(path, quality=75)
+    got = load_mask(path)
+    assert (got != TRUTH).sum() <= 4  # only a few edge pixels may flip
+
+
+def test_model_range_round_trip():
+    img = np.random.default_rng(0).integers(0, 256, (8, 9, 3), dtype=np.uint8)
+    x = to_model_range(img)
+    assert x.shape == (3, 8, 9) and x.min() >= -1 and x.max() <= 1
+    assert np.array_equal(from_model_range(x), img)
+
+
+def image_from_mask(mask: torch.Tensor) -> torch.Tensor:
+    """Image whose every channel is 1 on the mask, -1 elsewhere, plus a ramp so flips are visible."""
+    ramp = torch.linspace(0, 0.2, mask.shape[-1])
+    return torch.cat([mask * 2 - 1, mask * 2 - 1 + ramp * 0, (mask * 2 - 1) * 0.5 + ramp])
+
+
+def assert_aligned(image, mask, exact=True):
+    assert torch.equal((image[0] > 0).float(), mask[0])
+    if exact:  # geometric ops move pixels without mixing them
+        assert torch.allclose(image[1], mask[0] * 2 - 1, atol=1e-6)
+
+
+def make_pair():
+    g = torch.Generator().manual_seed(0)
+    m = (torch.rand(1, 24, 32, generator=g) > 0.7).float()
+    return image_from_mask(m), m
+
+
+@pytest.mark.parametrize("op", [hflip, vflip, lambda i, m: rot90(i, m, 1), lambda i, m: rot90(i, m, 2),
+                                lambda i, m: rot90(i, m, 3), lambda i, m: crop(i, m, 3, 5, 10, 12)])
+def test_exact_ops_keep_alignment(op):
+    image, mask = make_pair()
+    out_i, out_m = op(image, mask)
+    assert_aligned(out_i, out_m)
+
+
+def test_resize_keeps_alignment():
+    # 8x8 blocks: after a 2x downscale the smooth image is on the mask's side of 0 at every pixel.
+    blocks = (torch.rand(1, 4, 5, generator=torch.Generator().manual_seed(1)) > 0.5).float()
+    mask = blocks.repeat_interleave(8, 1).repeat_interleave(8, 2)
+    image = image_from_mask(mask)
+    out_i, out_m = resize(image, mask, (16, 20))
+    assert_aligned(out_i, out_m, exact=False)
+    # Non-integer factors: the smooth image thresholded at 0 agrees with the nearest mask almost everywhere.
+    out_i, out_m = resize(image, mask, (23, 29))
+    agree = ((out_i[1] > 0).float() == out_m[0]).float().mean()
+    assert agree > 0.93
+    # And the PIL path used when loading (bicubic image, nearest mask).
+    img_u8 = ((mask[0] > 0).numpy()[..., None].repeat(3, 2) * 200 + 20).astype(np.uint8)
+    ri, rm = resize_pair_pil(img_u8, mask[0].numpy() > 0, (16, 20))
+    assert np.array_equal(ri[..., 0] > 110, rm)
+
+
+def test_paired_augment_moves_image_and_mask_together():
+    aug = PairedAugment(hflip=0.5, vflip=0.5, rot90=0.5, crop_scale=(0.5, 1.0))
+    blocks = (torch.rand(1, 4, 4, generator=torch.Generator().manual_seed(2)) > 0.5).float()
+    mask = blocks.repeat_interleave(8, 1).repeat_interleave(8, 2)
+    image = image_from_mask(mask)
+    changed = 0
+    for seed in range(20):
+        out_i, out_m = aug(image, mask, torch.Generator().manual_seed(seed))
+        assert out_i.shape == image.shape and out_m.shape == mask.shape
+        assert set(out_m.unique().tolist()) <= {0.0, 1.0}
+        agree = ((out_i[1] > 0).float() == out_m[0]).float().mean()
+        assert agree > 0.95, f"seed {seed}: image and mask disagree on {1 - agree:.1%} of pixels"
+        changed += not torch.equal(out_m, mask)
+    assert changed >= 15
+    a = aug(image, mask, torch.Generator().manual_seed(3))
+    b = aug(image, mask, torch.Generator().manual_seed(3))
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
