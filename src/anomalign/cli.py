@@ -1,0 +1,131 @@
+"""The ``anomalign`` command: one entry point, one typed config per subcommand.
+
+Each subcommand is (config dataclass, run function). Flags are generated from the dataclass fields,
+``--config x.yaml`` fills the same fields, and flags typed on the command line win.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from anomalign import __version__
+from anomalign.config import add_config_arguments, config_from_args, option
+from anomalign.data.demo import MakeDemoConfig
+from anomalign.data.folders import DataOptions
+from anomalign.errors import AnomalignError
+from anomalign.generator.pretrain import PretrainBaseConfig
+from anomalign.generator.train import TrainGeneratorConfig
+
+
+@dataclass(kw_only=True)
+class DataCheckConfig(DataOptions):
+    """Options of ``anomalign data check``."""
+
+    path: Path = option(help="dataset folder", positional=True)
+    json: Path | None = option(None, "also write the full report (every problem) as JSON to this file")
+    max_per_kind: int = option(5, "problems printed per kind (the JSON report has all)")
+    workers: int = option(4, "decoding threads")
+
+
+def run_data_check(cfg: DataCheckConfig) -> int:
+    from anomalign.data.layouts import read_dataset
+    from anomalign.data.validate import check_dataset
+
+    index = read_dataset(cfg.path, cfg)
+    report = check_dataset(index, cfg.mask_threshold, workers=cfg.workers, progress=sys.stderr.isatty())
+    print(report.format(cfg.max_per_kind))
+    if cfg.json is not None:
+        payload = {
+            "root": str(index.root), "layout": index.layout,
+            "samples": [{"image": str(s.image), "mask": str(s.mask) if s.mask else None, "defect": s.defect,
+                         "normal": s.normal, "split": s.split, "category": s.category, "subset": s.subset,
+                         "size": st.size, "coverage": st.coverage} for s, st in zip(index.samples, report.stats)],
+            "problems": [{"path": str(p.path), "kind": p.kind, "severity": p.severity, "message": p.message}
+                         for p in report.problems],
+        }
+        cfg.json.parent.mkdir(parents=True, exist_ok=True)
+        cfg.json.write_text(json.dumps(payload, indent=1))
+        print(f"full report written to {cfg.json}")
+    return 1 if report.errors else 0
+
+
+def run_make_demo(cfg: Any) -> int:
+    from anomalign.data.demo import make_demo_dataset
+
+    out = make_demo_dataset(cfg, progress=sys.stderr.isatty())
+    print(f"built-in dataset written to {out}")
+    print(f"check it with: anomalign data check {out}")
+    return 0
+
+
+# name -> (help, config class or a function returning it, run function). A plain dict: no registry magic.
+Command = tuple[str, Any, Callable[[Any], int]]
+DATA_COMMANDS: dict[str, Command] = {
+    "check": ("report layout, counts, sizes, mask coverage and every problem of a dataset",
+              DataCheckConfig, run_data_check),
+    "make-demo": ("write the built-in procedural defect dataset (deterministic by seed)",
+                  MakeDemoConfig, run_make_demo),
+}
+def run_train_generator(cfg: Any) -> int:
+    from anomalign.generator.train import run_train_generator as run
+    run(cfg, progress=sys.stderr.isatty())
+    return 0
+
+
+def run_pretrain_base(cfg: Any) -> int:
+    from anomalign.generator.pretrain import run_pretrain_base as run
+    run(cfg, progress=sys.stderr.isatty())
+    return 0
+
+
+COMMANDS: dict[str, Command] = {
+    "train-generator": ("fine-tune the mask-conditioned generator with dual-branch Alignment Regularization",
+                        TrainGeneratorConfig, run_train_generator),
+    "pretrain-base": ("train the tiny backend's base model from scratch on a procedural corpus",
+                      PretrainBaseConfig, run_pretrain_base),
+}
+
+
+def _add_commands(sub: argparse._SubParsersAction, commands: dict[str, Command]) -> None:
+    for name, (help_text, cls, run) in commands.items():
+        p = sub.add_parser(name, help=help_text, description=help_text[0].upper() + help_text[1:] + ".")
+        add_config_arguments(p, cls)
+        p.set_defaults(_cls=cls, _run=run)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="anomalign",
+        description="Mask-aligned anomaly image generation and segmentation (dual-branch Alignment "
+                    "Regularization + Generative Feedback). Every command takes --config YAML; flags override it.")
+    parser.add_argument("--version", action="version", version=f"anomalign {__version__}")
+    sub = parser.add_subparsers(title="commands", metavar="COMMAND")
+    data = sub.add_parser("data", help="inspect, validate and create datasets",
+                          description="Inspect, validate and create datasets.")
+    data_sub = data.add_subparsers(title="data commands", metavar="DATA_COMMAND")
+    _add_commands(data_sub, DATA_COMMANDS)
+    data.set_defaults(_help=data)
+    _add_commands(sub, COMMANDS)
+    parser.set_defaults(_help=parser)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not hasattr(args, "_run"):
+        args._help.print_help()
+        return 0
+    try:
+        cfg = config_from_args(args._cls, args)
+        return int(args._run(cfg) or 0)
+    except AnomalignError as e:
+        print(f"anomalign: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("anomalign: interrupted", file=sys.stderr)
+        return 130

@@ -1,0 +1,70 @@
+"""How the mask m and the prompt p condition the UNet.
+
+Mask: extra input channels concatenated to the noisy latent, entering through ``conv_in`` widened with
+zero-initialised weights (so a pretrained UNet starts out exactly as before). Encodings of m [B, 1, H, W]:
+
+- ``unshuffle`` (default): pixel-unshuffle of (2m-1) to the latent grid, f² channels for a codec with
+  downsampling factor f. Lossless: a 1-px scratch stays visible to the UNet, which a resize or the
+  codec would blur away.
+- ``resize``: area average of (2m-1) to the latent grid, 1 channel.
+- ``vae``: the codec's encoding E(m) (the h0 of Eq. 2), latent_channels channels.
+
+Present masks are mapped to [-1, 1]; a DROPPED mask (classifier-free guidance) is all zeros, a value no
+real mask takes, so "no condition" differs from "empty mask". Soft masks (Generative Feedback's m̃ in
+[0, 1]) use the same mapping.
+"""
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+MaskEncoding = Literal["unshuffle", "resize", "vae"]
+
+
+def mask_channels(encoding: MaskEncoding, factor: int, latent_channels: int) -> int:
+    """Number of condition channels for ``encoding`` with codec downsampling ``factor``."""
+    return {"unshuffle": factor * factor, "resize": 1, "vae": latent_channels}[encoding]
+
+
+def encode_mask_condition(mask: torch.Tensor, encoding: MaskEncoding, factor: int,
+                          vae_latent: torch.Tensor | None = None) -> torch.Tensor:
+    """mask [B, 1, H, W] in [0, 1] -> condition [B, Cm, H/f, W/f] in [-1, 1].
+
+    For ``vae`` pass ``vae_latent`` = E(m) (already computed for Eq. 2, so it is not encoded twice).
+    """
+    signed = mask.float() * 2 - 1
+    if encoding == "unshuffle":
+        return F.pixel_unshuffle(signed, factor)
+    if encoding == "resize":
+        return F.avg_pool2d(signed, factor)
+    if encoding == "vae":
+        if vae_latent is None:
+            raise ValueError("mask encoding 'vae' needs the encoded mask (vae_latent)")
+        return vae_latent
+    raise ValueError(f"unknown mask encoding {encoding!r}; choose unshuffle, resize or vae")
+
+
+def drop_condition(cond: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    """Zero the condition of samples where ``keep`` [B] is False (classifier-free guidance training)."""
+    return cond * keep.view(-1, 1, 1, 1).to(cond.dtype)
+
+
+def expand_conv_in(unet: nn.Module, extra_channels: int) -> None:
+    """Widen ``unet.conv_in`` by ``extra_channels`` zero-initialised input channels, in place.
+
+    The original channels keep their weights, so the widened UNet computes exactly what it did before
+    until training moves the new weights. Updates ``unet.config.in_channels``.
+    """
+    old: nn.Conv2d = unet.conv_in
+    new = nn.Conv2d(old.in_channels + extra_channels, old.out_channels, old.kernel_size, old.stride,
+                    old.padding, bias=old.bias is not None).to(device=old.weight.device, dtype=old.weight.dtype)
+    with torch.no_grad():
+        new.weight.zero_()
+        new.weight[:, : old.in_channels] = old.weight
+        if old.bias is not None:
+            new.bias.copy_(old.bias)
+    unet.conv_in = new
+    unet.register_to_config(in_channels=new.in_channels)

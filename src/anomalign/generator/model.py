@@ -1,0 +1,209 @@
+"""``MaskGenerator``: one interface over both backends (codec E/D, prompt encoder τ, UNet ε_θ, scheduler).
+
+A trained generator is one self-describing folder: ``generator.safetensors`` (weights; the spec is in
+the file's metadata) + ``generator.json`` (the same spec, readable) + the ``config.yaml`` of the run.
+``MaskGenerator.load(folder)`` is the single call later commands use.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+from safetensors import SafetensorError
+from safetensors.torch import load_file, safe_open, save_file
+
+from anomalign.errors import AnomalignError
+from anomalign.generator.conditioning import (MaskEncoding, drop_condition, encode_mask_condition,
+                                              expand_conv_in, mask_channels)
+from anomalign.generator.losses import to_epsilon
+
+WEIGHTS_NAME = "generator.safetensors"
+LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
+
+
+class MaskGenerator(nn.Module):
+    """Mask- and prompt-conditioned latent diffusion model.
+
+    Shapes: images x [B, 3, H, W] in [-1, 1]; masks m [B, 1, H, W] in [0, 1]; latents [B, C, H/f, W/f].
+    """
+
+    def __init__(self, vae, unet, prompt_encoder: nn.Module, scheduler, mask_encoding: MaskEncoding,
+                 spec: dict[str, Any]):
+        super().__init__()
+        self.vae, self.unet, self.prompt_encoder = vae, unet, prompt_encoder
+        self.scheduler = scheduler
+        self.mask_encoding = mask_encoding
+        self.spec = dict(spec, mask_encoding=mask_encoding)
+
+    @property
+    def factor(self) -> int:
+        """Codec downsampling factor f (8 for SD, 4 for tiny)."""
+        return 2 ** (len(self.vae.config.block_out_channels) - 1)
+
+    @property
+    def latent_channels(self) -> int:
+        return self.vae.config.latent_channels
+
+    @property
+    def resolution(self) -> int:
+        return int(self.spec.get("resolution", self.unet.config.sample_size * self.factor))
+
+    @property
+    def device(self) -> torch.device:
+        return self.unet.conv_in.weight.device
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """E(x): [B, 3, H, W] in [-1, 1] -> scaled latent mean [B, C, H/f, W/f] (deterministic, cacheable)."""
+        x = x.to(device=self.device, dtype=self.vae.dtype)
+        return self.vae.encode(x).latent_dist.mean * self.vae.config.scaling_factor
+
+    def encode_mask_image(self, mask: torch.Tensor) -> torch.Tensor:
+        """h0 = E(m) of Eq. 2: the mask as a 3-channel image in the image value range [-1, 1]."""
+        return self.encode(mask.float().expand(-1, 3, -1, -1) * 2 - 1)
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """D(z): scaled latents [B, C, h, w] -> images [B, 3, H, W] (roughly in [-1, 1])."""
+        return self.vae.decode(z.to(self.vae.dtype) / self.vae.config.scaling_factor).sample
+
+    def encode_prompts(self, prompts: list[str]) -> torch.Tensor:
+        """τ(p): [B] prompts -> [B, L, D]."""
+        return self.prompt_encoder(list(prompts)).to(self.unet.dtype)
+
+    def condition(self, mask: torch.Tensor, keep: torch.Tensor | None = None,
+                  mask_latent: torch.Tensor | None = None) -> torch.Tensor:
+        """Mask condition [B, Cm, h, w]; rows with ``keep`` False are dropped (zeros, for CFG)."""
+        if self.mask_encoding == "vae" and mask_latent is None:
+            mask_latent = self.encode_mask_image(mask)
+        cond = encode_mask_condition(mask.to(self.device), self.mask_encoding, self.factor, mask_latent)
+        cond = cond.to(self.unet.dtype)
+        return cond if keep is None else drop_condition(cond, keep.to(cond.device))
+
+    def predict_noise(self, x_t: torch.Tensor, t: torch.Tensor, prompt_emb: torch.Tensor,
+                      cond: torch.Tensor) -> torch.Tensor:
+        """ε_θ(x_t, t, τ(p), m) [B, C, h, w], converted to ε whatever the UNet's parameterisation."""
+        out = self.unet(torch.cat([x_t.to(self.unet.dtype), cond], dim=1), t, encoder_hidden_states=prompt_emb).sample
+        return to_epsilon(self.scheduler, out, x_t, t)
+
+    # ---- trainable state -------------------------------------------------------------------------
+    def add_lora(self, rank: int = 8, alpha: float | None = None, targets: list[str] | None = None) -> None:
+        """Add peft LoRA adapters to the UNet (default: the attention projections)."""
+        from peft import LoraConfig
+        cfg = LoraConfig(r=rank, lora_alpha=alpha or rank, target_modules=targets or LORA_TARGETS,
+                         init_lora_weights="gaussian")
+        self.unet.add_adapter(cfg)
+        self.spec["lora"] = {"rank": rank, "alpha": alpha or rank, "targets": targets or LORA_TARGETS}
+
+    def trainable_state(self) -> dict[str, torch.Tensor]:
+        """Weights that training changes and that ``save`` writes (everything for tiny)."""
+        if self.spec["backend"] == "tiny":
+            state = {f"vae.{k}": v for k, v in self.vae.state_dict().items()}
+            state |= {f"unet.{k}": v for k, v in self.unet.state_dict().items()}
+            state |= {f"prompt.{k}": v for k, v in self.prompt_encoder.state_dict().items()}
+            return state
+        from peft.utils import get_peft_model_state_dict
+        state = {f"unet.{k}": v for k, v in get_peft_model_state_dict(self.unet).items()} if "lora" in self.spec else {}
+        state |= {f"unet.conv_in.{k}": v for k, v in self.unet.conv_in.state_dict().items()}
+        return state
+
+    def save(self, folder: Path, dtype: torch.dtype | None = None) -> Path:
+        """Write ``generator.safetensors`` (+ ``generator.json``) into ``folder`` atomically."""
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        state = {k: (v.to(dtype) if dtype is not None and v.is_floating_point() else v).detach().cpu().contiguous()
+                 for k, v in self.trainable_state().items()}
+        spec = dict(self.spec, scheduler=dict(self.scheduler.config))
+        if self.spec["backend"] == "tiny":
+            spec["prompt"] = {"vocab": self.prompt_encoder.vocab, "dim": self.prompt_encoder.dim,
+                              "max_len": self.prompt_encoder.max_len}
+            spec["vae_config"] = dict(self.vae.config)
+            spec["unet_config"] = dict(self.unet.config)
+        text = json.dumps(spec, default=_json_default)
+        tmp = folder / f"{WEIGHTS_NAME}.{os.getpid()}.tmp"
+        save_file(state, str(tmp), metadata={"anomalign_spec": text})
+        tmp.replace(folder / WEIGHTS_NAME)
+        (folder / "generator.json").write_text(json.dumps(json.loads(text), indent=1))
+        return folder / WEIGHTS_NAME
+
+    @classmethod
+    def load(cls, source: Path, base: str | None = None, device: str | torch.device = "cpu") -> "MaskGenerator":
+        """Load a generator folder (or a ``generator.safetensors`` file). ``base`` overrides the SD base path."""
+        path = Path(source)
+        file = path / WEIGHTS_NAME if path.is_dir() else path
+        if not file.is_file():
+            raise AnomalignError(f"{source}: not a generator folder (no {WEIGHTS_NAME}; train one with "
+                                 "`anomalign train-generator`)")
+        try:
+            with safe_open(str(file), framework="pt") as fh:
+                spec = json.loads((fh.metadata() or {})["anomalign_spec"])
+            state = load_file(str(file))
+        except (SafetensorError, KeyError, json.JSONDecodeError, OSError) as e:
+            raise AnomalignError(f"{file}: unreadable generator weights ({e})") from None
+        gen = build_generator(spec, base=base)
+        gen.load_trainable_state(state, str(file))
+        return gen.to(device)
+
+    def load_trainable_state(self, state: dict[str, torch.Tensor], where: str = "weights") -> None:
+        if self.spec["backend"] == "tiny":
+            for prefix, module in (("vae.", self.vae), ("unet.", self.unet), ("prompt.", self.prompt_encoder)):
+                sub = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+                _load_strict(module, sub, f"{where} ({prefix[:-1]})")
+            return
+        conv = {k[len("unet.conv_in."):]: v for k, v in state.items() if k.startswith("unet.conv_in.")}
+        _load_strict(self.unet.conv_in, conv, f"{where} (conv_in)")
+        lora = {k[len("unet."):]: v for k, v in state.items() if k.startswith("unet.") and "lora" in k}
+        if lora:
+            from peft.utils import set_peft_model_state_dict
+            set_peft_model_state_dict(self.unet, lora)
+
+
+def _load_strict(module: nn.Module, state: dict, where: str) -> None:
+    try:
+        module.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        raise AnomalignError(f"{where}: weights do not fit the model ({str(e).splitlines()[0]})") from None
+
+
+def _json_default(o: Any) -> Any:
+    if isinstance(o, (tuple, set)):
+        return list(o)
+    if isinstance(o, Path):
+        return str(o)
+    if hasattr(o, "item"):
+        return o.item()
+    return str(o)
+
+
+def build_generator(spec: dict[str, Any], base: str | None = None) -> MaskGenerator:
+    """Construct the (untrained-adapter) generator a spec describes; weights are loaded separately."""
+    from diffusers import DDPMScheduler
+
+    backend = spec.get("backend")
+    encoding = spec.get("mask_encoding", "unshuffle")
+    if backend == "tiny":
+        from anomalign.generator.tiny import TinyPromptEncoder
+        from diffusers import AutoencoderKL, UNet2DConditionModel
+        vae = AutoencoderKL.from_config(spec["vae_config"])
+        unet = UNet2DConditionModel.from_config(spec["unet_config"])
+        p = spec["prompt"]
+        prompt = TinyPromptEncoder(p["vocab"][2:], p["dim"], p["max_len"])
+        scheduler = DDPMScheduler.from_config(spec["scheduler"])
+        gen = MaskGenerator(vae, unet, prompt, scheduler, encoding, spec)
+        if "lora" in spec:
+            gen.add_lora(**spec["lora"])
+        return gen
+    if backend == "sd":
+        from anomalign.generator.sd import load_sd_components
+        vae, unet, prompt, scheduler = load_sd_components(base or spec["base"])
+        factor = 2 ** (len(vae.config.block_out_channels) - 1)
+        expand_conv_in(unet, mask_channels(encoding, factor, vae.config.latent_channels))
+        for m in (vae, prompt):
+            m.requires_grad_(False)
+        gen = MaskGenerator(vae, unet, prompt, scheduler, encoding, dict(spec, base=base or spec["base"]))
+        if "lora" in spec:
+            gen.add_lora(**spec["lora"])
+        return gen
+    raise AnomalignError(f"unknown generator backend {backend!r}; choose 'tiny' or 'sd'")

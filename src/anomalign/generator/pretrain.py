@@ -1,0 +1,150 @@
+"""``anomalign pretrain-base``: the tiny backend's pretrained base, trained from scratch on a procedural corpus.
+
+This plays the role Stable Diffusion's pretraining plays for the ``sd`` backend: a from-scratch diffusion
+model cannot learn in a CPU-minutes budget, so ``train-generator --backend tiny`` fine-tunes this base.
+Two phases, each resumable: (1) the codec (AutoencoderKL) on corpus images AND masks, (2) the UNet with
+the mask condition on the frozen codec's latents (α = 0: the base knows nothing of the paper's method).
+The result is one fp16 safetensors file; the shipped one is reproduced by ``configs/tiny_base.yaml``.
+"""
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from anomalign.config import option, save_config
+from anomalign.data.dataset import default_prompt
+from anomalign.data.sample import Sample
+from anomalign.data.transforms import mask_to_tensor, to_model_range
+from anomalign.generator.conditioning import mask_channels
+from anomalign.generator.model import MaskGenerator
+from anomalign.generator.task import GenStepOptions, LatentPairs, generator_task
+from anomalign.generator.tiny import TINY_UNET_CONFIG, TINY_VAE_CONFIG, build_tiny, words
+from anomalign.training import LoopOptions, TrainTask, batch_indices, train_loop
+
+
+@dataclass(kw_only=True)
+class PretrainBaseConfig(LoopOptions):
+    """Options of ``anomalign pretrain-base``."""
+
+    out: Path = option(help="run folder; the base is written to OUT/generator.safetensors (fp16)")
+    corpus_size: int = option(6000, "procedural image/mask pairs rendered for pretraining")
+    corpus_seed: int = option(12345, "seed of the procedural corpus")
+    normal_fraction: float = option(0.15, "fraction of the corpus without a defect")
+    size: int = option(64, "image size")
+    mask_encoding: str = option("unshuffle", "mask condition encoding: unshuffle, resize or vae")
+    unet_channels: list[int] = option(default_factory=lambda: list(TINY_UNET_CONFIG["block_out_channels"]),
+                                      help="UNet block widths")
+    codec_steps: int = option(2500, "codec (autoencoder) training steps")
+    codec_batch_size: int = option(32, "codec batch size")
+    codec_learning_rate: float = option(1e-3, "codec learning rate")
+    codec_kl_weight: float = option(1e-6, "codec KL weight")
+    snr_gamma: float | None = option(5.0, "min-SNR-γ weighting of the UNet loss")
+    mask_dropout: float = option(0.1, "mask-condition dropout (guidance)")
+    prompt_dropout: float = option(0.1, "prompt dropout (guidance)")
+    install: bool = option(False, "also copy the result over the package's shipped base")
+
+    max_steps: int = option(8000, "UNet training steps")
+    batch_size: int = option(32, "UNet batch size")
+    learning_rate: float = option(2e-4, "UNet learning rate")
+    ema_decay: float = option(0.999, "EMA decay of the UNet weights")
+    lr_warmup_steps: int = option(200, "warm-up steps")
+    checkpoint_every: int = option(500, "checkpoint every N steps")
+
+
+def render_corpus(cfg: PretrainBaseConfig, progress: bool = True) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+    """images [N, 3, S, S] in [-1, 1], masks [N, 1, S, S], prompts [N]; pair i depends on (seed, i) only."""
+    from tqdm import tqdm
+
+    from anomalign.data.procedural import DEFECTS, MATERIALS, render_sample
+    images, masks, prompts = [], [], []
+    for i in tqdm(range(cfg.corpus_size), desc="rendering corpus", disable=not progress):
+        rng = np.random.default_rng([cfg.corpus_seed, i])
+        material = MATERIALS[int(rng.integers(len(MATERIALS)))]
+        defect = None if rng.random() < cfg.normal_fraction else DEFECTS[int(rng.integers(len(DEFECTS)))]
+        img, m = render_sample(rng, cfg.size, material, defect)
+        images.append(to_model_range(img))
+        masks.append(mask_to_tensor(m))
+        prompts.append(default_prompt(Sample(Path(""), None, defect or "good", defect is None, category=material)))
+    return torch.stack(images), torch.stack(masks), prompts
+
+
+def codec_task(vae, images: torch.Tensor, masks: torch.Tensor, cfg: PretrainBaseConfig, save_fn) -> TrainTask:
+    """Autoencoder reconstruction (L1 + L2 + tiny KL) on images and masks-as-images (E must encode both, Eq. 2)."""
+    data = torch.cat([images, masks.expand(-1, 3, -1, -1) * 2 - 1])
+
+    def get_batch(k: int, rank: int, world: int) -> torch.Tensor:
+        return data[batch_indices(len(data), cfg.codec_batch_size, cfg.seed, k)[rank::world]]
+
+    def step_fn(x: torch.Tensor, g: torch.Generator) -> dict[str, torch.Tensor]:
+        x = x.to(vae.device)
+        post = vae.encode(x).latent_dist
+        eps = torch.randn(post.mean.shape, generator=g).to(x)
+        rec = vae.decode(post.mean + post.std * eps).sample
+        l1, l2 = F.l1_loss(rec, x), F.mse_loss(rec, x)
+        kl = post.kl().mean() / post.mean[0].numel()
+        return {"loss": l1 + l2 + cfg.codec_kl_weight * kl, "l1": l1, "l2": l2, "kl": kl}
+
+    return TrainTask(params=list(vae.parameters()), get_batch=get_batch, step_fn=step_fn,
+                     state_fn=vae.state_dict, load_state_fn=lambda sd: vae.load_state_dict(sd), save_fn=save_fn)
+
+
+def run_pretrain_base(cfg: PretrainBaseConfig, progress: bool = True) -> Path:
+    from diffusers import DDPMScheduler
+    from safetensors.torch import load_file, save_file
+
+    from anomalign.data.procedural import DEFECTS
+
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, out / "config.yaml")
+    torch.manual_seed(cfg.seed)
+    images, masks, prompts = render_corpus(cfg, progress)
+    vocab = sorted({w for p in prompts + [default_prompt(Sample(Path(""), None, d, False)) for d in DEFECTS]
+                    for w in words(p)})
+    factor = 2 ** (len(TINY_VAE_CONFIG["block_out_channels"]) - 1)
+    unet_cfg = dict(TINY_UNET_CONFIG, block_out_channels=list(cfg.unet_channels), sample_size=cfg.size // factor)
+    vae, unet, prompt = build_tiny(vocab, mask_channels(cfg.mask_encoding, factor, TINY_VAE_CONFIG["latent_channels"]),
+                                   unet_config=unet_cfg)
+    # Phase 1: codec.
+    codec_dir = out / "codec"
+    codec_file = codec_dir / "codec.safetensors"
+    if not codec_file.exists():
+        loop = LoopOptions(**{**{k: getattr(cfg, k) for k in LoopOptions.__dataclass_fields__},
+                              "max_steps": cfg.codec_steps, "learning_rate": cfg.codec_learning_rate,
+                              "batch_size": cfg.codec_batch_size, "ema_decay": 0.0, "lr_schedule": "cosine"})
+        train_loop(codec_task(vae, images, masks, cfg, lambda d: save_file(
+            {k: v.contiguous() for k, v in vae.state_dict().items()}, str(Path(d) / "codec.safetensors"))),
+            loop, codec_dir, progress=progress)
+    vae.load_state_dict(load_file(str(codec_file)))
+    vae.requires_grad_(False).eval()
+    # Latents should have unit variance for the noise schedule: set the scaling factor from the corpus.
+    with torch.no_grad():
+        sample_lat = torch.cat([vae.encode(images[i:i + 256]).latent_dist.mean for i in range(0, min(2048, len(images)), 256)])
+    vae.register_to_config(scaling_factor=float(1.0 / sample_lat.std()))
+    scheduler = DDPMScheduler(num_train_timesteps=1000, beta_schedule="scaled_linear", beta_start=0.00085,
+                              beta_end=0.012, prediction_type="epsilon", clip_sample=False)
+    gen = MaskGenerator(vae, unet, prompt, scheduler, cfg.mask_encoding,
+                        {"backend": "tiny", "resolution": cfg.size, "base": "pretrain-base"})
+    # Phase 2: UNet (and prompt embeddings) on cached latents.
+    pairs = LatentPairs(gen, images, masks, prompts, augment=[], seed=cfg.seed)
+    pairs.precompute(progress)
+    params = list(unet.parameters()) + list(prompt.parameters())
+    step_opts = GenStepOptions(alpha=0.0, snr_gamma=cfg.snr_gamma, mask_dropout=cfg.mask_dropout,
+                               prompt_dropout=cfg.prompt_dropout)
+    task = generator_task(gen, pairs, params, cfg.batch_size, cfg.seed, step_opts,
+                          save_fn=lambda d: gen.save(d, dtype=torch.float16))
+    unet.train()
+    train_loop(task, cfg, out, progress=progress)
+    result = out / "generator.safetensors"
+    if cfg.install:
+        from anomalign.generator.train import TINY_BASE
+        TINY_BASE.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(result, TINY_BASE)
+        print(f"installed as the shipped base: {TINY_BASE}")
+    print(f"tiny base written to {result} ({result.stat().st_size / 2**20:.1f} MB)")
+    return result

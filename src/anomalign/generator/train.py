@@ -1,0 +1,205 @@
+"""``anomalign train-generator``: fine-tune a mask-conditioned generator with the dual-branch loss."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+
+from anomalign.config import option, save_config
+from anomalign.data.dataset import PairDataset, default_prompt
+from anomalign.data.folders import DataOptions
+from anomalign.data.validate import load_dataset
+from anomalign.errors import AnomalignError, ConfigError
+from anomalign.generator.conditioning import mask_channels, expand_conv_in
+from anomalign.generator.model import MaskGenerator, build_generator
+from anomalign.generator.task import AUGMENTS, GenStepOptions, LatentPairs, generator_task
+from anomalign.generator.tiny import words
+from anomalign.training import LoopOptions, make_accelerator, train_loop
+
+TINY_BASE = Path(__file__).resolve().parent.parent / "assets" / "tiny_base.safetensors"
+
+PRESETS = {
+    # The paper's recipe: Eq. 5 with α = 0.7, gradients through both branches of Eq. 4.
+    "paper": {"alpha": 0.7, "al_stop_grad": "none"},
+    # The paper's baseline (Table 4, row 1): plain mask-conditioned fine-tuning.
+    "baseline": {"alpha": 0.0},
+}
+
+
+@dataclass(kw_only=True)
+class TrainGeneratorConfig(DataOptions, LoopOptions):
+    """Options of ``anomalign train-generator``."""
+
+    data: Path = option(help="training dataset folder (any layout anomalign reads)")
+    out: Path = option(help="run folder to create (config, weights, checkpoints, logs, validation grids)")
+    backend: Literal["tiny", "sd"] = option("tiny", "tiny (CPU, shipped base) or sd (Stable Diffusion 1.x/2.x)")
+    base: str | None = option(None, "sd: diffusers folder or hub id; tiny: a generator folder/file "
+                                    "(default: the shipped tiny base)")
+    preset: Literal["paper", "baseline", "custom"] = option("custom", "paper: α=0.7; baseline: α=0 "
+                                                                      "(overrides alpha/al_stop_grad)")
+    alpha: float = option(0.7, "weight α of the Alignment Regularization L_al (Eq. 5); 0 = baseline")
+    al_stop_grad: Literal["none", "image", "mask"] = option("none", "Eq. 4 gradient side: none (both "
+                                                            "branches, as the paper), image or mask (detach that branch)")
+    w_mask: float = option(0.0, "extra weight on ||ε - ε_h||² of the mask branch (not in the paper)")
+    snr_gamma: float | None = option(None, "min-SNR-γ loss weighting (off by default, as in the paper)")
+    mask_dropout: float = option(0.1, "probability of dropping the mask condition (needed for guidance)")
+    prompt_dropout: float = option(0.1, "probability of dropping the prompt")
+    finetune: Literal["full", "lora"] = option("full", "tiny: train the whole UNet or LoRA adapters (sd: always lora)")
+    lora_rank: int = option(8, "LoRA rank")
+    lora_alpha: float | None = option(None, "LoRA alpha (default: the rank)")
+    lora_targets: list[str] = option(default_factory=lambda: ["to_q", "to_k", "to_v", "to_out.0"],
+                                     help="UNet modules that get LoRA adapters")
+    mask_encoding: Literal["unshuffle", "resize", "vae"] = option(
+        "unshuffle", "how the mask enters conv_in (sd; tiny keeps its base's): unshuffle, resize or vae")
+    resolution: int | None = option(None, "training resolution (default: the base's, 64 tiny / 512 sd)")
+    augment: list[str] = option(default_factory=lambda: ["hflip", "vflip"],
+                                help=f"exact paired augmentations: any of {', '.join(AUGMENTS)} (or none)")
+    normals: int = option(16, "defect-free training images mixed in with empty masks (0: none)")
+    cache_latents: bool = option(True, "encode each training pair once per augmentation variant")
+    validation_masks: int = option(8, "validation masks sampled into a grid at each validation")
+    validation_steps: int = option(25, "DDIM steps for validation grids")
+    validation_guidance: float = option(3.0, "guidance scale for validation grids")
+
+    max_steps: int = option(600, "optimizer steps")
+    learning_rate: float = option(1e-4, "peak learning rate (AdamW)")
+    batch_size: int = option(16, "global batch size (split across processes)")
+
+    def validate(self) -> None:
+        DataOptions.validate(self)
+        if self.preset != "custom":
+            for k, v in PRESETS[self.preset].items():
+                setattr(self, k, v)
+        if self.alpha < 0:
+            raise ConfigError(f"alpha must be >= 0, got {self.alpha}")
+        if self.backend == "sd" and not self.base:
+            raise ConfigError("--backend sd needs --base (a diffusers Stable Diffusion folder or hub id)")
+        self.augment = [a for a in self.augment if a != "none"]
+        bad = [a for a in self.augment if a not in AUGMENTS]
+        if bad:
+            raise ConfigError(f"unknown augmentation(s) {bad}; choose from {list(AUGMENTS)} or none")
+
+
+def load_base(cfg: TrainGeneratorConfig) -> MaskGenerator:
+    """The generator to fine-tune: the tiny base (shipped or given) or SD components with a widened conv_in."""
+    if cfg.backend == "tiny":
+        base = Path(cfg.base) if cfg.base else TINY_BASE
+        if not base.exists():
+            raise AnomalignError(f"{base}: tiny base weights not found" + (
+                "; the package ships them at this path — reinstall, or train one with `anomalign pretrain-base`"
+                if not cfg.base else ""))
+        return MaskGenerator.load(base)
+    from anomalign.generator.sd import load_sd_components
+    vae, unet, prompt, scheduler = load_sd_components(cfg.base)
+    factor = 2 ** (len(vae.config.block_out_channels) - 1)
+    expand_conv_in(unet, mask_channels(cfg.mask_encoding, factor, vae.config.latent_channels))
+    return MaskGenerator(vae, unet, prompt, scheduler, cfg.mask_encoding,
+                         {"backend": "sd", "base": cfg.base, "resolution": cfg.resolution or
+                          unet.config.sample_size * factor})
+
+
+def trainable_parameters(gen: MaskGenerator, cfg: TrainGeneratorConfig) -> list[torch.nn.Parameter]:
+    """Freeze what the paper freezes (codec, text encoder) and return what trains."""
+    gen.vae.requires_grad_(False)
+    if cfg.backend == "sd" or cfg.finetune == "lora":
+        gen.unet.requires_grad_(False)
+        gen.add_lora(cfg.lora_rank, cfg.lora_alpha, cfg.lora_targets)
+        gen.unet.conv_in.requires_grad_(True)
+    else:
+        gen.unet.requires_grad_(True)
+    # tiny: the prompt encoder learns the user's new words; SD's CLIP stays frozen
+    gen.prompt_encoder.requires_grad_(cfg.backend == "tiny")
+    return [p for p in gen.parameters() if p.requires_grad]
+
+
+def training_pairs(cfg: TrainGeneratorConfig, resolution: int):
+    """Train-split anomalies (+ up to ``cfg.normals`` normals) and validation masks, at ``resolution``."""
+    index = load_dataset(cfg.data, cfg)
+    train = [s for s in index.split("train") if not s.normal]
+    if not train:
+        raise AnomalignError(f"{cfg.data}: no anomalous training pairs (split 'train'); "
+                             f"run `anomalign data check {cfg.data}`")
+    normals = [s for s in index.split("train") if s.normal][: cfg.normals]
+    val = [s for s in index.split("val") if not s.normal] or train
+    return PairDataset(train + normals, size=resolution), PairDataset(val[: cfg.validation_masks], size=resolution)
+
+
+def run_train_generator(cfg: TrainGeneratorConfig, progress: bool = True) -> Path:
+    """Fine-tune and write the run folder ``cfg.out``; returns it."""
+    out = Path(cfg.out)
+    if (out / "generator.safetensors").exists() and not cfg.resume:
+        raise AnomalignError(f"{out}: already holds a trained generator; choose another --out or pass "
+                             "--resume latest to continue it")
+    torch.manual_seed(cfg.seed)  # identical initialisation (LoRA, new words) in every process
+    acc = make_accelerator(cfg)
+    gen = load_base(cfg)
+    resolution = cfg.resolution or gen.resolution
+    if resolution % (gen.factor * 4):
+        raise ConfigError(f"resolution {resolution} must be a multiple of {gen.factor * 4} for this model")
+    gen.spec["resolution"] = resolution
+    train_ds, val_ds = training_pairs(cfg, resolution)
+    prompts = [default_prompt(s) for s in train_ds.samples]
+    if gen.spec["backend"] == "tiny":
+        added = gen.prompt_encoder.add_words([w for p in prompts for w in words(p)])
+        if added and acc.is_main_process:
+            print(f"new prompt words learned from this dataset: {', '.join(added)}")
+    params = trainable_parameters(gen, cfg)
+    if cfg.gradient_checkpointing:
+        gen.unet.enable_gradient_checkpointing()
+    gen.to(acc.device)
+    images = torch.stack([train_ds[i]["image"] for i in range(len(train_ds))])
+    masks = torch.stack([train_ds[i]["mask"] for i in range(len(train_ds))])
+    pairs = LatentPairs(gen, images, masks, prompts, cfg.augment, cfg.seed, cfg.cache_latents)
+    if acc.is_main_process:
+        out.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, out / "config.yaml")
+
+    def save_fn(folder: Path) -> None:
+        gen.save(folder)
+        save_config(cfg, Path(folder) / "config.yaml")
+
+    val_masks = torch.stack([val_ds[i]["mask"] for i in range(len(val_ds))])
+    val_images = torch.stack([val_ds[i]["image"] for i in range(len(val_ds))])
+    val_prompts = [default_prompt(s) for s in val_ds.samples]
+
+    def validate_fn(step: int, folder: Path) -> dict[str, float]:
+        return validation_grid(gen, val_images, val_masks, val_prompts, folder / f"step-{step:07d}.png",
+                               cfg.validation_steps, cfg.validation_guidance, cfg.seed)
+
+    step_opts = GenStepOptions(cfg.alpha, cfg.al_stop_grad, cfg.w_mask, cfg.snr_gamma, cfg.mask_dropout,
+                               cfg.prompt_dropout)
+    task = generator_task(gen, pairs, params, cfg.batch_size, cfg.seed, step_opts, save_fn, validate_fn)
+    gen.unet.train()
+    summary = train_loop(task, cfg, out, acc, progress=progress)
+    if acc.is_main_process:
+        print(f"generator written to {out} (last losses: "
+              + ", ".join(f"{k} {v:.4f}" for k, v in summary["last"].items() if k != "it_per_s") + ")")
+    return out
+
+
+@torch.no_grad()
+def validation_grid(gen: MaskGenerator, images: torch.Tensor, masks: torch.Tensor, prompts: list[str],
+                    path: Path, steps: int, guidance: float, seed: int) -> dict[str, float]:
+    """Sample the validation masks; save [real | generated] with the mask contour in red. Returns stats."""
+    from anomalign.data.transforms import from_model_range
+    from anomalign.evaluation.figures import draw_contour, grid, save_png
+    from anomalign.synthesis.sampler import sample
+
+    was_training = gen.unet.training
+    gen.unet.eval()
+    try:
+        fake = sample(gen, masks, prompts, [seed * 100_003 + i for i in range(len(prompts))], "ddim", steps, guidance)
+    finally:
+        gen.unet.train(was_training)
+    real_u8, fake_u8 = from_model_range(images), from_model_range(fake.cpu())
+    m = masks[:, 0].numpy() > 0.5
+    scale = max(1, 128 // images.shape[-1])
+    tiles = []
+    for i in range(len(prompts)):
+        tiles += [draw_contour(real_u8[i], m[i], scale=scale), draw_contour(fake_u8[i], m[i], scale=scale)]
+    save_png(grid(tiles, columns=min(8, 2 * len(prompts))), path)
+    out_of_range = float(((fake.abs() >= 0.999).float().mean()).item())
+    return {"saturated_fraction": out_of_range, "mean_abs_color_diff": float(
+        np.abs(real_u8.astype(np.float32).mean((0, 1, 2)) - fake_u8.astype(np.float32).mean((0, 1, 2))).mean() / 255)}

@@ -1,0 +1,154 @@
+"""train-generator end to end on tiny random models: outputs, save/reload, resume, NaN stop, sd backend."""
+import csv
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from anomalign.config import build_config
+from anomalign.errors import AnomalignError
+from anomalign.generator.model import MaskGenerator, build_generator
+from anomalign.generator.train import TrainGeneratorConfig, run_train_generator
+from anomalign.training import LoopOptions, TrainingDiverged, TrainTask, train_loop
+from dummy_data import write_paired
+from tiny_models import dummy_tiny_generator, save_dummy_sd
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("gen_data")
+    write_paired(root, defects=("scratch", "hole"), n=4, normals=2)
+    return root
+
+
+@pytest.fixture(scope="module")
+def tiny_base(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("tiny_base")
+    dummy_tiny_generator().save(folder)
+    return folder
+
+
+def config(data, out, **kw):
+    values = dict(data=str(data), out=str(out), max_steps=4, batch_size=4, log_every=1, checkpoint_every=2,
+                  validation_masks=2, validation_steps=2, device="cpu", val_fraction=0.0, test_fraction=0.0)
+    values.update(kw)
+    return build_config(TrainGeneratorConfig, values)
+
+
+def losses(run_dir):
+    with open(run_dir / "logs" / "train.csv") as fh:
+        return [(int(r["step"]), float(r["loss"]), float(r["l_sd"]), float(r["l_al"])) for r in csv.DictReader(fh)]
+
+
+def predict(gen, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    z = torch.randn(2, 4, 16, 16, generator=g)
+    m = (torch.rand(2, 1, 32, 32, generator=g) > 0.7).float()
+    with torch.no_grad():
+        return gen.predict_noise(z, torch.tensor([10, 500]), gen.encode_prompts(["a photo of a surface", ""]),
+                                 gen.condition(m))
+
+
+def test_tiny_run_folder_reloads_to_identical_predictions(data, tiny_base, tmp_path):
+    out = run_train_generator(config(data, tmp_path / "run", base=str(tiny_base)), progress=False)
+    for name in ("generator.safetensors", "generator.json", "config.yaml", "logs/train.csv"):
+        assert (out / name).is_file(), name
+    assert sorted(p.name for p in (out / "validation").iterdir()) == ["step-0000004.png"]
+    rows = losses(out)
+    assert [r[0] for r in rows] == [1, 2, 3, 4] and all(r[3] > 0 for r in rows)  # α = 0.7: L_al logged
+    loaded = MaskGenerator.load(out)
+    fresh = build_generator(loaded.spec)
+    fresh.load_trainable_state(load_file(str(out / "checkpoints" / "step-0000004" / "model.safetensors")))
+    assert torch.equal(predict(loaded), predict(fresh))
+    base = MaskGenerator.load(tiny_base)
+    assert not torch.equal(base.unet.conv_in.weight, loaded.unet.conv_in.weight)  # it trained
+    assert torch.equal(base.vae.encoder.conv_in.weight, loaded.vae.encoder.conv_in.weight)  # codec frozen
+    assert "defect" in loaded.prompt_encoder.index and "scratch" in loaded.prompt_encoder.index
+    with pytest.raises(AnomalignError, match="already holds a trained generator"):
+        run_train_generator(config(data, out, base=str(tiny_base)), progress=False)
+
+
+def test_resume_continues_with_the_same_losses(data, tiny_base, tmp_path):
+    straight = run_train_generator(config(data, tmp_path / "a", base=str(tiny_base), max_steps=6), progress=False)
+    part = run_train_generator(config(data, tmp_path / "b", base=str(tiny_base), max_steps=3), progress=False)
+    run_train_generator(config(data, part, base=str(tiny_base), max_steps=6, resume="latest"), progress=False)
+    a, b = losses(straight), losses(part)
+    assert [r[0] for r in b] == [1, 2, 3, 4, 5, 6]
+    for ra, rb in zip(a, b):
+        assert ra[1:] == pytest.approx(rb[1:], rel=1e-5, abs=1e-7)
+
+
+def test_alpha_zero_preset_logs_no_alignment_loss(data, tiny_base, tmp_path):
+    out = run_train_generator(config(data, tmp_path / "r", base=str(tiny_base), preset="baseline", max_steps=2),
+                              progress=False)
+    assert all(r[3] == 0 for r in losses(out))
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
+    w = torch.nn.Parameter(torch.ones(3))
+
+    def step_fn(batch, g):
+        return {"loss": (w * batch).sum()}
+
+    def get_batch(k, rank, world):
+        return torch.full((3,), float("nan")) if k == 3 else torch.ones(3)
+
+    task = TrainTask(params=[w], get_batch=get_batch, step_fn=step_fn, state_fn=lambda: {"w": w.data},
+                     load_state_fn=lambda sd: w.data.copy_(sd["w"]), save_fn=lambda d: (d / "final").touch())
+    with pytest.raises(TrainingDiverged, match="step 3.*Last good checkpoint: .*step-0000002"):
+        train_loop(task, LoopOptions(max_steps=6, checkpoint_every=2, device="cpu", log_every=1), tmp_path,
+                   progress=False)
+    assert (tmp_path / "checkpoints" / "step-0000002" / "model.safetensors").is_file()
+    assert not (tmp_path / "final").exists()
+
+
+def test_sd_backend_trains_saves_and_reloads(data, tmp_path):
+    sd = save_dummy_sd(tmp_path / "sd")
+    out = run_train_generator(config(data, tmp_path / "run", backend="sd", base=str(sd), resolution=32,
+                                     max_steps=3, batch_size=2, lora_rank=4), progress=False)
+    state = load_file(str(out / "generator.safetensors"))
+    assert any("lora" in k for k in state) and "unet.conv_in.weight" in state
+    assert not any(k.startswith(("vae.", "text")) for k in state)  # frozen parts are not copied
+    loaded = MaskGenerator.load(out)
+    assert loaded.unet.conv_in.in_channels == 4 + 4  # unshuffle mask with factor 2: 4 channels
+    fresh = build_generator(loaded.spec)
+    fresh.load_trainable_state(load_file(str(out / "checkpoints" / "step-0000003" / "model.safetensors")))
+    assert torch.equal(predict(loaded), predict(fresh))
+
+
+def test_bad_base_models_give_clear_errors(data, tmp_path):
+    with pytest.raises(AnomalignError, match="base model folder does not exist"):
+        run_train_generator(config(data, tmp_path / "r1", backend="sd", base=str(tmp_path / "nope")), progress=False)
+    (tmp_path / "half" / "unet").mkdir(parents=True)
+    with pytest.raises(AnomalignError, match=r"missing sub-folder\(s\) vae, text_encoder"):
+        run_train_generator(config(data, tmp_path / "r2", backend="sd", base=str(tmp_path / "half")), progress=False)
+    with pytest.raises(AnomalignError, match="tiny base weights not found"):
+        run_train_generator(config(data, tmp_path / "r3", base=str(tmp_path / "none.safetensors")), progress=False)
+    (tmp_path / "junk.safetensors").write_bytes(b"junk")
+    with pytest.raises(AnomalignError, match="unreadable generator weights"):
+        run_train_generator(config(data, tmp_path / "r4", base=str(tmp_path / "junk.safetensors")), progress=False)
+
+
+def test_two_process_run_equals_one_process_run(data, tiny_base, tmp_path):
+    """torchrun with 2 CPU processes (gloo): same losses and weights as one process with the same global batch."""
+    import os
+    import subprocess
+    import sys
+
+    args = ["train-generator", "--data", str(data), "--base", str(tiny_base), "--max-steps", "3", "--batch-size", "4",
+            "--log-every", "1", "--checkpoint-every", "10", "--validation-masks", "2", "--validation-steps", "2",
+            "--device", "cpu", "--val-fraction", "0", "--test-fraction", "0"]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    one = subprocess.run([sys.executable, "-m", "anomalign", *args, "--out", str(tmp_path / "one")],
+                         capture_output=True, text=True, env=env)
+    assert one.returncode == 0, one.stderr[-2000:]
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "anomalign",
+                          *args, "--out", str(tmp_path / "two")], capture_output=True, text=True, env=env)
+    assert two.returncode == 0, two.stderr[-2000:]
+    for ra, rb in zip(losses(tmp_path / "one"), losses(tmp_path / "two"), strict=True):
+        assert ra[1:] == pytest.approx(rb[1:], rel=1e-4, abs=1e-6)
+    a = load_file(str(tmp_path / "one" / "generator.safetensors"))
+    b = load_file(str(tmp_path / "two" / "generator.safetensors"))
+    assert a.keys() == b.keys()
+    assert all(torch.allclose(a[k], b[k], atol=1e-5) for k in a)
