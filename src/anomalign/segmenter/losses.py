@@ -1,0 +1,49 @@
+"""The segmenter's objective, paper §3.3: Eq. 6 (real + synthetic CE) and Generative Feedback (Eq. 7-11)."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def loss_ce(logits: torch.Tensor, target: torch.Tensor, synthetic: torch.Tensor) -> torch.Tensor:
+    """Eq. 6: L_ce = (1/N_real)·Σ_real H(l, y) + (1/N_syn)·Σ_syn H(l, y).
+
+    logits [B, 2, H, W]; target [B, 1, H, W] or [B, H, W] in {0, 1}; synthetic [B] bool.
+    H is the pixel-mean cross-entropy of one image; each group is averaged over its own samples,
+    so the two groups weigh the same whatever the batch mix. An empty group contributes 0.
+    """
+    y = target.reshape(target.shape[0], *target.shape[-2:]).long()
+    per_image = F.cross_entropy(logits.float(), y, reduction="none").mean(dim=(1, 2))
+    total = per_image.new_zeros(())
+    for group in (~synthetic, synthetic):
+        if group.any():
+            total = total + per_image[group].mean()
+    return total
+
+
+def soft_mask(logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Eq. 8-9: m̃ = softmax(l / λ)[:, 1] — the anomaly channel of a temperature-sharpened softmax.
+
+    logits [B, 2, H, W]; temperature λ in (0, 1]. Returns m̃ [B, 1, H, W] in [0, 1], differentiable.
+    """
+    if not 0 < temperature <= 1:
+        raise ValueError(f"temperature λ must be in (0, 1], got {temperature}")
+    return (logits.float() / temperature).softmax(dim=1)[:, 1:2]
+
+
+def loss_feedback(gen, z0: torch.Tensor, m_soft: torch.Tensor, prompt_emb: torch.Tensor, noise: torch.Tensor,
+                  t: torch.Tensor) -> torch.Tensor:
+    """Eq. 10: L_fb = ||ε - ε_θ(z_t, t, τ(p), m̃)||² with the frozen generator conditioned on m̃.
+
+    z0 = E(x) of the real images [B, C, h, w] (no gradient needed); m_soft [B, 1, H, W] at the
+    generator's resolution; noise like z0; t [B]. The gradient reaches the segmenter through m̃ only.
+    """
+    from anomalign.generator.losses import add_noise
+    z_t = add_noise(gen.scheduler, z0, noise, t)
+    eps = gen.predict_noise(z_t, t, prompt_emb, gen.condition(m_soft))
+    return F.mse_loss(eps.float(), noise.float())
+
+
+def loss_seg(l_ce: torch.Tensor, l_fb: torch.Tensor, w_fb: float = 1.0) -> torch.Tensor:
+    """Eq. 11: L_seg = L_ce + w_fb·L_fb (w_fb = 1 in the paper)."""
+    return l_ce + w_fb * l_fb

@@ -1,0 +1,105 @@
+"""The segmenter: Segformer (transformers) with 2 classes (background, anomaly), logits upsampled to the input.
+
+Presets give MiT b0…b5 shapes (random init) plus ``tiny`` for CPU; ``pretrained`` loads a local
+Segformer folder (e.g. a converted nvidia/mit-b0) and replaces its head with a 2-class one.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from safetensors import SafetensorError
+from safetensors.torch import load_file, safe_open, save_file
+
+from anomalign.errors import AnomalignError
+
+_B_HEADS = [1, 2, 5, 8]
+PRESETS: dict[str, dict] = {
+    "tiny": dict(hidden_sizes=[16, 32, 64, 128], depths=[1, 1, 2, 1], num_attention_heads=[1, 1, 2, 4],
+                 decoder_hidden_size=64),
+    "b0": dict(hidden_sizes=[32, 64, 160, 256], depths=[2, 2, 2, 2], num_attention_heads=_B_HEADS, decoder_hidden_size=256),
+    "b1": dict(hidden_sizes=[64, 128, 320, 512], depths=[2, 2, 2, 2], num_attention_heads=_B_HEADS, decoder_hidden_size=256),
+    "b2": dict(hidden_sizes=[64, 128, 320, 512], depths=[3, 4, 6, 3], num_attention_heads=_B_HEADS, decoder_hidden_size=768),
+    "b3": dict(hidden_sizes=[64, 128, 320, 512], depths=[3, 4, 18, 3], num_attention_heads=_B_HEADS, decoder_hidden_size=768),
+    "b4": dict(hidden_sizes=[64, 128, 320, 512], depths=[3, 8, 27, 3], num_attention_heads=_B_HEADS, decoder_hidden_size=768),
+    "b5": dict(hidden_sizes=[64, 128, 320, 512], depths=[3, 6, 40, 3], num_attention_heads=_B_HEADS, decoder_hidden_size=768),
+}
+WEIGHTS_NAME = "segmenter.safetensors"
+# Segformer checkpoints were trained on ImageNet-normalised inputs; we normalise inside the model.
+_MEAN, _STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
+class Segmenter(nn.Module):
+    """images [B, 3, H, W] in [-1, 1] -> logits [B, 2, H, W] (upsampled from Segformer's 1/4 grid)."""
+
+    def __init__(self, preset: str = "tiny", pretrained: str | None = None):
+        super().__init__()
+        from transformers import SegformerConfig, SegformerForSemanticSegmentation
+        self.preset, self.pretrained = preset, pretrained
+        if pretrained:
+            try:
+                self.net = SegformerForSemanticSegmentation.from_pretrained(
+                    pretrained, num_labels=2, ignore_mismatched_sizes=True, local_files_only=True)
+            except (OSError, ValueError) as e:
+                raise AnomalignError(f"{pretrained}: cannot load a Segformer ({str(e).splitlines()[0]})") from None
+        else:
+            if preset not in PRESETS:
+                raise AnomalignError(f"unknown segmenter preset {preset!r}; choose one of {list(PRESETS)}")
+            self.net = SegformerForSemanticSegmentation(SegformerConfig(num_labels=2, **PRESETS[preset]))
+        self.register_buffer("mean", torch.tensor(_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(_STD).view(1, 3, 1, 1), persistent=False)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        x = ((images + 1) / 2 - self.mean) / self.std
+        logits = self.net(pixel_values=x).logits
+        return F.interpolate(logits, size=images.shape[-2:], mode="bilinear", align_corners=False)
+
+    @torch.no_grad()
+    def predict_proba(self, images: torch.Tensor) -> torch.Tensor:
+        """Anomaly probability [B, 1, H, W]."""
+        return self(images).softmax(1)[:, 1:2]
+
+    def save(self, folder: Path, extra: dict | None = None) -> Path:
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        spec = {"preset": self.preset, "config": self.net.config.to_dict(), **(extra or {})}
+        tmp = folder / f"{WEIGHTS_NAME}.{os.getpid()}.tmp"
+        save_file({k: v.contiguous() for k, v in self.net.state_dict().items()}, str(tmp),
+                  metadata={"anomalign_segmenter": json.dumps(spec)})
+        tmp.replace(folder / WEIGHTS_NAME)
+        return folder / WEIGHTS_NAME
+
+    @classmethod
+    def load(cls, source: Path, device: str | torch.device = "cpu") -> "Segmenter":
+        """Load a segmenter run folder (or its ``segmenter.safetensors``)."""
+        from transformers import SegformerConfig, SegformerForSemanticSegmentation
+        path = Path(source)
+        file = path / WEIGHTS_NAME if path.is_dir() else path
+        if not file.is_file():
+            raise AnomalignError(f"{source}: not a segmenter folder (no {WEIGHTS_NAME}; train one with "
+                                 "`anomalign train-segmenter`)")
+        try:
+            with safe_open(str(file), framework="pt") as fh:
+                spec = json.loads((fh.metadata() or {})["anomalign_segmenter"])
+            state = load_file(str(file))
+        except (SafetensorError, KeyError, json.JSONDecodeError, OSError) as e:
+            raise AnomalignError(f"{file}: unreadable segmenter weights ({e})") from None
+        config = SegformerConfig.from_dict(spec["config"])
+        if config.num_labels != 2:
+            raise AnomalignError(f"{file}: segmenter has {config.num_labels} classes; anomalign needs 2 "
+                                 "(background, anomaly)")
+        model = cls.__new__(cls)
+        nn.Module.__init__(model)
+        model.preset, model.pretrained = spec.get("preset", "custom"), None
+        model.net = SegformerForSemanticSegmentation(config)
+        try:
+            model.net.load_state_dict(state, strict=True)
+        except RuntimeError as e:
+            raise AnomalignError(f"{file}: weights do not fit the model ({str(e).splitlines()[0]})") from None
+        model.register_buffer("mean", torch.tensor(_MEAN).view(1, 3, 1, 1), persistent=False)
+        model.register_buffer("std", torch.tensor(_STD).view(1, 3, 1, 1), persistent=False)
+        return model.to(device).eval()

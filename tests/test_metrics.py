@@ -1,0 +1,48 @@
+"""Metrics against hand-computed values."""
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from anomalign.evaluation.figures import mask_contour
+from anomalign.evaluation.metrics import SegmentationMeter, iou_dice, pixel_auroc
+from anomalign.synthesis.scoring import shift_masks
+
+
+def test_iou_dice_by_hand():
+    pred = torch.tensor([[1, 1, 0, 0], [0, 0, 0, 0], [1, 0, 0, 0]]).bool()
+    target = torch.tensor([[1, 0, 1, 0], [0, 0, 0, 0], [0, 1, 0, 0]]).bool()
+    iou, dice = iou_dice(pred, target)
+    assert iou.tolist() == pytest.approx([1 / 3, 1.0, 0.0])
+    assert dice.tolist() == pytest.approx([0.5, 1.0, 0.0])
+
+
+def test_auroc_by_hand():
+    assert pixel_auroc(np.array([0.1, 0.4, 0.35, 0.8]), np.array([0, 0, 1, 1])) == pytest.approx(0.75)
+    assert pixel_auroc(np.array([0.5, 0.5]), np.array([0, 1])) == pytest.approx(0.5)  # ties count half
+    assert math.isnan(pixel_auroc(np.array([0.1]), np.array([1])))
+
+
+def test_meter_skips_empty_gt_in_per_image_means_but_counts_false_alarms():
+    m = SegmentationMeter()
+    prob = torch.zeros(2, 1, 2, 2)
+    prob[0, 0, 0, 0] = 0.9  # hit
+    prob[1, 0, 1, 1] = 0.9  # false alarm on a normal image
+    target = torch.zeros(2, 1, 2, 2)
+    target[0, 0, 0, :] = 1
+    m.update(prob, target)
+    r = m.result()
+    assert r["images"] == 1 and r["mIoU"] == pytest.approx(0.5) and r["mDice"] == pytest.approx(2 / 3)
+    assert r["IoU"] == pytest.approx(1 / 3)  # pooled: inter 1, union 3
+    assert r["Dice"] == pytest.approx(2 * 1 / (2 + 2))
+
+
+def test_contour_and_shift():
+    mask = np.zeros((5, 5), bool)
+    mask[1:4, 1:4] = True
+    c = mask_contour(mask)
+    assert c.sum() == 8 and not c[2, 2]
+    m = torch.zeros(1, 1, 4, 32)
+    m[..., 0] = 1
+    assert shift_masks(m, 16)[0, 0, 0].nonzero().flatten().tolist() == [16]
