@@ -126,7 +126,7 @@ def test_bad_base_models_give_clear_errors(data, tmp_path):
     with pytest.raises(AnomalignError, match="tiny base weights not found"):
         run_train_generator(config(data, tmp_path / "r3", base=str(tmp_path / "none.safetensors")), progress=False)
     (tmp_path / "junk.safetensors").write_bytes(b"junk")
-    with pytest.raises(AnomalignError, match="unreadable generator weights"):
+    with pytest.raises(AnomalignError, match="unreadable weights"):
         run_train_generator(config(data, tmp_path / "r4", base=str(tmp_path / "junk.safetensors")), progress=False)
 
 

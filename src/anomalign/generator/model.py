@@ -7,21 +7,20 @@ the file's metadata) + ``generator.json`` (the same spec, readable) + the ``conf
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn as nn
-from safetensors import SafetensorError
-from safetensors.torch import load_file, safe_open, save_file
 
 from anomalign.errors import AnomalignError
 from anomalign.generator.conditioning import (MaskEncoding, drop_condition, encode_mask_condition,
                                               expand_conv_in, mask_channels)
 from anomalign.generator.losses import to_epsilon
+from anomalign.weights import read_weights, write_weights
 
 WEIGHTS_NAME = "generator.safetensors"
+SPEC_KEY = "anomalign_spec"
 LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
 
 
@@ -112,8 +111,7 @@ class MaskGenerator(nn.Module):
     def save(self, folder: Path, dtype: torch.dtype | None = None) -> Path:
         """Write ``generator.safetensors`` (+ ``generator.json``) into ``folder`` atomically."""
         folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
-        state = {k: (v.to(dtype) if dtype is not None and v.is_floating_point() else v).detach().cpu().contiguous()
+        state = {k: (v.to(dtype) if dtype is not None and v.is_floating_point() else v)
                  for k, v in self.trainable_state().items()}
         spec = dict(self.spec, scheduler=dict(self.scheduler.config))
         if self.spec["backend"] == "tiny":
@@ -121,27 +119,15 @@ class MaskGenerator(nn.Module):
                               "max_len": self.prompt_encoder.max_len}
             spec["vae_config"] = dict(self.vae.config)
             spec["unet_config"] = dict(self.unet.config)
-        text = json.dumps(spec, default=_json_default)
-        tmp = folder / f"{WEIGHTS_NAME}.{os.getpid()}.tmp"
-        save_file(state, str(tmp), metadata={"anomalign_spec": text})
-        tmp.replace(folder / WEIGHTS_NAME)
-        (folder / "generator.json").write_text(json.dumps(json.loads(text), indent=1))
-        return folder / WEIGHTS_NAME
+        file = write_weights(folder / WEIGHTS_NAME, state, SPEC_KEY, spec)
+        (folder / "generator.json").write_text(json.dumps(json.loads(json.dumps(spec, default=str)), indent=1))
+        return file
 
     @classmethod
     def load(cls, source: Path, base: str | None = None, device: str | torch.device = "cpu") -> "MaskGenerator":
         """Load a generator folder (or a ``generator.safetensors`` file). ``base`` overrides the SD base path."""
-        path = Path(source)
-        file = path / WEIGHTS_NAME if path.is_dir() else path
-        if not file.is_file():
-            raise AnomalignError(f"{source}: not a generator folder (no {WEIGHTS_NAME}; train one with "
-                                 "`anomalign train-generator`)")
-        try:
-            with safe_open(str(file), framework="pt") as fh:
-                spec = json.loads((fh.metadata() or {})["anomalign_spec"])
-            state = load_file(str(file))
-        except (SafetensorError, KeyError, json.JSONDecodeError, OSError) as e:
-            raise AnomalignError(f"{file}: unreadable generator weights ({e})") from None
+        spec, state, file = read_weights(source, WEIGHTS_NAME, SPEC_KEY,
+                                         "not a generator folder; train one with `anomalign train-generator`")
         gen = build_generator(spec, base=base)
         gen.load_trainable_state(state, str(file))
         return gen.to(device)
@@ -165,16 +151,6 @@ def _load_strict(module: nn.Module, state: dict, where: str) -> None:
         module.load_state_dict(state, strict=True)
     except RuntimeError as e:
         raise AnomalignError(f"{where}: weights do not fit the model ({str(e).splitlines()[0]})") from None
-
-
-def _json_default(o: Any) -> Any:
-    if isinstance(o, (tuple, set)):
-        return list(o)
-    if isinstance(o, Path):
-        return str(o)
-    if hasattr(o, "item"):
-        return o.item()
-    return str(o)
 
 
 def build_generator(spec: dict[str, Any], base: str | None = None) -> MaskGenerator:

@@ -5,17 +5,14 @@ Segformer folder (e.g. a converted nvidia/mit-b0) and replaces its head with a 2
 """
 from __future__ import annotations
 
-import json
-import os
 from pathlib import Path
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from safetensors import SafetensorError
-from safetensors.torch import load_file, safe_open, save_file
 
 from anomalign.errors import AnomalignError
+from anomalign.weights import read_weights, write_weights
 
 _B_HEADS = [1, 2, 5, 8]
 PRESETS: dict[str, dict] = {
@@ -29,6 +26,7 @@ PRESETS: dict[str, dict] = {
     "b5": dict(hidden_sizes=[64, 128, 320, 512], depths=[3, 6, 40, 3], num_attention_heads=_B_HEADS, decoder_hidden_size=768),
 }
 WEIGHTS_NAME = "segmenter.safetensors"
+SPEC_KEY = "anomalign_segmenter"
 # Segformer checkpoints were trained on ImageNet-normalised inputs; we normalise inside the model.
 _MEAN, _STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
@@ -64,30 +62,15 @@ class Segmenter(nn.Module):
         return self(images).softmax(1)[:, 1:2]
 
     def save(self, folder: Path, extra: dict | None = None) -> Path:
-        folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
         spec = {"preset": self.preset, "config": self.net.config.to_dict(), **(extra or {})}
-        tmp = folder / f"{WEIGHTS_NAME}.{os.getpid()}.tmp"
-        save_file({k: v.contiguous() for k, v in self.net.state_dict().items()}, str(tmp),
-                  metadata={"anomalign_segmenter": json.dumps(spec)})
-        tmp.replace(folder / WEIGHTS_NAME)
-        return folder / WEIGHTS_NAME
+        return write_weights(Path(folder) / WEIGHTS_NAME, self.net.state_dict(), SPEC_KEY, spec)
 
     @classmethod
     def load(cls, source: Path, device: str | torch.device = "cpu") -> "Segmenter":
         """Load a segmenter run folder (or its ``segmenter.safetensors``)."""
         from transformers import SegformerConfig, SegformerForSemanticSegmentation
-        path = Path(source)
-        file = path / WEIGHTS_NAME if path.is_dir() else path
-        if not file.is_file():
-            raise AnomalignError(f"{source}: not a segmenter folder (no {WEIGHTS_NAME}; train one with "
-                                 "`anomalign train-segmenter`)")
-        try:
-            with safe_open(str(file), framework="pt") as fh:
-                spec = json.loads((fh.metadata() or {})["anomalign_segmenter"])
-            state = load_file(str(file))
-        except (SafetensorError, KeyError, json.JSONDecodeError, OSError) as e:
-            raise AnomalignError(f"{file}: unreadable segmenter weights ({e})") from None
+        spec, state, file = read_weights(source, WEIGHTS_NAME, SPEC_KEY,
+                                         "not a segmenter folder; train one with `anomalign train-segmenter`")
         config = SegformerConfig.from_dict(spec["config"])
         if config.num_labels != 2:
             raise AnomalignError(f"{file}: segmenter has {config.num_labels} classes; anomalign needs 2 "

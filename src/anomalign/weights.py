@@ -1,0 +1,49 @@
+"""Model files: safetensors weights with a JSON spec in the file's metadata (never pickle)."""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, safe_open, save_file
+
+from anomalign.errors import AnomalignError
+
+
+def write_weights(file: Path, state: dict[str, torch.Tensor], key: str, spec: dict[str, Any]) -> Path:
+    """Write ``state`` with ``spec`` (JSON) under metadata ``key``; atomically (temp name, then rename)."""
+    file = Path(file)
+    file.parent.mkdir(parents=True, exist_ok=True)
+    tmp = file.with_name(f"{file.name}.{os.getpid()}.tmp")
+    save_file({k: v.detach().cpu().contiguous() for k, v in state.items()}, str(tmp),
+              metadata={key: json.dumps(spec, default=_json_default)})
+    tmp.replace(file)
+    return file
+
+
+def read_weights(source: Path, name: str, key: str, hint: str) -> tuple[dict[str, Any], dict[str, torch.Tensor], Path]:
+    """(spec, state, file) from a run folder holding ``name`` or the file itself; clear errors naming the file."""
+    path = Path(source)
+    file = path / name if path.is_dir() else path
+    if not file.is_file():
+        raise AnomalignError(f"{source}: no {name} here ({hint})")
+    try:
+        with safe_open(str(file), framework="pt") as fh:
+            spec = json.loads((fh.metadata() or {})[key])
+        state = load_file(str(file))
+    except (SafetensorError, KeyError, json.JSONDecodeError, OSError) as e:
+        raise AnomalignError(f"{file}: unreadable weights ({type(e).__name__}: {e})") from None
+    return spec, state, file
+
+
+def _json_default(o: Any) -> Any:
+    if isinstance(o, (tuple, set)):
+        return list(o)
+    if isinstance(o, Path):
+        return str(o)
+    if hasattr(o, "item"):
+        return o.item()
+    return str(o)
