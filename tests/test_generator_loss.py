@@ -104,3 +104,26 @@ def test_mask_encodings_keep_thin_lines_and_dropped_differs_from_empty():
     empty = gen.condition(torch.zeros(2, 1, 32, 32))
     dropped = gen.condition(torch.zeros(2, 1, 32, 32), keep=torch.tensor([False, True]))
     assert (empty == -1).all() and (dropped[0] == 0).all() and (dropped[1] == -1).all()
+
+
+def test_gradients_reach_only_trainable_parameters():
+    from anomalign.config import build_config
+    from anomalign.generator.task import GenStepOptions, generator_step
+    from anomalign.generator.train import TrainGeneratorConfig, trainable_parameters
+
+    for finetune in ("full", "lora"):
+        gen = dummy_tiny_generator()
+        cfg = build_config(TrainGeneratorConfig, {"data": "x", "out": "y", "finetune": finetune})
+        params = trainable_parameters(gen, cfg)
+        z0, h0, _, _ = batch(gen)
+        m = (torch.rand(4, 1, 32, 32) > 0.8).float()
+        out = generator_step(gen, {"z0": z0, "h0": h0, "mask": m, "prompt": ["a photo of a surface"] * 4,
+                                   "seeds": [1, 2, 3, 4]}, GenStepOptions())
+        out["loss"].backward()
+        trained = {id(p) for p in params}
+        assert all(p.grad is None for p in gen.vae.parameters())
+        assert all(p.grad is None for p in gen.parameters() if id(p) not in trained)
+        assert sum(p.grad is not None and p.grad.abs().sum() > 0 for p in params) > 0
+        if finetune == "lora":
+            names = {n for n, p in gen.unet.named_parameters() if p.requires_grad}
+            assert names and all("lora" in n or n.startswith("conv_in") for n in names)

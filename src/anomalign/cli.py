@@ -19,6 +19,7 @@ from anomalign.data.folders import DataOptions
 from anomalign.errors import AnomalignError
 from anomalign.generator.pretrain import PretrainBaseConfig
 from anomalign.generator.train import TrainGeneratorConfig
+from anomalign.segmenter.train import TrainSegmenterConfig
 
 
 @dataclass(kw_only=True)
@@ -82,9 +83,17 @@ def run_pretrain_base(cfg: Any) -> int:
     return 0
 
 
+def run_train_segmenter(cfg: Any) -> int:
+    from anomalign.segmenter.train import run_train_segmenter as run
+    run(cfg, progress=sys.stderr.isatty())
+    return 0
+
+
 COMMANDS: dict[str, Command] = {
     "train-generator": ("fine-tune the mask-conditioned generator with dual-branch Alignment Regularization",
                         TrainGeneratorConfig, run_train_generator),
+    "train-segmenter": ("train the Segformer segmenter on real (+ synthetic) pairs, optionally with "
+                        "Generative Feedback from a frozen generator", TrainSegmenterConfig, run_train_segmenter),
     "pretrain-base": ("train the tiny backend's base model from scratch on a procedural corpus",
                       PretrainBaseConfig, run_pretrain_base),
 }
