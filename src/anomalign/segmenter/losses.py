@@ -5,15 +5,18 @@ import torch
 import torch.nn.functional as F
 
 
-def loss_ce(logits: torch.Tensor, target: torch.Tensor, synthetic: torch.Tensor) -> torch.Tensor:
+def loss_ce(logits: torch.Tensor, target: torch.Tensor, synthetic: torch.Tensor,
+            anomaly_weight: float = 1.0) -> torch.Tensor:
     """Eq. 6: L_ce = (1/N_real)·Σ_real H(l, y) + (1/N_syn)·Σ_syn H(l, y).
 
     logits [B, 2, H, W]; target [B, 1, H, W] or [B, H, W] in {0, 1}; synthetic [B] bool.
     H is the pixel-mean cross-entropy of one image; each group is averaged over its own samples,
     so the two groups weigh the same whatever the batch mix. An empty group contributes 0.
+    ``anomaly_weight`` > 1 weighs anomaly pixels up (not in the paper, whose H is plain CE; default 1).
     """
     y = target.reshape(target.shape[0], *target.shape[-2:]).long()
-    per_image = F.cross_entropy(logits.float(), y, reduction="none").mean(dim=(1, 2))
+    weight = None if anomaly_weight == 1.0 else torch.tensor([1.0, anomaly_weight], device=logits.device)
+    per_image = F.cross_entropy(logits.float(), y, weight=weight, reduction="none").mean(dim=(1, 2))
     total = per_image.new_zeros(())
     for group in (~synthetic, synthetic):
         if group.any():

@@ -33,6 +33,8 @@ class TrainSegmenterConfig(DataOptions, LoopOptions):
     pretrained: str | None = option(None, "local Segformer folder to start from instead of a preset")
     size: int = option(64, "input size (images and masks resized to size x size)")
     synthetic_fraction: float = option(0.5, "share of each batch drawn from the synthetic sets")
+    anomaly_weight: float = option(1.0, "CE weight of anomaly pixels (1 = the paper's plain CE; raise it "
+                                        "for tiny defects on small data)")
     temperature: float = option(0.5, "λ of Eq. 8 (softmax temperature, in (0, 1])")
     w_fb: float = option(1.0, "weight of L_fb in Eq. 11 (1 in the paper)")
     fb_t_min: int = option(0, "smallest diffusion timestep drawn for feedback")
@@ -118,7 +120,7 @@ def run_train_segmenter(cfg: TrainSegmenterConfig, progress: bool = True) -> Pat
     def step_fn(batch: dict, g: torch.Generator) -> dict[str, torch.Tensor]:
         x, m = batch["image"].to(acc.device), batch["mask"].to(acc.device)
         logits = model(x)
-        l_ce = loss_ce(logits, m, batch["synthetic"].to(acc.device))
+        l_ce = loss_ce(logits, m, batch["synthetic"].to(acc.device), cfg.anomaly_weight)
         k = batch["step"]
         use_fb = gen is not None and k >= cfg.fb_warmup_steps and k % cfg.fb_every == 0 and batch["keys"]
         if not use_fb:
