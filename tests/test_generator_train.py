@@ -1,6 +1,5 @@
 """train-generator end to end on tiny random models: outputs, save/reload, resume, NaN stop, sd backend."""
 import csv
-from pathlib import Path
 
 import pytest
 import torch

@@ -19,7 +19,7 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, Literal
+from typing import Any, Callable, Literal
 
 import torch
 import torch.nn as nn
@@ -328,8 +328,3 @@ def _tensorboard(folder: Path):
     except ImportError:  # TensorBoard is optional; the CSV log is always written
         return None
     return SummaryWriter(str(folder))
-
-
-def cycle(it_factory: Callable[[], Iterator]) -> Iterator:
-    while True:
-        yield from it_factory()

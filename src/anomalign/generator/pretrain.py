@@ -9,7 +9,7 @@ The result is one fp16 safetensors file; the shipped one is reproduced by ``conf
 from __future__ import annotations
 
 import shutil
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np

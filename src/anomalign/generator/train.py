@@ -14,7 +14,7 @@ from anomalign.data.folders import DataOptions
 from anomalign.data.validate import load_dataset
 from anomalign.errors import AnomalignError, ConfigError
 from anomalign.generator.conditioning import mask_channels, expand_conv_in
-from anomalign.generator.model import MaskGenerator, build_generator
+from anomalign.generator.model import MaskGenerator
 from anomalign.generator.task import AUGMENTS, GenStepOptions, LatentPairs, generator_task
 from anomalign.generator.tiny import words
 from anomalign.training import LoopOptions, make_accelerator, train_loop
