@@ -202,6 +202,8 @@ def train_loop(task: TrainTask, opts: LoopOptions, out_dir: Path, accelerator=No
             start, best = info["step"], info.get("best")
             if acc.is_main_process:
                 print(f"resumed from {ckpt} at step {start}")
+                for name in ("train.csv", "validation.csv"):  # rows logged after the checkpoint are redone
+                    _truncate_log(out_dir / "logs" / name, start)
     log_path = out_dir / "logs" / "train.csv"
     writer = _tensorboard(out_dir / "logs") if acc.is_main_process else None
     bar = tqdm(total=opts.max_steps, initial=start, desc="training", unit="step",
@@ -320,6 +322,14 @@ def _log_row(path: Path, step: int, values: dict[str, float]) -> None:
         if new:
             w.writerow(["step", *values])
         w.writerow([step, *(f"{v:.6g}" if isinstance(v, float) else v for v in values.values())])
+
+
+def _truncate_log(path: Path, step: int) -> None:
+    if not path.is_file():
+        return
+    lines = path.read_text().splitlines(keepends=True)
+    kept = lines[:1] + [ln for ln in lines[1:] if int(ln.split(",", 1)[0]) <= step]
+    path.write_text("".join(kept))
 
 
 def _tensorboard(folder: Path):
