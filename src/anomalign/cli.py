@@ -17,6 +17,7 @@ from anomalign.config import add_config_arguments, config_from_args, option
 from anomalign.data.demo import MakeDemoConfig
 from anomalign.data.folders import DataOptions
 from anomalign.errors import AnomalignError
+from anomalign.evaluation.evaluate import EvaluateConfig
 from anomalign.generator.pretrain import PretrainBaseConfig
 from anomalign.generator.train import TrainGeneratorConfig
 from anomalign.segmenter.train import TrainSegmenterConfig
@@ -89,11 +90,19 @@ def run_train_segmenter(cfg: Any) -> int:
     return 0
 
 
+
+def run_evaluate(cfg: Any) -> int:
+    from anomalign.evaluation.evaluate import run_evaluate as run
+    run(cfg)
+    return 0
+
 COMMANDS: dict[str, Command] = {
     "train-generator": ("fine-tune the mask-conditioned generator with dual-branch Alignment Regularization",
                         TrainGeneratorConfig, run_train_generator),
     "train-segmenter": ("train the Segformer segmenter on real (+ synthetic) pairs, optionally with "
                         "Generative Feedback from a frozen generator", TrainSegmenterConfig, run_train_segmenter),
+    "evaluate": ("segmentation metrics (mDice, mIoU, IoU, Dice, pixel AUROC) per test set, as JSON and a table",
+                 EvaluateConfig, run_evaluate),
     "pretrain-base": ("train the tiny backend's base model from scratch on a procedural corpus",
                       PretrainBaseConfig, run_pretrain_base),
 }

@@ -37,7 +37,7 @@ class Segmenter(nn.Module):
     def __init__(self, preset: str = "tiny", pretrained: str | None = None):
         super().__init__()
         from transformers import SegformerConfig, SegformerForSemanticSegmentation
-        self.preset, self.pretrained = preset, pretrained
+        self.preset, self.pretrained, self.size = preset, pretrained, None
         if pretrained:
             try:
                 self.net = SegformerForSemanticSegmentation.from_pretrained(
@@ -77,7 +77,7 @@ class Segmenter(nn.Module):
                                  "(background, anomaly)")
         model = cls.__new__(cls)
         nn.Module.__init__(model)
-        model.preset, model.pretrained = spec.get("preset", "custom"), None
+        model.preset, model.pretrained, model.size = spec.get("preset", "custom"), None, spec.get("size")
         model.net = SegformerForSemanticSegmentation(config)
         try:
             model.net.load_state_dict(state, strict=True)

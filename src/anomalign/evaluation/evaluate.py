@@ -1,0 +1,82 @@
+"""``anomalign evaluate``: segmentation metrics per test set, as JSON and as a table shaped like the paper's Table 1."""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from anomalign.config import option
+from anomalign.data.dataset import PairDataset
+from anomalign.data.folders import DataOptions
+from anomalign.data.validate import load_dataset
+from anomalign.errors import AnomalignError
+from anomalign.evaluation.metrics import SegmentationMeter
+
+COLUMNS = ("mDice", "mIoU", "Dice", "IoU", "AUROC")
+
+
+@dataclass(kw_only=True)
+class EvaluateConfig(DataOptions):
+    """Options of ``anomalign evaluate``."""
+
+    segmenter: Path = option(help="segmenter run folder (or its best/ sub-folder)")
+    test: list[str] = option(help="test datasets; a PraNet-style dataset gives one row per test set")
+    out: Path | None = option(None, "folder for eval.json and eval.md (default: SEGMENTER/eval)")
+    size: int | None = option(None, "input size (default: the size the segmenter was trained at)")
+    batch_size: int = option(32, "images per forward pass")
+    threshold: float = option(0.5, "probability threshold of the anomaly class")
+
+
+def test_sets(path: Path, opts: DataOptions) -> dict[str, list]:
+    """{row name: test samples}: one row per named subset (PraNet) or one for the whole test split."""
+    index = load_dataset(path, opts)
+    rows = {}
+    for subset in index.subsets("test") or [""]:
+        samples = index.split("test", subset=subset)
+        name = subset or path.name
+        if not any(s.mask is not None and not s.normal for s in samples):
+            raise AnomalignError(f"{path}: test set {name!r} has no anomalous images with masks to evaluate against")
+        rows[name] = samples
+    return rows
+
+
+@torch.no_grad()
+def run_evaluate(cfg: EvaluateConfig) -> dict:
+    from anomalign.segmenter.model import Segmenter
+    model = Segmenter.load(cfg.segmenter)
+    size = cfg.size or model.size or 256
+    results: dict[str, dict] = {}
+    for path in map(Path, cfg.test):
+        for name, samples in test_sets(path, cfg).items():
+            ds = PairDataset(samples, size=size, cache=False, threshold=cfg.mask_threshold)
+            meter = SegmentationMeter(cfg.threshold)
+            for s in range(0, len(ds), cfg.batch_size):
+                items = [ds[i] for i in range(s, min(len(ds), s + cfg.batch_size))]
+                meter.update(model.predict_proba(torch.stack([it["image"] for it in items])),
+                             torch.stack([it["mask"] for it in items]))
+            key = name if name not in results else f"{path.name}/{name}"
+            results[key] = meter.result()
+    average = {c: sum(r[c] for r in results.values()) / len(results) for c in COLUMNS}
+    out = Path(cfg.out) if cfg.out else Path(cfg.segmenter) / "eval"
+    out.mkdir(parents=True, exist_ok=True)
+    payload = {"segmenter": str(cfg.segmenter), "size": size, "threshold": cfg.threshold,
+               "sets": results, "average": average}
+    (out / "eval.json").write_text(json.dumps(payload, indent=1))
+    (out / "eval.md").write_text(format_table(results, average))
+    print(format_table(results, average))
+    print(f"written to {out / 'eval.json'} and {out / 'eval.md'}")
+    return payload
+
+
+def format_table(results: dict[str, dict], average: dict[str, float]) -> str:
+    """Markdown table, one row per test set plus the average row (percentages, as in the paper)."""
+    def pct(v: float) -> str:
+        return "–" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{100 * v:.2f}"
+    lines = ["| test set | images | " + " | ".join(COLUMNS) + " |", "|---|---|" + "---|" * len(COLUMNS)]
+    for name, r in results.items():
+        lines.append(f"| {name} | {r['images']} | " + " | ".join(pct(r[c]) for c in COLUMNS) + " |")
+    lines.append("| **average** | | " + " | ".join(pct(average[c]) for c in COLUMNS) + " |")
+    return "\n".join(lines) + "\n"
