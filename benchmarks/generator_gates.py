@@ -40,7 +40,8 @@ from anomalign.evaluation.figures import draw_contour, grid, save_png
 from anomalign.generator.model import MaskGenerator
 from anomalign.generator.train import TrainGeneratorConfig, run_train_generator
 from anomalign.segmenter.model import Segmenter
-from anomalign.segmenter.train import TrainSegmenterConfig, evaluate_samples, run_train_segmenter
+from anomalign.evaluation.evaluate import evaluate_samples
+from anomalign.segmenter.train import TrainSegmenterConfig, run_train_segmenter
 from anomalign.synthesis.sampler import sample
 from anomalign.synthesis.scoring import free_lunch, oracle_iou, shift_masks
 
@@ -69,10 +70,8 @@ def scarce_subset(data: Path, out: Path, per_defect: int, normals: int) -> Path:
 
 
 def tensors(samples, size=64):
-    ds = PairDataset(samples, size=size)
-    items = [ds[i] for i in range(len(ds))]
-    return (torch.stack([it["image"] for it in items]), torch.stack([it["mask"] for it in items]),
-            [default_prompt(s) for s in samples], samples)
+    images, masks = PairDataset(samples, size=size).tensors()
+    return images, masks, [default_prompt(s) for s in samples], samples
 
 
 def write_pairs(out: Path, images: torch.Tensor, masks: torch.Tensor, samples) -> Path:

@@ -81,6 +81,11 @@ class PairDataset(Dataset):
             self.cache[i] = out
         return out
 
+    def tensors(self, start: int = 0, stop: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Items start..stop stacked: images [N, 3, S, S] in [-1, 1], masks [N, 1, S, S] (each item read once)."""
+        items = [self[i] for i in range(start, len(self) if stop is None else min(stop, len(self)))]
+        return torch.stack([it["image"] for it in items]), torch.stack([it["mask"] for it in items])
+
     def __getitem__(self, i: int) -> dict:
         image, mask = self.pair(i)
         x, m = to_model_range(image), mask_to_tensor(mask)

@@ -52,13 +52,8 @@ def run_evaluate(cfg: EvaluateConfig) -> dict:
     for path in map(Path, cfg.test):
         for name, samples in test_sets(path, cfg).items():
             ds = PairDataset(samples, size=size, cache=False, threshold=cfg.mask_threshold)
-            meter = SegmentationMeter(cfg.threshold)
-            for s in range(0, len(ds), cfg.batch_size):
-                items = [ds[i] for i in range(s, min(len(ds), s + cfg.batch_size))]
-                meter.update(model.predict_proba(torch.stack([it["image"] for it in items])),
-                             torch.stack([it["mask"] for it in items]))
             key = name if name not in results else f"{path.name}/{name}"
-            results[key] = meter.result()
+            results[key] = evaluate_samples(model, ds, batch_size=cfg.batch_size, threshold=cfg.threshold)
     average = {c: sum(r[c] for r in results.values()) / len(results) for c in COLUMNS}
     out = Path(cfg.out) if cfg.out else Path(cfg.segmenter) / "eval"
     out.mkdir(parents=True, exist_ok=True)
@@ -69,6 +64,22 @@ def run_evaluate(cfg: EvaluateConfig) -> dict:
     print(format_table(results, average))
     print(f"written to {out / 'eval.json'} and {out / 'eval.md'}")
     return payload
+
+
+@torch.no_grad()
+def evaluate_samples(model, dataset: PairDataset, device="cpu", batch_size: int = 32,
+                     threshold: float = 0.5) -> dict[str, float]:
+    """Segmentation metrics (evaluation.metrics) of a segmenter on a PairDataset, batch by batch."""
+    was = model.training
+    model.eval()
+    meter = SegmentationMeter(threshold)
+    try:
+        for s in range(0, len(dataset), batch_size):
+            x, m = dataset.tensors(s, s + batch_size)
+            meter.update(model.predict_proba(x.to(device)), m.to(device))
+    finally:
+        model.train(was)
+    return meter.result()
 
 
 def format_table(results: dict[str, dict], average: dict[str, float]) -> str:

@@ -149,8 +149,7 @@ def run_train_generator(cfg: TrainGeneratorConfig, progress: bool = True) -> Pat
     if cfg.gradient_checkpointing:
         gen.unet.enable_gradient_checkpointing()
     gen.to(acc.device)
-    images = torch.stack([train_ds[i]["image"] for i in range(len(train_ds))])
-    masks = torch.stack([train_ds[i]["mask"] for i in range(len(train_ds))])
+    images, masks = train_ds.tensors()
     pairs = LatentPairs(gen, images, masks, prompts, cfg.augment, cfg.seed, cfg.cache_latents)
     if acc.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
@@ -160,8 +159,7 @@ def run_train_generator(cfg: TrainGeneratorConfig, progress: bool = True) -> Pat
         gen.save(folder)
         save_config(cfg, Path(folder) / "config.yaml")
 
-    val_masks = torch.stack([val_ds[i]["mask"] for i in range(len(val_ds))])
-    val_images = torch.stack([val_ds[i]["image"] for i in range(len(val_ds))])
+    val_images, val_masks = val_ds.tensors()
     val_prompts = [default_prompt(s) for s in val_ds.samples]
 
     def validate_fn(step: int, folder: Path) -> dict[str, float]:

@@ -13,7 +13,7 @@ from anomalign.data.dataset import PairDataset, default_prompt
 from anomalign.data.folders import DataOptions
 from anomalign.data.validate import load_dataset
 from anomalign.errors import AnomalignError, ConfigError
-from anomalign.evaluation.metrics import SegmentationMeter
+from anomalign.evaluation.evaluate import evaluate_samples
 from anomalign.generator.task import AUGMENTS, LatentPairs
 from anomalign.segmenter.losses import loss_ce, loss_feedback, loss_seg, soft_mask
 from anomalign.segmenter.model import PRESETS, Segmenter
@@ -66,8 +66,7 @@ class _Pairs:
     def __init__(self, samples, size: int, augment: list[str], seed: int):
         ds = PairDataset(samples, size=size)
         self.samples = ds.samples
-        self.images = torch.stack([ds[i]["image"] for i in range(len(ds))])
-        self.masks = torch.stack([ds[i]["mask"] for i in range(len(ds))])
+        self.images, self.masks = ds.tensors()
         self.prompts = [default_prompt(s) for s in self.samples]
         self.views = LatentPairs(None, self.images, self.masks, self.prompts, augment, seed, cache=False)
 
@@ -167,20 +166,3 @@ def _resize(t: torch.Tensor, size: int, nearest: bool = False) -> torch.Tensor:
     if nearest:
         return F.interpolate(t, size=(size, size), mode="nearest-exact")
     return F.interpolate(t, size=(size, size), mode="bilinear", antialias=True, align_corners=False).clamp(-1, 1)
-
-
-@torch.no_grad()
-def evaluate_samples(model: Segmenter, dataset: PairDataset, device="cpu", batch_size: int = 32) -> dict[str, float]:
-    """Segmentation metrics of ``model`` on a PairDataset (see evaluation.metrics)."""
-    was = model.training
-    model.eval()
-    meter = SegmentationMeter()
-    try:
-        for s in range(0, len(dataset), batch_size):
-            items = [dataset[i] for i in range(s, min(len(dataset), s + batch_size))]
-            x = torch.stack([it["image"] for it in items]).to(device)
-            m = torch.stack([it["mask"] for it in items]).to(device)
-            meter.update(model.predict_proba(x), m)
-    finally:
-        model.train(was)
-    return meter.result()
