@@ -21,6 +21,7 @@ from anomalign.evaluation.evaluate import EvaluateConfig
 from anomalign.generator.pretrain import PretrainBaseConfig
 from anomalign.generator.train import TrainGeneratorConfig
 from anomalign.segmenter.train import TrainSegmenterConfig
+from anomalign.synthesis.generate import GenerateConfig
 
 
 @dataclass(kw_only=True)
@@ -91,6 +92,12 @@ def run_train_segmenter(cfg: Any) -> int:
 
 
 
+def run_generate(cfg: Any) -> int:
+    from anomalign.synthesis.generate import run_generate as run
+    run(cfg, progress=sys.stderr.isatty())
+    return 0
+
+
 def run_evaluate(cfg: Any) -> int:
     from anomalign.evaluation.evaluate import run_evaluate as run
     run(cfg)
@@ -101,6 +108,8 @@ COMMANDS: dict[str, Command] = {
                         TrainGeneratorConfig, run_train_generator),
     "train-segmenter": ("train the Segformer segmenter on real (+ synthetic) pairs, optionally with "
                         "Generative Feedback from a frozen generator", TrainSegmenterConfig, run_train_segmenter),
+    "generate": ("synthesise aligned image/mask pairs from real (or augmented) masks, scored and resumable",
+                 GenerateConfig, run_generate),
     "evaluate": ("segmentation metrics (mDice, mIoU, IoU, Dice, pixel AUROC) per test set, as JSON and a table",
                  EvaluateConfig, run_evaluate),
     "pretrain-base": ("train the tiny backend's base model from scratch on a procedural corpus",

@@ -20,9 +20,10 @@ from anomalign.errors import ConfigError
 
 
 def option(default: Any = dataclasses.MISSING, help: str = "", *, positional: bool = False,
-           default_factory: Any = dataclasses.MISSING) -> Any:
-    """A dataclass field with CLI help. ``positional=True`` makes it a positional argument."""
-    meta = {"help": help, "positional": positional}
+           default_factory: Any = dataclasses.MISSING, aliases: tuple[str, ...] = ()) -> Any:
+    """A dataclass field with CLI help. ``positional=True`` makes it a positional argument;
+    ``aliases`` are extra flag spellings (e.g. ones launchers like torchrun do not mistake for theirs)."""
+    meta = {"help": help, "positional": positional, "aliases": tuple(aliases)}
     if default_factory is not dataclasses.MISSING:
         return dataclasses.field(default_factory=default_factory, metadata=meta)
     return dataclasses.field(default=default, metadata=meta)
@@ -182,7 +183,7 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
                 kwargs["nargs"] = "?"
             parser.add_argument(f.name, metavar=f.name.upper(), **kwargs)
         else:
-            parser.add_argument("--" + f.name.replace("_", "-"), dest=f.name, **kwargs)
+            parser.add_argument("--" + f.name.replace("_", "-"), *f.metadata.get("aliases", ()), dest=f.name, **kwargs)
 
 
 def config_from_args(cls: type, ns: argparse.Namespace) -> Any:

@@ -44,8 +44,15 @@ def resize_pair_pil(image: np.ndarray, mask: np.ndarray, size: tuple[int, int],
         return image, mask
     resample = Image.BICUBIC if interpolation == "bicubic" else Image.BILINEAR
     img = np.asarray(Image.fromarray(image).resize((w, h), resample=resample))
-    m = np.asarray(Image.fromarray(mask.astype(np.uint8) * 255).resize((w, h), resample=Image.NEAREST)) > 127
-    return img, m
+    return img, resize_mask(mask, size)
+
+
+def resize_mask(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """bool [H, W] -> bool ``size`` = (height, width), nearest neighbour (no new grey levels to threshold)."""
+    h, w = size
+    if mask.shape == (h, w):
+        return mask
+    return np.asarray(Image.fromarray(mask.astype(np.uint8) * 255).resize((w, h), resample=Image.NEAREST)) > 127
 
 
 # Tensor ops on image [C, H, W] and mask [1, H, W]: each applies the same geometry to both.

@@ -4,6 +4,13 @@ Guidance pairs (mask m, prompt p) against (no mask, empty prompt): the unconditi
 BOTH, so the guidance scale amplifies the mask's effect (dropping only the prompt would leave the mask
 unguided). Conditional and unconditional predictions come from ONE batched UNet call.
 Sample i's starting noise depends only on its own seed, so images do not depend on the batch size.
+
+Inpainting (``background`` given) is blended latent denoising: after every step the latents outside the
+region to regenerate are replaced by the background's latents noised to the same level (fixed per-sample
+noise), so the model fills the region in context; optional RePaint-style resampling (DDIM only) re-noises
+one step and denoises it again ``resample`` times to harmonise the seam. The decoded image is finally
+composited onto the background with a feathered alpha that is zero outside the region, so pixels
+outside it are kept exactly (the codec is lossy; without the composite they would drift).
 """
 from __future__ import annotations
 
@@ -35,13 +42,38 @@ def initial_noise(seeds: list[int], shape: tuple[int, ...], device, dtype) -> to
     return torch.stack(rows).to(device=device, dtype=dtype)
 
 
+def feather(region: torch.Tensor, width: int) -> torch.Tensor:
+    """Alpha [B, 1, H, W]: 1 deep inside ``region`` {0,1}, ramping to 0 over ``width`` px at its border, 0 outside."""
+    if width <= 0:
+        return region
+    k = 2 * width + 1
+    soft = torch.nn.functional.avg_pool2d(region, k, stride=1, padding=width, count_include_pad=False)
+    # Ramp = how far inside: erode-like smoothing, then keep strictly inside the region.
+    return ((soft - 0.5).clamp_min(0) * 2).clamp(max=1) * region
+
+
+def _renoise_one_step(sched, latents: torch.Tensor, t_prev: int, t: int, seeds: list[int], salt: int) -> torch.Tensor:
+    """q(x_t | x_t_prev): the forward step from t_prev back up to t, per-sample seeded noise."""
+    ac = sched.alphas_cumprod
+    a_t = ac[t]
+    a_prev = ac[t_prev] if t_prev >= 0 else sched.final_alpha_cumprod
+    ratio = (a_t / a_prev).to(latents.dtype)
+    noise = initial_noise([(s * 7_919 + salt) % 2**63 for s in seeds], latents.shape[1:], latents.device, latents.dtype)
+    return ratio.sqrt() * latents + (1 - ratio).sqrt() * noise
+
+
 @torch.no_grad()
 def sample(gen, masks: torch.Tensor, prompts: list[str], seeds: list[int], scheduler: SchedulerName = "ddim",
-           steps: int = 50, guidance: float = 7.0, decode: bool = True) -> torch.Tensor:
+           steps: int = 50, guidance: float = 7.0, decode: bool = True, background: torch.Tensor | None = None,
+           region: torch.Tensor | None = None, resample: int = 0, feather_px: int = 2) -> torch.Tensor:
     """Generate images for masks [B, 1, H, W] in {0,1} (or soft), prompts [B], seeds [B].
 
-    Returns images [B, 3, H, W] in [-1, 1] (or latents [B, C, h, w] if ``decode`` is False).
+    Inpainting: ``background`` [B, 3, H, W] in [-1, 1] and ``region`` [B, 1, H, W] in {0,1} (where to
+    generate, e.g. the dilated mask); see the module docstring. Returns images [B, 3, H, W] in [-1, 1]
+    (or latents [B, C, h, w] if ``decode`` is False).
     """
+    if resample and scheduler != "ddim":
+        raise ValueError("resample (RePaint-style) needs the ddim scheduler: multistep solvers keep a history")
     sched = make_scheduler(gen.scheduler, scheduler)
     sched.set_timesteps(steps, device=gen.device)
     b, _, h, w = masks.shape
@@ -53,7 +85,16 @@ def sample(gen, masks: torch.Tensor, prompts: list[str], seeds: list[int], sched
     if guidance != 1.0:
         cond = torch.cat([cond, torch.zeros_like(cond)])
         emb = torch.cat([emb, gen.encode_prompts([""] * b)])
-    for t in sched.timesteps:
+    if background is not None:
+        from anomalign.generator.losses import add_noise
+        bg = background.to(gen.device)
+        z_bg = gen.encode(bg).to(latents.dtype)
+        bg_noise = initial_noise([(s * 7_919 + 1) % 2**63 for s in seeds], z_bg.shape[1:], gen.device, latents.dtype)
+        # A latent cell is regenerated if any of its pixels is: the region never shrinks in latent space.
+        keep_lat = 1 - torch.nn.functional.max_pool2d(region.to(gen.device, latents.dtype), f)
+        timesteps = sched.timesteps.tolist()
+
+    def denoise(latents: torch.Tensor, t) -> torch.Tensor:
         x = latents if guidance == 1.0 else torch.cat([latents, latents])
         x = sched.scale_model_input(x, t)
         tt = torch.full((x.shape[0],), int(t), device=gen.device, dtype=torch.long)
@@ -61,8 +102,28 @@ def sample(gen, masks: torch.Tensor, prompts: list[str], seeds: list[int], sched
         if guidance != 1.0:
             eps_c, eps_u = eps.chunk(2)
             eps = eps_u + guidance * (eps_c - eps_u)
-        latents = sched.step(eps, t, latents).prev_sample
+        return sched.step(eps, t, latents).prev_sample
+
+    def blend(latents: torch.Tensor, k: int) -> torch.Tensor:
+        """Outside the region, put back the background noised to the level after step k."""
+        t_next = timesteps[k + 1] if k + 1 < len(timesteps) else None
+        known = z_bg if t_next is None else add_noise(
+            gen.scheduler, z_bg, bg_noise, torch.full((z_bg.shape[0],), int(t_next), device=gen.device))
+        return keep_lat * known + (1 - keep_lat) * latents
+
+    for k, t in enumerate(sched.timesteps):
+        latents = denoise(latents, t)
+        if background is not None:
+            latents = blend(latents, k)
+            t_prev = timesteps[k + 1] if k + 1 < len(timesteps) else -1
+            for r in range(resample):
+                latents = _renoise_one_step(sched, latents, t_prev, int(t), seeds, 1000 * k + r + 2)
+                latents = blend(denoise(latents, t), k)
     if not decode:
         return latents
-    return gen.decode(latents).clamp(-1, 1)
+    images = gen.decode(latents).clamp(-1, 1)
+    if background is not None:
+        alpha = feather(region.to(images), feather_px)
+        images = alpha * images + (1 - alpha) * bg.to(images)
+    return images
 

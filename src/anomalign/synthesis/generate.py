@@ -1,0 +1,501 @@
+"""``anomalign generate``: real masks -> synthetic aligned image/mask pairs (paper Fig. 2b), at scale.
+
+Sample ("attempt") i is a pure function of (options, generator weights, i): its source mask is
+``i mod #masks``, and its augmentation, starting noise, background noise and scoring noise come from
+seeds derived from (seed, i). Hence the same image whatever the batch size or number of processes.
+
+Sharding: attempts are processed in rounds of ``batch_size x processes``; process r takes the attempts
+of a round with (i - round start) mod processes == r. Every finished attempt writes its image and mask
+(temp name, then rename) and then a small record ``.records/NNNNNNN.json``; a restarted run skips
+attempts whose record exists, so a killed run resumes where it stopped and never leaves partial files.
+Processes must share the output folder (one machine, or a shared file system).
+
+Filtering (``min_alignment``): rejected attempts are recorded but not written; attempts continue until
+``num`` are kept (cap: ``max_attempts x num`` attempts). The kept set is the first ``num`` accepted
+attempts by index — again independent of batch size and process count.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+from PIL import Image
+
+from anomalign.config import option, save_config
+from anomalign.data.folders import DataOptions, is_image, walk_files
+from anomalign.errors import AnomalignError, ConfigError, DataError
+from anomalign.synthesis.augment import MASK_AUGMENTS, augment_mask
+from anomalign.training import sample_seed
+
+RECORDS = ".records"
+SCORES = ("free-lunch", "oracle")
+
+
+@dataclass(kw_only=True)
+class GenerateConfig(DataOptions):
+    """Options of ``anomalign generate``."""
+
+    generator: Path = option(help="generator run folder (from `anomalign train-generator`)")
+    masks: Path = option(help="where the masks come from: a dataset (any layout `data check` reads) or a "
+                              "folder of mask images (a first-level sub-folder names the defect type)")
+    num: int = option(help="number of image/mask pairs to write (under torchrun / accelerate launch, spell it "
+                           "--num-samples: the launchers read --num as one of their own options)",
+                      aliases=("--num-samples",))
+    out: Path = option(help="output folder (paired layout: images/, masks/, metadata.jsonl)")
+    split: str = option("train", "dataset split whose masks are used (train, val, test or all)")
+    masks_layout: Literal["auto", "dataset", "mask-folder"] = option(
+        "auto", "how to read --masks: auto = a dataset if its layout is recognised, else a mask folder")
+    prompt: str | None = option(None, "prompt template, e.g. 'a photo of a {category} with a {defect} defect' "
+                                      "(default: the dataset's prompt per sample)")
+    category: str = option("", "category name for prompts when --masks is a mask folder")
+    resolution: int | None = option(None, "generation size in pixels (default: the generator's)")
+    scheduler: Literal["ddim", "dpm++"] = option("ddim", "sampler: DDIM or DPM-Solver++ (2nd order)")
+    steps: int | None = option(None, "denoising steps (default 50 for ddim, 20 for dpm++)")
+    guidance: float = option(7.0, "classifier-free guidance scale (the paper's 7; 1 = off)")
+    batch_size: int = option(8, "images per UNet batch per process (changes images by float rounding at most; "
+                                "see --batch-invariant)")
+    batch_invariant: bool = option(False, "run the networks one sample at a time: images bit-identical whatever "
+                                          "--batch-size (slower, mostly on GPUs)")
+    seed: int = option(0, "global seed: sample i depends only on (seed, i)")
+    augment: list[str] = option(default_factory=list, help=f"mask augmentations for new layouts: any of "
+                                                           f"{', '.join(MASK_AUGMENTS)}")
+    background: Path | None = option(None, "inpainting: normal images (a dataset's normal samples or a folder); "
+                                           "the anomaly is generated inside the dilated mask, the rest is kept")
+    dilate: int = option(3, "inpainting: grow the mask by this many pixels to get the region regenerated")
+    feather: int = option(2, "inpainting: width in pixels of the blend ramp inside the region")
+    resample: int = option(0, "inpainting: RePaint-style re-noise/denoise repeats per step (ddim only)")
+    scores: list[str] = option(default_factory=lambda: ["free-lunch"],
+                               help="alignment scores per sample: free-lunch (the generator's own), oracle "
+                                    "(needs --oracle; added automatically), or none")
+    oracle: Path | None = option(None, "segmenter run folder whose IoU with the mask scores each sample")
+    min_alignment: float | None = option(None, "drop samples scoring below this (replaced until --num are kept)")
+    filter_by: Literal["auto", "free-lunch", "oracle"] = option(
+        "auto", "score --min-alignment applies to (auto: oracle if given, else free-lunch)")
+    max_attempts: float = option(4.0, "with --min-alignment: stop after this many x --num attempts")
+    device: Literal["auto", "cpu", "cuda"] = option("auto", "where to run")
+
+    def validate(self) -> None:
+        DataOptions.validate(self)
+        if self.num < 1:
+            raise ConfigError(f"num must be >= 1, got {self.num}")
+        if self.batch_size < 1:
+            raise ConfigError(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.steps is None:
+            self.steps = 50 if self.scheduler == "ddim" else 20
+        self.augment = [a for a in self.augment if a != "none"]
+        bad = [a for a in self.augment if a not in MASK_AUGMENTS]
+        if bad:
+            raise ConfigError(f"unknown mask augmentation(s) {bad}; choose from {list(MASK_AUGMENTS)}")
+        self.check_scores(self.oracle is not None)
+        if self.resample and self.scheduler != "ddim":
+            raise ConfigError("--resample (RePaint-style) works with --scheduler ddim only")
+        if self.max_attempts < 1:
+            raise ConfigError("max_attempts must be >= 1")
+
+    def check_scores(self, has_oracle: bool) -> None:
+        """Normalise ``scores``; an available oracle is always scored; the filter's score is computed."""
+        self.scores = [s for s in self.scores if s != "none"]
+        bad = [s for s in self.scores if s not in SCORES]
+        if bad:
+            raise ConfigError(f"unknown score(s) {bad}; choose from {list(SCORES)} or none")
+        if has_oracle and "oracle" not in self.scores:
+            self.scores.append("oracle")
+        if "oracle" in self.scores and not has_oracle:
+            raise ConfigError("score 'oracle' needs --oracle SEGMENTER_RUN")
+        if self.min_alignment is not None and self.filter_score(has_oracle) not in self.scores:
+            self.scores.append(self.filter_score(has_oracle))
+
+    def filter_score(self, has_oracle: bool) -> str:
+        """The score --min-alignment applies to."""
+        if self.filter_by == "auto":
+            return "oracle" if has_oracle else "free-lunch"
+        return self.filter_by
+
+
+# Options that do not change which files a run writes: a rerun may change them and still resume.
+RESUMABLE = ("num", "out", "batch_size", "batch_invariant", "device", "max_attempts")
+
+
+@dataclass
+class MaskSource:
+    mask: Path
+    defect: str
+    category: str
+    prompt: str
+    image: Path | None = None
+    mask_ids: bool = False
+
+
+def read_mask_sources(cfg: GenerateConfig) -> list[MaskSource]:
+    """The anomaly masks to condition on, in a fixed order."""
+    from anomalign.data.dataset import default_prompt
+    from anomalign.data.layouts import detect_layout
+
+    root = Path(cfg.masks)
+    if not root.exists():
+        raise DataError(f"{root}: --masks does not exist")
+    mode = cfg.masks_layout
+    if mode == "auto":
+        try:
+            mode = "dataset" if root.is_dir() and detect_layout(root) else "mask-folder"
+        except DataError:
+            mode = "mask-folder"
+
+    def prompt_for(defect: str, category: str, fallback: str) -> str:
+        if cfg.prompt is None:
+            return fallback
+        return cfg.prompt.format(defect=defect.replace("_", " "), category=category.replace("_", " ") or "surface")
+
+    if mode == "dataset":
+        from anomalign.data.validate import load_dataset
+        index = load_dataset(root, cfg)
+        samples = index.samples if cfg.split == "all" else index.split(cfg.split)
+        samples = [s for s in samples if not s.normal and s.mask is not None]
+        if not samples:
+            raise DataError(f"{root}: no anomalous samples with masks in split {cfg.split!r} "
+                            f"(splits present: {sorted({s.split for s in index.samples if s.split})}); "
+                            "pass --split all or another split")
+        return [MaskSource(s.mask, s.defect, s.category, prompt_for(s.defect, s.category, default_prompt(s)),
+                           s.image, s.mask_ids) for s in samples]
+    files = [root] if root.is_file() else [f for f in walk_files(root) if is_image(f)]
+    if not files:
+        raise DataError(f"{root}: no mask images found (looked for image files, recursively)")
+    out = []
+    for f in sorted(files):
+        rel = f.relative_to(root).parts if root.is_dir() else (f.name,)
+        defect = rel[0] if len(rel) > 1 else "anomaly"
+        default = (f"a photo of a {cfg.category.replace('_', ' ') or 'surface'} with a "
+                   f"{defect.replace('_', ' ')} defect")
+        out.append(MaskSource(f, defect, cfg.category, prompt_for(defect, cfg.category, default)))
+    return out
+
+
+def load_masks(sources: list[MaskSource], size: int, threshold: float) -> tuple[torch.Tensor, list[str]]:
+    """Masks [N, 1, size, size] in {0, 1}; also the files whose anomaly vanished at ``size`` (skipped)."""
+    from anomalign.data.imageio import load_mask
+    from anomalign.data.transforms import resize_mask
+
+    tensors, vanished = [], []
+    for s in sources:
+        m = resize_mask(load_mask(s.mask, threshold, s.mask_ids), (size, size))
+        if not m.any():
+            vanished.append(str(s.mask))
+        tensors.append(torch.from_numpy(m.astype(np.float32))[None])
+    return torch.stack(tensors), vanished
+
+
+def read_backgrounds(cfg: GenerateConfig, size: int) -> tuple[list[Path], torch.Tensor]:
+    """Normal images for inpainting, [N, 3, size, size] in [-1, 1]."""
+    from anomalign.data.imageio import read_image
+    from anomalign.data.layouts import detect_layout
+    from anomalign.data.transforms import to_model_range
+
+    root = Path(cfg.background)
+    if not root.exists():
+        raise DataError(f"{root}: --background does not exist")
+    try:
+        is_dataset = root.is_dir() and bool(detect_layout(root))
+    except DataError:
+        is_dataset = False
+    if is_dataset:
+        from anomalign.data.layouts import read_dataset
+        index = read_dataset(root, cfg)
+        files = [s.image for s in index.samples if s.normal]
+    else:
+        files = [root] if root.is_file() else sorted(f for f in walk_files(root) if is_image(f))
+    if not files:
+        raise DataError(f"{root}: no normal images found for --background")
+    arrays = [np.asarray(Image.fromarray(read_image(f)).resize((size, size), Image.BICUBIC)) for f in files]
+    return files, torch.stack([to_model_range(a) for a in arrays])
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _identity(cfg: GenerateConfig, generator_sha: str) -> dict:
+    """What determines the files: the options (paths made absolute) and the generator's weights
+    (by hash, so the same weights under another path still resume)."""
+    ident = {k: (str(Path(v).resolve()) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()
+             if k not in RESUMABLE and k != "generator"}
+    return json.loads(json.dumps(ident | {"generator_sha256": generator_sha}, default=str))
+
+
+def prepare_out(cfg: GenerateConfig, generator_sha: str, main: bool) -> Path:
+    """Check that ``cfg.out`` is new or holds this same run; the main process records the run identity."""
+    out = Path(cfg.out)
+    ident = _identity(cfg, generator_sha)
+    run_file = out / "run.json"
+    if out.exists() and not out.is_dir():
+        raise AnomalignError(f"{out}: --out is a file")
+    if out.is_dir() and any(out.iterdir()):
+        if not run_file.is_file():
+            raise AnomalignError(f"{out}: folder is not empty and was not written by `anomalign generate`; "
+                                 "refusing to write into it (nothing was changed). Choose a new --out.")
+        prev = json.loads(run_file.read_text())["identity"]
+        diff = sorted(k for k in set(prev) | set(ident) if prev.get(k) != ident.get(k))
+        if diff:
+            raise AnomalignError(f"{out}: holds another generation run (different {', '.join(diff)}); nothing was "
+                                 "changed. Choose a new --out, or rerun with that run's options to resume it.")
+    if main:
+        (out / RECORDS).mkdir(parents=True, exist_ok=True)
+        _atomic_text(run_file, json.dumps({"identity": ident}, indent=1))
+        save_config(cfg, out / "config.yaml")
+        for stale in out.rglob(".*.tmp"):  # temp files of a killed run: never renamed, so never complete
+            stale.unlink()
+    return out
+
+
+def _atomic_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _atomic_png(array: np.ndarray, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    Image.fromarray(array).save(tmp, format="PNG")
+    os.replace(tmp, path)
+
+
+def _record_path(out: Path, i: int) -> Path:
+    return out / RECORDS / f"{i:07d}.json"
+
+
+def _read_record(out: Path, i: int) -> dict | None:
+    """The record of attempt i if it is finished (a kept record whose files were trimmed is not)."""
+    p = _record_path(out, i)
+    if not p.is_file():
+        return None
+    rec = json.loads(p.read_text())
+    if rec["kept"] and not ((out / rec["file_name"]).is_file() and (out / rec["mask_file_name"]).is_file()):
+        return None
+    return rec
+
+
+def dilate(masks: torch.Tensor, pixels: int) -> torch.Tensor:
+    """Grow masks [B, 1, H, W] by ``pixels`` (square structuring element)."""
+    if pixels <= 0:
+        return masks
+    return torch.nn.functional.max_pool2d(masks, 2 * pixels + 1, stride=1, padding=pixels)
+
+
+class Synthesizer:
+    """Everything needed to produce attempt i (loaded once per process)."""
+
+    def __init__(self, cfg: GenerateConfig, gen, sources: list[MaskSource], masks: torch.Tensor,
+                 backgrounds: tuple[list[Path], torch.Tensor] | None, oracle, generator_sha: str):
+        self.cfg, self.gen, self.sources, self.masks = cfg, gen, sources, masks
+        self.backgrounds, self.oracle, self.generator_sha = backgrounds, oracle, generator_sha
+        self.usable = [k for k in range(len(sources)) if masks[k].any()]
+
+    def conditioning(self, i: int) -> tuple[int, torch.Tensor, list[str]]:
+        """(source index, mask [1, H, W], augmentations applied) of attempt i."""
+        k = self.usable[i % len(self.usable)]
+        g = torch.Generator().manual_seed(sample_seed(self.cfg.seed, i, 1))
+        mask, ops = augment_mask(self.masks[k], self.cfg.augment, g)
+        return k, mask, ops
+
+    def run(self, attempts: list[int]) -> list[tuple[dict, np.ndarray | None, np.ndarray | None]]:
+        """Generate and score ``attempts``; returns (record, image uint8 [H, W, 3], mask uint8 [H, W]) each.
+
+        Batched network calls can differ from unbatched ones by float rounding (kernels sum in another
+        order); ``batch_invariant`` trades speed for bit-identical results.
+        """
+        if self.cfg.batch_invariant:
+            return [r for i in attempts for r in self._run(attempts=[i])]
+        return self._run(attempts)
+
+    @torch.no_grad()
+    def _run(self, attempts: list[int]) -> list[tuple[dict, np.ndarray | None, np.ndarray | None]]:
+        from anomalign.data.transforms import from_model_range
+        from anomalign.synthesis.sampler import sample
+        from anomalign.synthesis.scoring import free_lunch, oracle_iou
+
+        cfg, gen = self.cfg, self.gen
+        cond = [self.conditioning(i) for i in attempts]
+        masks = torch.stack([m for _, m, _ in cond])
+        prompts = [self.sources[k].prompt for k, _, _ in cond]
+        seeds = [sample_seed(cfg.seed, i, 0) for i in attempts]
+        bg = region = None
+        if self.backgrounds is not None:
+            files, images = self.backgrounds
+            bg_idx = [i % len(files) for i in attempts]
+            bg, region = images[bg_idx], dilate(masks, cfg.dilate)
+        fake = sample(gen, masks, prompts, seeds, cfg.scheduler, cfg.steps, cfg.guidance, background=bg,
+                      region=region, resample=cfg.resample, feather_px=cfg.feather).float().cpu()
+        scores: dict[str, list[float]] = {}
+        if "free-lunch" in cfg.scores:
+            fl = free_lunch(gen, fake, masks, prompts, shift=masks.shape[-1] // 4,
+                            noise_seeds=[sample_seed(cfg.seed, i, 3) for i in attempts])
+            scores["free_lunch"] = fl["score"].tolist()
+            scores["loss_true_mask"] = fl["true"].tolist()
+            scores["loss_moved_mask"] = fl["moved"].tolist()
+            scores["loss_empty_mask"] = fl["empty"].tolist()
+        if "oracle" in cfg.scores:
+            x, m = fake, masks
+            size = getattr(self.oracle, "size", None)
+            if size and size != x.shape[-1]:
+                x = torch.nn.functional.interpolate(x, size=(size, size), mode="bilinear", antialias=True)
+                m = torch.nn.functional.interpolate(m, size=(size, size), mode="nearest")
+            dev = next(self.oracle.parameters()).device if hasattr(self.oracle, "parameters") else "cpu"
+            scores["oracle_iou"] = oracle_iou(self.oracle, x.to(dev), m.to(dev)).cpu().tolist()
+        key = {"free-lunch": "free_lunch", "oracle": "oracle_iou"}[cfg.filter_score(self.oracle is not None)]
+        images_u8 = from_model_range(fake)
+        out = []
+        for j, (i, (k, mask, ops)) in enumerate(zip(attempts, cond)):
+            src = self.sources[k]
+            row_scores = {name: float(v[j]) for name, v in scores.items()}
+            kept = cfg.min_alignment is None or row_scores[key] >= cfg.min_alignment
+            name = f"{src.defect}/{i:07d}.png"
+            rec = {"file_name": f"images/{name}", "mask_file_name": f"masks/{name}", "index": i, "kept": kept,
+                   "defect": src.defect, "category": src.category, "prompt": src.prompt, "normal": False,
+                   "seed": seeds[j], "source_mask": str(Path(src.mask).resolve()),
+                   "source_image": str(Path(src.image).resolve()) if src.image else None, "mask_augment": ops,
+                   "background": (str(Path(self.backgrounds[0][i % len(self.backgrounds[0])]).resolve())
+                                  if bg is not None else None),
+                   "generator": str(Path(cfg.generator).resolve()), "generator_sha256": self.generator_sha,
+                   "scheduler": cfg.scheduler, "steps": cfg.steps, "guidance": cfg.guidance,
+                   "resolution": int(mask.shape[-1]), "scores": row_scores}
+            m_u8 = (mask[0].numpy() > 0.5).astype(np.uint8) * 255
+            out.append((rec, images_u8[j] if kept else None, m_u8 if kept else None))
+        return out
+
+
+def _write(out: Path, rec: dict, image: np.ndarray | None, mask: np.ndarray | None) -> None:
+    """Image and mask first, record last: a record means the attempt is complete."""
+    if rec["kept"]:
+        _atomic_png(image, out / rec["file_name"])
+        _atomic_png(mask, out / rec["mask_file_name"])
+    _atomic_text(_record_path(out, rec["index"]), json.dumps(rec))
+
+
+def summarize(records: list[dict], attempts: int) -> dict:
+    """Counts and per-score mean/median/min over the kept samples."""
+    summary: dict = {"kept": len(records), "attempts": attempts,
+                     "acceptance": len(records) / attempts if attempts else float("nan"), "scores": {}}
+    names = sorted({k for r in records for k in r["scores"]})
+    for name in names:
+        v = np.array([r["scores"][name] for r in records if name in r["scores"]], dtype=np.float64)
+        summary["scores"][name] = {"mean": float(v.mean()), "median": float(np.median(v)), "min": float(v.min()),
+                                   "max": float(v.max())}
+    if "free_lunch" in names:
+        summary["scores"]["free_lunch"]["frac_positive"] = float(np.mean(
+            [r["scores"]["free_lunch"] > 0 for r in records]))
+    return summary
+
+
+def run_generate(cfg: GenerateConfig, progress: bool = True, oracle=None) -> dict:
+    """Write ``cfg.num`` pairs to ``cfg.out`` (resuming a previous identical run); returns the summary.
+
+    ``oracle``: any object with ``predict_proba(images [B, 3, H, W] in [-1, 1]) -> [B, 1, H, W]``
+    (overrides ``cfg.oracle``).
+    """
+    from accelerate import Accelerator
+    from tqdm.auto import tqdm
+
+    from anomalign.generator.model import WEIGHTS_NAME, MaskGenerator
+
+    cfg.validate()  # idempotent; fills defaults that depend on other options (steps, scores)
+    cfg.check_scores(oracle is not None or cfg.oracle is not None)
+    acc = Accelerator(cpu=cfg.device == "cpu" or (cfg.device == "auto" and not torch.cuda.is_available()))
+    main = acc.is_main_process
+    gen_dir = Path(cfg.generator)
+    weights = gen_dir / WEIGHTS_NAME if gen_dir.is_dir() else gen_dir
+    if not weights.is_file():
+        raise AnomalignError(f"{gen_dir}: not a generator run folder (no {WEIGHTS_NAME}); train one with "
+                             "`anomalign train-generator`")
+    gen = MaskGenerator.load(gen_dir, device=acc.device).eval()
+    size = cfg.resolution or gen.resolution
+    step = gen.factor * 4
+    if size % step:
+        raise ConfigError(f"resolution {size} does not fit this generator: it must be a multiple of {step} "
+                          f"(the generator was trained at {gen.resolution})")
+    sources = read_mask_sources(cfg)
+    masks, vanished = load_masks(sources, size, cfg.mask_threshold)
+    if len(vanished) == len(sources):
+        raise DataError(f"{cfg.masks}: every mask is empty at {size}x{size} px (e.g. {vanished[0]}); "
+                        "use a larger --resolution")
+    if vanished and main:
+        print(f"warning: {len(vanished)} mask(s) have no anomaly pixel left at {size}x{size} and are skipped "
+              f"(e.g. {vanished[0]})", file=sys.stderr)
+    backgrounds = read_backgrounds(cfg, size) if cfg.background is not None else None
+    if oracle is None and cfg.oracle is not None:
+        from anomalign.segmenter.model import Segmenter
+        oracle = Segmenter.load(cfg.oracle, device=acc.device)
+    sha = file_sha256(weights)
+    out = prepare_out(cfg, sha, main)
+    acc.wait_for_everyone()
+    synth = Synthesizer(cfg, gen, sources, masks, backgrounds, oracle, sha)
+
+    rank, world = acc.process_index, acc.num_processes
+    filtering = cfg.min_alignment is not None
+    cap = math.ceil(cfg.num * cfg.max_attempts) if filtering else cfg.num
+    round_size = cfg.batch_size * world
+    kept_so_far, start, made, t0 = 0, 0, 0, time.perf_counter()
+    bar = tqdm(total=cfg.num, unit="img", disable=not (progress and main), desc="generate", dynamic_ncols=True)
+    while start < cap and kept_so_far < cfg.num:
+        mine = [start + j for j in range(rank, round_size, world) if start + j < cap]
+        todo = [i for i in mine if _read_record(out, i) is None]
+        for b in range(0, len(todo), cfg.batch_size):
+            for rec, image, mask in synth.run(todo[b:b + cfg.batch_size]):
+                _write(out, rec, image, mask)
+                made += 1
+        acc.wait_for_everyone()
+        done = [_read_record(out, i) for i in range(start, min(start + round_size, cap))]
+        if any(r is None for r in done):
+            raise AnomalignError(f"{out}: records missing after a round; do all processes share this folder?")
+        new_kept = sum(r["kept"] for r in done)
+        bar.update(min(new_kept, cfg.num - kept_so_far))
+        kept_so_far += new_kept
+        start += round_size
+        if made and main:
+            bar.set_postfix(kept=f"{kept_so_far}/{min(start, cap)}")
+    bar.close()
+    attempts = min(start, cap)
+    acc.wait_for_everyone()
+    records = [_read_record(out, i) for i in range(attempts)]
+    kept = [r for r in records if r is not None and r["kept"]]
+    summary = summarize(kept[: cfg.num], attempts)
+    summary["images_per_s"] = made / (time.perf_counter() - t0) if made else None
+    summary["generated_now"] = made
+    if main:
+        for r in kept[cfg.num:]:  # over-shoot of the last round: not part of the result
+            for key in ("file_name", "mask_file_name"):
+                (out / r[key]).unlink(missing_ok=True)
+        _atomic_text(out / "metadata.jsonl", "".join(json.dumps(r) + "\n" for r in kept[: cfg.num]))
+        _atomic_text(out / "rejected.jsonl", "".join(json.dumps(r) + "\n" for r in records
+                                                     if r is not None and not r["kept"]))
+        _atomic_text(out / "summary.json", json.dumps(summary, indent=1))
+        print(format_summary(summary, out, cfg.num))
+    acc.wait_for_everyone()
+    if len(kept) < cfg.num:
+        raise AnomalignError(f"{out}: only {len(kept)} of {attempts} attempts reached --min-alignment "
+                             f"{cfg.min_alignment} (cap {cfg.max_attempts} x --num); the kept ones are written. "
+                             "Lower the threshold or raise --max-attempts")
+    return summary
+
+
+def format_summary(summary: dict, out: Path, num: int) -> str:
+    lines = [f"wrote {min(summary['kept'], num)} pairs to {out} ({summary['attempts']} attempts, "
+             f"{100 * summary['acceptance']:.0f}% kept)"]
+    if summary.get("images_per_s"):
+        lines.append(f"speed: {summary['images_per_s']:.2f} images/s ({summary['generated_now']} generated now)")
+    for name, s in summary["scores"].items():
+        extra = f", {100 * s['frac_positive']:.0f}% > 0" if "frac_positive" in s else ""
+        lines.append(f"{name}: mean {s['mean']:.4f}, median {s['median']:.4f}, min {s['min']:.4f}{extra}")
+    return "\n".join(lines)
