@@ -20,6 +20,7 @@ from anomalign.errors import AnomalignError
 from anomalign.evaluation.evaluate import EvaluateConfig
 from anomalign.generator.pretrain import PretrainBaseConfig
 from anomalign.generator.train import TrainGeneratorConfig
+from anomalign.segmenter.infer import ExportConfig, SegmentConfig
 from anomalign.segmenter.train import TrainSegmenterConfig
 from anomalign.synthesis.generate import GenerateConfig
 
@@ -98,6 +99,18 @@ def run_generate(cfg: Any) -> int:
     return 0
 
 
+def run_segment(cfg: Any) -> int:
+    from anomalign.segmenter.infer import run_segment as run
+    run(cfg, progress=sys.stderr.isatty())
+    return 0
+
+
+def run_export(cfg: Any) -> int:
+    from anomalign.segmenter.infer import run_export as run
+    run(cfg)
+    return 0
+
+
 def run_evaluate(cfg: Any) -> int:
     from anomalign.evaluation.evaluate import run_evaluate as run
     run(cfg)
@@ -112,6 +125,9 @@ COMMANDS: dict[str, Command] = {
                  GenerateConfig, run_generate),
     "evaluate": ("segmentation metrics (mDice, mIoU, IoU, Dice, pixel AUROC) per test set, as JSON and a table",
                  EvaluateConfig, run_evaluate),
+    "segment": ("predict anomaly masks (PNG) and overlays for new images of any size", SegmentConfig, run_segment),
+    "export": ("export a trained segmenter to ONNX (checked against PyTorch with onnxruntime)",
+               ExportConfig, run_export),
     "pretrain-base": ("train the tiny backend's base model from scratch on a procedural corpus",
                       PretrainBaseConfig, run_pretrain_base),
 }

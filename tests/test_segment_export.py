@@ -1,0 +1,78 @@
+"""`anomalign segment` (any image size) and `anomalign export --format onnx`."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from anomalign.cli import main
+from anomalign.errors import AnomalignError, DataError
+from anomalign.segmenter.infer import ExportConfig, SegmentConfig, overlay, run_export, run_segment
+from anomalign.segmenter.model import Segmenter
+from dummy_data import pair, save
+
+
+@pytest.fixture(scope="module")
+def seg_dir(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("seg")
+    torch.manual_seed(0)
+    model = Segmenter("tiny")
+    model.save(folder, extra={"size": 32})
+    return folder
+
+
+def test_segment_writes_full_size_masks_and_overlays(seg_dir, tmp_path):
+    imgs = tmp_path / "in"
+    sizes = [(40, 56), (33, 21), (64, 64)]
+    for i, hw in enumerate(sizes):
+        save(imgs / "sub" / f"x{i}.jpg", pair(i, hw)[0])
+    out = run_segment(SegmentConfig(images=[imgs], segmenter=seg_dir, out=tmp_path / "o", threshold=0.5,
+                                    save_probabilities=True, device="cpu"), progress=False)
+    model = Segmenter.load(seg_dir)
+    from anomalign.segmenter.infer import predict_full_size
+    for i, (h, w) in enumerate(sizes):
+        m = np.asarray(Image.open(out / "masks" / "sub" / f"x{i}.png"))
+        o = np.asarray(Image.open(out / "overlays" / "sub" / f"x{i}.png"))
+        p = np.asarray(Image.open(out / "probabilities" / "sub" / f"x{i}.png"))
+        assert m.shape == (h, w) and o.shape == (h, w, 3) and p.shape == (h, w)
+        image = np.asarray(Image.open(imgs / "sub" / f"x{i}.jpg").convert("RGB"))
+        prob = predict_full_size(model, [image], 32, "cpu")[0]
+        assert np.array_equal(m > 127, prob >= 0.5)
+    rows = [json.loads(x) for x in (out / "predictions.jsonl").read_text().splitlines()]
+    assert len(rows) == 3 and (out / "segment.yaml").is_file()
+
+
+def test_overlay_marks_only_masked_pixels():
+    image = np.full((6, 6, 3), 100, np.uint8)
+    mask = np.zeros((6, 6), bool)
+    mask[2:4, 2:4] = True
+    o = overlay(image, mask)
+    assert (o[~mask] == 100).all() and (o[mask] == [255, 0, 0]).all()  # 2x2 mask: all contour
+
+
+def test_segment_bad_input(seg_dir, tmp_path):
+    with pytest.raises(DataError, match="no such file"):
+        run_segment(SegmentConfig(images=[tmp_path / "nope.png"], segmenter=seg_dir, out=tmp_path / "o"), False)
+    (tmp_path / "notes.txt").write_text("x")
+    with pytest.raises(DataError, match="not an image"):
+        run_segment(SegmentConfig(images=[tmp_path / "notes.txt"], segmenter=seg_dir, out=tmp_path / "o"), False)
+    (tmp_path / "junk").mkdir()
+    (tmp_path / "junk" / "segmenter.safetensors").write_bytes(b"not safetensors")
+    save(tmp_path / "a.png", pair(0)[0])
+    with pytest.raises(AnomalignError, match="junk"):
+        run_segment(SegmentConfig(images=[tmp_path / "a.png"], segmenter=tmp_path / "junk", out=tmp_path / "o"), False)
+    assert main(["segment", str(tmp_path / "a.png"), "--segmenter", str(tmp_path), "--out", str(tmp_path / "o")]) == 2
+
+
+def test_export_onnx_matches_pytorch(seg_dir, tmp_path):
+    pytest.importorskip("onnx")
+    ort = pytest.importorskip("onnxruntime")
+    res = run_export(ExportConfig(segmenter=seg_dir, out=tmp_path / "m.onnx"))
+    assert res["checked"] and res["max_abs_diff"] < 1e-4
+    x = torch.rand(5, 3, 32, 32) * 2 - 1  # another batch size than the export example
+    got = ort.InferenceSession(str(tmp_path / "m.onnx")).run(None, {"images": x.numpy()})[0]
+    ref = Segmenter.load(seg_dir).predict_proba(x).numpy()
+    assert got.shape == (5, 1, 32, 32) and np.abs(got - ref).max() < 1e-4
