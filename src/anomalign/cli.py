@@ -18,6 +18,7 @@ from anomalign.data.demo import MakeDemoConfig
 from anomalign.data.folders import DataOptions
 from anomalign.errors import AnomalignError
 from anomalign.evaluation.evaluate import EvaluateConfig
+from anomalign.evaluation.generation import EvaluateGenerationConfig
 from anomalign.generator.pretrain import PretrainBaseConfig
 from anomalign.generator.train import TrainGeneratorConfig
 from anomalign.segmenter.infer import ExportConfig, SegmentConfig
@@ -111,6 +112,12 @@ def run_export(cfg: Any) -> int:
     return 0
 
 
+def run_evaluate_generation(cfg: Any) -> int:
+    from anomalign.evaluation.generation import run_evaluate_generation as run
+    run(cfg)
+    return 0
+
+
 def run_evaluate(cfg: Any) -> int:
     from anomalign.evaluation.evaluate import run_evaluate as run
     run(cfg)
@@ -125,6 +132,9 @@ COMMANDS: dict[str, Command] = {
                  GenerateConfig, run_generate),
     "evaluate": ("segmentation metrics (mDice, mIoU, IoU, Dice, pixel AUROC) per test set, as JSON and a table",
                  EvaluateConfig, run_evaluate),
+    "evaluate-generation": ("quality of generated sets: FID (offline TF-Inception), alignment scores, IS / "
+                            "IC-LPIPS when their weights exist, contour grids, t-SNE", EvaluateGenerationConfig,
+                            run_evaluate_generation),
     "segment": ("predict anomaly masks (PNG) and overlays for new images of any size", SegmentConfig, run_segment),
     "export": ("export a trained segmenter to ONNX (checked against PyTorch with onnxruntime)",
                ExportConfig, run_export),

@@ -1,0 +1,63 @@
+"""Shared bits of the benchmark scripts: machine description, timing, and appending results to a doc."""
+from __future__ import annotations
+
+import os
+import platform
+import resource
+import statistics
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+
+DOCS = Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
+
+
+def machine() -> str:
+    dev = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
+    return (f"{platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__} "
+            f"({torch.get_num_threads()} threads), {dev}, Python {platform.python_version()}")
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process so far (MiB)."""
+    kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return kb / 1024 if sys.platform != "darwin" else kb / 2**20
+
+
+def sync(device) -> None:
+    if str(device).startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def interleaved(fns: dict, repeats: int, device="cpu", warmup: int = 1) -> dict[str, list[float]]:
+    """Seconds per call of each fn, measured round-robin (A B A B ...) after ``warmup`` calls each."""
+    for _ in range(warmup):
+        for fn in fns.values():
+            fn()
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    for _ in range(repeats):
+        for k, fn in fns.items():
+            sync(device)
+            t0 = time.perf_counter()
+            fn()
+            sync(device)
+            times[k].append(time.perf_counter() - t0)
+    return times
+
+
+def median(xs: list[float]) -> float:
+    return statistics.median(xs)
+
+
+def append_doc(title: str, command: str, body: str) -> None:
+    """Append a dated section (machine + command + body) to docs/benchmarks.md."""
+    DOCS.parent.mkdir(parents=True, exist_ok=True)
+    if not DOCS.exists():
+        DOCS.write_text("# Benchmarks\n\nEvery section is appended by a script under `benchmarks/`; newest last. "
+                        "Medians of interleaved repeats after a warm-up; ratios come from the same run.\n")
+    stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    with DOCS.open("a") as f:
+        f.write(f"\n## {title} ({stamp})\n\nMachine: {machine()}\n\nCommand: `{command}`\n\n{body.rstrip()}\n")

@@ -1,0 +1,239 @@
+"""``anomalign evaluate-generation``: quality of generated sets against real anomalies.
+
+Per generated set: FID with the TF-FID Inception (offline, see ``fid.py``), the alignment summary from
+its ``metadata.jsonl`` (free-lunch score and the moved/empty-mask controls, oracle IoU if scored), and
+— when their weights are present — torchmetrics FID / Inception Score and IC-LPIPS (AnomalyDiffusion's
+diversity protocol) at 256 px. Figures: a grid of generated images with the conditioning mask's contour
+in red (paper Fig. 6) and, given ``--generator``, a t-SNE of encoded real masks, real images and each
+generated set (paper Fig. 5).
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from anomalign.config import option, save_config
+from anomalign.data.folders import DataOptions
+from anomalign.errors import ConfigError, DataError
+
+EXTRA_SIZE = 256  # IS / IC-LPIPS resolution, as AnomalyDiffusion and its peers report them
+
+
+@dataclass(kw_only=True)
+class EvaluateGenerationConfig(DataOptions):
+    """Options of ``anomalign evaluate-generation``."""
+
+    generated: list[Path] = option(help="generated sets (`anomalign generate` outputs); one row each")
+    real: Path = option(help="real dataset to compare with (its anomalous images of --split)")
+    labels: list[str] = option(default_factory=list, help="row names for the generated sets (default: folder names)")
+    split: str = option("test", "split of the real dataset (train, val, test or all)")
+    out: Path | None = option(None, "output folder (default: FIRST_GENERATED/eval)")
+    generator: Path | None = option(None, "generator run: adds the t-SNE of encoded masks / real / generated")
+    max_images: int = option(1000, "use at most this many images per set")
+    grid_images: int = option(24, "images in each qualitative grid")
+    extra_metrics: bool = option(True, "also try torchmetrics FID / IS and IC-LPIPS (need downloaded weights)")
+
+    def validate(self) -> None:
+        DataOptions.validate(self)
+        if self.labels and len(self.labels) != len(self.generated):
+            raise ConfigError(f"{len(self.labels)} --labels for {len(self.generated)} --generated sets")
+
+
+def read_generated(folder: Path, max_images: int) -> tuple[np.ndarray, np.ndarray, list[dict]]:
+    """uint8 images [N, H, W, 3], bool masks [N, H, W] and metadata rows of a generated set."""
+    folder = Path(folder)
+    meta = folder / "metadata.jsonl"
+    if not meta.is_file():
+        raise DataError(f"{folder}: no metadata.jsonl; expected the output of `anomalign generate`")
+    rows = [json.loads(line) for line in meta.read_text().splitlines() if line.strip()][:max_images]
+    if not rows:
+        raise DataError(f"{meta}: no generated pairs listed")
+    images, masks = [], []
+    for r in rows:
+        try:
+            images.append(np.asarray(Image.open(folder / r["file_name"]).convert("RGB")))
+            masks.append(np.asarray(Image.open(folder / r["mask_file_name"]).convert("L")) > 127)
+        except (OSError, KeyError) as e:
+            raise DataError(f"{folder}: cannot read the pair of row {r.get('index')} ({e})") from None
+    return np.stack(images), np.stack(masks), rows
+
+
+def read_real(cfg: EvaluateGenerationConfig, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Real anomalous images [N, size, size, 3] and masks of ``cfg.split``, resized to the generated size
+    (so both sides reach the Inception network equally blurred)."""
+    from anomalign.data.dataset import PairDataset
+    from anomalign.data.validate import load_dataset
+
+    index = load_dataset(cfg.real, cfg)
+    samples = index.samples if cfg.split == "all" else index.split(cfg.split)
+    samples = [s for s in samples if not s.normal and s.mask is not None][: cfg.max_images]
+    if not samples:
+        raise DataError(f"{cfg.real}: no anomalous images with masks in split {cfg.split!r}")
+    ds = PairDataset(samples, size=size, cache=False)
+    pairs = [ds.pair(i) for i in range(len(ds))]
+    return np.stack([p[0] for p in pairs]), np.stack([p[1] for p in pairs])
+
+
+def alignment_summary(rows: list[dict]) -> dict[str, float]:
+    """Means / fractions of the per-sample scores ``generate`` recorded."""
+    out: dict[str, float] = {}
+    s = [r.get("scores", {}) for r in rows]
+    if all("free_lunch" in x for x in s):
+        out["free_lunch_mean"] = float(np.mean([x["free_lunch"] for x in s]))
+        out["free_lunch_positive"] = float(np.mean([x["free_lunch"] > 0 for x in s]))
+        out["true_lt_moved"] = float(np.mean([x["loss_true_mask"] < x["loss_moved_mask"] for x in s]))
+        out["true_lt_empty"] = float(np.mean([x["loss_true_mask"] < x["loss_empty_mask"] for x in s]))
+    if all("oracle_iou" in x for x in s):
+        out["oracle_iou_mean"] = float(np.mean([x["oracle_iou"] for x in s]))
+    return out
+
+
+def ic_lpips(real: torch.Tensor, fake: torch.Tensor, distance) -> float:
+    """IC-LPIPS (AnomalyDiffusion): assign each generated image to its closest real image (cluster
+    centre) by ``distance``; the mean pairwise distance inside each cluster, averaged over clusters with
+    >= 2 members. ``distance(a [B, ...], b [B, ...]) -> [B]``. Higher = more diverse."""
+    d = torch.stack([distance(fake, real[j:j + 1].expand_as(fake)) for j in range(len(real))], 1)
+    assign = d.argmin(1)
+    scores = []
+    for j in range(len(real)):
+        members = fake[assign == j]
+        if len(members) < 2:
+            continue
+        i, k = torch.triu_indices(len(members), len(members), 1)
+        scores.append(float(distance(members[i], members[k]).mean()))
+    return float(np.mean(scores)) if scores else float("nan")
+
+
+def _u8_to_tensor(images: np.ndarray, size: int) -> torch.Tensor:
+    x = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255
+    return torch.nn.functional.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
+
+
+def extra_metrics(real_u8: np.ndarray, fake_u8: np.ndarray) -> tuple[dict[str, float], list[str]]:
+    """torchmetrics FID / IS and IC-LPIPS at 256 px where their weights can be loaded offline.
+    Returns (values, notes naming what was missing and how to provide it)."""
+    values, notes = {}, []
+    try:
+        from torchmetrics.image.fid import FrechetInceptionDistance
+        from torchmetrics.image.inception import InceptionScore
+        real = (_u8_to_tensor(real_u8, EXTRA_SIZE) * 255).to(torch.uint8)
+        fake = (_u8_to_tensor(fake_u8, EXTRA_SIZE) * 255).to(torch.uint8)
+        fid = FrechetInceptionDistance(feature=2048)
+        fid.update(real, real=True)
+        fid.update(fake, real=False)
+        values["fid_torchmetrics"] = float(fid.compute())
+        is_metric = InceptionScore()
+        is_metric.update(fake)
+        values["inception_score"] = float(is_metric.compute()[0])
+    except Exception as e:  # missing torch-fidelity, or weights not downloadable offline
+        notes.append("Inception Score and torchmetrics FID skipped: they need `pip install torch-fidelity` and the "
+                     "FID Inception weights (weights-inception-2015-12-05-6726825d.pth) in the torch hub cache "
+                     f"(~/.cache/torch/hub/checkpoints; downloaded on first use when online) — {type(e).__name__}: "
+                     f"{str(e).splitlines()[0][:160] if str(e) else ''}")
+    try:
+        from torchmetrics.image.lpip import LearnedPerceptualImagePatchSimilarity
+        lp = LearnedPerceptualImagePatchSimilarity(net_type="alex", reduction="none", normalize=True)
+        real = _u8_to_tensor(real_u8, EXTRA_SIZE)
+        fake = _u8_to_tensor(fake_u8, EXTRA_SIZE)
+        values["ic_lpips"] = ic_lpips(real, fake, lambda a, b: lp(a, b).flatten())
+    except Exception as e:
+        notes.append("IC-LPIPS skipped: LPIPS needs torchvision and the AlexNet + LPIPS weights (downloaded on "
+                     "first use when online; anomalign does not install torchvision because it pulls a CUDA "
+                     f"torch) — {type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else ''}")
+    return values, notes
+
+
+@torch.no_grad()
+def tsne_plot(generator: Path, groups: dict[str, np.ndarray], masks: np.ndarray, path: Path,
+              per_group: int = 150) -> Path:
+    """t-SNE of generator latents: E(real masks), E(real images) and E(each generated set) (paper Fig. 5).
+    ``groups``: name -> uint8 images [N, H, W, 3]; ``masks``: bool real masks [N, H, W]."""
+    from anomalign.data.transforms import to_model_range
+    from anomalign.evaluation.tsne import scatter_png, tsne
+    from anomalign.generator.model import MaskGenerator
+
+    gen = MaskGenerator.load(generator).eval()
+    size = gen.resolution
+
+    def encode(x: torch.Tensor, fn) -> np.ndarray:
+        x = torch.nn.functional.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
+        return torch.cat([fn(x[s:s + 32]) for s in range(0, len(x), 32)]).flatten(1).numpy()
+
+    feats = {"real masks": encode(torch.from_numpy(masks[:per_group].astype(np.float32))[:, None],
+                                  gen.encode_mask_image)}
+    for name, images in groups.items():
+        x = torch.stack([to_model_range(im) for im in images[:per_group]])
+        feats[name] = encode(x, gen.encode)
+    emb = tsne(np.concatenate(list(feats.values())))
+    points, start = {}, 0
+    for name, f in feats.items():
+        points[name] = emb[start:start + len(f)]
+        start += len(f)
+    return scatter_png(points, path, title="t-SNE of generator latents")
+
+
+def run_evaluate_generation(cfg: EvaluateGenerationConfig) -> dict:
+    from anomalign.evaluation.fid import frechet_distance, inception_features
+    from anomalign.evaluation.figures import draw_contour, grid, save_png
+
+    cfg.validate()
+    out = Path(cfg.out) if cfg.out else Path(cfg.generated[0]) / "eval"
+    out.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, out / "evaluate_generation.yaml")
+    labels = cfg.labels or [Path(g).name for g in cfg.generated]
+    sets = {name: read_generated(g, cfg.max_images) for name, g in zip(labels, cfg.generated)}
+    size = next(iter(sets.values()))[0].shape[1]
+    real_u8, real_m = read_real(cfg, size)
+    real_feat = inception_features(real_u8)
+    results, notes, figures = {}, [], {}
+    for name, (images, masks, rows) in sets.items():
+        r: dict = {"images": len(images), "fid": frechet_distance(real_feat, inception_features(images))}
+        r |= alignment_summary(rows)
+        if cfg.extra_metrics:
+            extra, why = extra_metrics(real_u8, images)
+            r |= extra
+            notes += [n for n in why if n not in notes]
+        results[name] = r
+        scale = max(1, 128 // images.shape[1])
+        tiles = [draw_contour(im, m, scale=scale) for im, m in zip(images[:cfg.grid_images], masks[:cfg.grid_images])]
+        figures[f"grid {name}"] = save_png(grid(tiles, columns=min(8, len(tiles))), out / f"grid_{name}.png").name
+    tiles = [draw_contour(im, m, scale=max(1, 128 // size)) for im, m in
+             zip(real_u8[:cfg.grid_images], real_m[:cfg.grid_images])]
+    figures["grid real"] = save_png(grid(tiles, columns=min(8, len(tiles))), out / "grid_real.png").name
+    if cfg.generator is not None:
+        groups = {"real images": real_u8} | {f"generated: {n}": s[0] for n, s in sets.items()}
+        figures["t-SNE"] = tsne_plot(cfg.generator, groups, real_m, out / "tsne.png").name
+    payload = {"real": str(cfg.real), "split": cfg.split, "real_images": len(real_u8), "resolution": size,
+               "sets": results, "notes": notes, "figures": figures,
+               "fid_note": ("FID from few hundred images is biased upwards and noisy: compare sets side by "
+                            "side against the same real set, not with published numbers")}
+    (out / "generation.json").write_text(json.dumps(payload, indent=1))
+    table = format_generation_table(results)
+    (out / "generation.md").write_text(table + "\n" + "".join(f"\n- {n}" for n in notes) + "\n")
+    print(table)
+    for n in notes:
+        print(f"note: {n}")
+    print(f"written to {out}")
+    return payload
+
+
+def format_generation_table(results: dict[str, dict]) -> str:
+    cols = [("images", "images", "{:d}"), ("fid", "FID (TF-Inception)", "{:.1f}"),
+            ("free_lunch_mean", "free-lunch score", "{:+.4f}"), ("free_lunch_positive", "free-lunch > 0", "{:.0%}"),
+            ("true_lt_moved", "L(true) < L(moved)", "{:.0%}"), ("true_lt_empty", "L(true) < L(empty)", "{:.0%}"),
+            ("oracle_iou_mean", "oracle IoU", "{:.3f}"), ("inception_score", "IS (256 px)", "{:.2f}"),
+            ("ic_lpips", "IC-LPIPS (256 px)", "{:.3f}")]
+    cols = [c for c in cols if any(c[0] in r for r in results.values())]
+    lines = ["| set | " + " | ".join(c[1] for c in cols) + " |", "|---|" + "---|" * len(cols)]
+    for name, r in results.items():
+        cells = [(fmt.format(r[k]) if k in r and not (isinstance(r[k], float) and math.isnan(r[k])) else "—")
+                 for k, _, fmt in cols]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
