@@ -3,14 +3,14 @@ from __future__ import annotations
 
 import os
 import platform
-import resource
 import statistics
-import sys
 import time
 from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
+
+from anomalign.training import peak_rss_mb  # noqa: F401  (re-exported for the scripts)
 
 DOCS = Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
 
@@ -19,12 +19,6 @@ def machine() -> str:
     dev = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
     return (f"{platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__} "
             f"({torch.get_num_threads()} threads), {dev}, Python {platform.python_version()}")
-
-
-def peak_rss_mb() -> float:
-    """Peak resident memory of this process so far (MiB)."""
-    kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return kb / 1024 if sys.platform != "darwin" else kb / 2**20
 
 
 def sync(device) -> None:

@@ -15,10 +15,12 @@ from typing import Any, Callable
 from anomalign import __version__
 from anomalign.config import add_config_arguments, config_from_args, option
 from anomalign.data.demo import MakeDemoConfig
+from anomalign.demo import DemoConfig
 from anomalign.data.folders import DataOptions
 from anomalign.errors import AnomalignError
 from anomalign.evaluation.evaluate import EvaluateConfig
 from anomalign.evaluation.generation import EvaluateGenerationConfig
+from anomalign.evaluation.report import ReportConfig
 from anomalign.generator.pretrain import PretrainBaseConfig
 from anomalign.generator.train import TrainGeneratorConfig
 from anomalign.segmenter.infer import ExportConfig, SegmentConfig
@@ -75,6 +77,12 @@ DATA_COMMANDS: dict[str, Command] = {
     "make-demo": ("write the built-in procedural defect dataset (deterministic by seed)",
                   MakeDemoConfig, run_make_demo),
 }
+def run_demo(cfg: Any) -> int:
+    from anomalign.demo import run_demo as run
+    run(cfg, progress=sys.stderr.isatty())
+    return 0
+
+
 def run_train_generator(cfg: Any) -> int:
     from anomalign.generator.train import run_train_generator as run
     run(cfg, progress=sys.stderr.isatty())
@@ -118,12 +126,20 @@ def run_evaluate_generation(cfg: Any) -> int:
     return 0
 
 
+def run_report(cfg: Any) -> int:
+    from anomalign.evaluation.report import run_report as run
+    run(cfg)
+    return 0
+
+
 def run_evaluate(cfg: Any) -> int:
     from anomalign.evaluation.evaluate import run_evaluate as run
     run(cfg)
     return 0
 
 COMMANDS: dict[str, Command] = {
+    "demo": ("the whole method end to end on the built-in dataset (about 8 min on 2 CPU cores), with an HTML "
+             "report", DemoConfig, run_demo),
     "train-generator": ("fine-tune the mask-conditioned generator with dual-branch Alignment Regularization",
                         TrainGeneratorConfig, run_train_generator),
     "train-segmenter": ("train the Segformer segmenter on real (+ synthetic) pairs, optionally with "
@@ -135,6 +151,8 @@ COMMANDS: dict[str, Command] = {
     "evaluate-generation": ("quality of generated sets: FID (offline TF-Inception), alignment scores, IS / "
                             "IC-LPIPS when their weights exist, contour grids, t-SNE", EvaluateGenerationConfig,
                             run_evaluate_generation),
+    "report": ("a static HTML report (+ markdown) of run folders: metrics tables, figures, configs",
+               ReportConfig, run_report),
     "segment": ("predict anomaly masks (PNG) and overlays for new images of any size", SegmentConfig, run_segment),
     "export": ("export a trained segmenter to ONNX (checked against PyTorch with onnxruntime)",
                ExportConfig, run_export),

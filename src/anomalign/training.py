@@ -63,6 +63,14 @@ def step_generator(seed: int, step: int, rank: int = 0, micro: int = 0) -> torch
     return torch.Generator().manual_seed((((seed * 1_000_003 + step) * 101 + rank) * 1009 + micro) % (2**63))
 
 
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process so far, in MiB (Linux reports KiB, macOS bytes)."""
+    import resource
+    import sys
+    kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return kb / 2**20 if sys.platform == "darwin" else kb / 1024
+
+
 def sample_seed(seed: int, micro_step: int, position: int) -> int:
     """Seed for the random draws of the sample at ``position`` of global micro-batch ``micro_step``."""
     return ((seed * 1_000_003 + micro_step) * 10_007 + position) % (2**63)
