@@ -52,8 +52,13 @@ def reference_loop(gen, masks, prompts, seeds, scheduler: str, steps: int, guida
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--generator", type=Path, required=True)
-    ap.add_argument("--data", type=Path, required=True, help="dataset whose train masks condition the samples")
+    ap.add_argument("--generator", type=Path, help="trained generator run (or use --random-sd)")
+    ap.add_argument("--data", type=Path, help="dataset whose train masks condition the samples")
+    ap.add_argument("--random-sd", type=float, default=None, metavar="WIDTH",
+                    help="speed only: an SD-1.5-shaped random model (channel widths x WIDTH) at --size, random "
+                         "masks; no alignment scores")
+    ap.add_argument("--size", type=int, default=512)
+    ap.add_argument("--dtype", default="fp32", choices=["fp32", "bf16", "fp16"])
     ap.add_argument("--num", type=int, default=32, help="images per configuration for the alignment scores")
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--repeats", type=int, default=3, help="timed repeats per configuration (one batch each)")
@@ -63,13 +68,26 @@ def main() -> None:
     args = ap.parse_args()
     t_start = time.perf_counter()
 
-    gen = MaskGenerator.load(args.generator, device=args.device).eval()
-    index = load_dataset(args.data)
-    samples = [s for s in index.split("train") if not s.normal][: args.num]
-    ds = PairDataset(samples, size=gen.resolution)
-    _, masks = ds.tensors()
-    prompts = [default_prompt(s) for s in samples]
-    seeds = list(range(len(samples)))
+    if args.random_sd is not None:
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        from models import sd_generator
+        gen = sd_generator(args.random_sd, lora=False)[0].to(args.device).eval()
+        g = torch.Generator().manual_seed(0)
+        masks = (torch.rand(args.num, 1, args.size // 32, args.size // 32, generator=g) > 0.8).float()
+        masks = torch.nn.functional.interpolate(masks, size=(args.size, args.size), mode="nearest")
+        prompts = ["a photo of a surface with a scratch defect"] * args.num
+    else:
+        if args.generator is None or args.data is None:
+            ap.error("--generator and --data are required unless --random-sd is given")
+        gen = MaskGenerator.load(args.generator, device=args.device).eval()
+        index = load_dataset(args.data)
+        samples = [s for s in index.split("train") if not s.normal][: args.num]
+        _, masks = PairDataset(samples, size=gen.resolution).tensors()
+        prompts = [default_prompt(s) for s in samples]
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[args.dtype]
+    gen.unet.to(dtype)
+    gen.vae.to(dtype)
+    seeds = list(range(len(prompts)))
     bs = args.batch_size
     mb, pb, sb = masks[:bs], prompts[:bs], seeds[:bs]
     configs = {"DDIM-50": ("ddim", 50), "DPM-Solver++-20": ("dpm++", 20)}
@@ -85,9 +103,10 @@ def main() -> None:
                          - reference_loop(gen, mb, pb, sb, sch, steps, args.guidance)).abs().max())
             for name, (sch, steps) in configs.items()}
 
-    # alignment: all --num masks, each configuration
-    align = {}
-    for name, (sch, steps) in configs.items():
+    # alignment: all --num masks, each configuration (trained generators only)
+    align = {name: {"score": float("nan"), "score_sd": float("nan"), "lt_moved": float("nan"),
+                    "lt_empty": float("nan")} for name in configs}
+    for name, (sch, steps) in configs.items() if args.random_sd is None else ():
         fake = torch.cat([sample(gen, masks[i:i + bs], prompts[i:i + bs], seeds[i:i + bs], sch, steps, args.guidance)
                           for i in range(0, len(seeds), bs)]).cpu()
         fl = free_lunch(gen, fake, masks, prompts, shift=masks.shape[-1] // 4)
@@ -95,7 +114,7 @@ def main() -> None:
                        "lt_moved": fl["frac_true_lt_moved"], "lt_empty": fl["frac_true_lt_empty"]}
 
     rows = ["| configuration | images/s (anomalign) | images/s (reference loop) | anomalign / reference speed | "
-            "max |Δ| pixels | free-lunch score (mean ± sd) | L(true) < L(moved) | L(true) < L(empty) |",
+            "max abs pixel diff | free-lunch score (mean ± sd) | L(true) < L(moved) | L(true) < L(empty) |",
             "|---|---|---|---|---|---|---|---|"]
     for name in configs:
         ours, ref = median(times[f"anomalign {name}"]), median(times[f"reference {name}"])
@@ -105,8 +124,11 @@ def main() -> None:
                     f"{100 * a['lt_empty']:.0f}% |")
     ddim, dpm = median(times["anomalign DDIM-50"]), median(times["anomalign DPM-Solver++-20"])
     body = "\n".join(rows) + (
-        f"\n\nGenerator `{args.generator}` ({gen.spec['backend']}, {gen.resolution} px), guidance {args.guidance}, "
-        f"batch {bs}, {args.repeats} timed repeats (median), alignment on {len(seeds)} train masks of `{args.data}`. "
+        f"\n\nGenerator `{args.generator or f'random SD-1.5 shape x {args.random_sd}'}` ({gen.spec['backend']}, "
+        f"{masks.shape[-1]} px, {args.dtype}, device {args.device}), guidance {args.guidance}, batch {bs}, "
+        f"{args.repeats} timed repeats (median)"
+        + (f", alignment on {len(seeds)} train masks of `{args.data}`. " if args.random_sd is None else ". ")
+        + f"max abs pixel diff = largest difference between the two implementations' images (in [-1, 1] units). "
         f"DPM-Solver++-20 is {ddim / dpm:.2f}× the images/s of DDIM-50. Peak RSS {peak_rss_mb():.0f} MiB; "
         f"wall {time.perf_counter() - t_start:.0f} s.")
     print(body)

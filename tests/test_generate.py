@@ -265,3 +265,11 @@ def test_mask_augmentations_keep_an_anomaly_and_are_seeded():
     assert set(torch.unique(a).tolist()) <= {0.0, 1.0}
     with pytest.raises(ValueError, match="unknown mask augmentation"):
         augment_mask(m, ["zoom"], torch.Generator())
+
+
+def test_output_loads_with_hugging_face_imagefolder(gen_dir, data, tmp_path):
+    datasets = pytest.importorskip("datasets", reason="Hugging Face datasets not installed (optional)")
+    run_generate(cfg(gen_dir, data, tmp_path / "o", num=3), progress=False)
+    ds = datasets.load_dataset("imagefolder", data_dir=str(tmp_path / "o"), split="train")
+    assert ds.num_rows == 3 and {"image", "mask", "prompt", "scores"} <= set(ds.column_names)
+    assert ds[0]["mask"].size == ds[0]["image"].size

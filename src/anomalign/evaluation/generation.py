@@ -80,6 +80,11 @@ def read_real(cfg: EvaluateGenerationConfig, size: int) -> tuple[np.ndarray, np.
     return np.stack([p[0] for p in pairs]), np.stack([p[1] for p in pairs])
 
 
+def spread(n: int, k: int) -> list[int]:
+    """k indices spread evenly over range(n) (all of them if k >= n)."""
+    return list(range(n)) if k >= n else [round(i * (n - 1) / (k - 1)) if k > 1 else 0 for i in range(k)]
+
+
 def alignment_summary(rows: list[dict]) -> dict[str, float]:
     """Means / fractions of the per-sample scores ``generate`` recorded."""
     out: dict[str, float] = {}
@@ -201,10 +206,10 @@ def run_evaluate_generation(cfg: EvaluateGenerationConfig) -> dict:
             notes += [n for n in why if n not in notes]
         results[name] = r
         scale = max(1, 128 // images.shape[1])
-        tiles = [draw_contour(im, m, scale=scale) for im, m in zip(images[:cfg.grid_images], masks[:cfg.grid_images])]
+        pick = spread(len(images), cfg.grid_images)  # evenly over the set: every defect type, not the first one
+        tiles = [draw_contour(images[i], masks[i], scale=scale) for i in pick]
         figures[f"grid {name}"] = save_png(grid(tiles, columns=min(8, len(tiles))), out / f"grid_{name}.png").name
-    tiles = [draw_contour(im, m, scale=max(1, 128 // size)) for im, m in
-             zip(real_u8[:cfg.grid_images], real_m[:cfg.grid_images])]
+    tiles = [draw_contour(real_u8[i], real_m[i], scale=max(1, 128 // size)) for i in spread(len(real_u8), cfg.grid_images)]
     figures["grid real"] = save_png(grid(tiles, columns=min(8, len(tiles))), out / "grid_real.png").name
     if cfg.generator is not None:
         groups = {"real images": real_u8} | {f"generated: {n}": s[0] for n, s in sets.items()}
