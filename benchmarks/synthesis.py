@@ -119,9 +119,9 @@ def main() -> None:
     for name in configs:
         ours, ref = median(times[f"anomalign {name}"]), median(times[f"reference {name}"])
         a = align[name]
-        rows.append(f"| {name} | {bs / ours:.2f} | {bs / ref:.2f} | {ref / ours:.3f}× | {same[name]:.1e} | "
-                    f"{a['score']:+.4f} ± {a['score_sd']:.4f} | {100 * a['lt_moved']:.0f}% | "
-                    f"{100 * a['lt_empty']:.0f}% |")
+        scores = (f"{a['score']:+.4f} ± {a['score_sd']:.4f} | {100 * a['lt_moved']:.0f}% | {100 * a['lt_empty']:.0f}%"
+                  if args.random_sd is None else "— | — | —")
+        rows.append(f"| {name} | {bs / ours:.2f} | {bs / ref:.2f} | {ref / ours:.3f}× | {same[name]:.1e} | {scores} |")
     ddim, dpm = median(times["anomalign DDIM-50"]), median(times["anomalign DPM-Solver++-20"])
     body = "\n".join(rows) + (
         f"\n\nGenerator `{args.generator or f'random SD-1.5 shape x {args.random_sd}'}` ({gen.spec['backend']}, "
