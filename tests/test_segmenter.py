@@ -79,13 +79,15 @@ def test_feedback_premise_with_a_trained_generator(tmp_path):
     images: the denoising loss with the true mask is lower than with a moved and with an empty mask on
     most real images. The fraction is printed (`pytest -s`) and must exceed 1/2."""
     from anomalign.data.demo import MakeDemoConfig, make_demo_dataset
+    from anomalign.evaluation.generation import EvaluateGenerationConfig, feedback_premise, read_real
     from anomalign.generator.train import TINY_BASE
-    from anomalign.demo import feedback_premise
 
     data = make_demo_dataset(build_config(MakeDemoConfig, dict(
         out=tmp_path / "d", seed=7, train_per_defect=1, val_per_defect=1, test_per_defect=6, normal_train=1,
         normal_val=1, normal_test=0)), progress=False)
-    res = feedback_premise(TINY_BASE, data)
+    cfg = EvaluateGenerationConfig(generated=[], real=data, split="test")
+    real_u8, real_m = read_real(cfg, 64)
+    res = feedback_premise(TINY_BASE, real_u8, real_m, cfg)
     print(f"premise: true < moved {res['frac_true_lt_moved']:.2f}, true < empty {res['frac_true_lt_empty']:.2f}, "
           f"both {res['frac_true_lt_both']:.2f} on {res['images']} images")
     assert res["images"] == 24

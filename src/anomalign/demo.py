@@ -174,7 +174,6 @@ def run_demo(cfg: DemoConfig, progress: bool = True) -> dict:
             generated=[str(s) for s in sets], labels=labels, real=data, split="test", out=out / "generation",
             generator=gen, extra_metrics=not f)))
         res["oracle"] = oracle_alignment(out / "seg_real" / "best", sets, labels, data)
-        res["premise"] = feedback_premise(gen, data)
         (out / "generation" / "oracle.json").write_text(json.dumps(res["oracle"], indent=1))
         (out / "generation" / "premise.json").write_text(json.dumps(res["premise"], indent=1))
         segmentation_overlays(out, list(arms), data)
@@ -237,23 +236,6 @@ def oracle_alignment(segmenter: Path, sets: list[Path], labels: list[str], data:
         out[label] = {"iou": float(oracle_iou(model, x, m).mean()),
                       "iou_moved": float(oracle_iou(model, x, shift_masks(m, m.shape[-1] // 4)).mean())}
     return out
-
-
-@torch.no_grad()
-def feedback_premise(generator: Path, data: Path) -> dict:
-    """The paper's premise of Generative Feedback on real test anomalies: how often the trained generator
-    denoises a real image better when conditioned on its true mask than on a moved or an empty mask."""
-    from anomalign.data.dataset import PairDataset, default_prompt
-    from anomalign.data.validate import load_dataset
-    from anomalign.generator.model import MaskGenerator
-    from anomalign.synthesis.scoring import free_lunch
-
-    gen = MaskGenerator.load(generator).eval()
-    test = [s for s in load_dataset(data).split("test") if not s.normal]
-    x, m = PairDataset(test, size=gen.resolution).tensors()
-    fl = free_lunch(gen, x, m, [default_prompt(s) for s in test], shift=gen.resolution // 4)
-    return {"images": len(test), **{k: v for k, v in fl.items() if k.startswith("frac")},
-            "free_lunch_mean": float(fl["score"].mean())}
 
 
 @torch.no_grad()

@@ -58,6 +58,8 @@ class TrainGeneratorConfig(DataOptions, LoopOptions):
     augment: list[str] = option(default_factory=lambda: ["hflip", "vflip"],
                                 help=f"exact paired augmentations: any of {', '.join(AUGMENTS)} (or none)")
     normals: int = option(16, "defect-free training images mixed in with empty masks (0: none)")
+    train_pairs: int | None = option(None, "use only this many anomalous training pairs: a seeded random subset "
+                                           "(--split-seed), the same for every run (the paper's Table 5)")
     cache_latents: bool = option(True, "encode each training pair once per augmentation variant")
     validation_masks: int = option(8, "validation masks sampled into a grid at each validation")
     validation_steps: int = option(25, "DDIM steps for validation grids")
@@ -121,6 +123,11 @@ def training_pairs(cfg: TrainGeneratorConfig, resolution: int):
     if not train:
         raise AnomalignError(f"{cfg.data}: no anomalous training pairs (split 'train'); "
                              f"run `anomalign data check {cfg.data}`")
+    if cfg.train_pairs is not None:
+        if not 0 < cfg.train_pairs <= len(train):
+            raise ConfigError(f"--train-pairs {cfg.train_pairs}: the train split has {len(train)} anomalous pairs")
+        order = torch.randperm(len(train), generator=torch.Generator().manual_seed(cfg.split_seed)).tolist()
+        train = [train[i] for i in sorted(order[: cfg.train_pairs])]
     normals = [s for s in index.split("train") if s.normal][: cfg.normals]
     val = [s for s in index.split("val") if not s.normal] or train
     return PairDataset(train + normals, size=resolution), PairDataset(val[: cfg.validation_masks], size=resolution)
