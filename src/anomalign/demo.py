@@ -137,10 +137,11 @@ def run_demo(cfg: DemoConfig, progress: bool = True) -> dict:
 
     finished = lambda p, name: (p / name).is_file()  # noqa: E731
     gen, syn = out / "generator", out / "synthetic"
-    stages.run("generator", f"train the generator (α = {cfg.alpha}, {cfg.generator_steps} steps, tiny base)",
+    n_steps, n_syn, n_sample = (3, 8, 2) if f else (cfg.generator_steps, cfg.synthetic, cfg.sample_steps)
+    stages.run("generator", f"train the generator (α = {cfg.alpha}, {n_steps} steps, tiny base)",
                lambda: train_gen(gen, cfg.alpha), done=finished(gen, "generator.safetensors"))
-    stages.run("synthetic", f"generate {cfg.synthetic} synthetic pairs (DDIM-{cfg.sample_steps}, guidance "
-               f"{cfg.guidance})", lambda: gen_syn(gen, syn), done=finished(syn, "summary.json"))
+    stages.run("synthetic", f"generate {n_syn} synthetic pairs (DDIM-{n_sample}, guidance {cfg.guidance})",
+               lambda: gen_syn(gen, syn), done=finished(syn, "summary.json"))
     arms = {"seg_real": ("segmenter: real only", [], None),
             "seg_full": ("segmenter: real + synthetic + Generative Feedback (full method)", [syn], gen)}
     if cfg.ablation:
