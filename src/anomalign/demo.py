@@ -17,9 +17,8 @@ skips finished stages):
 from __future__ import annotations
 
 import json
-import sys
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -101,7 +100,6 @@ def run_demo(cfg: DemoConfig, progress: bool = True) -> dict:
         names += ["generator_a0", "synthetic_a0", "seg_syn_a0", "seg_syn", "seg_fb"]
     names += ["generation", "report"]
     stages = Stages(names, scale=0.02 if f else 1.0)
-    quiet = not progress
 
     def make_data():
         counts = dict(train_per_defect=2, val_per_defect=1, test_per_defect=2, normal_train=2, normal_val=1,

@@ -59,7 +59,7 @@ def line_plot(series: dict[str, tuple[list[float], list[float]]], path: Path, ti
 
     colors = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189)]
     w, h = size
-    left, right, top, bottom = 60, 10, 24, 40 + 14 * len(series)
+    left, right, top = 60, 10, 24
     img = Image.new("RGB", (w, h + 14 * len(series)), "white")
     draw = ImageDraw.Draw(img)
     draw.text((left, 4), title, fill="black")
