@@ -37,7 +37,7 @@ class DemoConfig:
     """Options of ``anomalign demo``."""
 
     out: Path = option(Path("anomalign_demo"), "output folder (one sub-folder per stage)")
-    ablation: bool = option(False, "also run α = 0 and the no-feedback variants (the paper's Table 4; ~3x longer)")
+    ablation: bool = option(False, "also run α = 0 and the no-feedback variants (the paper's Table 4; about twice as long)")
     fast: bool = option(False, "a seconds-long smoke run with tiny budgets (numbers meaningless)")
     seed: int = option(0, "seed of every stage")
     generator_steps: int = option(400, "generator fine-tuning steps")
