@@ -47,8 +47,8 @@ class GenerateConfig(DataOptions):
     generator: Path = option(help="generator run folder (from `anomalign train-generator`)")
     masks: Path = option(help="where the masks come from: a dataset (any layout `data check` reads) or a "
                               "folder of mask images (a first-level sub-folder names the defect type)")
-    num: int = option(help="number of image/mask pairs to write (under torchrun / accelerate launch, spell it "
-                           "--num-samples: the launchers read --num as one of their own options)",
+    num: int = option(help="number of image/mask pairs to write (under torchrun spell it --num-samples: "
+                           "torchrun reads --num as its own --numa-binding)",
                       aliases=("--num-samples",))
     out: Path = option(help="output folder (paired layout: images/, masks/, metadata.jsonl)")
     split: str = option("train", "dataset split whose masks are used (train, val, test or all)")
