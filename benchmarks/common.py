@@ -46,6 +46,14 @@ def median(xs: list[float]) -> float:
     return statistics.median(xs)
 
 
+def publish(title: str, body: str, to_doc: bool = True) -> None:
+    """Print a result and (unless told not to) append it to docs/benchmarks.md with the command line."""
+    import sys
+    print(body)
+    if to_doc:
+        append_doc(title, " ".join(["python", *sys.argv]), body)
+
+
 def append_doc(title: str, command: str, body: str) -> None:
     """Append a dated section (machine + command + body) to docs/benchmarks.md."""
     DOCS.parent.mkdir(parents=True, exist_ok=True)

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import append_doc, interleaved, median, peak_rss_mb  # noqa: E402
+from common import publish, interleaved, median, peak_rss_mb  # noqa: E402
 from models import sd_generator, tiny_generator  # noqa: E402
 
 from anomalign.generator.losses import add_noise, dual_branch_loss, loss_al, loss_gen, loss_sd  # noqa: E402
@@ -110,9 +110,7 @@ def main() -> None:
     body = "\n".join(rows) + (f"\n\nBatch {args.batch_size}, {args.dtype}, device {args.device}, {args.repeats} "
                               f"interleaved repeats (median) after one warm-up; step = forward + backward. "
                               f"Wall {time.perf_counter() - t0:.0f} s.")
-    print(body)
-    if not args.no_doc:
-        append_doc("Generator training step", " ".join(["python", *sys.argv]), body)
+    publish("Generator training step", body, to_doc=not args.no_doc)
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import append_doc  # noqa: E402
+from common import publish  # noqa: E402
 
 from anomalign.demo import DemoConfig, run_demo  # noqa: E402
 
@@ -60,9 +60,7 @@ def main() -> None:
         f"weight 5, feedback every 2nd step). Generative Feedback premise (α = 0.7 generator, real test images, "
         f"true mask beats moved and empty mask): {ms(premise)} %. Wall {(time.perf_counter() - t0) / 60:.0f} min "
         f"(finished seeds are reused).")
-    print(body)
-    if not args.no_doc:
-        append_doc("Segmentation ablation (paper Table 4, built-in dataset)", " ".join(["python", *sys.argv]), body)
+    publish("Segmentation ablation (paper Table 4, built-in dataset)", body, to_doc=not args.no_doc)
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import append_doc, interleaved, median, peak_rss_mb  # noqa: E402
+from common import publish, interleaved, median, peak_rss_mb  # noqa: E402
 from models import sd_generator, tiny_generator  # noqa: E402
 
 from anomalign.segmenter.losses import loss_ce, loss_feedback, loss_seg, soft_mask  # noqa: E402
@@ -96,9 +96,7 @@ def main() -> None:
                                  if dev.startswith("cuda") else f"peak RSS {peak_rss_mb():.0f} MiB") + " |")
     body = "\n".join(rows) + f"\n\nDevice {dev}, {args.repeats} interleaved repeats (median). Wall " \
                              f"{time.perf_counter() - t0:.0f} s."
-    print(body)
-    if not args.no_doc:
-        append_doc("Segmenter step and inference", " ".join(["python", *sys.argv]), body)
+    publish("Segmenter step and inference", body, to_doc=not args.no_doc)
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import append_doc, interleaved, median, peak_rss_mb  # noqa: E402
+from common import publish, interleaved, median, peak_rss_mb  # noqa: E402
 
 from anomalign.data.dataset import PairDataset, default_prompt  # noqa: E402
 from anomalign.data.validate import load_dataset  # noqa: E402
@@ -130,9 +130,7 @@ def main() -> None:
         + f"max abs pixel diff = largest difference between the two implementations' images (in [-1, 1] units). "
         f"DPM-Solver++-20 is {ddim / dpm:.2f}× the images/s of DDIM-50. Peak RSS {peak_rss_mb():.0f} MiB; "
         f"wall {time.perf_counter() - t_start:.0f} s.")
-    print(body)
-    if not args.no_doc:
-        append_doc("Synthesis: samplers and reference loop", " ".join(["python", *sys.argv]), body)
+    publish("Synthesis: samplers and reference loop", body, to_doc=not args.no_doc)
 
 
 if __name__ == "__main__":

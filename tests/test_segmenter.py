@@ -86,8 +86,8 @@ def test_feedback_premise_with_a_trained_generator(tmp_path):
         out=tmp_path / "d", seed=7, train_per_defect=1, val_per_defect=1, test_per_defect=6, normal_train=1,
         normal_val=1, normal_test=0)), progress=False)
     cfg = EvaluateGenerationConfig(generated=[], real=data, split="test")
-    real_u8, real_m = read_real(cfg, 64)
-    res = feedback_premise(TINY_BASE, real_u8, real_m, cfg)
+    real_u8, real_m, prompts = read_real(cfg, 64)
+    res = feedback_premise(TINY_BASE, real_u8, real_m, prompts)
     print(f"premise: true < moved {res['frac_true_lt_moved']:.2f}, true < empty {res['frac_true_lt_empty']:.2f}, "
           f"both {res['frac_true_lt_both']:.2f} on {res['images']} images")
     assert res["images"] == 24

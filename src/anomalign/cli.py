@@ -77,87 +77,43 @@ DATA_COMMANDS: dict[str, Command] = {
     "make-demo": ("write the built-in procedural defect dataset (deterministic by seed)",
                   MakeDemoConfig, run_make_demo),
 }
-def run_demo(cfg: Any) -> int:
-    from anomalign.demo import run_demo as run
-    run(cfg, progress=sys.stderr.isatty())
-    return 0
 
 
-def run_train_generator(cfg: Any) -> int:
-    from anomalign.generator.train import run_train_generator as run
-    run(cfg, progress=sys.stderr.isatty())
-    return 0
+def lazy(target: str, progress: bool = False) -> Callable[[Any], int]:
+    """A run function that imports ``"module:function"`` only when its command runs (fast --help), passing
+    ``progress`` (a progress bar when stderr is a terminal) to functions that take it."""
+    def run(cfg: Any) -> int:
+        import importlib
+        module, name = target.split(":")
+        fn = getattr(importlib.import_module(module), name)
+        fn(cfg, progress=sys.stderr.isatty()) if progress else fn(cfg)
+        return 0
+    return run
 
-
-def run_pretrain_base(cfg: Any) -> int:
-    from anomalign.generator.pretrain import run_pretrain_base as run
-    run(cfg, progress=sys.stderr.isatty())
-    return 0
-
-
-def run_train_segmenter(cfg: Any) -> int:
-    from anomalign.segmenter.train import run_train_segmenter as run
-    run(cfg, progress=sys.stderr.isatty())
-    return 0
-
-
-
-def run_generate(cfg: Any) -> int:
-    from anomalign.synthesis.generate import run_generate as run
-    run(cfg, progress=sys.stderr.isatty())
-    return 0
-
-
-def run_segment(cfg: Any) -> int:
-    from anomalign.segmenter.infer import run_segment as run
-    run(cfg, progress=sys.stderr.isatty())
-    return 0
-
-
-def run_export(cfg: Any) -> int:
-    from anomalign.segmenter.infer import run_export as run
-    run(cfg)
-    return 0
-
-
-def run_evaluate_generation(cfg: Any) -> int:
-    from anomalign.evaluation.generation import run_evaluate_generation as run
-    run(cfg)
-    return 0
-
-
-def run_report(cfg: Any) -> int:
-    from anomalign.evaluation.report import run_report as run
-    run(cfg)
-    return 0
-
-
-def run_evaluate(cfg: Any) -> int:
-    from anomalign.evaluation.evaluate import run_evaluate as run
-    run(cfg)
-    return 0
 
 COMMANDS: dict[str, Command] = {
     "demo": ("the whole method end to end on the built-in dataset (about 8 min on 2 CPU cores), with an HTML "
-             "report", DemoConfig, run_demo),
+             "report", DemoConfig, lazy("anomalign.demo:run_demo", progress=True)),
     "train-generator": ("fine-tune the mask-conditioned generator with dual-branch Alignment Regularization",
-                        TrainGeneratorConfig, run_train_generator),
+                        TrainGeneratorConfig, lazy("anomalign.generator.train:run_train_generator", progress=True)),
     "train-segmenter": ("train the Segformer segmenter on real (+ synthetic) pairs, optionally with "
-                        "Generative Feedback from a frozen generator", TrainSegmenterConfig, run_train_segmenter),
+                        "Generative Feedback from a frozen generator", TrainSegmenterConfig,
+                        lazy("anomalign.segmenter.train:run_train_segmenter", progress=True)),
     "generate": ("synthesise aligned image/mask pairs from real (or augmented) masks, scored and resumable",
-                 GenerateConfig, run_generate),
+                 GenerateConfig, lazy("anomalign.synthesis.generate:run_generate", progress=True)),
     "evaluate": ("segmentation metrics (mDice, mIoU, IoU, Dice, pixel AUROC) per test set, as JSON and a table",
-                 EvaluateConfig, run_evaluate),
+                 EvaluateConfig, lazy("anomalign.evaluation.evaluate:run_evaluate")),
     "evaluate-generation": ("quality of generated sets: FID (offline TF-Inception), alignment scores, IS / "
                             "IC-LPIPS when their weights exist, contour grids, t-SNE", EvaluateGenerationConfig,
-                            run_evaluate_generation),
+                            lazy("anomalign.evaluation.generation:run_evaluate_generation")),
     "report": ("a static HTML report (+ markdown) of run folders: metrics tables, figures, configs",
-               ReportConfig, run_report),
-    "segment": ("predict anomaly masks (PNG) and overlays for new images of any size", SegmentConfig, run_segment),
+               ReportConfig, lazy("anomalign.evaluation.report:run_report")),
+    "segment": ("predict anomaly masks (PNG) and overlays for new images of any size", SegmentConfig,
+                lazy("anomalign.segmenter.infer:run_segment", progress=True)),
     "export": ("export a trained segmenter to ONNX (checked against PyTorch with onnxruntime)",
-               ExportConfig, run_export),
+               ExportConfig, lazy("anomalign.segmenter.infer:run_export")),
     "pretrain-base": ("train the tiny backend's base model from scratch on a procedural corpus",
-                      PretrainBaseConfig, run_pretrain_base),
+                      PretrainBaseConfig, lazy("anomalign.generator.pretrain:run_pretrain_base", progress=True)),
 }
 
 

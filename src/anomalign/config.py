@@ -7,7 +7,6 @@ in YAML files and in the ``config.yaml`` saved beside every output.
 from __future__ import annotations
 
 import argparse
-import os
 import dataclasses
 import types
 import typing
@@ -146,11 +145,8 @@ def config_to_dict(cfg: Any) -> dict[str, Any]:
 
 def save_config(cfg: Any, path: Path) -> None:
     """Write ``cfg`` as YAML (atomically: a partial file is never left behind)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
-    tmp.replace(path)
+    from anomalign.files import write_text_atomic
+    write_text_atomic(path, yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
 
 
 def add_config_arguments(parser: argparse.ArgumentParser, cls: type) -> None:

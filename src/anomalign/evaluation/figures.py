@@ -1,11 +1,12 @@
 """Pictures of what was generated: mask contours drawn on images, and grids."""
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
+
+from anomalign.files import save_png  # noqa: F401  (re-exported: figures are saved with it)
 
 RED = (255, 0, 0)
 
@@ -41,15 +42,6 @@ def grid(tiles: list[np.ndarray], columns: int, pad: int = 2, background: int = 
         out[pad + r * (h + pad): pad + r * (h + pad) + h, pad + c * (w + pad): pad + c * (w + pad) + w] = t
     return out
 
-
-def save_png(array: np.ndarray, path: Path) -> Path:
-    """Write a PNG atomically (temp name, then rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp.png")
-    Image.fromarray(array).save(tmp)
-    tmp.replace(path)
-    return path
 
 
 def line_plot(series: dict[str, tuple[list[float], list[float]]], path: Path, title: str = "",

@@ -64,10 +64,10 @@ def read_generated(folder: Path, max_images: int) -> tuple[np.ndarray, np.ndarra
     return np.stack(images), np.stack(masks), rows
 
 
-def read_real(cfg: EvaluateGenerationConfig, size: int) -> tuple[np.ndarray, np.ndarray]:
-    """Real anomalous images [N, size, size, 3] and masks of ``cfg.split``, resized to the generated size
-    (so both sides reach the Inception network equally blurred)."""
-    from anomalign.data.dataset import PairDataset
+def read_real(cfg: EvaluateGenerationConfig, size: int) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Real anomalous images [N, size, size, 3], masks and prompts of ``cfg.split``, resized to the
+    generated size (so both sides reach the Inception network equally blurred)."""
+    from anomalign.data.dataset import PairDataset, default_prompt
     from anomalign.data.validate import load_dataset
 
     index = load_dataset(cfg.real, cfg)
@@ -77,7 +77,7 @@ def read_real(cfg: EvaluateGenerationConfig, size: int) -> tuple[np.ndarray, np.
         raise DataError(f"{cfg.real}: no anomalous images with masks in split {cfg.split!r}")
     ds = PairDataset(samples, size=size, cache=False)
     pairs = [ds.pair(i) for i in range(len(ds))]
-    return np.stack([p[0] for p in pairs]), np.stack([p[1] for p in pairs])
+    return np.stack([p[0] for p in pairs]), np.stack([p[1] for p in pairs]), [default_prompt(s) for s in samples]
 
 
 def spread(n: int, k: int) -> list[int]:
@@ -184,13 +184,11 @@ def tsne_plot(generator: Path, groups: dict[str, np.ndarray], masks: np.ndarray,
 
 
 @torch.no_grad()
-def feedback_premise(generator: Path, real_u8: np.ndarray, real_m: np.ndarray, cfg: EvaluateGenerationConfig) -> dict:
+def feedback_premise(generator: Path, real_u8: np.ndarray, real_m: np.ndarray, prompts: list[str]) -> dict:
     """The premise of Generative Feedback on real anomalous images: how often the generator denoises a
     real image better when conditioned on its true mask than on a moved (by a quarter width) or an empty
     mask (same noise and timesteps for the three; see ``synthesis.scoring.free_lunch``)."""
-    from anomalign.data.dataset import default_prompt
     from anomalign.data.transforms import to_model_range
-    from anomalign.data.validate import load_dataset
     from anomalign.generator.model import MaskGenerator
     from anomalign.synthesis.scoring import free_lunch
 
@@ -201,9 +199,6 @@ def feedback_premise(generator: Path, real_u8: np.ndarray, real_m: np.ndarray, c
     if x.shape[-1] != res:
         x = torch.nn.functional.interpolate(x, size=(res, res), mode="bilinear", antialias=True)
         m = torch.nn.functional.interpolate(m, size=(res, res), mode="nearest")
-    index = load_dataset(cfg.real, cfg)
-    samples = index.samples if cfg.split == "all" else index.split(cfg.split)
-    prompts = [default_prompt(s) for s in samples if not s.normal and s.mask is not None][: len(x)]
     fl = free_lunch(gen, x, m, prompts, shift=res // 4)
     return {"images": len(x), **{k: v for k, v in fl.items() if k.startswith("frac")},
             "free_lunch_mean": float(fl["score"].mean())}
@@ -220,7 +215,7 @@ def run_evaluate_generation(cfg: EvaluateGenerationConfig) -> dict:
     labels = cfg.labels or [Path(g).name for g in cfg.generated]
     sets = {name: read_generated(g, cfg.max_images) for name, g in zip(labels, cfg.generated)}
     size = next(iter(sets.values()))[0].shape[1]
-    real_u8, real_m = read_real(cfg, size)
+    real_u8, real_m, real_prompts = read_real(cfg, size)
     results, notes, figures = {}, [], {}
     try:
         real_feat = inception_features(real_u8)
@@ -247,7 +242,7 @@ def run_evaluate_generation(cfg: EvaluateGenerationConfig) -> dict:
     if cfg.generator is not None:
         groups = {"real images": real_u8} | {f"generated: {n}": s[0] for n, s in sets.items()}
         figures["t-SNE"] = tsne_plot(cfg.generator, groups, real_m, out / "tsne.png").name
-        premise = feedback_premise(cfg.generator, real_u8, real_m, cfg)
+        premise = feedback_premise(cfg.generator, real_u8, real_m, real_prompts)
         notes.append(f"Generative Feedback premise on {premise['images']} real {cfg.split} images: the generator's "
                      f"denoising loss is lower with the true mask than with the moved mask on "
                      f"{100 * premise['frac_true_lt_moved']:.0f}%, than with the empty mask on "

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from anomalign.config import option
 from anomalign.errors import AnomalignError
+from anomalign.files import write_text_atomic
 
 CSS = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:24px auto;padding:0 16px;color:#222}
 table{border-collapse:collapse;margin:8px 0 18px}td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}
@@ -82,9 +83,7 @@ class _Page:
     def write(self) -> Path:
         page = ("<!doctype html><html><head><meta charset='utf-8'><title>anomalign report</title>"
                 f"<style>{CSS}</style><script>{SCRIPT}</script></head><body>" + "\n".join(self.parts) + "</body></html>")
-        tmp = self.out / ".index.html.tmp"
-        tmp.write_text(page)
-        tmp.replace(self.out / "index.html")
+        write_text_atomic(self.out / "index.html", page)
         (self.out / "summary.md").write_text("\n".join(self.md) + "\n")
         return self.out / "index.html"
 

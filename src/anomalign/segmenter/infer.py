@@ -21,6 +21,7 @@ from PIL import Image
 from anomalign.config import option, save_config
 from anomalign.data.folders import is_image, walk_files
 from anomalign.errors import AnomalignError, ConfigError, DataError
+from anomalign.files import save_png, temp_path
 
 
 @dataclass(kw_only=True)
@@ -74,13 +75,6 @@ def overlay(image: np.ndarray, mask: np.ndarray, alpha: float = 0.45) -> np.ndar
     return out
 
 
-def _save_png(array: np.ndarray, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    Image.fromarray(array).save(tmp, format="PNG")
-    os.replace(tmp, path)
-
-
 @torch.no_grad()
 def predict_full_size(model, images: list[np.ndarray], size: int, device) -> list[np.ndarray]:
     """Anomaly probability float32 [H_i, W_i] for uint8 images [H_i, W_i, 3] of any sizes."""
@@ -116,10 +110,10 @@ def run_segment(cfg: SegmentConfig, progress: bool = True) -> Path:
         images = [read_image(f) for f, _ in batch]
         for (f, name), im, prob in zip(batch, images, predict_full_size(model, images, size, device)):
             mask = prob >= cfg.threshold
-            _save_png(mask.astype(np.uint8) * 255, out / "masks" / name)
-            _save_png(overlay(im, mask), out / "overlays" / name)
+            save_png(mask.astype(np.uint8) * 255, out / "masks" / name)
+            save_png(overlay(im, mask), out / "overlays" / name)
             if cfg.save_probabilities:
-                _save_png((prob * 255).round().astype(np.uint8), out / "probabilities" / name)
+                save_png((prob * 255).round().astype(np.uint8), out / "probabilities" / name)
             rows.append({"image": str(f), "mask": f"masks/{name.as_posix()}", "anomalous_pixels": int(mask.sum()),
                          "anomaly_fraction": float(mask.mean()), "max_probability": float(prob.max())})
     (out / "predictions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
@@ -163,7 +157,7 @@ def run_export(cfg: ExportConfig) -> dict:
     wrapped = Probability(model).eval()
     x = torch.rand(2, 3, size, size, generator=torch.Generator().manual_seed(0)) * 2 - 1
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+    tmp = temp_path(out)
     with torch.no_grad():
         torch.onnx.export(wrapped, (x,), str(tmp), input_names=["images"], output_names=["anomaly_probability"],
                           dynamic_axes={"images": {0: "batch"}, "anomaly_probability": {0: "batch"}},

@@ -16,13 +16,11 @@ attempts by index — again independent of batch size and process count.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import math
-import os
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -30,13 +28,14 @@ import numpy as np
 import torch
 from PIL import Image
 
-from anomalign.config import option, save_config
+from anomalign.config import option
 from anomalign.data.folders import DataOptions, is_image, walk_files
 from anomalign.errors import AnomalignError, ConfigError, DataError
+from anomalign.files import write_text_atomic
+from anomalign.synthesis.store import file_sha256, prepare_out, read_record, write_attempt
 from anomalign.synthesis.augment import MASK_AUGMENTS, augment_mask
 from anomalign.training import sample_seed
 
-RECORDS = ".records"
 SCORES = ("free-lunch", "oracle")
 
 
@@ -119,10 +118,6 @@ class GenerateConfig(DataOptions):
         if self.filter_by == "auto":
             return "oracle" if has_oracle else "free-lunch"
         return self.filter_by
-
-
-# Options that do not change which files a run writes: a rerun may change them and still resume.
-RESUMABLE = ("num", "out", "batch_size", "batch_invariant", "device", "max_attempts")
 
 
 @dataclass
@@ -218,75 +213,6 @@ def read_backgrounds(cfg: GenerateConfig, size: int) -> tuple[list[Path], torch.
     return files, torch.stack([to_model_range(a) for a in arrays])
 
 
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def _identity(cfg: GenerateConfig, generator_sha: str) -> dict:
-    """What determines the files: the options (paths made absolute) and the generator's weights
-    (by hash, so the same weights under another path still resume)."""
-    ident = {k: (str(Path(v).resolve()) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()
-             if k not in RESUMABLE and k != "generator"}
-    return json.loads(json.dumps(ident | {"generator_sha256": generator_sha}, default=str))
-
-
-def prepare_out(cfg: GenerateConfig, generator_sha: str, main: bool) -> Path:
-    """Check that ``cfg.out`` is new or holds this same run; the main process records the run identity."""
-    out = Path(cfg.out)
-    ident = _identity(cfg, generator_sha)
-    run_file = out / "run.json"
-    if out.exists() and not out.is_dir():
-        raise AnomalignError(f"{out}: --out is a file")
-    if out.is_dir() and any(out.iterdir()):
-        if not run_file.is_file():
-            raise AnomalignError(f"{out}: folder is not empty and was not written by `anomalign generate`; "
-                                 "refusing to write into it (nothing was changed). Choose a new --out.")
-        prev = json.loads(run_file.read_text())["identity"]
-        diff = sorted(k for k in set(prev) | set(ident) if prev.get(k) != ident.get(k))
-        if diff:
-            raise AnomalignError(f"{out}: holds another generation run (different {', '.join(diff)}); nothing was "
-                                 "changed. Choose a new --out, or rerun with that run's options to resume it.")
-    if main:
-        (out / RECORDS).mkdir(parents=True, exist_ok=True)
-        _atomic_text(run_file, json.dumps({"identity": ident}, indent=1))
-        save_config(cfg, out / "config.yaml")
-        for stale in out.rglob(".*.tmp"):  # temp files of a killed run: never renamed, so never complete
-            stale.unlink()
-    return out
-
-
-def _atomic_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
-def _atomic_png(array: np.ndarray, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    Image.fromarray(array).save(tmp, format="PNG")
-    os.replace(tmp, path)
-
-
-def _record_path(out: Path, i: int) -> Path:
-    return out / RECORDS / f"{i:07d}.json"
-
-
-def _read_record(out: Path, i: int) -> dict | None:
-    """The record of attempt i if it is finished (a kept record whose files were trimmed is not)."""
-    p = _record_path(out, i)
-    if not p.is_file():
-        return None
-    rec = json.loads(p.read_text())
-    if rec["kept"] and not ((out / rec["file_name"]).is_file() and (out / rec["mask_file_name"]).is_file()):
-        return None
-    return rec
-
-
 def dilate(masks: torch.Tensor, pixels: int) -> torch.Tensor:
     """Grow masks [B, 1, H, W] by ``pixels`` (square structuring element)."""
     if pixels <= 0:
@@ -376,14 +302,6 @@ class Synthesizer:
         return out
 
 
-def _write(out: Path, rec: dict, image: np.ndarray | None, mask: np.ndarray | None) -> None:
-    """Image and mask first, record last: a record means the attempt is complete."""
-    if rec["kept"]:
-        _atomic_png(image, out / rec["file_name"])
-        _atomic_png(mask, out / rec["mask_file_name"])
-    _atomic_text(_record_path(out, rec["index"]), json.dumps(rec))
-
-
 def summarize(records: list[dict], attempts: int) -> dict:
     """Counts and per-score mean/median/min over the kept samples."""
     summary: dict = {"kept": len(records), "attempts": attempts,
@@ -450,13 +368,13 @@ def run_generate(cfg: GenerateConfig, progress: bool = True, oracle=None) -> dic
     bar = tqdm(total=cfg.num, unit="img", disable=not (progress and main), desc="generate", dynamic_ncols=True)
     while start < cap and kept_so_far < cfg.num:
         mine = [start + j for j in range(rank, round_size, world) if start + j < cap]
-        todo = [i for i in mine if _read_record(out, i) is None]
+        todo = [i for i in mine if read_record(out, i) is None]
         for b in range(0, len(todo), cfg.batch_size):
             for rec, image, mask in synth.run(todo[b:b + cfg.batch_size]):
-                _write(out, rec, image, mask)
+                write_attempt(out, rec, image, mask)
                 made += 1
         acc.wait_for_everyone()
-        done = [_read_record(out, i) for i in range(start, min(start + round_size, cap))]
+        done = [read_record(out, i) for i in range(start, min(start + round_size, cap))]
         if any(r is None for r in done):
             raise AnomalignError(f"{out}: records missing after a round; do all processes share this folder?")
         new_kept = sum(r["kept"] for r in done)
@@ -468,7 +386,7 @@ def run_generate(cfg: GenerateConfig, progress: bool = True, oracle=None) -> dic
     bar.close()
     attempts = min(start, cap)
     acc.wait_for_everyone()
-    records = [_read_record(out, i) for i in range(attempts)]
+    records = [read_record(out, i) for i in range(attempts)]
     kept = [r for r in records if r is not None and r["kept"]]
     summary = summarize(kept[: cfg.num], attempts)
     summary["images_per_s"] = made / (time.perf_counter() - t0) if made else None
@@ -477,10 +395,10 @@ def run_generate(cfg: GenerateConfig, progress: bool = True, oracle=None) -> dic
         for r in kept[cfg.num:]:  # over-shoot of the last round: not part of the result
             for key in ("file_name", "mask_file_name"):
                 (out / r[key]).unlink(missing_ok=True)
-        _atomic_text(out / "metadata.jsonl", "".join(json.dumps(r) + "\n" for r in kept[: cfg.num]))
-        _atomic_text(out / "rejected.jsonl", "".join(json.dumps(r) + "\n" for r in records
+        write_text_atomic(out / "metadata.jsonl", "".join(json.dumps(r) + "\n" for r in kept[: cfg.num]))
+        write_text_atomic(out / "rejected.jsonl", "".join(json.dumps(r) + "\n" for r in records
                                                      if r is not None and not r["kept"]))
-        _atomic_text(out / "summary.json", json.dumps(summary, indent=1))
+        write_text_atomic(out / "summary.json", json.dumps(summary, indent=1))
         print(format_summary(summary, out, cfg.num))
     acc.wait_for_everyone()
     if len(kept) < cfg.num:
