@@ -67,6 +67,35 @@ def test_train_segmenter_with_synthetic_and_feedback(tmp_path):
     assert seg(torch.zeros(1, 3, 32, 32)).shape == (1, 2, 32, 32)
 
 
+def test_train_normals_option(tmp_path, monkeypatch):
+    import anomalign.segmenter.train as train_mod
+    from anomalign.errors import AnomalignError
+    real = tmp_path / "real"
+    write_paired(real, defects=("scratch",), n=6, normals=4)
+    used = {}
+    original = train_mod._Pairs.__init__
+
+    def spy(self, samples, *args, **kwargs):
+        used.setdefault("normal", []).append(sum(s.normal for s in samples))
+        used.setdefault("anomalous", []).append(sum(not s.normal for s in samples))
+        original(self, samples, *args, **kwargs)
+
+    monkeypatch.setattr(train_mod._Pairs, "__init__", spy)
+    for flag in (True, False):
+        cfg = build_config(TrainSegmenterConfig, dict(
+            train=str(real), out=str(tmp_path / f"seg_{flag}"), size=32, max_steps=1, batch_size=2,
+            validate_every=1, device="cpu", train_normals=flag))
+        run_train_segmenter(cfg, progress=False)
+    assert used["normal"][0] > 0 and used["normal"][1] == 0
+    assert used["anomalous"][0] == used["anomalous"][1] > 0
+    normals_only = tmp_path / "normals_only"
+    write_paired(normals_only, defects=(), n=0, normals=4)
+    cfg = build_config(TrainSegmenterConfig, dict(train=str(normals_only), out=str(tmp_path / "seg_n"), size=32,
+                                                  max_steps=1, device="cpu", train_normals=False))
+    with pytest.raises(AnomalignError, match="--no-train-normals"):
+        run_train_segmenter(cfg, progress=False)
+
+
 def test_eq6_anomaly_weight_option():
     logits = torch.tensor([[0.0, 0.0], [0.0, 0.0]]).view(2, 2, 1, 1)  # CE = log 2 for either class
     target = torch.tensor([1, 0]).view(2, 1, 1, 1)

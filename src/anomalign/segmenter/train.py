@@ -33,6 +33,8 @@ class TrainSegmenterConfig(DataOptions, LoopOptions):
     pretrained: str | None = option(None, "local Segformer folder to start from instead of a preset")
     size: int = option(64, "input size (images and masks resized to size x size)")
     synthetic_fraction: float = option(0.5, "share of each batch drawn from the synthetic sets")
+    train_normals: bool = option(True, "also train on the real train split's normal (defect-free) images; "
+                                       "off = anomalous pairs only, as the paper's segmenters")
     anomaly_weight: float = option(1.0, "CE weight of anomaly pixels (1 = the paper's plain CE; raise it "
                                         "for tiny defects on small data)")
     temperature: float = option(0.5, "λ of Eq. 8 (softmax temperature, in (0, 1])")
@@ -81,7 +83,11 @@ def run_train_segmenter(cfg: TrainSegmenterConfig, progress: bool = True) -> Pat
     torch.manual_seed(cfg.seed)
     acc = make_accelerator(cfg)
     index = load_dataset(cfg.train, cfg)
-    real = _Pairs(index.split("train"), cfg.size, cfg.augment, cfg.seed)
+    train_samples = [s for s in index.split("train") if cfg.train_normals or not s.normal]
+    if not train_samples:
+        raise AnomalignError(f"{cfg.train}: no training images left (train split empty"
+                             + ("" if cfg.train_normals else ", or only normal images and --no-train-normals") + ")")
+    real = _Pairs(train_samples, cfg.size, cfg.augment, cfg.seed)
     val_samples = index.split("val") or index.split("train")
     val = PairDataset(val_samples, size=cfg.size)
     syn_samples = []
