@@ -69,3 +69,27 @@ def test_evaluate_generation_end_to_end(tmp_path):
         assert any("Inception Score" in n for n in res["notes"])
     if "ic_lpips" not in row:
         assert any("IC-LPIPS" in n and "torchvision" in n for n in res["notes"])
+
+
+def test_oracle_alignment_true_vs_moved_mask(tmp_path, monkeypatch):
+    """An oracle that finds exactly the bright squares gives IoU 1 with the conditioning masks and 0 with
+    the masks moved by a quarter width (the squares are narrower than the shift)."""
+    from anomalign.evaluation import generation as g
+    from anomalign.segmenter import model as seg_model
+
+    class BrightOracle:
+        size = None
+
+        def predict_proba(self, x):  # x [B, 3, H, W] in [-1, 1]
+            return (x.mean(1, keepdim=True) > 0.5).float()
+
+    monkeypatch.setattr(seg_model.Segmenter, "load", classmethod(lambda cls, source, device="cpu": BrightOracle()))
+    images = np.zeros((3, 32, 32, 3), np.uint8)
+    masks = np.zeros((3, 32, 32), bool)
+    for i, (y, x) in enumerate([(4, 4), (10, 12), (20, 6)]):
+        images[i, y:y + 6, x:x + 6] = 255
+        masks[i, y:y + 6, x:x + 6] = True
+    res = g.oracle_alignment(tmp_path / "any", images, masks)
+    assert res["oracle_iou"] == pytest.approx(1.0) and res["oracle_iou_moved"] == pytest.approx(0.0)
+    images[0] = 0  # the oracle finds nothing on the first image: its IoU is 0
+    assert g.oracle_alignment(tmp_path / "any", images, masks)["oracle_iou"] == pytest.approx(2 / 3)

@@ -22,7 +22,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-import numpy as np
 import torch
 
 from anomalign.config import build_config, option, save_config
@@ -171,8 +170,9 @@ def run_demo(cfg: DemoConfig, progress: bool = True) -> dict:
         labels = [f"alpha={cfg.alpha}"] + (["alpha=0"] if cfg.ablation else [])
         res = run_evaluate_generation(build_config(EvaluateGenerationConfig, dict(
             generated=[str(s) for s in sets], labels=labels, real=data, split="test", out=out / "generation",
-            generator=gen, extra_metrics=not f)))
-        res["oracle"] = oracle_alignment(out / "seg_real" / "best", sets, labels, data)
+            generator=gen, oracle=out / "seg_real" / "best", extra_metrics=not f)))
+        res["oracle"] = {name: {"iou": r["oracle_iou"], "iou_moved": r["oracle_iou_moved"]}
+                         for name, r in res["sets"].items()}
         (out / "generation" / "oracle.json").write_text(json.dumps(res["oracle"], indent=1))
         (out / "generation" / "premise.json").write_text(json.dumps(res["premise"], indent=1))
         segmentation_overlays(out, list(arms), data)
@@ -213,28 +213,6 @@ def run_demo(cfg: DemoConfig, progress: bool = True) -> dict:
     print(f"demo finished in {_mmss(summary['wall_s'])} (peak memory {summary['peak_rss_mb']:.0f} MiB); "
           f"report: {out / 'report' / 'index.html'}")
     return summary
-
-
-@torch.no_grad()
-def oracle_alignment(segmenter: Path, sets: list[Path], labels: list[str], data: Path) -> dict:
-    """Per generated set: mean IoU of the real-only segmenter's prediction on generated images with the
-    conditioning mask, and with the mask moved by a quarter width (the control; should be ~0)."""
-    from anomalign.evaluation.generation import read_generated
-    from anomalign.segmenter.model import Segmenter
-    from anomalign.synthesis.scoring import oracle_iou, shift_masks
-
-    model = Segmenter.load(segmenter)
-    out = {}
-    for folder, label in zip(sets, labels):
-        images, masks, _ = read_generated(folder, 10_000)
-        x = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1
-        m = torch.from_numpy(masks.astype(np.float32))[:, None]
-        if model.size and model.size != x.shape[-1]:
-            x = torch.nn.functional.interpolate(x, size=(model.size,) * 2, mode="bilinear", antialias=True)
-            m = torch.nn.functional.interpolate(m, size=(model.size,) * 2, mode="nearest")
-        out[label] = {"iou": float(oracle_iou(model, x, m).mean()),
-                      "iou_moved": float(oracle_iou(model, x, shift_masks(m, m.shape[-1] // 4)).mean())}
-    return out
 
 
 @torch.no_grad()
