@@ -2,8 +2,9 @@
 
     python configs/magnetic_tile/collect.py runs/magnetic_tile
 
-Reads seed*/seg_*/eval/eval.json, seed*/syn_*/summary.json, seed*/generation*/generation.json and
-table5/seg_syn_n*/eval/eval.json. A missing run shows as "not run".
+Reads seed*/seg_*/eval/eval.json, seed*/syn_*/summary.json, seed*/generation/generation.json (FID from
+seed*/generation_fid/generation.json when the first has none, e.g. computed later on another machine) and
+table5/seed*/seg_syn_n*/eval/eval.json. A missing run shows as "not run"; n = seeds that ran.
 """
 import json
 import sys
@@ -13,6 +14,7 @@ import numpy as np
 
 W = Path(sys.argv[1] if len(sys.argv) > 1 else "runs/magnetic_tile")
 seeds = sorted(p for p in W.glob("seed*") if p.is_dir())
+t5_seeds = sorted(p for p in (W / "table5").glob("seed*") if p.is_dir())
 
 
 def load(p: Path):
@@ -29,55 +31,66 @@ def ms(vals, scale=100.0, fmt="{:.1f}"):
     return s + f" (n={len(v)})"
 
 
+def per_seed(dirs, vals, scale=100.0, fmt="{:.1f}"):
+    return ", ".join(f"{d.name}: " + (fmt.format(scale * v) if v is not None else "—") for d, v in zip(dirs, vals))
+
+
+def metric(run: Path, key: str):
+    e = load(run / "eval" / "eval.json")
+    return e["average"][key] if e else None
+
+
 print("### Study 2 — Table 4 (test split; mean ± sd over seeds)\n")
 print("| segmenter | mIoU (%) | mDice (%) | IoU (%) | pixel AUROC (%) | per seed mIoU |")
 print("|---|---|---|---|---|---|")
 rows = {"real only": "seg_real", "+ synthetic (α = 0)": "seg_syn_a0", "+ synthetic (α = 0.7)": "seg_syn_a0.7",
         "+ feedback only": "seg_fb", "full method": "seg_full"}
 for name, run in rows.items():
-    ev = [load(s / run / "eval" / "eval.json") for s in seeds]
-    avg = [e["average"] if e else None for e in ev]
-    get = lambda k: [a[k] if a else None for a in avg]  # noqa: E731
-    per = ", ".join(f"{s.name}: {100 * a['mIoU']:.1f}" if a else f"{s.name}: —" for s, a in zip(seeds, avg))
-    print(f"| {name} | {ms(get('mIoU'))} | {ms(get('mDice'))} | {ms(get('IoU'))} | {ms(get('AUROC'))} | {per} |")
+    get = lambda k: [metric(s / run, k) for s in seeds]  # noqa: E731
+    print(f"| {name} | {ms(get('mIoU'))} | {ms(get('mDice'))} | {ms(get('IoU'))} | {ms(get('AUROC'))} | "
+          f"{per_seed(seeds, get('mIoU'))} |")
 
-print("\n### Study 1 — alignment of generated pairs (free-lunch score of each generated set)\n")
-print("| generator | free-lunch score | share > 0 | L(true) < L(moved) | L(true) < L(empty) |")
-print("|---|---|---|---|---|")
+print("\n### Study 1 — alignment of generated pairs, and study 5 — FID\n")
+print("| generator | free-lunch score | share > 0 (%) | L(true) < L(moved) (%) | L(true) < L(empty) (%) "
+      "| oracle IoU (%) | oracle IoU, mask moved (%) | FID |")
+print("|---|---|---|---|---|---|---|---|")
 for a in ("0", "0.7"):
     sums = [load(s / f"syn_a{a}" / "summary.json") for s in seeds]
-    gens = [load(s / "generation" / "generation.json") for s in seeds]
+    gens = [(load(s / "generation" / "generation.json") or {}).get("sets", {}).get(f"alpha={a}") for s in seeds]
+    fids = [(load(s / "generation_fid" / "generation.json") or {}).get("sets", {}).get(f"alpha={a}") for s in seeds]
     fl = [x["scores"]["free_lunch"]["mean"] if x else None for x in sums]
     pos = [x["scores"]["free_lunch"]["frac_positive"] if x else None for x in sums]
-    lm = [g["sets"][f"alpha={a}"]["true_lt_moved"] if g else None for g in gens]
-    le = [g["sets"][f"alpha={a}"]["true_lt_empty"] if g else None for g in gens]
-    print(f"| α = {a} | {ms(fl, 1, '{:+.4f}')} | {ms(pos)} % | {ms(lm)} % | {ms(le)} % |")
+    lm = [g["true_lt_moved"] if g else None for g in gens]
+    le = [g["true_lt_empty"] if g else None for g in gens]
+    fid = [(g or {}).get("fid", (f or {}).get("fid")) for g, f in zip(gens, fids)]
+    oi = [(g or {}).get("oracle_iou") for g in gens]
+    om = [(g or {}).get("oracle_iou_moved") for g in gens]
+    print(f"| α = {a} | {ms(fl, 1, '{:+.4f}')} | {ms(pos)} | {ms(lm)} | {ms(le)} | {ms(oi)} | {ms(om)} | "
+          f"{ms(fid, 1)} |")
 
-print("\n### Study 5 — FID of synthetic vs real test anomalies (TF-Inception, 100 vs 100 images, 128 px)\n")
-print("| generator | FID |")
-print("|---|---|")
-for a in ("0", "0.7"):
-    gens = [load(s / "generation" / "generation.json") for s in seeds]
-    print(f"| α = {a} | {ms([g['sets'][f'alpha={a}'].get('fid') if g else None for g in gens], 1)} |")
-
-print("\n### Study 3 — Table 5 (seed 0): generator training pairs -> + synthetic segmenter\n")
-print("| generator trained on | test mIoU (%) | test mDice (%) | free-lunch score of its samples |")
-print("|---|---|---|---|")
+print("\n### Study 3 — Table 5: generator training pairs -> real + synthetic segmenter (test split)\n")
+print("| generator trained on | mIoU (%) | mDice (%) | free-lunch score of its samples | per seed mIoU |")
+print("|---|---|---|---|---|")
 for n in ("20", "50", "100", "all"):
-    run = W / "table5" / f"seg_syn_n{n}" if n != "all" else W / "seed0" / "seg_syn_a0.7"
-    syn = W / "table5" / f"syn_n{n}" if n != "all" else W / "seed0" / "syn_a0.7"
-    e, s = load(run / "eval" / "eval.json"), load(syn / "summary.json")
-    fl = f"{s['scores']['free_lunch']['mean']:+.4f}" if s else "not run"
-    if e:
-        print(f"| {n} pairs | {100 * e['average']['mIoU']:.1f} | {100 * e['average']['mDice']:.1f} | {fl} |")
+    if n == "all":  # seed S's α = 0.7 generator of Table 4 uses every training pair
+        dirs = [W / s.name for s in t5_seeds]
+        runs, syns = [d / "seg_syn_a0.7" for d in dirs], [d / "syn_a0.7" for d in dirs]
     else:
-        print(f"| {n} pairs | not run | not run | {fl} |")
+        runs = [s / f"seg_syn_n{n}" for s in t5_seeds]
+        syns = [s / f"syn_n{n}" for s in t5_seeds]
+    fl = [(load(y / "summary.json") or {}).get("scores", {}).get("free_lunch", {}).get("mean") for y in syns]
+    miou = [metric(r, "mIoU") for r in runs]
+    print(f"| {n} pairs | {ms(miou)} | {ms([metric(r, 'mDice') for r in runs])} | {ms(fl, 1, '{:+.4f}')} | "
+          f"{per_seed(t5_seeds, miou)} |")
 
-print("\n### Study 4 — the free-lunch premise on real test images (α = 0.7 generator)\n")
-for s in seeds:
-    for g in sorted(s.glob("generation*/generation.json")):
-        p = load(g).get("premise")
-        if p:
-            print(f"- {s.name} ({g.parent.name}): true mask < moved mask on {100 * p['frac_true_lt_moved']:.0f} %, "
-                  f"< empty mask on {100 * p['frac_true_lt_empty']:.0f} %, < both on {100 * p['frac_true_lt_both']:.0f} % "
-                  f"of {p['images']} images")
+print("\n### Study 4 — the free-lunch premise on real test images (α = 0.7 generator of each seed)\n")
+print("| seed | images | L(true) < L(moved) (%) | L(true) < L(empty) (%) | < both (%) |")
+print("|---|---|---|---|---|")
+prem = [(load(s / "generation" / "generation.json") or {}).get("premise") for s in seeds]
+for s, p in zip(seeds, prem):
+    if p:
+        print(f"| {s.name} | {p['images']} | {100 * p['frac_true_lt_moved']:.0f} | {100 * p['frac_true_lt_empty']:.0f} "
+              f"| {100 * p['frac_true_lt_both']:.0f} |")
+if any(prem):
+    print(f"| mean ± sd | | {ms([p and p['frac_true_lt_moved'] for p in prem])} | "
+          f"{ms([p and p['frac_true_lt_empty'] for p in prem])} | {ms([p and p['frac_true_lt_both'] for p in prem])} |")
