@@ -67,6 +67,26 @@ def test_train_segmenter_with_synthetic_and_feedback(tmp_path):
     assert seg(torch.zeros(1, 3, 32, 32)).shape == (1, 2, 32, 32)
 
 
+def test_log_rows_average_feedback_over_the_steps_where_it_ran(tmp_path):
+    """With feedback every 2nd step, each 2-step log row shows the feedback loss of the step that had it
+    (not the last step's missing value); before feedback starts the column is nan, not a misleading 0."""
+    real = tmp_path / "real"
+    write_paired(real, defects=("scratch",), n=6, normals=0)
+    gen_dir = tmp_path / "gen"
+    dummy_tiny_generator().save(gen_dir)
+    for warmup, expect_fb in ((0, True), (8, False)):
+        out = tmp_path / f"seg{warmup}"
+        cfg = build_config(TrainSegmenterConfig, dict(
+            train=str(real), feedback_generator=str(gen_dir), out=str(out), size=32, max_steps=4, batch_size=2,
+            fb_every=2, fb_warmup_steps=warmup, log_every=2, validate_every=0, device="cpu"))
+        run_train_segmenter(cfg, progress=False)
+        rows = [r.split(",") for r in (out / "logs" / "train.csv").read_text().splitlines()]
+        col = rows[0].index("l_fb")
+        values = [float(r[col]) for r in rows[1:]]
+        assert len(values) == 2
+        assert all((v > 0) if expect_fb else math.isnan(v) for v in values), values
+
+
 def test_train_normals_option(tmp_path, monkeypatch):
     import anomalign.segmenter.train as train_mod
     from anomalign.errors import AnomalignError

@@ -217,10 +217,11 @@ def train_loop(task: TrainTask, opts: LoopOptions, out_dir: Path, accelerator=No
     bar = tqdm(total=opts.max_steps, initial=start, desc="training", unit="step",
                disable=not (progress and acc.is_main_process))
     last: dict[str, float] = {}
+    window: dict[str, list[float]] = {}  # per loss: [sum, count] of finite values since the last log row
     t_last, n_since = time.perf_counter(), 0
     try:
         for step in range(start, opts.max_steps):
-            totals: dict[str, float] = {}
+            micro_values: dict[str, list[float]] = {}
             for micro in range(opts.gradient_accumulation_steps):
                 k = step * opts.gradient_accumulation_steps + micro
                 batch = task.get_batch(k, rank, world)
@@ -234,7 +235,8 @@ def train_loop(task: TrainTask, opts: LoopOptions, out_dir: Path, accelerator=No
                         "(lower the learning rate or use --mixed-precision no, then --resume latest)")
                 acc.backward(loss / opts.gradient_accumulation_steps)
                 for name, v in losses.items():
-                    totals[name] = totals.get(name, 0.0) + float(v.detach()) / opts.gradient_accumulation_steps
+                    micro_values.setdefault(name, []).append(float(v.detach()))
+            totals = {name: _finite_mean(vs) for name, vs in micro_values.items()}
             if world > 1:  # each rank computed the mean over its equal share: average = global mean
                 for p in task.params:
                     if p.grad is not None:
@@ -249,18 +251,26 @@ def train_loop(task: TrainTask, opts: LoopOptions, out_dir: Path, accelerator=No
             if ema is not None:
                 ema.update()
             last = dict(totals, lr=sched.get_last_lr()[0])
+            for name, v in totals.items():
+                acc_v = window.setdefault(name, [0.0, 0])
+                if math.isfinite(v):  # NaN = "not computed at this step" (e.g. feedback every k-th step)
+                    acc_v[0], acc_v[1] = acc_v[0] + v, acc_v[1] + 1
             n_since += 1
             done = step + 1
             bar.update(1)
-            bar.set_postfix({k: f"{v:.4f}" for k, v in totals.items()})
+            bar.set_postfix({k: f"{v:.4f}" for k, v in totals.items() if math.isfinite(v)})
             if acc.is_main_process and (done % opts.log_every == 0 or done == opts.max_steps):
                 now = time.perf_counter()
-                last["it_per_s"] = n_since / max(now - t_last, 1e-9)
-                t_last, n_since = now, 0
-                _log_row(log_path, done, last)
+                # a row holds each loss averaged over the steps since the previous row (where it was computed)
+                row = {k: (t / n if n else float("nan")) for k, (t, n) in window.items()}
+                row |= {"lr": last["lr"], "it_per_s": n_since / max(now - t_last, 1e-9)}
+                last["it_per_s"] = row["it_per_s"]
+                t_last, n_since, window = now, 0, {}
+                _log_row(log_path, done, row)
                 if writer is not None:
-                    for name, v in last.items():
-                        writer.add_scalar(name, v, done)
+                    for name, v in row.items():
+                        if math.isfinite(v):
+                            writer.add_scalar(name, v, done)
             if task.validate_fn is not None and opts.validate_every and done % opts.validate_every == 0:
                 best = _validate(task, ema, acc, done, out_dir, best)
             if done % opts.checkpoint_every == 0 and done < opts.max_steps and acc.is_main_process:
@@ -320,6 +330,12 @@ def _save_checkpoint(out_dir: Path, step: int, task: TrainTask, opt, sched, ema:
     for old in sorted(root.glob("step-*[0-9]"))[:-max(1, keep)]:
         shutil.rmtree(old)
     return final
+
+
+def _finite_mean(values: list[float]) -> float:
+    """Mean of the finite values (NaN marks a loss not computed in that micro-batch); NaN if there are none."""
+    finite = [v for v in values if math.isfinite(v)]
+    return sum(finite) / len(finite) if finite else float("nan")
 
 
 def _log_row(path: Path, step: int, values: dict[str, float]) -> None:

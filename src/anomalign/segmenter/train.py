@@ -129,7 +129,8 @@ def run_train_segmenter(cfg: TrainSegmenterConfig, progress: bool = True) -> Pat
         k = batch["step"]
         use_fb = gen is not None and k >= cfg.fb_warmup_steps and k % cfg.fb_every == 0 and batch["keys"]
         if not use_fb:
-            return {"loss": l_ce, "l_ce": l_ce, "l_fb": torch.zeros((), device=l_ce.device)}
+            # NaN = not computed here: the log averages l_fb over the steps where feedback ran
+            return {"loss": l_ce, "l_ce": l_ce, "l_fb": torch.full((), float("nan"), device=l_ce.device)}
         n = len(batch["keys"])
         z0, _ = fb_latents.latents(batch["keys"])
         m_soft = soft_mask(logits[:n], cfg.temperature)  # Eq. 8-9 on the REAL images
