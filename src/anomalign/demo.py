@@ -178,11 +178,7 @@ def run_demo(cfg: DemoConfig, progress: bool = True) -> dict:
         segmentation_overlays(out, list(arms), data)
         return res
     gen_res = stages.run("generation", "generation quality (FID, alignment, oracle IoU, t-SNE) and overlays",
-                         generation)
-    if gen_res is None:
-        gen_res = json.loads((out / "generation" / "generation.json").read_text())
-        gen_res["oracle"] = json.loads((out / "generation" / "oracle.json").read_text())
-        gen_res["premise"] = json.loads((out / "generation" / "premise.json").read_text())
+                         generation)  # always rerun: it depends on every stage before it
 
     real, full = segmentation["real only"], segmentation["real + synthetic + Generative Feedback (full method)"]
     summary = {

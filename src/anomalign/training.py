@@ -217,7 +217,7 @@ def train_loop(task: TrainTask, opts: LoopOptions, out_dir: Path, accelerator=No
     bar = tqdm(total=opts.max_steps, initial=start, desc="training", unit="step",
                disable=not (progress and acc.is_main_process))
     last: dict[str, float] = {}
-    window: dict[str, list[float]] = {}  # per loss: [sum, count] of finite values since the last log row
+    window: dict[str, list[float]] = {}  # per loss: its values since the last log row
     t_last, n_since = time.perf_counter(), 0
     try:
         for step in range(start, opts.max_steps):
@@ -252,9 +252,7 @@ def train_loop(task: TrainTask, opts: LoopOptions, out_dir: Path, accelerator=No
                 ema.update()
             last = dict(totals, lr=sched.get_last_lr()[0])
             for name, v in totals.items():
-                acc_v = window.setdefault(name, [0.0, 0])
-                if math.isfinite(v):  # NaN = "not computed at this step" (e.g. feedback every k-th step)
-                    acc_v[0], acc_v[1] = acc_v[0] + v, acc_v[1] + 1
+                window.setdefault(name, []).append(v)
             n_since += 1
             done = step + 1
             bar.update(1)
@@ -262,7 +260,7 @@ def train_loop(task: TrainTask, opts: LoopOptions, out_dir: Path, accelerator=No
             if acc.is_main_process and (done % opts.log_every == 0 or done == opts.max_steps):
                 now = time.perf_counter()
                 # a row holds each loss averaged over the steps since the previous row (where it was computed)
-                row = {k: (t / n if n else float("nan")) for k, (t, n) in window.items()}
+                row = {k: _finite_mean(vs) for k, vs in window.items()}
                 row |= {"lr": last["lr"], "it_per_s": n_since / max(now - t_last, 1e-9)}
                 last["it_per_s"] = row["it_per_s"]
                 t_last, n_since, window = now, 0, {}
@@ -333,7 +331,8 @@ def _save_checkpoint(out_dir: Path, step: int, task: TrainTask, opt, sched, ema:
 
 
 def _finite_mean(values: list[float]) -> float:
-    """Mean of the finite values (NaN marks a loss not computed in that micro-batch); NaN if there are none."""
+    """Mean of the finite values (NaN marks a loss not computed at that step or micro-batch, e.g. feedback
+    every k-th step); NaN if there are none."""
     finite = [v for v in values if math.isfinite(v)]
     return sum(finite) / len(finite) if finite else float("nan")
 

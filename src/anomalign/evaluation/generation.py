@@ -187,7 +187,6 @@ def tsne_plot(generator: Path, groups: dict[str, np.ndarray], masks: np.ndarray,
 
 
 @torch.no_grad()
-@torch.no_grad()
 def oracle_alignment(segmenter: Path, images: np.ndarray, masks: np.ndarray) -> dict[str, float]:
     """Oracle view of alignment: mean IoU of a trained segmenter's prediction on generated images with
     their conditioning masks, and with those masks moved by a quarter width (should be ~0).
@@ -207,6 +206,7 @@ def oracle_alignment(segmenter: Path, images: np.ndarray, masks: np.ndarray) -> 
             "oracle_iou_moved": float(oracle_iou(model, x, shift_masks(m, m.shape[-1] // 4)).mean())}
 
 
+@torch.no_grad()
 def feedback_premise(generator: Path, real_u8: np.ndarray, real_m: np.ndarray, prompts: list[str]) -> dict:
     """The premise of Generative Feedback on real anomalous images: how often the generator denoises a
     real image better when conditioned on its true mask than on a moved (by a quarter width) or an empty
