@@ -39,9 +39,11 @@ class DataCheckConfig(DataOptions):
 
 
 def run_data_check(cfg: DataCheckConfig) -> int:
+    from anomalign.data.imageio import set_max_megapixels
     from anomalign.data.layouts import read_dataset
     from anomalign.data.validate import check_dataset
 
+    set_max_megapixels(cfg.max_megapixels)
     index = read_dataset(cfg.path, cfg)
     report = check_dataset(index, cfg.mask_threshold, workers=cfg.workers, progress=sys.stderr.isatty())
     print(report.format(cfg.max_per_kind))
@@ -57,7 +59,13 @@ def run_data_check(cfg: DataCheckConfig) -> int:
         cfg.json.parent.mkdir(parents=True, exist_ok=True)
         cfg.json.write_text(json.dumps(payload, indent=1))
         print(f"full report written to {cfg.json}")
-    return 1 if report.errors else 0
+    errors, usable = report.errors, report.usable()
+    if cfg.policy == "skip" and errors and usable:  # what commands would do with this data under --policy skip
+        from anomalign.data.validate import format_skipped
+        print("\n" + format_skipped(cfg.path, errors, cfg.max_per_kind * 4))
+        print(f"policy skip: {len(usable)} usable pair(s) remain; commands run with --policy skip use them")
+        return 0
+    return 1 if errors else 0
 
 
 def run_make_demo(cfg: Any) -> int:

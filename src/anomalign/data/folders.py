@@ -49,22 +49,37 @@ class DataOptions:
     mvtec_train_fraction: float = option(1 / 3, "MVTec AD: fraction of each defect type used for training "
                                          "(rounded up)")
     visa_csv: str = option("1cls.csv", "VisA: split file in split_csv/")
+    max_megapixels: float = option(100.0, "largest image decoded, in megapixels (larger files are refused "
+                                          "from their header, as a problem of that file)")
 
     def validate(self) -> None:
         for name in ("val_fraction", "test_fraction", "mask_threshold", "mvtec_train_fraction"):
             v = getattr(self, name)
             if not 0.0 <= v <= 1.0:
                 raise ConfigError(f"option '{name}' must be in [0, 1], got {v}")
+        if not self.max_megapixels > 0:
+            raise ConfigError(f"option 'max_megapixels' must be > 0, got {self.max_megapixels}")
         if self.val_fraction + self.test_fraction >= 1.0:
             raise ConfigError("val_fraction + test_fraction must be < 1")
 
 
 def walk_files(directory: Path) -> list[Path]:
-    """All non-hidden files under ``directory``, sorted, following no hidden folders."""
+    """All non-hidden files under ``directory``, sorted, skipping hidden folders.
+
+    Symlinked folders are followed (a linked ``images/good/`` is read), each real folder once (no loops).
+    A folder named like an image (``bad.png/``) is returned as is, not entered, so readers report it.
+    """
     out: list[Path] = []
-    for cur, dirs, files in os.walk(directory):
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-        out.extend(Path(cur) / f for f in sorted(files) if not f.startswith("."))
+    seen: set[str] = set()
+    for cur, dirs, files in os.walk(directory, followlinks=True):
+        real = os.path.realpath(cur)
+        if real in seen:  # a link back to a folder already read
+            dirs[:] = []
+            continue
+        seen.add(real)
+        named_like_images = {d for d in dirs if is_image(Path(d))}
+        dirs[:] = sorted(d for d in dirs if not d.startswith(".") and d not in named_like_images)
+        out.extend(Path(cur) / f for f in sorted([*files, *named_like_images]) if not f.startswith("."))
     return out
 
 
@@ -84,7 +99,11 @@ def is_image(path: Path) -> bool:
 
 
 def unsupported(path: Path) -> Problem | None:
-    """A warning for a file that is neither an image nor a known sidecar, else None."""
+    """A warning for a file that is neither an image nor a known sidecar (an error for a folder named like
+    an image, e.g. ``images/bad.png/``), else None."""
+    if path.is_dir():
+        return Problem(path, "not-a-file", "is a folder, not an image file (its name ends in an image "
+                                           f"extension, {path.suffix}); its contents are not read")
     if is_image(path) or path.name.lower() in SIDECAR_NAMES:
         return None
     return Problem(path, "unsupported-file",

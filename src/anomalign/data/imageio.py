@@ -12,6 +12,7 @@ Mask binarization rule (one place, documented in docs/data.md):
 """
 from __future__ import annotations
 
+import re
 import warnings
 from pathlib import Path
 
@@ -22,6 +23,10 @@ from anomalign.data.sample import LOSSLESS_EXTS, Problem
 from anomalign.errors import DataError
 
 DEFAULT_MASK_THRESHOLD = 0.5
+# Largest image decoded, in megapixels. Decided from the header, before any pixel is decoded: a 164 KB PNG
+# can claim 13 000 x 13 000 px and take gigabytes to decode. Raised with --max-megapixels.
+DEFAULT_MAX_MEGAPIXELS = 100.0
+_max_pixels = int(DEFAULT_MAX_MEGAPIXELS * 1e6)
 _MAX_ID_VALUE = 15
 _MAX_ID_COUNT = 4  # class-id masks hold few ids; anti-aliased faint masks hold many values
 
@@ -34,8 +39,33 @@ class FileProblem(DataError):
         super().__init__(str(problem))
 
 
+def set_max_megapixels(megapixels: float) -> None:
+    """Set the largest image (in megapixels) that ``open_image`` decodes, for this process.
+
+    Process-wide, like PIL's own ``Image.MAX_IMAGE_PIXELS``: commands set it from ``--max-megapixels``
+    before reading data, so every reader and loader applies the same limit.
+    """
+    global _max_pixels
+    if not megapixels > 0:
+        raise ValueError(f"max megapixels must be > 0, got {megapixels}")
+    _max_pixels = int(megapixels * 1e6)
+    # PIL refuses images over 2x its own limit while opening the header; keep its check above ours so the
+    # size decision (and the message) is ours.
+    if Image.MAX_IMAGE_PIXELS is not None and 2 * Image.MAX_IMAGE_PIXELS < _max_pixels:
+        Image.MAX_IMAGE_PIXELS = _max_pixels
+
+
+def _too_large(path: Path, size: str) -> FileProblem:
+    return FileProblem(Problem(path, "too-large", f"image too large: {size}, over the limit of "
+                                                  f"{_max_pixels / 1e6:g} MP; nothing was decoded (raise the "
+                                                  "limit with --max-megapixels if the image is genuine)"))
+
+
 def open_image(path: Path) -> Image.Image:
-    """Open and fully decode ``path`` (so truncation is detected here, not mid-training)."""
+    """Open and fully decode ``path`` (so truncation is detected here, not mid-training).
+
+    Images over the size limit (``set_max_megapixels``) are refused from their header, before decoding.
+    """
     path = Path(path)
     try:
         size = path.stat().st_size
@@ -46,8 +76,14 @@ def open_image(path: Path) -> Image.Image:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # PIL's DecompressionBomb / palette warnings
-            im = Image.open(path)
+            im = Image.open(path)  # reads the header only
+            if im.width * im.height > _max_pixels:
+                im.close()
+                raise _too_large(path, f"{im.width} x {im.height} px ({im.width * im.height / 1e6:,.0f} MP)")
             im.load()
+    except Image.DecompressionBombError as e:  # PIL's own header check fired first (over 2x its limit)
+        pixels = re.search(r"\((\d+) pixels\)", str(e))
+        raise _too_large(path, f"{int(pixels[1]) / 1e6:,.0f} MP" if pixels else "its header claims more pixels than PIL allows") from None
     except UnidentifiedImageError:
         raise FileProblem(Problem(path, "unreadable", "not an image PIL can decode (corrupt or wrong format)")) from None
     except (OSError, SyntaxError, EOFError, ValueError) as e:

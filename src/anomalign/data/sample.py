@@ -60,6 +60,7 @@ class DatasetIndex:
     layout: str
     samples: list[Sample] = field(default_factory=list)
     problems: list[Problem] = field(default_factory=list)
+    skipped: list[Problem] = field(default_factory=list)  # errors of the files --policy skip left out
 
     @property
     def errors(self) -> list[Problem]:

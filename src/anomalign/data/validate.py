@@ -1,6 +1,7 @@
 """Pixel-level dataset checks, the skip/fail loading policy and the ``data check`` report."""
 from __future__ import annotations
 
+import sys
 from collections import Counter, defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -10,7 +11,8 @@ import numpy as np
 from tqdm import tqdm
 
 from anomalign.data.folders import DataOptions
-from anomalign.data.imageio import DEFAULT_MASK_THRESHOLD, FileProblem, binarize, mask_values, open_image
+from anomalign.data.imageio import (DEFAULT_MASK_THRESHOLD, FileProblem, binarize, mask_values, open_image,
+                                    set_max_megapixels)
 from anomalign.data.layouts import read_dataset
 from anomalign.data.sample import SPLITS, DatasetIndex, Problem, Sample
 from anomalign.errors import DataError
@@ -68,7 +70,15 @@ class CheckReport:
 
     @property
     def problems(self) -> list[Problem]:
-        return self.index.problems + [p for st in self.stats for p in st.problems]
+        empty = [] if self.index.samples else [Problem(
+            self.index.root, "empty-dataset", f"no image/mask pairs found (layout {self.index.layout}); nothing "
+            "to train or evaluate on")]
+        return self.index.problems + [p for st in self.stats for p in st.problems] + empty
+
+    def usable(self) -> list[Sample]:
+        """The samples whose files have no error (what ``--policy skip`` keeps)."""
+        return [s for s, st in zip(self.index.samples, self.stats)
+                if not any(p.severity == "error" for p in st.problems)]
 
     @property
     def errors(self) -> list[Problem]:
@@ -130,30 +140,46 @@ def check_dataset(index: DatasetIndex, threshold: float = DEFAULT_MASK_THRESHOLD
     return CheckReport(index, stats)
 
 
-def load_dataset(root: Path, options: DataOptions | None = None, *, verify: bool = True, progress: bool = False
-                 ) -> DatasetIndex:
+def load_dataset(root: Path, options: DataOptions | None = None, *, verify: bool = True, progress: bool = False,
+                 announce: bool = True) -> DatasetIndex:
     """Read and (if ``verify``) decode-check a dataset, then apply the policy.
 
     ``fail``: raise DataError listing ALL errors found. ``skip``: drop the pairs that have errors
-    and keep going; the dropped pairs stay listed in ``.problems``. Warnings never stop loading.
+    and keep going; their errors are in ``.skipped`` (and ``.problems``) and, if ``announce``, printed to
+    stderr with the file names. Warnings never stop loading.
     """
     opts = options or DataOptions()
     policy, threshold = opts.policy, opts.mask_threshold
     if policy not in ("fail", "skip"):
         raise DataError(f"unknown policy {policy!r}; choose 'fail' or 'skip'")
+    set_max_megapixels(opts.max_megapixels)
     index = read_dataset(root, opts)
     problems = list(index.problems)
     samples = index.samples
     if verify:
         report = check_dataset(index, threshold, progress=progress)
-        problems = report.problems
-        bad = {id(s) for s, st in zip(index.samples, report.stats)
-               if any(p.severity == "error" for p in st.problems)}
-        samples = [s for s in index.samples if id(s) not in bad]
+        problems, samples = report.problems, report.usable()
     errors = [p for p in problems if p.severity == "error"]
     if errors and policy == "fail":
         raise DataError(f"{root}: {len(errors)} problem(s) found (use policy 'skip' to drop the bad pairs, "
                         f"or run `anomalign data check {root}`)", errors)
     if not samples:
         raise DataError(f"{root}: no usable image/mask pairs found (layout {index.layout})", errors)
-    return DatasetIndex(root=index.root, layout=index.layout, samples=samples, problems=problems)
+    if errors and announce:
+        print(format_skipped(root, errors), file=sys.stderr)
+    return DatasetIndex(root=index.root, layout=index.layout, samples=samples, problems=problems, skipped=errors)
+
+
+def format_skipped(root: Path, skipped: list[Problem], limit: int = 20) -> str:
+    """The lines ``--policy skip`` prints: how many files were left out, and which, with the reason."""
+    lines = [f"{root}: --policy skip left out {len(skipped)} file(s) with errors (their pairs are not used):"]
+    lines += [f"  - {p}" for p in skipped[:limit]]
+    if len(skipped) > limit:
+        lines.append(f"  ... and {len(skipped) - limit} more (all of them: skipped.json in the run folder, or "
+                     f"`anomalign data check {root} --json FILE`)")
+    return "\n".join(lines)
+
+
+def skipped_records(skipped: list[Problem]) -> list[dict]:
+    """JSON-ready rows (path, kind, message) for a run folder's ``skipped.json``."""
+    return [{"path": str(p.path), "kind": p.kind, "message": p.message} for p in skipped]

@@ -36,8 +36,11 @@ class SegmentConfig:
     batch_size: int = option(16, "images per forward pass")
     save_probabilities: bool = option(False, "also write the probability map as an 8-bit PNG")
     device: Literal["auto", "cpu", "cuda"] = option("auto", "where to run")
+    max_megapixels: float = option(100.0, "largest input image, in megapixels (refused from its header)")
 
     def validate(self) -> None:
+        if not self.max_megapixels > 0:
+            raise ConfigError(f"max_megapixels must be > 0, got {self.max_megapixels}")
         if not 0 < self.threshold < 1:
             raise ConfigError(f"threshold must be in (0, 1), got {self.threshold}")
 
@@ -90,15 +93,18 @@ def run_segment(cfg: SegmentConfig, progress: bool = True) -> Path:
     """Write masks/ and overlays/ for every input image into ``cfg.out``; returns it."""
     from tqdm.auto import tqdm
 
-    from anomalign.data.imageio import read_image
+    from anomalign.data.imageio import read_image, set_max_megapixels
     from anomalign.segmenter.model import Segmenter
 
     cfg.validate()
+    set_max_megapixels(cfg.max_megapixels)
     device = "cuda" if cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available()) else "cpu"
     model = Segmenter.load(cfg.segmenter, device=device)
     size = cfg.size or model.size or 64
     items = list_images(cfg.images)
     out = Path(cfg.out)
+    if out.exists() and not out.is_dir():
+        raise AnomalignError(f"{out}: --out is a file, not a folder; nothing was changed. Choose a new --out.")
     if out.is_dir() and any(out.iterdir()) and not (out / "segment.yaml").is_file():
         raise AnomalignError(f"{out}: folder is not empty and was not written by `anomalign segment`; refusing "
                              "to write into it (nothing was changed). Choose a new --out.")
