@@ -106,7 +106,8 @@ def run_demo(cfg: DemoConfig, progress: bool = True) -> dict:
         make_demo_dataset(build_config(MakeDemoConfig, dict(out=data, seed=cfg.seed, **counts)), progress=False)
     stages.run("data", "make the built-in dataset", make_data, done=(data / "dataset_card.md").is_file())
 
-    loop = dict(device=cfg.device, seed=cfg.seed)
+    # resume="latest": a stage killed mid-way continues from its last checkpoint when the demo is rerun
+    loop = dict(device=cfg.device, seed=cfg.seed, resume="latest")
 
     def train_gen(folder: Path, alpha: float):
         over = dict(max_steps=3, batch_size=4, validation_masks=2, validation_steps=2) if f else {}

@@ -3,12 +3,14 @@
 Determinism by construction: the data order of micro-step k comes from ``(seed, epoch)`` and every
 random draw of a step comes from generators seeded by the step: ``step_generator(seed, step, rank)``,
 or better, per sample ``sample_seed(seed, step, position in the global batch)``, which makes the
-result independent of the number of processes. A checkpoint therefore needs no RNG state, and ``--resume latest`` continues
-with exactly the losses an uninterrupted run would have produced.
+result independent of the number of processes. Models that draw from the global RNG themselves (dropout,
+Segformer's drop-path) get it restored from the checkpoint, so ``--resume latest`` continues with the losses an
+uninterrupted run would have produced: exactly, up to float rounding where a latent cache is filled in another
+batch order after the resume (tests/test_reliability.py).
 
-Checkpoints are safetensors folders ``checkpoints/step-NNNNNNN/`` (model, optimizer, EMA) + ``trainer.json``;
-nothing is pickled. Multi-process (``accelerate launch``): each rank takes its share of every global
-batch and gradients are averaged across ranks before the optimizer step.
+Checkpoints are safetensors folders ``checkpoints/step-NNNNNNN/`` (model, optimizer, EMA, global RNG state) +
+``trainer.json``; nothing is pickled. Multi-process (``accelerate launch``): each rank takes its share of every
+global batch and gradients are averaged across ranks before the optimizer step.
 """
 from __future__ import annotations
 
@@ -149,6 +151,71 @@ def _load_optimizer_state(opt: torch.optim.Optimizer, tensors: dict[str, torch.T
     opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
 
 
+RUN_MARKER = "run.json"
+
+
+def _visible_entries(folder: Path) -> list[Path]:
+    """Entries of ``folder`` except our own atomic-write leftovers (``.name.<pid>.tmp``)."""
+    return [p for p in folder.iterdir() if not (p.name.startswith(".") and p.name.endswith(".tmp"))]
+
+
+def _run_owner(out: Path, weights: str) -> str | None:
+    """The command that made run folder ``out`` (from its ``run.json``), or None for a foreign folder.
+
+    Run folders from before ``run.json`` existed count as ours when they hold our weights or checkpoints.
+    """
+    marker = out / RUN_MARKER
+    if marker.is_file():
+        try:
+            command = json.loads(marker.read_text()).get("command")
+        except (json.JSONDecodeError, UnicodeDecodeError, AttributeError, OSError):
+            return None
+        return command if isinstance(command, str) else None
+    legacy = (out / weights).is_file() or any((out / "checkpoints").glob("step-*[0-9]/trainer.json"))
+    return "legacy" if legacy and (out / "config.yaml").is_file() else None
+
+
+def check_run_folder(out: Path, command: str, weights: str, resume: str | None) -> Path:
+    """Check, before anything is written, that ``out`` may receive a training run of ``command``.
+
+    Refused, with nothing changed: a file; a non-empty folder this command did not create (the user's own
+    files); a finished run (``weights`` present) or an unfinished one (checkpoints) unless ``resume`` is given.
+    """
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise AnomalignError(f"{out}: --out is a file, not a folder; nothing was changed")
+    if not (out.is_dir() and _visible_entries(out)):
+        return out
+    owner = _run_owner(out, weights)
+    if owner is None or owner not in (command, "legacy"):
+        made_by = f"was written by `anomalign {owner}`" if owner else f"was not written by `anomalign {command}`"
+        raise AnomalignError(f"{out}: folder is not empty and {made_by}; refusing to write into it (nothing "
+                             "was changed). Choose a new --out.")
+    if not resume:
+        if (out / weights).is_file():
+            raise AnomalignError(f"{out}: already holds a trained run ({weights}); choose another --out or "
+                                 "pass --resume latest to continue it")
+        latest = find_checkpoint(out, "latest")
+        if latest is not None:
+            raise AnomalignError(f"{out}: holds an unfinished run (latest checkpoint {latest.name}); pass "
+                                 "--resume latest to continue it, or choose another --out (nothing was changed)")
+    return out
+
+
+def start_run_folder(out: Path, command: str, cfg: Any, skipped: list[dict] | None = None) -> None:
+    """Create run folder ``out`` (main process only), marked as ``command``'s by ``run.json``, with its config
+    and, when ``--policy skip`` left files out, ``skipped.json`` listing them (path, kind, message)."""
+    from anomalign import __version__
+    from anomalign.config import save_config
+    from anomalign.files import write_text_atomic
+    out.mkdir(parents=True, exist_ok=True)
+    if not (out / RUN_MARKER).is_file():
+        write_text_atomic(out / RUN_MARKER, json.dumps({"command": command, "anomalign": __version__}) + "\n")
+    save_config(cfg, out / "config.yaml")
+    if skipped:
+        write_text_atomic(out / "skipped.json", json.dumps(skipped, indent=1) + "\n")
+
+
 def find_checkpoint(out_dir: Path, resume: str) -> Path | None:
     """Resolve ``resume`` ('latest' or a folder) to a checkpoint folder; None if 'latest' finds none."""
     if resume == "latest":
@@ -197,21 +264,15 @@ def train_loop(task: TrainTask, opts: LoopOptions, out_dir: Path, accelerator=No
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(opts))
     ema = EMA(task.params, opts.ema_decay) if opts.ema_decay > 0 else None
     start, best = 0, None
-    if opts.resume:
-        ckpt = find_checkpoint(out_dir, opts.resume)
-        if ckpt is not None:
-            info = json.loads((ckpt / "trainer.json").read_text())
-            task.load_state_fn(load_file(str(ckpt / "model.safetensors")))
-            _load_optimizer_state(opt, load_file(str(ckpt / "optimizer.safetensors")), info["optimizer"])
-            sched.load_state_dict(info["lr_scheduler"])
-            if ema is not None and (ckpt / "ema.safetensors").is_file():
-                shadow = load_file(str(ckpt / "ema.safetensors"))
-                ema.shadow = [shadow[str(i)].to(p.device) for i, p in enumerate(task.params)]
-            start, best = info["step"], info.get("best")
-            if acc.is_main_process:
-                print(f"resumed from {ckpt} at step {start}")
-                for name in ("train.csv", "validation.csv"):  # rows logged after the checkpoint are redone
-                    _truncate_log(out_dir / "logs" / name, start)
+    ckpt = find_checkpoint(out_dir, opts.resume) if opts.resume else None
+    if ckpt is not None:
+        start, best = _load_checkpoint(ckpt, task, opt, sched, ema)
+        if acc.is_main_process:
+            print(f"resumed from {ckpt} at step {start}")
+    if acc.is_main_process:  # rows logged after the checkpoint (or by a run killed before its first one) are redone
+        for name in ("train.csv", "validation.csv"):
+            _truncate_log(out_dir / "logs" / name, start)
+    scale0 = _max_abs(task.params)
     log_path = out_dir / "logs" / "train.csv"
     writer = _tensorboard(out_dir / "logs") if acc.is_main_process else None
     bar = tqdm(total=opts.max_steps, initial=start, desc="training", unit="step",
@@ -229,10 +290,7 @@ def train_loop(task: TrainTask, opts: LoopOptions, out_dir: Path, accelerator=No
                     losses = task.step_fn(batch, step_generator(opts.seed, step, rank, micro))
                 loss = losses["loss"]
                 if not torch.isfinite(loss.detach()).all():
-                    raise TrainingDiverged(
-                        f"loss became {loss.item()} at step {step}; stopped without saving these weights. "
-                        f"Last good checkpoint: {find_checkpoint(out_dir, 'latest') or 'none yet'} "
-                        "(lower the learning rate or use --mixed-precision no, then --resume latest)")
+                    raise TrainingDiverged(_diverged_message(out_dir, float(loss.detach()), step, scale0))
                 acc.backward(loss / opts.gradient_accumulation_steps)
                 for name, v in losses.items():
                     micro_values.setdefault(name, []).append(float(v.detach()))
@@ -290,6 +348,80 @@ def train_loop(task: TrainTask, opts: LoopOptions, out_dir: Path, accelerator=No
     return {"last": last, "best": best, "steps": opts.max_steps}
 
 
+def _load_checkpoint(ckpt: Path, task: TrainTask, opt, sched, ema: EMA | None) -> tuple[int, dict | None]:
+    """Restore weights, optimizer, schedule and EMA from ``ckpt``; returns (step, best). A damaged file gives
+    an error naming it (nothing is unpickled: safetensors and JSON only)."""
+    def tensors(name: str) -> dict[str, torch.Tensor]:
+        try:
+            return load_file(str(ckpt / name))
+        except Exception as e:  # SafetensorError, OSError, ...: whatever the damage, name the file
+            raise AnomalignError(f"{ckpt / name}: damaged checkpoint file, not readable as safetensors "
+                                 f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); resume from "
+                                 f"another checkpoint with --resume {ckpt.parent}/step-NNNNNNN") from None
+    try:
+        info = json.loads((ckpt / "trainer.json").read_text())
+        step, opt_meta, lr_state = int(info["step"]), info["optimizer"], info["lr_scheduler"]
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
+        raise AnomalignError(f"{ckpt / 'trainer.json'}: damaged checkpoint file ({type(e).__name__}: {e})") from None
+    model_state = tensors("model.safetensors")
+    try:
+        task.load_state_fn(model_state)
+    except (RuntimeError, KeyError) as e:
+        raise AnomalignError(f"{ckpt / 'model.safetensors'}: weights do not fit this run's model "
+                             f"({str(e).splitlines()[0]})") from None
+    try:
+        _load_optimizer_state(opt, tensors("optimizer.safetensors"), opt_meta)
+        sched.load_state_dict(lr_state)
+    except (ValueError, KeyError, TypeError) as e:
+        raise AnomalignError(f"{ckpt / 'optimizer.safetensors'}: optimizer state does not fit this run "
+                             f"({type(e).__name__}: {e})") from None
+    if ema is not None and (ckpt / "ema.safetensors").is_file():
+        shadow = tensors("ema.safetensors")
+        ema.shadow = [shadow[str(i)].to(p.device) for i, p in enumerate(task.params)]
+    if (ckpt / "rng.safetensors").is_file():
+        _set_rng_state(tensors("rng.safetensors"))
+    return step, info.get("best")
+
+
+def _rng_state() -> dict[str, torch.Tensor]:
+    """The global torch RNG states (CPU, current CUDA device): what models draw from themselves (dropout,
+    Segformer's drop-path), outside the per-step generators. Saved so that a resumed run draws the same."""
+    state = {"cpu": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state
+
+
+def _set_rng_state(state: dict[str, torch.Tensor]) -> None:
+    torch.set_rng_state(state["cpu"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])
+
+
+def _max_abs(params: list[nn.Parameter]) -> float:
+    """Largest |weight| over ``params`` (a cheap divergence indicator)."""
+    return max((float(p.detach().abs().max()) for p in params if p.numel()), default=0.0)
+
+
+def _diverged_message(out_dir: Path, loss: float, step: int, scale0: float) -> str:
+    """What the NaN stop tells the user about the latest checkpoint: only what was checked."""
+    msg = f"loss became {loss} at step {step}; stopped without saving these weights. "
+    latest = find_checkpoint(out_dir, "latest")
+    if latest is None:
+        return msg + "No checkpoint was saved before it (lower the learning rate or use --mixed-precision no)"
+    try:
+        info = json.loads((latest / "trainer.json").read_text())
+        scale = float(info["max_abs_weight"])
+    except (OSError, json.JSONDecodeError, KeyError, TypeError, ValueError):
+        scale = float("nan")
+    msg += (f"Latest checkpoint: {latest} (its weights are finite, largest |weight| {scale:.3g}; "
+            f"{scale0:.3g} when this run started)")
+    if not scale <= 10 * max(scale0, 1e-12):
+        msg += (". Its weights grew more than 10x: it is probably diverging already — resume from an earlier "
+                "checkpoint or restart")
+    return msg + ". Lower the learning rate or use --mixed-precision no, then --resume with a checkpoint"
+
+
 def _validate(task: TrainTask, ema: EMA | None, acc, step: int, out_dir: Path, best: dict | None) -> dict | None:
     if not acc.is_main_process:
         return best
@@ -315,13 +447,20 @@ def _save_checkpoint(out_dir: Path, step: int, task: TrainTask, opt, sched, ema:
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
-    save_file({k: v.detach().cpu().contiguous() for k, v in task.state_fn().items()}, str(tmp / "model.safetensors"))
+    state = {k: v.detach().cpu().contiguous() for k, v in task.state_fn().items()}
+    if not all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point()):
+        shutil.rmtree(tmp)
+        raise TrainingDiverged(f"weights became NaN/inf before step {step} was saved; not saving them. "
+                               f"Latest checkpoint: {find_checkpoint(out_dir, 'latest') or 'none'}")
+    save_file(state, str(tmp / "model.safetensors"))
     tensors, meta = _optimizer_state(opt)
     save_file(tensors, str(tmp / "optimizer.safetensors"))
     if ema is not None:
         save_file({str(i): s.cpu().contiguous() for i, s in enumerate(ema.shadow)}, str(tmp / "ema.safetensors"))
+    save_file(_rng_state(), str(tmp / "rng.safetensors"))
     (tmp / "trainer.json").write_text(json.dumps({"step": step, "optimizer": meta, "best": best,
-                                                  "lr_scheduler": sched.state_dict()}, default=float))
+                                                  "lr_scheduler": sched.state_dict(),
+                                                  "max_abs_weight": _max_abs(task.params)}, default=float))
     if final.exists():
         shutil.rmtree(final)
     tmp.replace(final)
@@ -348,7 +487,11 @@ def _log_row(path: Path, step: int, values: dict[str, float]) -> None:
 
 
 def _truncate_log(path: Path, step: int) -> None:
+    """Drop the rows after ``step`` (the whole file at step 0: a fresh start may log other columns)."""
     if not path.is_file():
+        return
+    if step == 0:
+        path.unlink()
         return
     lines = path.read_text().splitlines(keepends=True)
     kept = lines[:1] + [ln for ln in lines[1:] if int(ln.split(",", 1)[0]) <= step]

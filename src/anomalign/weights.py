@@ -19,9 +19,20 @@ def write_weights(file: Path, state: dict[str, torch.Tensor], key: str, spec: di
     file.parent.mkdir(parents=True, exist_ok=True)
     tmp = file.with_name(f"{file.name}.{os.getpid()}.tmp")
     save_file({k: v.detach().cpu().contiguous() for k, v in state.items()}, str(tmp),
-              metadata={key: json.dumps(spec, default=_json_default)})
+              metadata={key: json.dumps(canonical_spec(spec), default=_json_default)})
     tmp.replace(file)
     return file
+
+
+def canonical_spec(spec: Any) -> Any:
+    """``spec`` with the lists diffusers builds from sets (``_use_default_values``) sorted, so that the same
+    model always gives the same file bytes (a set's order changes with Python's hash seed)."""
+    if isinstance(spec, dict):
+        return {k: (sorted(map(str, v)) if k == "_use_default_values" and isinstance(v, (list, tuple, set))
+                    else canonical_spec(v)) for k, v in spec.items()}
+    if isinstance(spec, (list, tuple)):
+        return [canonical_spec(v) for v in spec]
+    return spec
 
 
 def read_weights(source: Path, name: str, key: str, hint: str) -> tuple[dict[str, Any], dict[str, torch.Tensor], Path]:

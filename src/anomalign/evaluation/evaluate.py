@@ -11,7 +11,7 @@ import torch
 from anomalign.config import option
 from anomalign.data.dataset import PairDataset
 from anomalign.data.folders import DataOptions
-from anomalign.data.validate import load_dataset
+from anomalign.data.validate import load_dataset, skipped_records
 from anomalign.errors import AnomalignError
 from anomalign.evaluation.metrics import SegmentationMeter
 
@@ -30,9 +30,12 @@ class EvaluateConfig(DataOptions):
     threshold: float = option(0.5, "probability threshold of the anomaly class")
 
 
-def test_sets(path: Path, opts: DataOptions) -> dict[str, list]:
-    """{row name: test samples}: one row per named subset (PraNet) or one for the whole test split."""
+def test_sets(path: Path, opts: DataOptions, skipped: list | None = None) -> dict[str, list]:
+    """{row name: test samples}: one row per named subset (PraNet) or one for the whole test split.
+    The problems of files ``--policy skip`` left out are appended to ``skipped``."""
     index = load_dataset(path, opts)
+    if skipped is not None:
+        skipped += index.skipped
     rows = {}
     for subset in index.subsets("test") or [""]:
         samples = index.split("test", subset=subset)
@@ -49,8 +52,9 @@ def run_evaluate(cfg: EvaluateConfig) -> dict:
     model = Segmenter.load(cfg.segmenter)
     size = cfg.size or model.size or 256
     results: dict[str, dict] = {}
+    skipped: list = []
     for path in map(Path, cfg.test):
-        for name, samples in test_sets(path, cfg).items():
+        for name, samples in test_sets(path, cfg, skipped).items():
             ds = PairDataset(samples, size=size, cache=False, threshold=cfg.mask_threshold)
             key = name if name not in results else f"{path.name}/{name}"
             results[key] = evaluate_samples(model, ds, batch_size=cfg.batch_size, threshold=cfg.threshold)
@@ -59,6 +63,8 @@ def run_evaluate(cfg: EvaluateConfig) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     payload = {"segmenter": str(cfg.segmenter), "size": size, "threshold": cfg.threshold,
                "sets": results, "average": average}
+    if skipped:  # metrics over fewer images than the test set holds: say which were left out
+        payload["skipped"] = skipped_records(skipped)
     (out / "eval.json").write_text(json.dumps(payload, indent=1))
     (out / "eval.md").write_text(format_table(results, average))
     print(format_table(results, average))

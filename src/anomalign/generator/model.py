@@ -17,7 +17,7 @@ from anomalign.errors import AnomalignError
 from anomalign.generator.conditioning import (MaskEncoding, drop_condition, encode_mask_condition,
                                               expand_conv_in, mask_channels)
 from anomalign.generator.losses import to_epsilon
-from anomalign.weights import read_weights, write_weights
+from anomalign.weights import canonical_spec, read_weights, write_weights
 
 WEIGHTS_NAME = "generator.safetensors"
 SPEC_KEY = "anomalign_spec"
@@ -120,7 +120,8 @@ class MaskGenerator(nn.Module):
             spec["vae_config"] = dict(self.vae.config)
             spec["unet_config"] = dict(self.unet.config)
         file = write_weights(folder / WEIGHTS_NAME, state, SPEC_KEY, spec)
-        (folder / "generator.json").write_text(json.dumps(json.loads(json.dumps(spec, default=str)), indent=1))
+        (folder / "generator.json").write_text(json.dumps(json.loads(json.dumps(canonical_spec(spec), default=str)),
+                                                          indent=1))
         return file
 
     @classmethod

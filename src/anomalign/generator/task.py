@@ -9,6 +9,7 @@ from typing import Callable
 import torch
 
 from anomalign.data.transforms import hflip, rot90, vflip
+from anomalign.errors import ConfigError
 from anomalign.generator.losses import StopGrad, dual_branch_loss
 from anomalign.generator.model import MaskGenerator
 from anomalign.training import TrainTask, batch_indices, sample_seed
@@ -18,9 +19,9 @@ AUGMENTS = ("hflip", "vflip", "rot90")
 
 def dihedral_variants(augment: list[str]) -> list[tuple[int, int, int]]:
     """(hflip, vflip, rot90 k) combinations the enabled augmentations can produce."""
-    for a in augment:
-        if a not in AUGMENTS:
-            raise ValueError(f"unknown augmentation {a!r}; choose from {list(AUGMENTS)}")
+    bad = [a for a in augment if a not in AUGMENTS]
+    if bad:
+        raise ConfigError(f"unknown augmentation(s) {bad}; choose from {list(AUGMENTS)} or none")
     return list(itertools.product((0, 1) if "hflip" in augment else (0,), (0, 1) if "vflip" in augment else (0,),
                                   range(4) if "rot90" in augment else (0,)))
 

@@ -11,13 +11,13 @@ import torch
 from anomalign.config import option, save_config
 from anomalign.data.dataset import PairDataset, default_prompt
 from anomalign.data.folders import DataOptions
-from anomalign.data.validate import load_dataset
+from anomalign.data.validate import load_dataset, skipped_records
 from anomalign.errors import AnomalignError, ConfigError
 from anomalign.generator.conditioning import mask_channels, expand_conv_in
 from anomalign.generator.model import MaskGenerator
-from anomalign.generator.task import AUGMENTS, GenStepOptions, LatentPairs, generator_task
+from anomalign.generator.task import AUGMENTS, GenStepOptions, LatentPairs, dihedral_variants, generator_task
 from anomalign.generator.tiny import words
-from anomalign.training import LoopOptions, make_accelerator, train_loop
+from anomalign.training import LoopOptions, check_run_folder, make_accelerator, start_run_folder, train_loop
 
 TINY_BASE = Path(__file__).resolve().parent.parent / "assets" / "tiny_base.safetensors"
 
@@ -79,9 +79,7 @@ class TrainGeneratorConfig(DataOptions, LoopOptions):
         if self.backend == "sd" and not self.base:
             raise ConfigError("--backend sd needs --base (a diffusers Stable Diffusion folder or hub id)")
         self.augment = [a for a in self.augment if a != "none"]
-        bad = [a for a in self.augment if a not in AUGMENTS]
-        if bad:
-            raise ConfigError(f"unknown augmentation(s) {bad}; choose from {list(AUGMENTS)} or none")
+        dihedral_variants(self.augment)  # unknown names: a clear error now, not after loading the data
 
 
 def load_base(cfg: TrainGeneratorConfig) -> MaskGenerator:
@@ -117,7 +115,8 @@ def trainable_parameters(gen: MaskGenerator, cfg: TrainGeneratorConfig) -> list[
 
 
 def training_pairs(cfg: TrainGeneratorConfig, resolution: int):
-    """Train-split anomalies (+ up to ``cfg.normals`` normals) and validation masks, at ``resolution``."""
+    """Train-split anomalies (+ up to ``cfg.normals`` normals) and validation masks, at ``resolution``; also the
+    problems of the files ``--policy skip`` left out."""
     index = load_dataset(cfg.data, cfg)
     train = [s for s in index.split("train") if not s.normal]
     if not train:
@@ -130,23 +129,21 @@ def training_pairs(cfg: TrainGeneratorConfig, resolution: int):
         train = [train[i] for i in sorted(order[: cfg.train_pairs])]
     normals = [s for s in index.split("train") if s.normal][: cfg.normals]
     val = [s for s in index.split("val") if not s.normal] or train
-    return PairDataset(train + normals, size=resolution), PairDataset(val[: cfg.validation_masks], size=resolution)
+    return (PairDataset(train + normals, size=resolution), PairDataset(val[: cfg.validation_masks], size=resolution),
+            index.skipped)
 
 
 def run_train_generator(cfg: TrainGeneratorConfig, progress: bool = True) -> Path:
     """Fine-tune and write the run folder ``cfg.out``; returns it."""
-    out = Path(cfg.out)
-    if (out / "generator.safetensors").exists() and not cfg.resume:
-        raise AnomalignError(f"{out}: already holds a trained generator; choose another --out or pass "
-                             "--resume latest to continue it")
     torch.manual_seed(cfg.seed)  # identical initialisation (LoRA, new words) in every process
     acc = make_accelerator(cfg)
+    out = check_run_folder(cfg.out, "train-generator", "generator.safetensors", cfg.resume)
     gen = load_base(cfg)
     resolution = cfg.resolution or gen.resolution
     if resolution % (gen.factor * 4):
         raise ConfigError(f"resolution {resolution} must be a multiple of {gen.factor * 4} for this model")
     gen.spec["resolution"] = resolution
-    train_ds, val_ds = training_pairs(cfg, resolution)
+    train_ds, val_ds, skipped = training_pairs(cfg, resolution)
     prompts = [default_prompt(s) for s in train_ds.samples]
     if gen.spec["backend"] == "tiny":
         added = gen.prompt_encoder.add_words([w for p in prompts for w in words(p)])
@@ -159,8 +156,7 @@ def run_train_generator(cfg: TrainGeneratorConfig, progress: bool = True) -> Pat
     images, masks = train_ds.tensors()
     pairs = LatentPairs(gen, images, masks, prompts, cfg.augment, cfg.seed, cfg.cache_latents)
     if acc.is_main_process:
-        out.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, out / "config.yaml")
+        start_run_folder(out, "train-generator", cfg, skipped_records(skipped))
 
     def save_fn(folder: Path) -> None:
         gen.save(folder)

@@ -42,8 +42,11 @@ class Segmenter(nn.Module):
             try:
                 self.net = SegformerForSemanticSegmentation.from_pretrained(
                     pretrained, num_labels=2, ignore_mismatched_sizes=True, local_files_only=True)
-            except (OSError, ValueError) as e:
-                raise AnomalignError(f"{pretrained}: cannot load a Segformer ({str(e).splitlines()[0]})") from None
+            except Exception as e:  # OSError, ValueError, UnpicklingError (a pickled .bin is refused), ...
+                text = str(e).splitlines()[0] if str(e) else ""
+                raise AnomalignError(f"{pretrained}: cannot load a Segformer from this folder ({type(e).__name__}: "
+                                     f"{text}); anomalign loads safetensors weights and never unpickles "
+                                     "pytorch_model.bin files") from None
         else:
             if preset not in PRESETS:
                 raise AnomalignError(f"unknown segmenter preset {preset!r}; choose one of {list(PRESETS)}")

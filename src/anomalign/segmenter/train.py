@@ -11,13 +11,14 @@ import torch.nn.functional as F
 from anomalign.config import option, save_config
 from anomalign.data.dataset import PairDataset, default_prompt
 from anomalign.data.folders import DataOptions
-from anomalign.data.validate import load_dataset
+from anomalign.data.validate import load_dataset, skipped_records
 from anomalign.errors import AnomalignError, ConfigError
 from anomalign.evaluation.evaluate import evaluate_samples
-from anomalign.generator.task import AUGMENTS, LatentPairs
+from anomalign.generator.task import AUGMENTS, LatentPairs, dihedral_variants
 from anomalign.segmenter.losses import loss_ce, loss_feedback, loss_seg, soft_mask
 from anomalign.segmenter.model import PRESETS, Segmenter
-from anomalign.training import LoopOptions, TrainTask, batch_indices, make_accelerator, sample_seed, train_loop
+from anomalign.training import (LoopOptions, TrainTask, batch_indices, check_run_folder, make_accelerator, sample_seed,
+                                start_run_folder, train_loop)
 
 
 @dataclass(kw_only=True)
@@ -54,6 +55,7 @@ class TrainSegmenterConfig(DataOptions, LoopOptions):
     def validate(self) -> None:
         DataOptions.validate(self)
         self.augment = [a for a in self.augment if a != "none"]
+        dihedral_variants(self.augment)  # unknown names: a clear error now, not after loading the data
         if not 0 < self.temperature <= 1:
             raise ConfigError(f"temperature must be in (0, 1], got {self.temperature}")
         if not 0 <= self.fb_t_min < self.fb_t_max:
@@ -77,11 +79,9 @@ class _Pairs:
 
 
 def run_train_segmenter(cfg: TrainSegmenterConfig, progress: bool = True) -> Path:
-    out = Path(cfg.out)
-    if (out / "segmenter.safetensors").exists() and not cfg.resume:
-        raise AnomalignError(f"{out}: already holds a trained segmenter; choose another --out or --resume latest")
     torch.manual_seed(cfg.seed)
     acc = make_accelerator(cfg)
+    out = check_run_folder(cfg.out, "train-segmenter", "segmenter.safetensors", cfg.resume)
     index = load_dataset(cfg.train, cfg)
     train_samples = [s for s in index.split("train") if cfg.train_normals or not s.normal]
     if not train_samples:
@@ -90,9 +90,12 @@ def run_train_segmenter(cfg: TrainSegmenterConfig, progress: bool = True) -> Pat
     real = _Pairs(train_samples, cfg.size, cfg.augment, cfg.seed)
     val_samples = index.split("val") or index.split("train")
     val = PairDataset(val_samples, size=cfg.size)
-    syn_samples = []
+    syn_samples, skipped = [], list(index.skipped)
     for path in cfg.synthetic:
-        syn_samples += load_dataset(Path(path), DataOptions(policy=cfg.policy, mask_threshold=cfg.mask_threshold)).samples
+        syn_index = load_dataset(Path(path), DataOptions(policy=cfg.policy, mask_threshold=cfg.mask_threshold,
+                                                         max_megapixels=cfg.max_megapixels))
+        syn_samples += syn_index.samples
+        skipped += syn_index.skipped
     syn = _Pairs(syn_samples, cfg.size, cfg.augment, cfg.seed + 1) if syn_samples else None
     n_syn = round(cfg.batch_size * cfg.synthetic_fraction) if syn is not None else 0
     n_real = cfg.batch_size - n_syn
@@ -154,8 +157,7 @@ def run_train_segmenter(cfg: TrainSegmenterConfig, progress: bool = True) -> Pat
         return evaluate_samples(model, val, acc.device)
 
     if acc.is_main_process:
-        out.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, out / "config.yaml")
+        start_run_folder(out, "train-segmenter", cfg, skipped_records(skipped))
     task = TrainTask(params=list(model.parameters()), get_batch=get_batch, step_fn=step_fn,
                      state_fn=model.net.state_dict, load_state_fn=lambda sd: model.net.load_state_dict(sd),
                      save_fn=save_fn, validate_fn=validate_fn, best_metric="mIoU")

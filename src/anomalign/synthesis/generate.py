@@ -130,7 +130,7 @@ class MaskSource:
     mask_ids: bool = False
 
 
-def read_mask_sources(cfg: GenerateConfig) -> list[MaskSource]:
+def read_mask_sources(cfg: GenerateConfig) -> tuple[list[MaskSource], list]:
     """The anomaly masks to condition on, in a fixed order."""
     from anomalign.data.dataset import default_prompt
     from anomalign.data.layouts import detect_layout
@@ -160,7 +160,7 @@ def read_mask_sources(cfg: GenerateConfig) -> list[MaskSource]:
                             f"(splits present: {sorted({s.split for s in index.samples if s.split})}); "
                             "pass --split all or another split")
         return [MaskSource(s.mask, s.defect, s.category, prompt_for(s.defect, s.category, default_prompt(s)),
-                           s.image, s.mask_ids) for s in samples]
+                           s.image, s.mask_ids) for s in samples], index.skipped
     files = [root] if root.is_file() else [f for f in walk_files(root) if is_image(f)]
     if not files:
         raise DataError(f"{root}: no mask images found (looked for image files, recursively)")
@@ -171,7 +171,7 @@ def read_mask_sources(cfg: GenerateConfig) -> list[MaskSource]:
         default = (f"a photo of a {cfg.category.replace('_', ' ') or 'surface'} with a "
                    f"{defect.replace('_', ' ')} defect")
         out.append(MaskSource(f, defect, cfg.category, prompt_for(defect, cfg.category, default)))
-    return out
+    return out, []
 
 
 def load_masks(sources: list[MaskSource], size: int, threshold: float) -> tuple[torch.Tensor, list[str]]:
@@ -343,7 +343,10 @@ def run_generate(cfg: GenerateConfig, progress: bool = True, oracle=None) -> dic
     if size % step:
         raise ConfigError(f"resolution {size} does not fit this generator: it must be a multiple of {step} "
                           f"(the generator was trained at {gen.resolution})")
-    sources = read_mask_sources(cfg)
+    from anomalign.data.imageio import set_max_megapixels
+    from anomalign.data.validate import skipped_records
+    set_max_megapixels(cfg.max_megapixels)  # mask folders and backgrounds are read without load_dataset
+    sources, skipped = read_mask_sources(cfg)
     masks, vanished = load_masks(sources, size, cfg.mask_threshold)
     if len(vanished) == len(sources):
         raise DataError(f"{cfg.masks}: every mask is empty at {size}x{size} px (e.g. {vanished[0]}); "
@@ -356,7 +359,7 @@ def run_generate(cfg: GenerateConfig, progress: bool = True, oracle=None) -> dic
         from anomalign.segmenter.model import Segmenter
         oracle = Segmenter.load(cfg.oracle, device=acc.device)
     sha = file_sha256(weights)
-    out = prepare_out(cfg, sha, main)
+    out = prepare_out(cfg, sha, main, skipped_records(skipped))
     acc.wait_for_everyone()
     synth = Synthesizer(cfg, gen, sources, masks, backgrounds, oracle, sha)
 

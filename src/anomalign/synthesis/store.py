@@ -38,8 +38,9 @@ def _identity(cfg, generator_sha: str) -> dict:
     return json.loads(json.dumps(ident | {"generator_sha256": generator_sha}, default=str))
 
 
-def prepare_out(cfg, generator_sha: str, main: bool) -> Path:
-    """Check that ``cfg.out`` is new or holds this same run; the main process records the run identity."""
+def prepare_out(cfg, generator_sha: str, main: bool, skipped: list[dict] | None = None) -> Path:
+    """Check that ``cfg.out`` is new or holds this same run; the main process records the run identity
+    (and ``skipped.json``: the source files ``--policy skip`` left out)."""
     out = Path(cfg.out)
     ident = _identity(cfg, generator_sha)
     run_file = out / "run.json"
@@ -49,7 +50,13 @@ def prepare_out(cfg, generator_sha: str, main: bool) -> Path:
         if not run_file.is_file():
             raise AnomalignError(f"{out}: folder is not empty and was not written by `anomalign generate`; "
                                  "refusing to write into it (nothing was changed). Choose a new --out.")
-        prev = json.loads(run_file.read_text())["identity"]
+        try:
+            prev = json.loads(run_file.read_text())["identity"]
+            if not isinstance(prev, dict):
+                raise TypeError("identity is not an object")
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as e:
+            raise AnomalignError(f"{run_file}: not the record of an `anomalign generate` run ({type(e).__name__}: "
+                                 f"{e}); refusing to write into {out} (nothing was changed). Choose a new --out.") from None
         diff = sorted(k for k in set(prev) | set(ident) if prev.get(k) != ident.get(k))
         if diff:
             raise AnomalignError(f"{out}: holds another generation run (different {', '.join(diff)}); nothing was "
@@ -58,6 +65,8 @@ def prepare_out(cfg, generator_sha: str, main: bool) -> Path:
         (out / RECORDS).mkdir(parents=True, exist_ok=True)
         write_text_atomic(run_file, json.dumps({"identity": ident}, indent=1))
         save_config(cfg, out / "config.yaml")
+        if skipped:
+            write_text_atomic(out / "skipped.json", json.dumps(skipped, indent=1) + "\n")
         for stale in out.rglob(".*.tmp"):  # temp files of a killed run: never renamed, so never complete
             stale.unlink()
     return out
