@@ -155,3 +155,12 @@ def write_pranet(root: Path, n_train: int = 6, test_sets=("CVC-300", "Kvasir", "
             save(root / "TestDataset" / s / "images" / f"{i}.png", image)
             save(root / "TestDataset" / s / "masks" / f"{i}.png", mask)
     return {"train": n_train, "sets": list(test_sets), "test": n_test}
+
+
+def noisy_png_bytes(size: int = 64, seed: int = 0) -> bytes:
+    """PNG bytes of random noise (does not compress: cutting it in half truncates the image data)."""
+    import io
+    arr = np.random.default_rng(seed).integers(0, 256, (size, size, 3), dtype=np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, format="PNG")
+    return buf.getvalue()
