@@ -1,0 +1,124 @@
+"""Crops at the image's own resolution: training on native pixels instead of shrinking whole images.
+
+Real inspection images are large and their defects small; resizing a 1 250 x 500 image to 64 px leaves a
+hairline crack a few pixels or nothing. Instead every training sample is a ``crop`` x ``crop`` window of the
+image resampled once by ``scale`` (1 = native pixels; masks resampled with nearest neighbour, so they stay
+exactly binary). A share ``anomaly_fraction`` of the crops of an anomalous image is centred on an anomaly:
+a connected component is chosen uniformly (so a 3-pixel defect is drawn as often as a large one, and every
+component is reachable), then a pixel of it, then the centre is jittered by up to ``jitter`` x crop. The
+other crops, and all crops of normal images, are uniform over the image. Every draw comes from
+``(seed, step, position)``: a run's crops do not depend on the number of processes or on a resume.
+"""
+from __future__ import annotations
+
+import random
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from anomalign.config import option
+from anomalign.errors import ConfigError, DataError
+
+
+@dataclass(kw_only=True)
+class CropOptions:
+    """How training samples are cut from the images (every command that trains on crops has these)."""
+
+    crop_size: int | None = option(None, "train on crop_size x crop_size crops of each image at --scale "
+                                         "(native resolution) instead of resizing whole images to --size")
+    scale: float = option(1.0, "resampling of the images before cropping (1 = native pixels; masks nearest)")
+    anomaly_fraction: float = option(0.5, "share of the crops of an anomalous image centred on an anomaly "
+                                          "(one connected component drawn uniformly, jittered)")
+    crop_jitter: float = option(0.25, "largest shift of an anomaly-centred crop, as a fraction of the crop "
+                                      "(< 0.5: the anomaly stays inside the crop)")
+
+    def validate_crops(self) -> None:
+        if self.crop_size is not None and self.crop_size < 8:
+            raise ConfigError(f"crop_size must be >= 8 pixels, got {self.crop_size}")
+        if not self.scale > 0:
+            raise ConfigError(f"scale must be > 0, got {self.scale}")
+        if not 0 <= self.anomaly_fraction <= 1:
+            raise ConfigError(f"anomaly_fraction must be in [0, 1], got {self.anomaly_fraction}")
+        if not 0 <= self.crop_jitter < 0.5:
+            raise ConfigError(f"crop_jitter must be in [0, 0.5), got {self.crop_jitter}")
+
+
+def rescale_pair(image: np.ndarray, mask: np.ndarray, scale: float) -> tuple[np.ndarray, np.ndarray]:
+    """Resample uint8 [H, W, 3] (bicubic) and bool [H, W] (nearest: exact, binary) by ``scale``."""
+    if scale == 1:
+        return image, mask
+    h, w = max(1, round(image.shape[0] * scale)), max(1, round(image.shape[1] * scale))
+    img = np.asarray(Image.fromarray(image).resize((w, h), Image.BICUBIC))
+    msk = np.asarray(Image.fromarray(mask.astype(np.uint8) * 255).resize((w, h), Image.NEAREST)) > 127
+    return img, msk
+
+
+def components(mask: np.ndarray) -> list[np.ndarray]:
+    """8-connected components of a bool mask [H, W], each as an int array [n, 2] of (y, x) pixels."""
+    seen = np.zeros(mask.shape, dtype=bool)
+    h, w = mask.shape
+    out = []
+    for y0, x0 in zip(*np.nonzero(mask)):
+        if seen[y0, x0]:
+            continue
+        seen[y0, x0] = True
+        queue, pixels = deque([(y0, x0)]), []
+        while queue:
+            y, x = queue.popleft()
+            pixels.append((y, x))
+            for dy in (-1, 0, 1):
+                for dx in (-1, 0, 1):
+                    ny, nx = y + dy, x + dx
+                    if 0 <= ny < h and 0 <= nx < w and mask[ny, nx] and not seen[ny, nx]:
+                        seen[ny, nx] = True
+                        queue.append((ny, nx))
+        out.append(np.array(pixels, dtype=np.int64))
+    return out
+
+
+class CropSampler:
+    """Deterministic crops of a list of (image, mask) pairs held in memory at ``scale``.
+
+    ``images``: uint8 [H_i, W_i, 3]; ``masks``: bool [H_i, W_i] (already rescaled with ``rescale_pair``);
+    ``names``: the files, for error messages. ``crop(i, seed)`` -> (uint8 [c, c, 3], bool [c, c], box).
+    """
+
+    def __init__(self, images: list[np.ndarray], masks: list[np.ndarray], crop: int, anomaly_fraction: float = 0.5,
+                 jitter: float = 0.25, names: list[str | Path] | None = None):
+        self.images, self.masks, self.crop = images, masks, crop
+        self.anomaly_fraction, self.jitter = anomaly_fraction, jitter
+        for k, im in enumerate(images):
+            if im.shape[0] < crop or im.shape[1] < crop:
+                name = names[k] if names else f"image {k}"
+                raise DataError(f"{name}: image is {im.shape[1]}x{im.shape[0]} px at this scale, smaller than the "
+                                f"crop of {crop} px; lower --crop-size or raise --scale")
+        self.parts = [components(m) if m.any() else [] for m in masks]
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def box(self, i: int, seed: int) -> tuple[int, int]:
+        """Top-left (y, x) of the crop of pair ``i`` for the draw ``seed``."""
+        rng = random.Random(seed)
+        h, w = self.masks[i].shape
+        c = self.crop
+        parts = self.parts[i]
+        if parts and rng.random() < self.anomaly_fraction:
+            comp = parts[rng.randrange(len(parts))]
+            cy, cx = comp[rng.randrange(len(comp))]
+            j = min(int(self.jitter * c), c // 2 - 1)
+            cy, cx = cy + rng.randint(-j, j), cx + rng.randint(-j, j)
+            # the window keeps the chosen pixel inside it even after jitter and clamping to the image
+            top = min(max(cy - c // 2, 0), h - c)
+            left = min(max(cx - c // 2, 0), w - c)
+            return top, left
+        return rng.randint(0, h - c), rng.randint(0, w - c)
+
+    def crop_pair(self, i: int, seed: int) -> tuple[np.ndarray, np.ndarray, tuple[int, int]]:
+        top, left = self.box(i, seed)
+        c = self.crop
+        return (self.images[i][top:top + c, left:left + c], self.masks[i][top:top + c, left:left + c],
+                (top, left))

@@ -1,0 +1,79 @@
+"""Prediction at the image's own resolution: overlapping sliding windows with weighted blending.
+
+A segmenter trained on ``patch`` x ``patch`` crops sees every full-size image through windows of that size,
+spaced ``stride = patch * (1 - overlap)`` apart (the last window of each row/column is aligned with the
+image's edge, so every pixel is covered). Window probabilities are blended with a weight that falls off
+towards the window's border (a separable Gaussian, sigma = patch / 4, as nnU-Net does), because a window's
+border pixels see less context than its centre. Weights are normalised per pixel, so a model whose output
+does not depend on the window gives exactly its single-pass answer. Images smaller than the patch are padded
+(reflection) and the padding is cut from the result.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+
+def window_starts(length: int, patch: int, stride: int) -> list[int]:
+    """Start offsets covering ``length`` with windows of ``patch`` (the last one flush with the end)."""
+    if length <= patch:
+        return [0]
+    starts = list(range(0, length - patch + 1, stride))
+    if starts[-1] != length - patch:
+        starts.append(length - patch)
+    return starts
+
+
+def blend_weight(patch: int, sigma_fraction: float = 0.25) -> torch.Tensor:
+    """[patch, patch] weight, 1 at the centre, smallest at the corners (never 0: edges still count)."""
+    r = torch.arange(patch, dtype=torch.float32) - (patch - 1) / 2
+    g = torch.exp(-0.5 * (r / (sigma_fraction * patch)) ** 2)
+    w = g[:, None] * g[None, :]
+    return (w / w.max()).clamp_min(1e-3)
+
+
+@torch.no_grad()
+def sliding_window_proba(predict, image: torch.Tensor, patch: int, overlap: float = 0.5, batch_size: int = 16
+                         ) -> torch.Tensor:
+    """Anomaly probability [1, H, W] of one image [3, H, W] (model range), through ``predict``.
+
+    ``predict``: images [B, 3, patch, patch] -> probabilities [B, 1, patch, patch] (e.g. a Segmenter's
+    ``predict_proba``). ``overlap`` in [0, 1): the share of a window its neighbour covers.
+    """
+    if not 0 <= overlap < 1:
+        raise ValueError(f"overlap must be in [0, 1), got {overlap}")
+    _, h, w = image.shape
+    ph, pw = max(0, patch - h), max(0, patch - w)
+    if ph or pw:  # smaller than a window: reflect-pad (replicate where the image is too small to reflect)
+        mode = "reflect" if ph < h and pw < w else "replicate"
+        image = F.pad(image[None], (0, pw, 0, ph), mode=mode)[0]
+    H, W = image.shape[1:]
+    stride = max(1, math.floor(patch * (1 - overlap)))
+    boxes = [(y, x) for y in window_starts(H, patch, stride) for x in window_starts(W, patch, stride)]
+    weight = blend_weight(patch).to(image.device)
+    total = torch.zeros(1, H, W, device=image.device)
+    norm = torch.zeros(1, H, W, device=image.device)
+    for s in range(0, len(boxes), batch_size):
+        chunk = boxes[s:s + batch_size]
+        prob = predict(torch.stack([image[:, y:y + patch, x:x + patch] for y, x in chunk])).float()
+        for (y, x), p in zip(chunk, prob):
+            total[:, y:y + patch, x:x + patch] += p * weight
+            norm[:, y:y + patch, x:x + patch] += weight
+    return (total / norm)[:, :h, :w]
+
+
+def predict_native(predict, image: torch.Tensor, patch: int, scale: float = 1.0, overlap: float = 0.5,
+                   batch_size: int = 16) -> torch.Tensor:
+    """Probability [1, H, W] at the size of ``image`` [3, H, W]: resampled by ``scale`` (the scale the model
+    was trained at), sliding windows there, and the probability resampled back (bilinear)."""
+    _, h, w = image.shape
+    x = image
+    if scale != 1:
+        size = (max(1, round(h * scale)), max(1, round(w * scale)))
+        x = F.interpolate(image[None], size=size, mode="bilinear", antialias=scale < 1, align_corners=False)[0]
+    prob = sliding_window_proba(predict, x, patch, overlap, batch_size)
+    if prob.shape[-2:] != (h, w):
+        prob = F.interpolate(prob[None], size=(h, w), mode="bilinear", align_corners=False)[0]
+    return prob.clamp(0, 1)
