@@ -23,7 +23,15 @@ def default_prompt(sample: Sample) -> str:
     what = sample.category.replace("_", " ") if sample.category else "surface"
     if sample.normal:
         return f"a photo of a defect-free {what}"
-    return f"a photo of a {what} with a {sample.defect.replace('_', ' ')} defect"
+    return f"a photo of a {what} with {defect_phrase(sample.defect)}"
+
+
+def defect_phrase(defect: str) -> str:
+    """"a scratch defect", "an uneven defect"; the generic name gives "an anomaly" (not "a anomaly defect")."""
+    name = defect.replace("_", " ").strip().lower() or "anomaly"
+    if name == "anomaly":
+        return "an anomaly"
+    return f"{'an' if name[0] in 'aeiou' else 'a'} {name} defect"
 
 
 def load_pair(sample: Sample, size: int | tuple[int, int] | None, threshold: float = DEFAULT_MASK_THRESHOLD,

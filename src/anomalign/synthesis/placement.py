@@ -1,0 +1,99 @@
+"""Where a synthetic defect goes in a full-size normal image, and how it is pasted back.
+
+``generate --normals`` works at the image's own resolution: it takes a defect-free image, a training mask
+(with the usual augmentation) cut to its bounding box, chooses a location, generates the defect in a
+window around it with the inpainting sampler, and pastes the window back through the dilated mask only,
+so every other pixel of the normal image is kept exactly.
+
+Foreground (object categories such as MVTec bottle or screw, where a defect must sit on the object): given
+as masks (``--foreground DIR``, same stems as the normal images), or estimated: the background colour is the
+median of the image's border pixels, the foreground is every pixel farther than ``tolerance`` from it
+(max over channels, 0-255), closed and hole-filled. When that estimate covers most of the image (a texture:
+carpet, tile, wood, magnetic tile) the whole image is foreground.
+"""
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+
+def estimate_foreground(image: np.ndarray, tolerance: float = 30.0, texture_share: float = 0.85) -> np.ndarray:
+    """bool [H, W] foreground of uint8 image [H, W, 3] (see module docstring)."""
+    border = np.concatenate([image[0], image[-1], image[:, 0], image[:, -1]]).astype(np.float32)
+    background = np.median(border, axis=0)
+    fg = np.abs(image.astype(np.float32) - background).max(axis=2) > tolerance
+    t = torch.from_numpy(fg).float()[None, None]
+    k = max(3, (min(image.shape[:2]) // 50) | 1)  # close small gaps (odd kernel, ~2 % of the image)
+    t = -F.max_pool2d(-F.max_pool2d(t, k, 1, k // 2), k, 1, k // 2)
+    fg = fill_holes(t[0, 0].numpy() > 0.5)
+    if fg.mean() >= texture_share or not fg.any():
+        return np.ones(image.shape[:2], dtype=bool)
+    return fg
+
+
+def fill_holes(mask: np.ndarray) -> np.ndarray:
+    """bool [H, W] with enclosed background regions filled (background not reachable from the border)."""
+    outside = np.zeros(mask.shape, dtype=bool)
+    h, w = mask.shape
+    stack = [(y, x) for y in range(h) for x in (0, w - 1) if not mask[y, x]]
+    stack += [(y, x) for x in range(w) for y in (0, h - 1) if not mask[y, x]]
+    while stack:
+        y, x = stack.pop()
+        if outside[y, x] or mask[y, x]:
+            continue
+        outside[y, x] = True
+        stack += [(ny, nx) for ny, nx in ((y - 1, x), (y + 1, x), (y, x - 1), (y, x + 1))
+                  if 0 <= ny < h and 0 <= nx < w and not outside[ny, nx] and not mask[ny, nx]]
+    return ~outside
+
+
+def crop_to_content(mask: np.ndarray) -> np.ndarray:
+    """The bounding box of the anomaly pixels of bool [H, W] (the mask's shape, wherever it was)."""
+    ys, xs = np.nonzero(mask)
+    return mask[ys.min():ys.max() + 1, xs.min():xs.max() + 1]
+
+
+def place(defect: np.ndarray, foreground: np.ndarray, rng: random.Random, tries: int = 200
+          ) -> tuple[int, int] | None:
+    """Top-left (y, x) where bool [h, w] ``defect`` lies entirely on ``foreground`` [H, W]; None if no try fits.
+
+    Positions are drawn uniformly among those that keep the defect inside the image; the first that puts
+    every defect pixel on the foreground wins (deterministic for a given ``rng``)."""
+    h, w = defect.shape
+    H, W = foreground.shape
+    if h > H or w > W:
+        return None
+    for _ in range(tries):
+        y, x = rng.randint(0, H - h), rng.randint(0, W - w)
+        if foreground[y:y + h, x:x + w][defect].all():
+            return y, x
+    return None
+
+
+def window_around(y: int, x: int, h: int, w: int, size: int, H: int, W: int, rng: random.Random
+                  ) -> tuple[int, int, int]:
+    """(top, left, side) of a square window inside the image [H, W] that contains the box (y, x, h, w):
+    side ``size`` (less if the image is smaller, more if the box is larger), the box at a random place in it."""
+    side = max(min(size, H, W), h, w)
+    if side > min(H, W):
+        raise ValueError(f"a {h}x{w} defect does not fit a square window inside a {H}x{W} image")
+    top = rng.randint(max(0, y + h - side), min(y, H - side))
+    left = rng.randint(max(0, x + w - side), min(x, W - side))
+    return top, left, side
+
+
+def paste(full: np.ndarray, window: np.ndarray, alpha: np.ndarray, top: int, left: int) -> np.ndarray:
+    """Copy of uint8 ``full`` [H, W, C] with ``window`` [s, s, C] blended in at (top, left) by alpha [s, s] in
+    [0, 1]: pixels where alpha is 0 keep their exact value."""
+    out = full.copy()
+    s = window.shape[0]
+    region = out[top:top + s, left:left + s].astype(np.float32)
+    a = alpha[..., None].astype(np.float32)
+    blended = np.rint(a * window.astype(np.float32) + (1 - a) * region).astype(np.uint8)
+    keep = alpha <= 0
+    blended[keep] = out[top:top + s, left:left + s][keep]
+    out[top:top + s, left:left + s] = blended
+    return out
