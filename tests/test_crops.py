@@ -53,8 +53,17 @@ def test_rescale_keeps_masks_binary_and_aligned():
 
 def test_bad_crop_values_are_clear_errors(tmp_path):
     mask = np.zeros((50, 60), bool)
-    with pytest.raises(DataError, match=r"part.png: image is 60x50 px at this scale, smaller than the crop of 64"):
+    with pytest.raises(DataError, match=r"part.png: the largest image is 60x50 px at this scale, smaller than the "
+                                        r"crop of 64"):
         CropSampler([image_with(mask)], [mask], crop=64, names=["part.png"])
+    # a narrow image among larger ones is reflect-padded, image and mask together
+    narrow = np.zeros((100, 30), bool)
+    narrow[40:45, 3:6] = True
+    s = CropSampler([image_with(narrow), image_with(np.zeros((100, 100), bool))], [narrow, np.zeros((100, 100), bool)],
+                    crop=64, anomaly_fraction=1.0)
+    img, m, _ = s.crop_pair(0, 3)
+    assert s.padded == 1 and img.shape == (64, 64, 3) and m.any()
+    assert np.array_equal(img[..., 0] > 100, m)  # the padded mask still marks exactly the bright pixels
     for bad in (dict(scale=0), dict(scale=-1), dict(crop_size=4), dict(crop_jitter=0.5), dict(anomaly_fraction=2)):
         with pytest.raises(ConfigError):
             build_config(CropOptions, bad).validate_crops()

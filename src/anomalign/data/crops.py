@@ -79,6 +79,18 @@ def components(mask: np.ndarray) -> list[np.ndarray]:
     return out
 
 
+def pad_to(array: np.ndarray, size: int) -> np.ndarray:
+    """Reflect-pad [H, W, ...] at the bottom/right up to ``size`` in each spatial direction (symmetric
+    reflection, repeated if the image is less than half the size)."""
+    h, w = array.shape[:2]
+    while h < size or w < size:
+        ph, pw = max(0, min(size - h, h)), max(0, min(size - w, w))
+        pad = [(0, ph), (0, pw)] + [(0, 0)] * (array.ndim - 2)
+        array = np.pad(array, pad, mode="symmetric")
+        h, w = array.shape[:2]
+    return array
+
+
 class CropSampler:
     """Deterministic crops of a list of (image, mask) pairs held in memory at ``scale``.
 
@@ -88,14 +100,18 @@ class CropSampler:
 
     def __init__(self, images: list[np.ndarray], masks: list[np.ndarray], crop: int, anomaly_fraction: float = 0.5,
                  jitter: float = 0.25, names: list[str | Path] | None = None):
-        self.images, self.masks, self.crop = images, masks, crop
-        self.anomaly_fraction, self.jitter = anomaly_fraction, jitter
-        for k, im in enumerate(images):
-            if im.shape[0] < crop or im.shape[1] < crop:
-                name = names[k] if names else f"image {k}"
-                raise DataError(f"{name}: image is {im.shape[1]}x{im.shape[0]} px at this scale, smaller than the "
-                                f"crop of {crop} px; lower --crop-size or raise --scale")
-        self.parts = [components(m) if m.any() else [] for m in masks]
+        self.crop, self.anomaly_fraction, self.jitter = crop, anomaly_fraction, jitter
+        if images and crop > max(max(im.shape[:2]) for im in images):
+            k = max(range(len(images)), key=lambda i: images[i].shape[0] * images[i].shape[1])
+            name = names[k] if names else f"image {k}"
+            raise DataError(f"{name}: the largest image is {images[k].shape[1]}x{images[k].shape[0]} px at this scale, "
+                            f"smaller than the crop of {crop} px; lower --crop-size or raise --scale")
+        # Images narrower than the crop in one direction (a dataset of mixed sizes) are reflect-padded, image and
+        # mask together, so the pair stays consistent.
+        self.padded = sum(min(im.shape[:2]) < crop for im in images)
+        self.images = [pad_to(im, crop) for im in images]
+        self.masks = [pad_to(m, crop) for m in masks]
+        self.parts = [components(m) if m.any() else [] for m in self.masks]
 
     def __len__(self) -> int:
         return len(self.images)
