@@ -36,13 +36,13 @@ from anomalign.data.dataset import PairDataset, default_prompt
 from anomalign.data.demo import MakeDemoConfig, make_demo_dataset
 from anomalign.data.transforms import from_model_range, hflip, rot90, vflip
 from anomalign.evaluation.fid import colour_stats, frechet_distance, inception_features
-from anomalign.evaluation.figures import draw_contour, grid, save_png
+from anomalign.figures import draw_contour, grid, save_png
 from anomalign.generator.model import MaskGenerator
 from anomalign.generator.train import TrainGeneratorConfig, run_train_generator
 from anomalign.segmenter.model import Segmenter
-from anomalign.evaluation.evaluate import evaluate_samples
+from anomalign.segmenter.evaluate import evaluate_samples
 from anomalign.segmenter.train import TrainSegmenterConfig, run_train_segmenter
-from anomalign.synthesis.sampler import sample
+from anomalign.generator.sampler import sample
 from anomalign.synthesis.scoring import free_lunch, oracle_iou, shift_masks
 
 

@@ -22,7 +22,7 @@ from common import publish, interleaved, median, peak_rss_mb  # noqa: E402
 from anomalign.data.dataset import PairDataset, default_prompt  # noqa: E402
 from anomalign.data.validate import load_dataset  # noqa: E402
 from anomalign.generator.model import MaskGenerator  # noqa: E402
-from anomalign.synthesis.sampler import initial_noise, make_scheduler, sample  # noqa: E402
+from anomalign.generator.sampler import initial_noise, make_scheduler, sample  # noqa: E402
 from anomalign.synthesis.scoring import free_lunch  # noqa: E402
 
 

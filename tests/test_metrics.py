@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from anomalign.evaluation.figures import mask_contour
-from anomalign.evaluation.metrics import SegmentationMeter, iou_dice, pixel_auroc
+from anomalign.figures import mask_contour
+from anomalign.metrics import SegmentationMeter, iou_dice, pixel_auroc
 from anomalign.synthesis.scoring import shift_masks
 
 

@@ -93,14 +93,14 @@ def test_train_normals_option(tmp_path, monkeypatch):
     real = tmp_path / "real"
     write_paired(real, defects=("scratch",), n=6, normals=4)
     used = {}
-    original = train_mod._Pairs.__init__
+    original = train_mod.SegPairs.__init__
 
     def spy(self, samples, *args, **kwargs):
         used.setdefault("normal", []).append(sum(s.normal for s in samples))
         used.setdefault("anomalous", []).append(sum(not s.normal for s in samples))
         original(self, samples, *args, **kwargs)
 
-    monkeypatch.setattr(train_mod._Pairs, "__init__", spy)
+    monkeypatch.setattr(train_mod.SegPairs, "__init__", spy)
     for flag in (True, False):
         cfg = build_config(TrainSegmenterConfig, dict(
             train=str(real), out=str(tmp_path / f"seg_{flag}"), size=32, max_steps=1, batch_size=2,

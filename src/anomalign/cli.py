@@ -77,6 +77,19 @@ def run_make_demo(cfg: Any) -> int:
     return 0
 
 
+def run_generate_command(cfg: GenerateConfig, progress: bool = False) -> int:
+    """``generate``: the oracle that scores the samples is a segmenter, a layer above synthesis, so the
+    command (which sits above both) loads it."""
+    from anomalign.synthesis.generate import run_generate
+
+    oracle = None
+    if cfg.oracle is not None:
+        from anomalign.segmenter.model import Segmenter
+        oracle = Segmenter.load(cfg.oracle)
+    run_generate(cfg, progress=progress, oracle=oracle)
+    return 0
+
+
 # name -> (help, config class or a function returning it, run function). A plain dict: no registry magic.
 Command = tuple[str, Any, Callable[[Any], int]]
 DATA_COMMANDS: dict[str, Command] = {
@@ -108,7 +121,7 @@ COMMANDS: dict[str, Command] = {
                         "Generative Feedback from a frozen generator", TrainSegmenterConfig,
                         lazy("anomalign.segmenter.train:run_train_segmenter", progress=True)),
     "generate": ("synthesise aligned image/mask pairs from real (or augmented) masks, scored and resumable",
-                 GenerateConfig, lazy("anomalign.synthesis.generate:run_generate", progress=True)),
+                 GenerateConfig, lazy("anomalign.cli:run_generate_command", progress=True)),
     "evaluate": ("segmentation metrics (mDice, mIoU, IoU, Dice, pixel AUROC) per test set, as JSON and a table",
                  EvaluateConfig, lazy("anomalign.evaluation.evaluate:run_evaluate")),
     "evaluate-generation": ("quality of generated sets: FID (offline TF-Inception), alignment scores, IS / "

@@ -220,7 +220,7 @@ def segmentation_overlays(out: Path, arms: list[str], data: Path, n: int = 8, op
     of ``data`` (layout, split seed and fractions)."""
     from anomalign.data.dataset import PairDataset
     from anomalign.data.validate import load_dataset
-    from anomalign.evaluation.figures import draw_contour, grid, save_png
+    from anomalign.figures import draw_contour, grid, save_png
     from anomalign.evaluation.generation import spread
     from anomalign.segmenter.infer import overlay
     from anomalign.segmenter.model import Segmenter

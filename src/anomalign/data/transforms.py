@@ -7,6 +7,8 @@ The model range is defined once here: ``to_model_range`` / ``from_model_range``.
 """
 from __future__ import annotations
 
+import itertools
+import random
 from dataclasses import dataclass
 from typing import Literal
 
@@ -15,12 +17,17 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from anomalign.errors import ConfigError
+
 Interp = Literal["bilinear", "bicubic"]
 
 
 def to_model_range(image: np.ndarray | torch.Tensor) -> torch.Tensor:
     """uint8 [H, W, 3] (or [B, H, W, 3]) -> float32 [3, H, W] (or [B, 3, H, W]) in [-1, 1]."""
-    t = torch.as_tensor(np.asarray(image))
+    a = np.asarray(image)
+    if not a.flags.writeable:  # e.g. np.asarray(PIL image): torch warns about (and cannot own) read-only memory
+        a = a.copy()
+    t = torch.as_tensor(a)
     t = t.movedim(-1, -3).to(torch.float32)
     return t / 127.5 - 1.0
 
@@ -68,6 +75,51 @@ def vflip(image: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.
 def rot90(image: torch.Tensor, mask: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Rotate both by k*90 degrees counter-clockwise."""
     return torch.rot90(image, k, dims=(-2, -1)), torch.rot90(mask, k, dims=(-2, -1))
+
+
+DIHEDRAL_AUGMENTS = ("hflip", "vflip", "rot90")
+
+
+def dihedral_variants(augment: list[str]) -> list[tuple[int, int, int]]:
+    """(hflip, vflip, rot90 k) combinations the enabled augmentations can produce."""
+    bad = [a for a in augment if a not in DIHEDRAL_AUGMENTS]
+    if bad:
+        raise ConfigError(f"unknown augmentation(s) {bad}; choose from {list(DIHEDRAL_AUGMENTS)} or none")
+    return list(itertools.product((0, 1) if "hflip" in augment else (0,), (0, 1) if "vflip" in augment else (0,),
+                                  range(4) if "rot90" in augment else (0,)))
+
+
+class DihedralViews:
+    """Image/mask pairs with exact dihedral views (flips, 90° rotations), the view of pair i at micro-step k
+    chosen deterministically from (seed, k, i).
+
+    ``images`` [N, 3, H, W], ``masks`` [N, 1, H, W]; ``view(i, v)`` returns the pair's variant v with the
+    same shapes (H = W when rot90 is enabled).
+    """
+
+    def __init__(self, images: torch.Tensor, masks: torch.Tensor, augment: list[str] = (), seed: int = 0):
+        self.images, self.masks, self.seed = images, masks, seed
+        self.variants = dihedral_variants(list(augment))
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def variant_of(self, micro_step: int, i: int) -> int:
+        """Which augmentation variant pair i gets at micro-step k (deterministic)."""
+        if len(self.variants) == 1:
+            return 0
+        return random.Random(f"{self.seed}:{micro_step}:{i}").randrange(len(self.variants))
+
+    def view(self, i: int, v: int) -> tuple[torch.Tensor, torch.Tensor]:
+        hf, vf, k = self.variants[v]
+        x, m = self.images[i], self.masks[i]
+        if hf:
+            x, m = hflip(x, m)
+        if vf:
+            x, m = vflip(x, m)
+        if k:
+            x, m = rot90(x, m, k)
+        return x, m
 
 
 def crop(image: torch.Tensor, mask: torch.Tensor, top: int, left: int, height: int, width: int

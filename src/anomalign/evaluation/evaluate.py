@@ -13,7 +13,7 @@ from anomalign.data.dataset import PairDataset
 from anomalign.data.folders import DataOptions
 from anomalign.data.validate import load_dataset, skipped_records
 from anomalign.errors import AnomalignError
-from anomalign.evaluation.metrics import SegmentationMeter
+from anomalign.segmenter.evaluate import evaluate_samples
 
 COLUMNS = ("mDice", "mIoU", "Dice", "IoU", "AUROC")
 
@@ -70,22 +70,6 @@ def run_evaluate(cfg: EvaluateConfig) -> dict:
     print(format_table(results, average))
     print(f"written to {out / 'eval.json'} and {out / 'eval.md'}")
     return payload
-
-
-@torch.no_grad()
-def evaluate_samples(model, dataset: PairDataset, device="cpu", batch_size: int = 32,
-                     threshold: float = 0.5) -> dict[str, float]:
-    """Segmentation metrics (evaluation.metrics) of a segmenter on a PairDataset, batch by batch."""
-    was = model.training
-    model.eval()
-    meter = SegmentationMeter(threshold)
-    try:
-        for s in range(0, len(dataset), batch_size):
-            x, m = dataset.tensors(s, s + batch_size)
-            meter.update(model.predict_proba(x.to(device)), m.to(device))
-    finally:
-        model.train(was)
-    return meter.result()
 
 
 def format_table(results: dict[str, dict], average: dict[str, float]) -> str:

@@ -229,7 +229,7 @@ def feedback_premise(generator: Path, real_u8: np.ndarray, real_m: np.ndarray, p
 
 def run_evaluate_generation(cfg: EvaluateGenerationConfig) -> dict:
     from anomalign.evaluation.fid import frechet_distance, inception_features
-    from anomalign.evaluation.figures import draw_contour, grid, save_png
+    from anomalign.figures import draw_contour, grid, save_png
 
     cfg.validate()
     out = Path(cfg.out) if cfg.out else Path(cfg.generated[0]) / "eval"

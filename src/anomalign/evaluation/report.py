@@ -103,7 +103,7 @@ def _pct(v) -> str:
 
 
 def _curve(csv_path: Path, png: Path, title: str) -> Path | None:
-    from anomalign.evaluation.figures import line_plot
+    from anomalign.figures import line_plot
     with csv_path.open() as f:
         rows = list(csv.DictReader(f))
     if not rows:

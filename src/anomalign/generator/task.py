@@ -1,32 +1,18 @@
 """What the generator trainers feed the shared loop: cached latent pairs and the dual-branch step."""
 from __future__ import annotations
 
-import itertools
-import random
 from dataclasses import dataclass
 from typing import Callable
 
 import torch
 
-from anomalign.data.transforms import hflip, rot90, vflip
-from anomalign.errors import ConfigError
+from anomalign.data.transforms import DihedralViews
 from anomalign.generator.losses import StopGrad, dual_branch_loss
 from anomalign.generator.model import MaskGenerator
 from anomalign.training import TrainTask, batch_indices, sample_seed
 
-AUGMENTS = ("hflip", "vflip", "rot90")
 
-
-def dihedral_variants(augment: list[str]) -> list[tuple[int, int, int]]:
-    """(hflip, vflip, rot90 k) combinations the enabled augmentations can produce."""
-    bad = [a for a in augment if a not in AUGMENTS]
-    if bad:
-        raise ConfigError(f"unknown augmentation(s) {bad}; choose from {list(AUGMENTS)} or none")
-    return list(itertools.product((0, 1) if "hflip" in augment else (0,), (0, 1) if "vflip" in augment else (0,),
-                                  range(4) if "rot90" in augment else (0,)))
-
-
-class LatentPairs:
+class LatentPairs(DihedralViews):
     """Training pairs with their frozen-codec latents, encoded once per (pair, augmentation variant).
 
     ``images`` [N, 3, H, W] in [-1, 1], ``masks`` [N, 1, H, W] in {0, 1}, ``prompts`` [N]. Augmentations
@@ -36,30 +22,10 @@ class LatentPairs:
 
     def __init__(self, gen: MaskGenerator, images: torch.Tensor, masks: torch.Tensor, prompts: list[str],
                  augment: list[str] = (), seed: int = 0, cache: bool = True, encode_batch: int = 64):
-        self.gen, self.images, self.masks, self.prompts = gen, images, masks, list(prompts)
-        self.variants = dihedral_variants(list(augment))
-        self.seed, self.cache_enabled, self.encode_batch = seed, cache, encode_batch
+        super().__init__(images, masks, augment, seed)
+        self.gen, self.prompts = gen, list(prompts)
+        self.cache_enabled, self.encode_batch = cache, encode_batch
         self.cache: dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor]] = {}
-
-    def __len__(self) -> int:
-        return len(self.prompts)
-
-    def variant_of(self, micro_step: int, i: int) -> int:
-        """Which augmentation variant pair i gets at micro-step k (deterministic)."""
-        if len(self.variants) == 1:
-            return 0
-        return random.Random(f"{self.seed}:{micro_step}:{i}").randrange(len(self.variants))
-
-    def view(self, i: int, v: int) -> tuple[torch.Tensor, torch.Tensor]:
-        hf, vf, k = self.variants[v]
-        x, m = self.images[i], self.masks[i]
-        if hf:
-            x, m = hflip(x, m)
-        if vf:
-            x, m = vflip(x, m)
-        if k:
-            x, m = rot90(x, m, k)
-        return x, m
 
     @torch.no_grad()
     def latents(self, keys: list[tuple[int, int]]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -102,6 +68,25 @@ class GenStepOptions:
     prompt_dropout: float = 0.1
 
 
+def seeded_draws(seeds: list[int], shape: tuple[int, ...], t_low: int, t_high: int, uniforms: int = 0
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-sample random draws of a training step, sample i from its own generator seeded with ``seeds[i]``:
+    ``uniforms`` U(0, 1) numbers [B, uniforms], then a timestep t in [t_low, t_high) [B], then ε [B, *shape].
+
+    Both trainers seed by the sample's place in the GLOBAL batch (``training.sample_seed``), so the draws
+    of a sample do not depend on the number of processes.
+    """
+    u, t, noise = [], [], []
+    for seed in seeds:
+        g = torch.Generator().manual_seed(seed)
+        u.append(torch.stack([torch.rand((), generator=g) for _ in range(uniforms)]) if uniforms else torch.zeros(0))
+        t.append(torch.randint(t_low, t_high, (), generator=g))
+        noise.append(torch.randn(shape, generator=g))
+    if not seeds:
+        return torch.zeros(0, uniforms), torch.zeros(0, dtype=torch.long), torch.zeros(0, *shape)
+    return torch.stack(u), torch.stack(t), torch.stack(noise)
+
+
 def generator_step(gen: MaskGenerator, batch: dict, o: GenStepOptions) -> dict[str, torch.Tensor]:
     """Condition dropout (mask and prompt independently, for guidance), then the dual-branch loss.
 
@@ -109,21 +94,15 @@ def generator_step(gen: MaskGenerator, batch: dict, o: GenStepOptions) -> dict[s
     training seed, the step and the sample's place in the GLOBAL batch), so a run gives the same
     result whatever the number of processes.
     """
-    z_shape = batch["z0"].shape[1:]
-    keep_mask, keep_prompt, noise, t = [], [], [], []
-    for seed in batch["seeds"]:
-        g = torch.Generator().manual_seed(seed)
-        keep_mask.append(bool(torch.rand((), generator=g) >= o.mask_dropout))
-        keep_prompt.append(bool(torch.rand((), generator=g) >= o.prompt_dropout))
-        t.append(torch.randint(0, gen.scheduler.config.num_train_timesteps, (), generator=g))
-        noise.append(torch.randn(z_shape, generator=g))
-    keep_mask = torch.tensor(keep_mask)
+    u, t, noise = seeded_draws(batch["seeds"], batch["z0"].shape[1:], 0, gen.scheduler.config.num_train_timesteps,
+                               uniforms=2)
+    keep_mask, keep_prompt = u[:, 0] >= o.mask_dropout, (u[:, 1] >= o.prompt_dropout).tolist()
     dev = gen.device
     z0, h0, mask = batch["z0"].to(dev), batch["h0"].to(dev), batch["mask"].to(dev)
     emb = gen.encode_prompts([p if k else "" for p, k in zip(batch["prompt"], keep_prompt)])
     cond = gen.condition(mask, keep_mask, mask_latent=h0 if gen.mask_encoding == "vae" else None)
     return dual_branch_loss(gen, z0, h0, cond, emb, alpha=o.alpha, stop_grad=o.al_stop_grad, w_mask=o.w_mask,
-                            snr_gamma=o.snr_gamma, noise=torch.stack(noise), t=torch.stack(t))
+                            snr_gamma=o.snr_gamma, noise=noise, t=t)
 
 
 def generator_task(gen: MaskGenerator, pairs: LatentPairs, params: list, batch_size: int, seed: int,

@@ -11,11 +11,12 @@ import torch
 from anomalign.config import option, save_config
 from anomalign.data.dataset import PairDataset, default_prompt
 from anomalign.data.folders import DataOptions
+from anomalign.data.transforms import DIHEDRAL_AUGMENTS, dihedral_variants
 from anomalign.data.validate import load_dataset, skipped_records
 from anomalign.errors import AnomalignError, ConfigError
 from anomalign.generator.conditioning import mask_channels, expand_conv_in
 from anomalign.generator.model import MaskGenerator
-from anomalign.generator.task import AUGMENTS, GenStepOptions, LatentPairs, dihedral_variants, generator_task
+from anomalign.generator.task import GenStepOptions, LatentPairs, generator_task
 from anomalign.generator.tiny import words
 from anomalign.training import LoopOptions, check_run_folder, make_accelerator, start_run_folder, train_loop
 
@@ -56,7 +57,7 @@ class TrainGeneratorConfig(DataOptions, LoopOptions):
         "unshuffle", "how the mask enters conv_in (sd; tiny keeps its base's): unshuffle, resize or vae")
     resolution: int | None = option(None, "training resolution (default: the base's, 64 tiny / 512 sd)")
     augment: list[str] = option(default_factory=lambda: ["hflip", "vflip"],
-                                help=f"exact paired augmentations: any of {', '.join(AUGMENTS)} (or none)")
+                                help=f"exact paired augmentations: any of {', '.join(DIHEDRAL_AUGMENTS)} (or none)")
     normals: int = option(16, "defect-free training images mixed in with empty masks (0: none)")
     train_pairs: int | None = option(None, "use only this many anomalous training pairs: a seeded random subset "
                                            "(--split-seed), the same for every run (the paper's Table 5)")
@@ -185,8 +186,8 @@ def validation_grid(gen: MaskGenerator, images: torch.Tensor, masks: torch.Tenso
                     path: Path, steps: int, guidance: float, seed: int) -> dict[str, float]:
     """Sample the validation masks; save [real | generated] with the mask contour in red. Returns stats."""
     from anomalign.data.transforms import from_model_range
-    from anomalign.evaluation.figures import draw_contour, grid, save_png
-    from anomalign.synthesis.sampler import sample
+    from anomalign.figures import draw_contour, grid, save_png
+    from anomalign.generator.sampler import sample
 
     was_training = gen.unet.training
     gen.unet.eval()

@@ -70,7 +70,7 @@ def list_images(inputs: list[Path]) -> list[tuple[Path, Path]]:
 
 def overlay(image: np.ndarray, mask: np.ndarray, alpha: float = 0.45) -> np.ndarray:
     """uint8 [H, W, 3]: the image, anomalous pixels tinted red, their contour solid red."""
-    from anomalign.evaluation.figures import mask_contour
+    from anomalign.figures import mask_contour
     out = image.astype(np.float32)
     out[mask] = (1 - alpha) * out[mask] + alpha * np.array([255, 0, 0], np.float32)
     out = out.round().astype(np.uint8)

@@ -249,7 +249,7 @@ class Synthesizer:
     @torch.no_grad()
     def _run(self, attempts: list[int]) -> list[tuple[dict, np.ndarray | None, np.ndarray | None]]:
         from anomalign.data.transforms import from_model_range
-        from anomalign.synthesis.sampler import sample
+        from anomalign.generator.sampler import sample
         from anomalign.synthesis.scoring import free_lunch, oracle_iou
 
         cfg, gen = self.cfg, self.gen
@@ -320,8 +320,8 @@ def summarize(records: list[dict], attempts: int) -> dict:
 def run_generate(cfg: GenerateConfig, progress: bool = True, oracle=None) -> dict:
     """Write ``cfg.num`` pairs to ``cfg.out`` (resuming a previous identical run); returns the summary.
 
-    ``oracle``: any object with ``predict_proba(images [B, 3, H, W] in [-1, 1]) -> [B, 1, H, W]``
-    (overrides ``cfg.oracle``).
+    ``oracle``: any object with ``predict_proba(images [B, 3, H, W] in [-1, 1]) -> [B, 1, H, W]``, e.g. the
+    segmenter ``cfg.oracle`` names (the ``generate`` command loads it; a module is moved to the device).
     """
     from accelerate import Accelerator
     from tqdm.auto import tqdm
@@ -356,8 +356,10 @@ def run_generate(cfg: GenerateConfig, progress: bool = True, oracle=None) -> dic
               f"(e.g. {vanished[0]})", file=sys.stderr)
     backgrounds = read_backgrounds(cfg, size) if cfg.background is not None else None
     if oracle is None and cfg.oracle is not None:
-        from anomalign.segmenter.model import Segmenter
-        oracle = Segmenter.load(cfg.oracle, device=acc.device)
+        raise ConfigError("--oracle: pass the loaded segmenter as run_generate(..., oracle=...); the `generate` "
+                          "command loads it (synthesis sits below the segmenter and does not import it)")
+    if isinstance(oracle, torch.nn.Module):
+        oracle = oracle.to(acc.device)
     sha = file_sha256(weights)
     out = prepare_out(cfg, sha, main, skipped_records(skipped))
     acc.wait_for_everyone()

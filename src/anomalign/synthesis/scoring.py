@@ -76,7 +76,7 @@ def free_lunch_score(true: torch.Tensor, moved: torch.Tensor, empty: torch.Tenso
 def oracle_iou(segmenter, images: torch.Tensor, masks: torch.Tensor, threshold: float = 0.5,
                batch_size: int = 64) -> torch.Tensor:
     """Per-image IoU [B] between an oracle segmenter's prediction on ``images`` and ``masks``."""
-    from anomalign.evaluation.metrics import iou_dice
+    from anomalign.metrics import iou_dice
     out = []
     for s in range(0, len(images), batch_size):
         prob = segmenter.predict_proba(images[s:s + batch_size])

@@ -1,6 +1,7 @@
-"""Segmentation metrics of the anomaly class, and FID with the standard TF-Inception features.
+"""Segmentation metrics of the anomaly class (shared by the segmenter's validation, ``evaluate`` and the
+oracle score of ``generate``).
 
-Conventions (docs/evaluation.md):
+Conventions (the ``evaluate`` command, docs/segmenter.md#evaluation):
 - mIoU / mDice: per-image IoU / Dice of the anomaly class, averaged over images whose ground truth is
   non-empty (the polyp benchmarks' per-image mean; an empty-GT image has no defined IoU);
 - IoU / Dice (dataset): all pixels of all images pooled, normals included, so false alarms count;
