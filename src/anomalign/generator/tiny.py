@@ -11,7 +11,6 @@ import re
 
 import torch
 import torch.nn as nn
-from diffusers import AutoencoderKL, UNet2DConditionModel
 
 PAD, UNK = "<pad>", "<unk>"
 
@@ -78,6 +77,8 @@ def build_tiny(vocab: list[str], mask_extra_channels: int, vae_config: dict | No
                unet_config: dict | None = None, prompt_dim: int = 128, prompt_len: int = 12
                ) -> tuple[AutoencoderKL, UNet2DConditionModel, TinyPromptEncoder]:
     """Fresh (random) tiny components; the UNet takes 4 latent + ``mask_extra_channels`` channels."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel  # here, not at the top: `--help` stays fast
+
     vae = AutoencoderKL(**(vae_config or TINY_VAE_CONFIG))
     ucfg = dict(unet_config or TINY_UNET_CONFIG)
     ucfg["in_channels"] = vae.config.latent_channels + mask_extra_channels
