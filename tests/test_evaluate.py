@@ -9,13 +9,6 @@ from anomalign.segmenter.model import Segmenter
 from dummy_data import write_paired, write_pranet
 
 
-@pytest.fixture(scope="module")
-def seg_dir(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("seg")
-    Segmenter("tiny").save(folder, {"size": 32})
-    return folder
-
-
 def test_pranet_fixture_gives_one_row_per_test_set_and_the_average(tmp_path, seg_dir, capsys):
     info = write_pranet(tmp_path / "polyp")
     assert main(["evaluate", "--segmenter", str(seg_dir), "--test", str(tmp_path / "polyp"),

@@ -19,7 +19,6 @@ from anomalign.errors import AnomalignError, ConfigError, DataError
 from anomalign.synthesis.augment import augment_mask, replace
 from anomalign.synthesis.generate import GenerateConfig, run_generate
 from dummy_data import save, write_paired
-from tiny_models import dummy_tiny_generator
 
 
 @pytest.fixture(scope="module")
@@ -27,13 +26,6 @@ def data(tmp_path_factory):
     root = tmp_path_factory.mktemp("gen_data")
     write_paired(root, defects=("scratch", "hole"), n=3, normals=3)
     return root
-
-
-@pytest.fixture(scope="module")
-def gen_dir(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("gen")
-    dummy_tiny_generator().save(folder)
-    return folder
 
 
 def cfg(gen_dir, data, out, **kw):

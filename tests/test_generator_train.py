@@ -12,7 +12,7 @@ from anomalign.generator.model import MaskGenerator, build_generator
 from anomalign.generator.train import TrainGeneratorConfig, run_train_generator
 from anomalign.training import LoopOptions, TrainingDiverged, TrainTask, train_loop
 from dummy_data import write_paired
-from tiny_models import dummy_tiny_generator, save_dummy_sd
+from tiny_models import save_dummy_sd
 
 
 @pytest.fixture(scope="module")
@@ -20,13 +20,6 @@ def data(tmp_path_factory):
     root = tmp_path_factory.mktemp("gen_data")
     write_paired(root, defects=("scratch", "hole"), n=4, normals=2)
     return root
-
-
-@pytest.fixture(scope="module")
-def tiny_base(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("tiny_base")
-    dummy_tiny_generator().save(folder)
-    return folder
 
 
 def config(data, out, **kw):
@@ -50,8 +43,8 @@ def predict(gen, seed=0):
                                  gen.condition(m))
 
 
-def test_tiny_run_folder_reloads_to_identical_predictions(data, tiny_base, tmp_path):
-    out = run_train_generator(config(data, tmp_path / "run", base=str(tiny_base)), progress=False)
+def test_tiny_run_folder_reloads_to_identical_predictions(data, gen_dir, tmp_path):
+    out = run_train_generator(config(data, tmp_path / "run", base=str(gen_dir)), progress=False)
     for name in ("generator.safetensors", "generator.json", "config.yaml", "logs/train.csv"):
         assert (out / name).is_file(), name
     assert sorted(p.name for p in (out / "validation").iterdir()) == ["step-0000004.png"]
@@ -61,27 +54,27 @@ def test_tiny_run_folder_reloads_to_identical_predictions(data, tiny_base, tmp_p
     fresh = build_generator(loaded.spec)
     fresh.load_trainable_state(load_file(str(out / "checkpoints" / "step-0000004" / "model.safetensors")))
     assert torch.equal(predict(loaded), predict(fresh))
-    base = MaskGenerator.load(tiny_base)
+    base = MaskGenerator.load(gen_dir)
     assert not torch.equal(base.unet.conv_in.weight, loaded.unet.conv_in.weight)  # it trained
     assert torch.equal(base.vae.encoder.conv_in.weight, loaded.vae.encoder.conv_in.weight)  # codec frozen
     assert "defect" in loaded.prompt_encoder.index and "scratch" in loaded.prompt_encoder.index
     with pytest.raises(AnomalignError, match="already holds a trained run"):
-        run_train_generator(config(data, out, base=str(tiny_base)), progress=False)
+        run_train_generator(config(data, out, base=str(gen_dir)), progress=False)
 
 
-def test_resume_continues_with_the_same_losses(data, tiny_base, tmp_path):
-    straight = run_train_generator(config(data, tmp_path / "a", base=str(tiny_base), max_steps=6), progress=False)
-    part = run_train_generator(config(data, tmp_path / "b", base=str(tiny_base), max_steps=3), progress=False)
+def test_resume_continues_with_the_same_losses(data, gen_dir, tmp_path):
+    straight = run_train_generator(config(data, tmp_path / "a", base=str(gen_dir), max_steps=6), progress=False)
+    part = run_train_generator(config(data, tmp_path / "b", base=str(gen_dir), max_steps=3), progress=False)
     shutil.rmtree(part / "checkpoints" / "step-0000003")  # as if killed after step 3 was logged, before its save
-    run_train_generator(config(data, part, base=str(tiny_base), max_steps=6, resume="latest"), progress=False)
+    run_train_generator(config(data, part, base=str(gen_dir), max_steps=6, resume="latest"), progress=False)
     a, b = losses(straight), losses(part)
     assert [r[0] for r in b] == [1, 2, 3, 4, 5, 6]
     for ra, rb in zip(a, b):
         assert ra[1:] == pytest.approx(rb[1:], rel=1e-5, abs=1e-7)
 
 
-def test_alpha_zero_preset_logs_no_alignment_loss(data, tiny_base, tmp_path):
-    out = run_train_generator(config(data, tmp_path / "r", base=str(tiny_base), preset="baseline", max_steps=2),
+def test_alpha_zero_preset_logs_no_alignment_loss(data, gen_dir, tmp_path):
+    out = run_train_generator(config(data, tmp_path / "r", base=str(gen_dir), preset="baseline", max_steps=2),
                               progress=False)
     assert all(r[3] == 0 for r in losses(out))
 
@@ -131,13 +124,13 @@ def test_bad_base_models_give_clear_errors(data, tmp_path):
         run_train_generator(config(data, tmp_path / "r4", base=str(tmp_path / "junk.safetensors")), progress=False)
 
 
-def test_two_process_run_equals_one_process_run(data, tiny_base, tmp_path):
+def test_two_process_run_equals_one_process_run(data, gen_dir, tmp_path):
     """torchrun with 2 CPU processes (gloo): same losses and weights as one process with the same global batch."""
     import os
     import subprocess
     import sys
 
-    args = ["train-generator", "--data", str(data), "--base", str(tiny_base), "--max-steps", "3", "--batch-size", "4",
+    args = ["train-generator", "--data", str(data), "--base", str(gen_dir), "--max-steps", "3", "--batch-size", "4",
             "--log-every", "1", "--checkpoint-every", "10", "--validation-masks", "2", "--validation-steps", "2",
             "--device", "cpu", "--val-fraction", "0", "--test-fraction", "0"]
     env = dict(os.environ, OMP_NUM_THREADS="1")

@@ -15,15 +15,6 @@ from anomalign.segmenter.model import Segmenter
 from dummy_data import pair, save
 
 
-@pytest.fixture(scope="module")
-def seg_dir(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("seg")
-    torch.manual_seed(0)
-    model = Segmenter("tiny")
-    model.save(folder, extra={"size": 32})
-    return folder
-
-
 def test_segment_writes_full_size_masks_and_overlays(seg_dir, tmp_path):
     imgs = tmp_path / "in"
     sizes = [(40, 56), (33, 21), (64, 64)]

@@ -81,7 +81,7 @@ def run_demo(cfg: DemoConfig, progress: bool = True) -> dict:
     """Run every stage into ``cfg.out``; returns the demo summary (also ``OUT/demo.json``)."""
     from anomalign.data.demo import MakeDemoConfig, make_demo_dataset
     from anomalign.evaluation.evaluate import EvaluateConfig, run_evaluate
-    from anomalign.evaluation.generation import EvaluateGenerationConfig, run_evaluate_generation
+    from anomalign.evaluation.generation import EvaluateGenerationConfig, premise_note, run_evaluate_generation
     from anomalign.evaluation.report import ReportConfig, run_report
     from anomalign.generator.train import TrainGeneratorConfig, run_train_generator
     from anomalign.segmenter.train import TrainSegmenterConfig, run_train_segmenter
@@ -190,11 +190,7 @@ def run_demo(cfg: DemoConfig, progress: bool = True) -> dict:
                      f"mDice {100 * real['mDice']:.1f} → {100 * full['mDice']:.1f}."),
         "notes": [f"Oracle IoU (real-only segmenter on generated images) {o['iou']:.3f} vs moved-mask control "
                   f"{o['iou_moved']:.3f} ({name})" for name, o in gen_res["oracle"].items()]
-        + [f"Generative Feedback premise on {gen_res['premise']['images']} real test images: the generator's "
-           f"denoising loss is lower with the true mask than with the moved mask on "
-           f"{100 * gen_res['premise']['frac_true_lt_moved']:.0f}%, than with the empty mask on "
-           f"{100 * gen_res['premise']['frac_true_lt_empty']:.0f}%, than both on "
-           f"{100 * gen_res['premise']['frac_true_lt_both']:.0f}%"],
+        + [premise_note(gen_res["premise"], "test")],
     }
     (out / "demo.json").write_text(json.dumps(summary, indent=1))
 

@@ -29,6 +29,7 @@ from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
 from anomalign.config import option
+from anomalign.devices import use_cpu
 from anomalign.errors import AnomalignError
 
 
@@ -250,8 +251,7 @@ class TrainTask:
 
 def make_accelerator(opts: LoopOptions):
     from accelerate import Accelerator
-    cpu = opts.device == "cpu" or (opts.device == "auto" and not torch.cuda.is_available())
-    return Accelerator(mixed_precision=opts.mixed_precision, cpu=cpu)
+    return Accelerator(mixed_precision=opts.mixed_precision, cpu=use_cpu(opts.device))
 
 
 def train_loop(task: TrainTask, opts: LoopOptions, out_dir: Path, accelerator=None,

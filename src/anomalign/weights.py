@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -11,13 +10,14 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, safe_open, save_file
 
 from anomalign.errors import AnomalignError
+from anomalign.files import temp_path
 
 
 def write_weights(file: Path, state: dict[str, torch.Tensor], key: str, spec: dict[str, Any]) -> Path:
     """Write ``state`` with ``spec`` (JSON) under metadata ``key``; atomically (temp name, then rename)."""
     file = Path(file)
     file.parent.mkdir(parents=True, exist_ok=True)
-    tmp = file.with_name(f"{file.name}.{os.getpid()}.tmp")
+    tmp = temp_path(file)
     save_file({k: v.detach().cpu().contiguous() for k, v in state.items()}, str(tmp),
               metadata={key: json.dumps(canonical_spec(spec), default=_json_default)})
     tmp.replace(file)

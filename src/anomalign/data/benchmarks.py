@@ -74,6 +74,15 @@ def read_mvtec(root: Path, opts: DataOptions) -> tuple[list[Sample], list[Proble
     return samples, problems
 
 
+def listed_pair_problem(image: Path, mask: Path | None, normal: bool, listed_in: str) -> Problem | None:
+    """What is wrong with a pair a split file lists (image not on disk; anomalous image without its mask), or None."""
+    if not image.is_file():
+        return Problem(image, "missing-file", f"listed in {listed_in} but not on disk")
+    if not normal and (mask is None or not mask.is_file()):
+        return Problem(image, "missing-mask", f"anomalous image without mask file ({mask})")
+    return None
+
+
 def read_visa(root: Path, opts: DataOptions) -> tuple[list[Sample], list[Problem]]:
     """VisA: ``split_csv/<visa_csv>`` rows (object, split, label, image, mask); masks hold class ids."""
     csv_path = root / "split_csv" / opts.visa_csv
@@ -95,11 +104,8 @@ def read_visa(root: Path, opts: DataOptions) -> tuple[list[Sample], list[Problem
             if split is None:
                 problems.append(Problem(csv_path, "bad-csv", f"line {n}: unknown split {row['split']!r}"))
                 continue
-            if not image.is_file():
-                problems.append(Problem(image, "missing-file", f"listed in {csv_path.name} line {n} but not on disk"))
-                continue
-            if not normal and (mask is None or not mask.is_file()):
-                problems.append(Problem(image, "missing-mask", f"anomalous image without mask file ({mask})"))
+            if (problem := listed_pair_problem(image, mask, normal, f"{csv_path.name} line {n}")) is not None:
+                problems.append(problem)
                 continue
             samples.append(Sample(image, mask if mask is not None and mask.is_file() else None,
                                   "good" if normal else "anomaly", normal, split,
@@ -142,11 +148,8 @@ def read_realiad(root: Path, opts: DataOptions) -> tuple[list[Sample], list[Prob
                 cls = str(item.get("anomaly_class", normal_class))
                 normal = cls == normal_class or cls.lower() in NORMAL_NAMES
                 mask = bases[cat] / item["mask_path"] if item.get("mask_path") else None
-                if not image.is_file():
-                    problems.append(Problem(image, "missing-file", f"listed in {jf.name} but not on disk"))
-                    continue
-                if not normal and (mask is None or not mask.is_file()):
-                    problems.append(Problem(image, "missing-mask", f"anomalous image without mask file ({mask})"))
+                if (problem := listed_pair_problem(image, mask, normal, jf.name)) is not None:
+                    problems.append(problem)
                     continue
                 samples.append(Sample(image, mask if (mask is not None and mask.is_file()) else None,
                                       "good" if normal else REALIAD_DEFECTS.get(cls, cls), normal, split, category=cat))

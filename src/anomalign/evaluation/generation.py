@@ -227,6 +227,14 @@ def feedback_premise(generator: Path, real_u8: np.ndarray, real_m: np.ndarray, p
             "free_lunch_mean": float(fl["score"].mean())}
 
 
+def premise_note(premise: dict, split: str) -> str:
+    """One sentence summing up ``feedback_premise`` (the notes here and the demo summary)."""
+    return (f"Generative Feedback premise on {premise['images']} real {split} images: the generator's "
+            f"denoising loss is lower with the true mask than with the moved mask on "
+            f"{100 * premise['frac_true_lt_moved']:.0f}%, than with the empty mask on "
+            f"{100 * premise['frac_true_lt_empty']:.0f}%, than both on {100 * premise['frac_true_lt_both']:.0f}%")
+
+
 def run_evaluate_generation(cfg: EvaluateGenerationConfig) -> dict:
     from anomalign.evaluation.fid import frechet_distance, inception_features
     from anomalign.figures import draw_contour, grid, save_png
@@ -268,10 +276,7 @@ def run_evaluate_generation(cfg: EvaluateGenerationConfig) -> dict:
         groups = {"real images": real_u8} | {f"generated: {n}": s[0] for n, s in sets.items()}
         figures["t-SNE"] = tsne_plot(cfg.generator, groups, real_m, out / "tsne.png").name
         premise = feedback_premise(cfg.generator, real_u8, real_m, real_prompts)
-        notes.append(f"Generative Feedback premise on {premise['images']} real {cfg.split} images: the generator's "
-                     f"denoising loss is lower with the true mask than with the moved mask on "
-                     f"{100 * premise['frac_true_lt_moved']:.0f}%, than with the empty mask on "
-                     f"{100 * premise['frac_true_lt_empty']:.0f}%, than both on {100 * premise['frac_true_lt_both']:.0f}%")
+        notes.append(premise_note(premise, cfg.split))
     payload = {"real": str(cfg.real), "split": cfg.split, "real_images": len(real_u8), "resolution": size,
                "sets": results, "premise": premise, "notes": notes, "figures": figures,
                "fid_note": ("FID from few hundred images is biased upwards and noisy: compare sets side by "

@@ -173,14 +173,24 @@ def build_generator(spec: dict[str, Any], base: str | None = None) -> MaskGenera
             gen.add_lora(**spec["lora"])
         return gen
     if backend == "sd":
-        from anomalign.generator.sd import load_sd_components
-        vae, unet, prompt, scheduler = load_sd_components(base or spec["base"])
-        factor = 2 ** (len(vae.config.block_out_channels) - 1)
-        expand_conv_in(unet, mask_channels(encoding, factor, vae.config.latent_channels))
-        for m in (vae, prompt):
-            m.requires_grad_(False)
-        gen = MaskGenerator(vae, unet, prompt, scheduler, encoding, dict(spec, base=base or spec["base"]))
+        gen = sd_generator(base or spec["base"], encoding, spec)
         if "lora" in spec:
             gen.add_lora(**spec["lora"])
         return gen
     raise AnomalignError(f"unknown generator backend {backend!r}; choose 'tiny' or 'sd'")
+
+
+def sd_generator(base: str, encoding: MaskEncoding, spec: dict[str, Any], resolution: int | None = None
+                 ) -> MaskGenerator:
+    """A Stable Diffusion base (folder or hub id) with conv_in widened for the mask and the codec and text
+    encoder frozen; ``spec`` is completed with the base and the resolution (default: the UNet's)."""
+    from anomalign.generator.sd import load_sd_components
+    vae, unet, prompt, scheduler = load_sd_components(base)
+    factor = 2 ** (len(vae.config.block_out_channels) - 1)
+    expand_conv_in(unet, mask_channels(encoding, factor, vae.config.latent_channels))
+    for m in (vae, prompt):
+        m.requires_grad_(False)
+    spec = dict(spec, backend="sd", base=base)
+    if resolution is not None or "resolution" not in spec:
+        spec["resolution"] = resolution or unet.config.sample_size * factor
+    return MaskGenerator(vae, unet, prompt, scheduler, encoding, spec)

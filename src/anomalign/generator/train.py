@@ -14,8 +14,7 @@ from anomalign.data.folders import DataOptions
 from anomalign.data.transforms import DIHEDRAL_AUGMENTS, dihedral_variants
 from anomalign.data.validate import load_dataset, skipped_records
 from anomalign.errors import AnomalignError, ConfigError
-from anomalign.generator.conditioning import mask_channels, expand_conv_in
-from anomalign.generator.model import MaskGenerator
+from anomalign.generator.model import LORA_TARGETS, MaskGenerator, sd_generator
 from anomalign.generator.task import GenStepOptions, LatentPairs, generator_task
 from anomalign.generator.tiny import words
 from anomalign.training import LoopOptions, check_run_folder, make_accelerator, start_run_folder, train_loop
@@ -51,7 +50,7 @@ class TrainGeneratorConfig(DataOptions, LoopOptions):
     finetune: Literal["full", "lora"] = option("full", "tiny: train the whole UNet or LoRA adapters (sd: always lora)")
     lora_rank: int = option(8, "LoRA rank")
     lora_alpha: float | None = option(None, "LoRA alpha (default: the rank)")
-    lora_targets: list[str] = option(default_factory=lambda: ["to_q", "to_k", "to_v", "to_out.0"],
+    lora_targets: list[str] = option(default_factory=lambda: list(LORA_TARGETS),
                                      help="UNet modules that get LoRA adapters")
     mask_encoding: Literal["unshuffle", "resize", "vae"] = option(
         "unshuffle", "how the mask enters conv_in (sd; tiny keeps its base's): unshuffle, resize or vae")
@@ -92,13 +91,7 @@ def load_base(cfg: TrainGeneratorConfig) -> MaskGenerator:
                 "; the package ships them at this path — reinstall, or train one with `anomalign pretrain-base`"
                 if not cfg.base else ""))
         return MaskGenerator.load(base)
-    from anomalign.generator.sd import load_sd_components
-    vae, unet, prompt, scheduler = load_sd_components(cfg.base)
-    factor = 2 ** (len(vae.config.block_out_channels) - 1)
-    expand_conv_in(unet, mask_channels(cfg.mask_encoding, factor, vae.config.latent_channels))
-    return MaskGenerator(vae, unet, prompt, scheduler, cfg.mask_encoding,
-                         {"backend": "sd", "base": cfg.base, "resolution": cfg.resolution or
-                          unet.config.sample_size * factor})
+    return sd_generator(cfg.base, cfg.mask_encoding, {}, cfg.resolution)
 
 
 def trainable_parameters(gen: MaskGenerator, cfg: TrainGeneratorConfig) -> list[torch.nn.Parameter]:

@@ -20,6 +20,7 @@ from PIL import Image
 
 from anomalign.config import option, save_config
 from anomalign.data.folders import is_image, walk_files
+from anomalign.devices import pick_device
 from anomalign.errors import AnomalignError, ConfigError, DataError
 from anomalign.files import save_png, temp_path
 
@@ -98,7 +99,7 @@ def run_segment(cfg: SegmentConfig, progress: bool = True) -> Path:
 
     cfg.validate()
     set_max_megapixels(cfg.max_megapixels)
-    device = "cuda" if cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available()) else "cpu"
+    device = pick_device(cfg.device)
     model = Segmenter.load(cfg.segmenter, device=device)
     size = cfg.size or model.size or 64
     items = list_images(cfg.images)

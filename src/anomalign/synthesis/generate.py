@@ -30,6 +30,7 @@ from PIL import Image
 
 from anomalign.config import option
 from anomalign.data.folders import DataOptions, is_image, walk_files
+from anomalign.devices import use_cpu
 from anomalign.errors import AnomalignError, ConfigError, DataError
 from anomalign.files import write_text_atomic
 from anomalign.synthesis.store import file_sha256, prepare_out, read_record, write_attempt
@@ -330,7 +331,7 @@ def run_generate(cfg: GenerateConfig, progress: bool = True, oracle=None) -> dic
 
     cfg.validate()  # idempotent; fills defaults that depend on other options (steps, scores)
     cfg.check_scores(oracle is not None or cfg.oracle is not None)
-    acc = Accelerator(cpu=cfg.device == "cpu" or (cfg.device == "auto" and not torch.cuda.is_available()))
+    acc = Accelerator(cpu=use_cpu(cfg.device))
     main = acc.is_main_process
     gen_dir = Path(cfg.generator)
     weights = gen_dir / WEIGHTS_NAME if gen_dir.is_dir() else gen_dir
