@@ -1,7 +1,5 @@
-"""A torch Dataset over ``Sample``s: decode, resize to the model size, augment, scale to the model range."""
+"""A torch Dataset over ``Sample``s: decode, resize to the model size, scale to the model range."""
 from __future__ import annotations
-
-from typing import Literal
 
 import numpy as np
 import torch
@@ -10,11 +8,7 @@ from torch.utils.data import Dataset
 from anomalign.data.imageio import DEFAULT_MASK_THRESHOLD, load_mask, read_image
 from anomalign.data.sample import Sample
 from anomalign.errors import DataError
-from anomalign.data.transforms import (Interp, PairedAugment, mask_to_tensor, resize_pair_pil,
-                                       to_model_range)
-
-ResizeMode = Literal["stretch", "center-crop"]
-
+from anomalign.data.transforms import Interp, mask_to_tensor, resize_pair_pil, to_model_range
 
 def default_prompt(sample: Sample) -> str:
     """The prompt for a sample: its own ``prompt`` if set, else built from defect type and category."""
@@ -35,9 +29,9 @@ def defect_phrase(defect: str) -> str:
 
 
 def load_pair(sample: Sample, size: int | tuple[int, int] | None, threshold: float = DEFAULT_MASK_THRESHOLD,
-              resize_mode: ResizeMode = "stretch", interpolation: Interp = "bicubic"
-              ) -> tuple[np.ndarray, np.ndarray]:
-    """Decode one pair at ``size`` (None: native). Returns uint8 [H, W, 3], bool [H, W]."""
+              interpolation: Interp = "bicubic") -> tuple[np.ndarray, np.ndarray]:
+    """Decode one pair at ``size`` (None: native), stretched to it (every defect kept, aspect ratio not).
+    Returns uint8 [H, W, 3], bool [H, W]."""
     image = read_image(sample.image)
     mask = (load_mask(sample.mask, threshold, sample.mask_ids) if sample.mask is not None
             else np.zeros(image.shape[:2], dtype=bool))
@@ -47,13 +41,6 @@ def load_pair(sample: Sample, size: int | tuple[int, int] | None, threshold: flo
     if size is None:
         return image, mask
     h, w = (size, size) if isinstance(size, int) else size
-    if resize_mode == "center-crop":
-        # Scale the short side to the target, then cut the centre: no distortion, edges may be lost.
-        H, W = image.shape[:2]
-        s = max(h / H, w / W)
-        image, mask = resize_pair_pil(image, mask, (max(h, round(H * s)), max(w, round(W * s))), interpolation)
-        top, left = (image.shape[0] - h) // 2, (image.shape[1] - w) // 2
-        return image[top:top + h, left:left + w], mask[top:top + h, left:left + w]
     return resize_pair_pil(image, mask, (h, w), interpolation)
 
 
@@ -62,29 +49,23 @@ class PairDataset(Dataset):
     "defect": str, "category": str, "normal": bool, "index": int}.
 
     ``cache=True`` keeps the decoded, resized uint8 pairs in memory (small datasets: decode once).
-    Augmentation is seeded per (seed, epoch, index) via ``set_epoch`` so runs are reproducible.
+    Training augments with exact dihedral views of these tensors (``transforms.DihedralViews``).
     """
 
-    def __init__(self, samples: list[Sample], size: int = 64, augment: PairedAugment | None = None,
-                 threshold: float = DEFAULT_MASK_THRESHOLD, resize_mode: ResizeMode = "stretch",
-                 interpolation: Interp = "bicubic", cache: bool = True, seed: int = 0):
+    def __init__(self, samples: list[Sample], size: int = 64, threshold: float = DEFAULT_MASK_THRESHOLD,
+                 interpolation: Interp = "bicubic", cache: bool = True):
         self.samples = list(samples)
-        self.size, self.augment, self.threshold = size, augment, threshold
-        self.resize_mode, self.interpolation = resize_mode, interpolation
+        self.size, self.threshold, self.interpolation = size, threshold, interpolation
         self.cache: dict[int, tuple[np.ndarray, np.ndarray]] | None = {} if cache else None
-        self.seed, self.epoch = seed, 0
 
     def __len__(self) -> int:
         return len(self.samples)
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
 
     def pair(self, i: int) -> tuple[np.ndarray, np.ndarray]:
         """Decoded, resized uint8 image [S, S, 3] and bool mask [S, S] of sample ``i``."""
         if self.cache is not None and i in self.cache:
             return self.cache[i]
-        out = load_pair(self.samples[i], self.size, self.threshold, self.resize_mode, self.interpolation)
+        out = load_pair(self.samples[i], self.size, self.threshold, self.interpolation)
         if self.cache is not None:
             self.cache[i] = out
         return out
@@ -97,9 +78,6 @@ class PairDataset(Dataset):
     def __getitem__(self, i: int) -> dict:
         image, mask = self.pair(i)
         x, m = to_model_range(image), mask_to_tensor(mask)
-        if self.augment is not None:
-            g = torch.Generator().manual_seed(((self.seed * 1_000_003 + self.epoch) * 1_000_003 + i) % 2**63)
-            x, m = self.augment(x, m, g)
         s = self.samples[i]
         return {"image": x, "mask": m, "prompt": default_prompt(s), "defect": s.defect,
                 "category": s.category, "normal": s.normal, "index": i}

@@ -1,4 +1,4 @@
-"""Image/mask preprocessing and paired augmentation.
+"""Image/mask preprocessing and exact paired augmentation (flips, 90° rotations).
 
 Every geometric op takes and returns BOTH the image and the mask, so they cannot drift apart:
 images resize with bilinear/bicubic (antialiased), masks with nearest ("nearest-exact": the same
@@ -9,12 +9,10 @@ from __future__ import annotations
 
 import itertools
 import random
-from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image
 
 from anomalign.errors import ConfigError
@@ -120,59 +118,3 @@ class DihedralViews:
         if k:
             x, m = rot90(x, m, k)
         return x, m
-
-
-def crop(image: torch.Tensor, mask: torch.Tensor, top: int, left: int, height: int, width: int
-         ) -> tuple[torch.Tensor, torch.Tensor]:
-    return (image[..., top:top + height, left:left + width], mask[..., top:top + height, left:left + width])
-
-
-def resize(image: torch.Tensor, mask: torch.Tensor, size: tuple[int, int], interpolation: Interp = "bilinear"
-           ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Resize to ``size`` = (height, width). Mask stays binary (nearest-exact)."""
-    if tuple(image.shape[-2:]) == tuple(size):
-        return image, mask
-    img = F.interpolate(image[None], size=size, mode=interpolation, align_corners=False, antialias=True)[0]
-    if image.dtype == torch.float32 and interpolation == "bicubic":
-        img = img.clamp(image.min(), image.max())  # bicubic overshoot must not leave the model range
-    m = F.interpolate(mask[None].float(), size=size, mode="nearest-exact")[0].to(mask.dtype)
-    return img, m
-
-
-@dataclass(frozen=True)
-class PairedAugment:
-    """Random flips, 90-degree rotations and a random crop-and-resize, applied identically to both.
-
-    ``crop_scale`` = (min, max) side fraction of the crop (None: no crop). Randomness comes from the
-    ``generator`` passed in, so a seeded run augments identically.
-    """
-
-    hflip: float = 0.5
-    vflip: float = 0.0
-    rot90: float = 0.0
-    crop_scale: tuple[float, float] | None = None
-
-    def __call__(self, image: torch.Tensor, mask: torch.Tensor, generator: torch.Generator | None = None
-                 ) -> tuple[torch.Tensor, torch.Tensor]:
-        """image [C, H, W], mask [1, H, W] -> the same shapes."""
-        def rand() -> float:
-            return float(torch.rand((), generator=generator))
-        size = tuple(image.shape[-2:])
-        if rand() < self.hflip:
-            image, mask = hflip(image, mask)
-        if rand() < self.vflip:
-            image, mask = vflip(image, mask)
-        if rand() < self.rot90:
-            k = int(torch.randint(1, 4, (), generator=generator))
-            image, mask = rot90(image, mask, k)
-            if k % 2 == 1 and size[0] != size[1]:
-                image, mask = resize(image, mask, size)
-        if self.crop_scale is not None:
-            lo, hi = self.crop_scale
-            s = lo + (hi - lo) * rand()
-            h, w = max(1, round(size[0] * s)), max(1, round(size[1] * s))
-            top = int(torch.randint(0, size[0] - h + 1, (), generator=generator))
-            left = int(torch.randint(0, size[1] - w + 1, (), generator=generator))
-            image, mask = crop(image, mask, top, left, h, w)
-            image, mask = resize(image, mask, size)
-        return image, mask

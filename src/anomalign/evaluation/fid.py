@@ -66,11 +66,6 @@ def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
     return float(((mu1 - mu2) ** 2).sum() + np.trace(s1) + np.trace(s2) - 2 * tr_covmean)
 
 
-def fid(real_u8: np.ndarray, fake_u8: np.ndarray) -> float:
-    """FID of two uint8 image sets [N, H, W, 3] (few hundred images: compare side by side only)."""
-    return frechet_distance(inception_features(real_u8), inception_features(fake_u8))
-
-
 def colour_stats(images_u8: np.ndarray) -> dict[str, list[float]]:
     """Per-channel mean and std (0-1 scale) of an image set [N, H, W, 3]."""
     x = images_u8.reshape(-1, 3).astype(np.float64) / 255
