@@ -62,7 +62,7 @@ def test_tiny_run_folder_reloads_to_identical_predictions(data, gen_dir, tmp_pat
         run_train_generator(config(data, out, base=str(gen_dir)), progress=False)
 
 
-def test_resume_continues_with_the_same_losses(data, gen_dir, tmp_path):
+def test_resume_continues_with_the_same_losses(data, gen_dir, tmp_path, capsys):
     straight = run_train_generator(config(data, tmp_path / "a", base=str(gen_dir), max_steps=6), progress=False)
     part = run_train_generator(config(data, tmp_path / "b", base=str(gen_dir), max_steps=3), progress=False)
     shutil.rmtree(part / "checkpoints" / "step-0000003")  # as if killed after step 3 was logged, before its save
@@ -71,6 +71,10 @@ def test_resume_continues_with_the_same_losses(data, gen_dir, tmp_path):
     assert [r[0] for r in b] == [1, 2, 3, 4, 5, 6]
     for ra, rb in zip(a, b):
         assert ra[1:] == pytest.approx(rb[1:], rel=1e-5, abs=1e-7)
+    capsys.readouterr()
+    run_train_generator(config(data, part, base=str(gen_dir), max_steps=6, resume="latest"), progress=False)
+    printed = capsys.readouterr().out  # resumed at the last step: it only finalises
+    assert f"generator written to {part}" in printed and "last losses" not in printed
 
 
 def test_alpha_zero_preset_logs_no_alignment_loss(data, gen_dir, tmp_path):

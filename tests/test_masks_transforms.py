@@ -130,3 +130,13 @@ def test_dihedral_views_keep_alignment_and_cover_the_group():
     assert views.variant_of(3, 0) == DihedralViews(image[None], mask[None], ["hflip", "vflip", "rot90"]).variant_of(3, 0)
     with pytest.raises(ConfigError, match="shear"):
         DihedralViews(image[None], mask[None], ["shear"])
+
+
+def test_read_only_arrays_convert_without_a_torch_warning():
+    """np.asarray(PIL image) is read-only; torch warns (once per process, hence the subprocess) on it."""
+    import subprocess
+    import sys
+    code = ("import numpy as np; from PIL import Image; from anomalign.data.transforms import to_model_range; "
+            "a = np.asarray(Image.new('RGB', (4, 4))); assert not a.flags.writeable; to_model_range(a)")
+    r = subprocess.run([sys.executable, "-W", "error", "-c", code], capture_output=True, text=True)
+    assert r.returncode == 0 and "not writable" not in r.stderr, r.stderr[-1000:]

@@ -169,8 +169,9 @@ def run_train_generator(cfg: TrainGeneratorConfig, progress: bool = True) -> Pat
     gen.unet.train()
     summary = train_loop(task, cfg, out, acc, progress=progress)
     if acc.is_main_process:
-        print(f"generator written to {out} (last losses: "
-              + ", ".join(f"{k} {v:.4f}" for k, v in summary["last"].items() if k != "it_per_s") + ")")
+        last = ", ".join(f"{k} {v:.4f}" for k, v in summary["last"].items() if k != "it_per_s")
+        # a resume from the final checkpoint runs no step: nothing to show
+        print(f"generator written to {out}" + (f" (last losses: {last})" if last else ""))
     return out
 
 
