@@ -266,3 +266,20 @@ def test_output_loads_with_hugging_face_imagefolder(gen_dir, data, tmp_path):
     ds = datasets.load_dataset("imagefolder", data_dir=str(tmp_path / "o"), split="train")
     assert ds.num_rows == 3 and {"image", "mask", "prompt", "scores"} <= set(ds.column_names)
     assert ds[0]["mask"].size == ds[0]["image"].size
+
+
+def test_dpm_solver_and_half_precision_end_to_end(gen_dir, data, tmp_path):
+    """DPM-Solver++ and bf16 sampling run through the whole command: pairs written and scored, images that
+    differ from DDIM's (fp16 takes the same path; it needs a GPU to be fast)."""
+    ddim = run_generate(cfg(gen_dir, data, tmp_path / "ddim", num=2), progress=False)
+    dpm = run_generate(cfg(gen_dir, data, tmp_path / "dpm", num=2, scheduler="dpm++"), progress=False)
+    bf16 = run_generate(cfg(gen_dir, data, tmp_path / "bf16", num=2, dtype="bf16"), progress=False)
+    for summary in (ddim, dpm, bf16):
+        assert summary["kept"] == 2 and np.isfinite(summary["scores"]["free_lunch"]["mean"])
+    a, b, c = files(tmp_path / "ddim"), files(tmp_path / "dpm"), files(tmp_path / "bf16")
+    assert a.keys() == b.keys() == c.keys()
+    assert any(not np.array_equal(a[k], b[k]) for k in a)
+    assert all(np.abs(a[k].astype(int) - c[k].astype(int)).mean() < 40 for k in a)  # bf16: close to fp32
+    assert "dtype" not in json.loads((tmp_path / "ddim" / "run.json").read_text())["identity"]  # old runs resume
+    with pytest.raises(AnomalignError, match="different dtype"):
+        run_generate(cfg(gen_dir, data, tmp_path / "ddim", num=2, dtype="bf16"), progress=False)

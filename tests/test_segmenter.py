@@ -141,3 +141,26 @@ def test_feedback_premise_with_a_trained_generator(tmp_path):
           f"both {res['frac_true_lt_both']:.2f} on {res['images']} images")
     assert res["images"] == 24
     assert res["frac_true_lt_moved"] > 0.5 and res["frac_true_lt_empty"] > 0.5 and res["frac_true_lt_both"] > 0.5
+
+
+def test_pretrained_from_a_local_folder_or_a_hub_id(tmp_path, monkeypatch):
+    """--pretrained: a Segformer folder saved in code loads with a new 2-class head; a hub id reaches
+    transformers as is (no local-files-only restriction); a missing folder is a clear error, not a download."""
+    from transformers import SegformerConfig, SegformerForSemanticSegmentation
+
+    from anomalign.errors import AnomalignError
+    from anomalign.segmenter.model import PRESETS
+
+    SegformerForSemanticSegmentation(SegformerConfig(num_labels=5, **PRESETS["tiny"])).save_pretrained(tmp_path / "mit")
+    seg = Segmenter(pretrained=str(tmp_path / "mit"))
+    assert seg.net.config.num_labels == 2 and seg(torch.zeros(1, 3, 32, 32)).shape == (1, 2, 32, 32)
+    with pytest.raises(AnomalignError, match="no such Segformer folder"):
+        Segmenter(pretrained=str(tmp_path / "missing"))
+    seen = {}
+
+    def fake(source, **kw):
+        seen.update(kw, source=source)
+        return SegformerForSemanticSegmentation(SegformerConfig(num_labels=2, **PRESETS["tiny"]))
+    monkeypatch.setattr(SegformerForSemanticSegmentation, "from_pretrained", fake)
+    Segmenter(pretrained="nvidia/mit-b0")
+    assert seen["source"] == "nvidia/mit-b0" and not seen.get("local_files_only")

@@ -34,3 +34,9 @@ def save_png(array: np.ndarray, path: Path) -> Path:
     Image.fromarray(array).save(tmp, format="PNG")
     os.replace(tmp, path)
     return path
+
+
+def is_hub_id(source: str) -> bool:
+    """True for a Hugging Face hub id (``org/name``) that is not also a local path; such sources are left
+    to the loading library, local paths are checked here first."""
+    return not (Path(source).exists() or source.startswith((".", "/", "~")) or source.count("/") != 1)

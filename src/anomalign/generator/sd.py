@@ -11,6 +11,7 @@ import torch
 import torch.nn as nn
 
 from anomalign.errors import AnomalignError
+from anomalign.files import is_hub_id
 
 SD_SUBFOLDERS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
 
@@ -30,10 +31,9 @@ class ClipPromptEncoder(nn.Module):
 
 def check_sd_folder(base: str) -> None:
     """Clear error for a local path that is not a diffusers SD folder (hub ids are left to diffusers)."""
-    path = Path(base)
-    looks_local = path.exists() or base.startswith((".", "/", "~")) or base.count("/") != 1
-    if not looks_local:
+    if is_hub_id(base):
         return
+    path = Path(base)
     if not path.is_dir():
         raise AnomalignError(f"{base}: base model folder does not exist (expected a diffusers Stable Diffusion "
                              f"folder with {', '.join(SD_SUBFOLDERS)}/, or a hub id like org/name)")

@@ -1,7 +1,7 @@
 """The segmenter: Segformer (transformers) with 2 classes (background, anomaly), logits upsampled to the input.
 
-Presets give MiT b0…b5 shapes (random init) plus ``tiny`` for CPU; ``pretrained`` loads a local
-Segformer folder (e.g. a converted nvidia/mit-b0) and replaces its head with a 2-class one.
+Presets give MiT b0…b5 shapes (random init) plus ``tiny`` for CPU; ``pretrained`` loads a Segformer
+from a local folder or the hub (e.g. ``nvidia/mit-b0``) and replaces its head with a 2-class one.
 """
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from anomalign.errors import AnomalignError
+from anomalign.files import is_hub_id
 from anomalign.weights import read_weights, write_weights
 
 _B_HEADS = [1, 2, 5, 8]
@@ -39,14 +40,19 @@ class Segmenter(nn.Module):
         from transformers import SegformerConfig, SegformerForSemanticSegmentation
         self.preset, self.pretrained, self.size = preset, pretrained, None
         if pretrained:
+            hub = is_hub_id(pretrained)
+            source = pretrained if hub else str(Path(pretrained).expanduser())
+            if not hub and not Path(source).is_dir():  # a mistyped folder must not become a hub download
+                raise AnomalignError(f"{pretrained}: no such Segformer folder (pass a folder or a hub id such as "
+                                     "nvidia/mit-b0)")
             try:
                 self.net = SegformerForSemanticSegmentation.from_pretrained(
-                    pretrained, num_labels=2, ignore_mismatched_sizes=True, local_files_only=True)
+                    source, num_labels=2, ignore_mismatched_sizes=True)
             except Exception as e:  # OSError, ValueError, UnpicklingError (a pickled .bin is refused), ...
                 text = str(e).splitlines()[0] if str(e) else ""
-                raise AnomalignError(f"{pretrained}: cannot load a Segformer from this folder ({type(e).__name__}: "
-                                     f"{text}); anomalign loads safetensors weights and never unpickles "
-                                     "pytorch_model.bin files") from None
+                raise AnomalignError(f"{pretrained}: cannot load a Segformer from this {'hub id' if hub else 'folder'} "
+                                     f"({type(e).__name__}: {text}); anomalign loads safetensors weights and never "
+                                     "unpickles pytorch_model.bin files") from None
         else:
             if preset not in PRESETS:
                 raise AnomalignError(f"unknown segmenter preset {preset!r}; choose one of {list(PRESETS)}")

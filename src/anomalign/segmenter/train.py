@@ -29,7 +29,8 @@ class TrainSegmenterConfig(DataOptions, LoopOptions):
                                                              "outputs); all their pairs are used")
     feedback_generator: str | None = option(None, "generator run folder: enables Generative Feedback (Eq. 10)")
     preset: Literal[tuple(PRESETS)] = option("tiny", "Segformer size preset (MiT shapes, random init)")
-    pretrained: str | None = option(None, "local Segformer folder to start from instead of a preset")
+    pretrained: str | None = option(None, "Segformer to start from instead of a preset: a local folder or a hub id "
+                                          "such as nvidia/mit-b0 (downloaded once, then cached)")
     size: int = option(64, "input size (images and masks resized to size x size)")
     synthetic_fraction: float = option(0.5, "share of each batch drawn from the synthetic sets")
     train_normals: bool = option(True, "also train on the real train split's normal (defect-free) images; "

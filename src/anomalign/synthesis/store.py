@@ -35,6 +35,8 @@ def _identity(cfg, generator_sha: str) -> dict:
     (by hash, so the same weights under another path still resume)."""
     ident = {k: (str(Path(v).resolve()) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()
              if k not in RESUMABLE and k != "generator"}
+    if ident.get("dtype") == "fp32":  # runs made before --dtype existed were fp32: they still resume
+        del ident["dtype"]
     return json.loads(json.dumps(ident | {"generator_sha256": generator_sha}, default=str))
 
 
