@@ -74,3 +74,12 @@ def test_report_renders_in_headless_chromium(demo):
     loaded, total = map(int, m.groups())
     assert total >= 5 and loaded == total
     assert r.stdout.count("<table") >= 2
+
+
+@pytest.mark.slow
+def test_demo_numbers_are_identical_on_a_second_run(demo, tmp_path):
+    """Same seed, same machine: every reported number of a fresh demo run equals the first run's."""
+    out, first = demo
+    second = run_demo(DemoConfig(out=tmp_path / "again", fast=True, device="cpu"), progress=False)
+    for key in ("segmentation", "generation", "oracle", "premise", "headline", "notes"):
+        assert second[key] == first[key], key

@@ -12,7 +12,7 @@ from anomalign.generator.model import MaskGenerator, build_generator
 from anomalign.generator.train import TrainGeneratorConfig, run_train_generator
 from anomalign.training import LoopOptions, TrainingDiverged, TrainTask, train_loop
 from dummy_data import write_paired
-from tiny_models import save_dummy_sd
+from tiny_models import dummy_tiny_generator, save_dummy_sd
 
 
 @pytest.fixture(scope="module")
@@ -150,3 +150,28 @@ def test_two_process_run_equals_one_process_run(data, gen_dir, tmp_path):
     b = load_file(str(tmp_path / "two" / "generator.safetensors"))
     assert a.keys() == b.keys()
     assert all(torch.allclose(a[k], b[k], atol=1e-5) for k in a)
+
+
+def test_vae_mask_encoding_in_training_and_in_feedback(data, tmp_path):
+    """mask_encoding="vae" (the mask enters conv_in as E(m)): the generator trains with the dual-branch loss,
+    reloads with that encoding, and gives the segmenter a feedback gradient through E(m̃)."""
+    from anomalign.segmenter.losses import loss_feedback
+    from anomalign.segmenter.train import TrainSegmenterConfig, run_train_segmenter
+
+    base = tmp_path / "vae_base"
+    dummy_tiny_generator("vae").save(base)
+    out = run_train_generator(config(data, tmp_path / "gen", base=str(base), max_steps=2), progress=False)
+    rows = losses(out)
+    assert len(rows) == 2 and all(r[3] > 0 and r[1] == r[1] for r in rows)
+    gen = MaskGenerator.load(out).requires_grad_(False).eval()
+    assert gen.mask_encoding == "vae"
+    m_soft = torch.rand(2, 1, 32, 32, requires_grad=True)
+    l_fb = loss_feedback(gen, torch.randn(2, 4, 16, 16), m_soft, gen.encode_prompts(["a", "b"]), torch.randn(2, 4, 16, 16),
+                         torch.tensor([100, 300]))
+    l_fb.backward()
+    assert m_soft.grad is not None and m_soft.grad.abs().sum() > 0
+    seg = run_train_segmenter(build_config(TrainSegmenterConfig, dict(
+        train=str(data), feedback_generator=str(out), out=str(tmp_path / "seg"), size=32, max_steps=2, batch_size=2,
+        validate_every=0, log_every=1, device="cpu", val_fraction=0.0, test_fraction=0.0)), progress=False)
+    with open(seg / "logs" / "train.csv") as fh:
+        assert all(float(r["l_fb"]) > 0 for r in csv.DictReader(fh))
