@@ -278,8 +278,7 @@ def train_loop(task: TrainTask, opts: LoopOptions, out_dir: Path, accelerator=No
     bar = tqdm(total=opts.max_steps, initial=start, desc="training", unit="step",
                disable=not (progress and acc.is_main_process))
     last: dict[str, float] = {}
-    window: dict[str, list[float]] = {}  # per loss: its values since the last log row
-    t_last, n_since = time.perf_counter(), 0
+    window = _LogWindow(log_path, writer)
     try:
         for step in range(start, opts.max_steps):
             micro_values: dict[str, list[float]] = {}
@@ -295,51 +294,19 @@ def train_loop(task: TrainTask, opts: LoopOptions, out_dir: Path, accelerator=No
                 for name, v in losses.items():
                     micro_values.setdefault(name, []).append(float(v.detach()))
             totals = {name: _finite_mean(vs) for name, vs in micro_values.items()}
-            if world > 1:  # each rank computed the mean over its equal share: average = global mean
-                for p in task.params:
-                    if p.grad is not None:
-                        p.grad = acc.reduce(p.grad, reduction="mean")
-                totals = {k: float(acc.reduce(torch.tensor(v, device=acc.device), reduction="mean"))
-                          for k, v in totals.items()}
-            if opts.max_grad_norm > 0:
-                torch.nn.utils.clip_grad_norm_(task.params, opts.max_grad_norm)
-            opt.step()
-            sched.step()
-            opt.zero_grad(set_to_none=True)
-            if ema is not None:
-                ema.update()
+            totals = _optimizer_step(task, opts, acc, opt, sched, ema, totals)
             last = dict(totals, lr=sched.get_last_lr()[0])
-            for name, v in totals.items():
-                window.setdefault(name, []).append(v)
-            n_since += 1
+            window.add(totals)
             done = step + 1
             bar.update(1)
             bar.set_postfix({k: f"{v:.4f}" for k, v in totals.items() if math.isfinite(v)})
             if acc.is_main_process and (done % opts.log_every == 0 or done == opts.max_steps):
-                now = time.perf_counter()
-                # a row holds each loss averaged over the steps since the previous row (where it was computed)
-                row = {k: _finite_mean(vs) for k, vs in window.items()}
-                row |= {"lr": last["lr"], "it_per_s": n_since / max(now - t_last, 1e-9)}
-                last["it_per_s"] = row["it_per_s"]
-                t_last, n_since, window = now, 0, {}
-                _log_row(log_path, done, row)
-                if writer is not None:
-                    for name, v in row.items():
-                        if math.isfinite(v):
-                            writer.add_scalar(name, v, done)
+                last["it_per_s"] = window.write(done, last["lr"])
             if task.validate_fn is not None and opts.validate_every and done % opts.validate_every == 0:
                 best = _validate(task, ema, acc, done, out_dir, best)
             if done % opts.checkpoint_every == 0 and done < opts.max_steps and acc.is_main_process:
                 _save_checkpoint(out_dir, done, task, opt, sched, ema, best, opts.keep_checkpoints)
-        if task.validate_fn is not None:
-            best = _validate(task, ema, acc, opts.max_steps, out_dir, best)
-        if acc.is_main_process:
-            if ema is not None:
-                ema.swap()
-            task.save_fn(out_dir)
-            if ema is not None:
-                ema.swap()
-            _save_checkpoint(out_dir, opts.max_steps, task, opt, sched, ema, best, opts.keep_checkpoints)
+        best = _finish(task, opts, acc, out_dir, opt, sched, ema, best)
     finally:
         bar.close()
         if writer is not None:
@@ -420,6 +387,69 @@ def _diverged_message(out_dir: Path, loss: float, step: int, scale0: float) -> s
         msg += (". Its weights grew more than 10x: it is probably diverging already — resume from an earlier "
                 "checkpoint or restart")
     return msg + ". Lower the learning rate or use --mixed-precision no, then --resume with a checkpoint"
+
+
+def _optimizer_step(task: TrainTask, opts: LoopOptions, acc, opt, sched, ema: EMA | None,
+                    totals: dict[str, float]) -> dict[str, float]:
+    """Average the gradients (and the logged losses) over processes, clip, step, update the EMA; returns the
+    step's losses as every process sees them."""
+    if acc.num_processes > 1:  # each rank computed the mean over its equal share: average = global mean
+        for p in task.params:
+            if p.grad is not None:
+                p.grad = acc.reduce(p.grad, reduction="mean")
+        totals = {k: float(acc.reduce(torch.tensor(v, device=acc.device), reduction="mean"))
+                  for k, v in totals.items()}
+    if opts.max_grad_norm > 0:
+        torch.nn.utils.clip_grad_norm_(task.params, opts.max_grad_norm)
+    opt.step()
+    sched.step()
+    opt.zero_grad(set_to_none=True)
+    if ema is not None:
+        ema.update()
+    return totals
+
+
+class _LogWindow:
+    """The losses of the steps since the last log row: a row holds each loss averaged over the steps
+    where it was computed (NaN marks the others), the learning rate and the speed since the last row."""
+
+    def __init__(self, path: Path, writer):
+        self.path, self.writer = path, writer
+        self.values: dict[str, list[float]] = {}
+        self.t_last, self.steps = time.perf_counter(), 0
+
+    def add(self, totals: dict[str, float]) -> None:
+        for name, v in totals.items():
+            self.values.setdefault(name, []).append(v)
+        self.steps += 1
+
+    def write(self, step: int, lr: float) -> float:
+        """Write the row of ``step`` (CSV, and TensorBoard when available) and start a new window; returns it/s."""
+        now = time.perf_counter()
+        row = {k: _finite_mean(vs) for k, vs in self.values.items()}
+        row |= {"lr": lr, "it_per_s": self.steps / max(now - self.t_last, 1e-9)}
+        self.t_last, self.steps, self.values = now, 0, {}
+        _log_row(self.path, step, row)
+        if self.writer is not None:
+            for name, v in row.items():
+                if math.isfinite(v):
+                    self.writer.add_scalar(name, v, step)
+        return row["it_per_s"]
+
+
+def _finish(task: TrainTask, opts: LoopOptions, acc, out_dir: Path, opt, sched, ema: EMA | None,
+            best: dict | None) -> dict | None:
+    """The last validation, the final artifact (EMA weights when on) and the final checkpoint; returns best."""
+    if task.validate_fn is not None:
+        best = _validate(task, ema, acc, opts.max_steps, out_dir, best)
+    if acc.is_main_process:
+        if ema is not None:
+            ema.swap()
+        task.save_fn(out_dir)
+        if ema is not None:
+            ema.swap()
+        _save_checkpoint(out_dir, opts.max_steps, task, opt, sched, ema, best, opts.keep_checkpoints)
+    return best
 
 
 def _validate(task: TrainTask, ema: EMA | None, acc, step: int, out_dir: Path, best: dict | None) -> dict | None:

@@ -327,7 +327,6 @@ def run_generate(cfg: GenerateConfig, progress: bool = True, oracle=None) -> dic
     segmenter ``cfg.oracle`` names (the ``generate`` command loads it; a module is moved to the device).
     """
     from accelerate import Accelerator
-    from tqdm.auto import tqdm
 
     from anomalign.generator.model import WEIGHTS_NAME, MaskGenerator
 
@@ -368,11 +367,21 @@ def run_generate(cfg: GenerateConfig, progress: bool = True, oracle=None) -> dic
     acc.wait_for_everyone()
     synth = Synthesizer(cfg, gen, sources, masks, backgrounds, oracle, sha)
 
+    t0 = time.perf_counter()
+    attempts, made = generate_rounds(synth, out, acc, progress)
+    return finish_run(cfg, out, acc, attempts, made, time.perf_counter() - t0)
+
+
+def generate_rounds(synth: Synthesizer, out: Path, acc, progress: bool) -> tuple[int, int]:
+    """Attempts in rounds of batch_size x processes (each process its share, skipping recorded ones) until
+    ``num`` are kept or the attempt cap is reached; returns (attempts made so far in all, made by this call)."""
+    from tqdm.auto import tqdm
+
+    cfg, main = synth.cfg, acc.is_main_process
     rank, world = acc.process_index, acc.num_processes
-    filtering = cfg.min_alignment is not None
-    cap = math.ceil(cfg.num * cfg.max_attempts) if filtering else cfg.num
+    cap = math.ceil(cfg.num * cfg.max_attempts) if cfg.min_alignment is not None else cfg.num
     round_size = cfg.batch_size * world
-    kept_so_far, start, made, t0 = 0, 0, 0, time.perf_counter()
+    kept_so_far, start, made = 0, 0, 0
     bar = tqdm(total=cfg.num, unit="img", disable=not (progress and main), desc="generate", dynamic_ncols=True)
     while start < cap and kept_so_far < cfg.num:
         mine = [start + j for j in range(rank, round_size, world) if start + j < cap]
@@ -392,14 +401,19 @@ def run_generate(cfg: GenerateConfig, progress: bool = True, oracle=None) -> dic
         if made and main:
             bar.set_postfix(kept=f"{kept_so_far}/{min(start, cap)}")
     bar.close()
-    attempts = min(start, cap)
+    return min(start, cap), made
+
+
+def finish_run(cfg: GenerateConfig, out: Path, acc, attempts: int, made: int, seconds: float) -> dict:
+    """The result files (metadata.jsonl of the first ``num`` kept, rejected.jsonl, summary.json; the main
+    process writes them) and the summary; an error when filtering kept fewer than ``num``."""
     acc.wait_for_everyone()
     records = [read_record(out, i) for i in range(attempts)]
     kept = [r for r in records if r is not None and r["kept"]]
     summary = summarize(kept[: cfg.num], attempts)
-    summary["images_per_s"] = made / (time.perf_counter() - t0) if made else None
+    summary["images_per_s"] = made / seconds if made else None
     summary["generated_now"] = made
-    if main:
+    if acc.is_main_process:
         for r in kept[cfg.num:]:  # over-shoot of the last round: not part of the result
             for key in ("file_name", "mask_file_name"):
                 (out / r[key]).unlink(missing_ok=True)
