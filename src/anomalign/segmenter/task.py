@@ -26,7 +26,8 @@ class SegPairs(DihedralViews):
 
 
 def feedback_latents(gen, real: SegPairs, augment: list[str], seed: int) -> LatentPairs:
-    """E(x) of the real pairs' views at the frozen generator's resolution (z0 of Eq. 10), cached per view."""
+    """z0 = E(x) of Eq. 10 for the real pairs' views: images [N, 3, S, S] resized to the frozen generator's
+    resolution R (masks too, nearest), encoded to [C, R/f, R/f] per (pair, view) on first use and cached."""
     return LatentPairs(gen, resize_to(real.images, gen.resolution), resize_to(real.masks, gen.resolution, True),
                        real.prompts, augment, seed)
 
