@@ -109,6 +109,7 @@ class DihedralViews:
         return random.Random(f"{self.seed}:{micro_step}:{i}").randrange(len(self.variants))
 
     def view(self, i: int, v: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Variant v of pair i: image [3, H, W] and mask [1, H, W], flipped/rotated together."""
         hf, vf, k = self.variants[v]
         x, m = self.images[i], self.masks[i]
         if hf:
