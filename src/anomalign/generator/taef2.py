@@ -124,7 +124,7 @@ class TAEF2(nn.Module):
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """Images [B, 3, H, W] in [-1, 1] -> raw latents [B, 32, H/8, W/8] (multiply by scaling_factor for diffusion)."""
         _check_size(x)
-        return self.encoder(((x.to(self.dtype) + 1) / 2))
+        return self.encoder((x.to(self.dtype) + 1) / 2)
 
     def encode_mask(self, mask: torch.Tensor) -> torch.Tensor:
         """Masks [B, 1, H, W] in {0, 1} (or soft [0, 1]) -> raw latents [B, 32, H/8, W/8].
@@ -136,7 +136,7 @@ class TAEF2(nn.Module):
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         """Raw latents [B, 32, h, w] -> images [B, 3, 8h, 8w] clamped to [-1, 1]."""
-        return (self.decoder(z.to(self.dtype)).clamp(0, 1) * 2 - 1)
+        return self.decoder(z.to(self.dtype)).clamp(0, 1) * 2 - 1
 
     # ---- files -------------------------------------------------------------------------------------
     @classmethod
