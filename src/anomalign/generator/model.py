@@ -22,6 +22,7 @@ from anomalign.weights import canonical_spec, read_weights, write_weights
 WEIGHTS_NAME = "generator.safetensors"
 SPEC_KEY = "anomalign_spec"
 LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
+CODECS = ("autoencoder_kl", "taef2")  # the tiny backend's E/D; spec["codec"], absent = autoencoder_kl
 
 
 class MaskGenerator(nn.Module):
@@ -40,7 +41,7 @@ class MaskGenerator(nn.Module):
 
     @property
     def factor(self) -> int:
-        """Codec downsampling factor f (8 for SD, 4 for tiny)."""
+        """Codec downsampling factor f (8 for SD and TAEF2, 4 for the AutoencoderKL tiny codec)."""
         return 2 ** (len(self.vae.config.block_out_channels) - 1)
 
     @property
@@ -118,6 +119,9 @@ class MaskGenerator(nn.Module):
             spec["prompt"] = {"vocab": self.prompt_encoder.vocab, "dim": self.prompt_encoder.dim,
                               "max_len": self.prompt_encoder.max_len}
             spec["vae_config"] = dict(self.vae.config)
+            from anomalign.generator.taef2 import TAEF2Codec  # imports diffusers: not at the top (fast --help)
+            if isinstance(self.vae, TAEF2Codec):
+                spec["codec"] = "taef2"  # files without the field hold an AutoencoderKL
             spec["unet_config"] = dict(self.unet.config)
         file = write_weights(folder / WEIGHTS_NAME, state, SPEC_KEY, spec)
         (folder / "generator.json").write_text(json.dumps(json.loads(json.dumps(canonical_spec(spec), default=str)),
@@ -163,7 +167,11 @@ def build_generator(spec: dict[str, Any], base: str | None = None) -> MaskGenera
     if backend == "tiny":
         from anomalign.generator.tiny import TinyPromptEncoder
         from diffusers import AutoencoderKL, UNet2DConditionModel
-        vae = AutoencoderKL.from_config(spec["vae_config"])
+        codec = spec.get("codec", "autoencoder_kl")
+        if codec not in CODECS:
+            raise AnomalignError(f"unknown tiny codec {codec!r}; choose one of {list(CODECS)}")
+        from anomalign.generator.taef2 import TAEF2Codec
+        vae = (TAEF2Codec if codec == "taef2" else AutoencoderKL).from_config(spec["vae_config"])
         unet = UNet2DConditionModel.from_config(spec["unet_config"])
         p = spec["prompt"]
         prompt = TinyPromptEncoder(p["vocab"][2:], p["dim"], p["max_len"])

@@ -1,6 +1,7 @@
 """The ``tiny`` backend: SD's architecture at CPU scale, with no downloaded weights or tokenizer.
 
 - codec: a diffusers ``AutoencoderKL`` (64x64x3 -> 16x16x4), the E/D of the paper, which also encodes masks;
+  or the pretrained TAEF2 (``generator/taef2.py``: HxWx3 -> H/8xW/8x32), chosen by the spec's ``codec`` field;
 - UNet: a diffusers ``UNet2DConditionModel`` on the 16x16 latent grid, conv_in widened for the mask;
 - prompt encoder: ``TinyPromptEncoder``, learned word embeddings with positions (new words from a
   user's prompts are added at fine-tuning time and learned, like textual inversion).
@@ -74,12 +75,15 @@ class TinyPromptEncoder(nn.Module):
 
 
 def build_tiny(vocab: list[str], mask_extra_channels: int, vae_config: dict | None = None,
-               unet_config: dict | None = None, prompt_dim: int = 128, prompt_len: int = 12
-               ) -> tuple[AutoencoderKL, UNet2DConditionModel, TinyPromptEncoder]:
-    """Fresh (random) tiny components; the UNet takes 4 latent + ``mask_extra_channels`` channels."""
+               unet_config: dict | None = None, prompt_dim: int = 128, prompt_len: int = 12,
+               codec: nn.Module | None = None) -> tuple[nn.Module, "UNet2DConditionModel", TinyPromptEncoder]:
+    """Fresh (random) tiny components; the UNet takes the codec's latent + ``mask_extra_channels`` channels.
+
+    ``codec`` replaces the fresh AutoencoderKL with a given (e.g. pretrained ``TAEF2Codec``) one.
+    """
     from diffusers import AutoencoderKL, UNet2DConditionModel  # here, not at the top: `--help` stays fast
 
-    vae = AutoencoderKL(**(vae_config or TINY_VAE_CONFIG))
+    vae = codec if codec is not None else AutoencoderKL(**(vae_config or TINY_VAE_CONFIG))
     ucfg = dict(unet_config or TINY_UNET_CONFIG)
     ucfg["in_channels"] = vae.config.latent_channels + mask_extra_channels
     ucfg["out_channels"] = vae.config.latent_channels
