@@ -164,3 +164,28 @@ def noisy_png_bytes(size: int = 64, seed: int = 0) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(arr).save(buf, format="PNG")
     return buf.getvalue()
+
+
+def line_defect(rng: np.random.Generator, h: int, w: int, width: int) -> tuple[np.ndarray, np.ndarray]:
+    """A grainy grey-brown surface [h, w, 3] uint8 with one bright slanted line ``width`` px wide, and its mask."""
+    base = rng.normal(120, 18, (h, w)).astype(np.float32)
+    image = np.clip(np.stack([base, base * 0.9 + 10, base * 0.8 + 20], -1), 0, 255).astype(np.uint8)
+    mask = np.zeros((h, w), bool)
+    y0, x0, length = rng.integers(h // 5, 4 * h // 5), rng.integers(0, w // 3), rng.integers(w // 4, w // 2)
+    for x in range(x0, min(w, x0 + length)):
+        y = int(y0 + 0.3 * (x - x0))
+        if 0 <= y < h:
+            mask[max(0, y - width // 2): y + (width + 1) // 2, x] = True
+    image[mask] = (235, 235, 240)
+    return image, mask
+
+
+def write_line_dataset(root: Path, n_train: int = 10, n_val: int = 2, n_test: int = 2, size: int = 256,
+                       width: int = 10, seed: int = 0) -> None:
+    """Paired ``train/ val/ test/`` folders of ``line_defect`` images (large images, thin defects)."""
+    rng = np.random.default_rng(seed)
+    for split, n in (("train", n_train), ("val", n_val), ("test", n_test)):
+        for i in range(n):
+            image, mask = line_defect(rng, size, size, width)
+            save(root / split / "images" / f"{i:03d}.png", image)
+            save(root / split / "masks" / f"{i:03d}.png", mask)

@@ -55,8 +55,9 @@ class SegmentationMeter:
         self.inter = self.union = self.psum = self.tsum = 0.0
         self.scores, self.labels = [], []
 
-    def update(self, prob: torch.Tensor, target: torch.Tensor) -> None:
-        """prob [B, 1, H, W] anomaly probability; target [B, 1, H, W] in {0, 1}."""
+    def update(self, prob: torch.Tensor, target: torch.Tensor, auroc_stride: int = 1) -> None:
+        """prob [B, 1, H, W] anomaly probability; target [B, 1, H, W] in {0, 1}. ``auroc_stride``: only every
+        k-th row and column enter the AUROC (full-size images: every image contributes, within the cap)."""
         pred, tgt = prob >= self.threshold, target > 0.5
         iou, dice = iou_dice(pred, tgt)
         has_gt = tgt.reshape(tgt.shape[0], -1).any(1)
@@ -67,8 +68,9 @@ class SegmentationMeter:
         self.psum += float(pred.sum())
         self.tsum += float(tgt.sum())
         if sum(s.size for s in self.scores) < self.auroc_max:
-            self.scores.append(prob.detach().float().cpu().numpy().ravel())
-            self.labels.append(tgt.cpu().numpy().ravel())
+            k = max(1, auroc_stride)
+            self.scores.append(prob[..., ::k, ::k].detach().float().cpu().numpy().ravel())
+            self.labels.append(tgt[..., ::k, ::k].cpu().numpy().ravel())
 
     def result(self) -> dict[str, float]:
         return {

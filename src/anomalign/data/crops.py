@@ -17,10 +17,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 from PIL import Image
 
 from anomalign.config import option
+from anomalign.data.dataset import default_prompt, load_pair
+from anomalign.data.transforms import dihedral_variants, hflip, mask_to_tensor, rot90, to_model_range, vflip
 from anomalign.errors import ConfigError, DataError
+from anomalign.training import sample_seed
 
 
 @dataclass(kw_only=True)
@@ -28,7 +32,8 @@ class CropOptions:
     """How training samples are cut from the images (every command that trains on crops has these)."""
 
     crop_size: int | None = option(None, "train on crop_size x crop_size crops of each image at --scale "
-                                         "(native resolution) instead of resizing whole images to --size")
+                                         "(native resolution); 0: resize whole images; unset: crops when the "
+                                         "images are at least twice the model size")
     scale: float = option(1.0, "resampling of the images before cropping (1 = native pixels; masks nearest)")
     anomaly_fraction: float = option(0.5, "share of the crops of an anomalous image centred on an anomaly "
                                           "(one connected component drawn uniformly, jittered)")
@@ -36,8 +41,8 @@ class CropOptions:
                                       "(< 0.5: the anomaly stays inside the crop)")
 
     def validate_crops(self) -> None:
-        if self.crop_size is not None and self.crop_size < 8:
-            raise ConfigError(f"crop_size must be >= 8 pixels, got {self.crop_size}")
+        if self.crop_size is not None and self.crop_size != 0 and self.crop_size < 8:
+            raise ConfigError(f"crop_size must be 0 (whole images) or >= 8 pixels, got {self.crop_size}")
         if not self.scale > 0:
             raise ConfigError(f"scale must be > 0, got {self.scale}")
         if not 0 <= self.anomaly_fraction <= 1:
@@ -138,3 +143,47 @@ class CropSampler:
         c = self.crop
         return (self.images[i][top:top + c, left:left + c], self.masks[i][top:top + c, left:left + c],
                 (top, left))
+
+
+class CropPairs:
+    """Training pairs served as crops at native resolution, each with an exact dihedral view.
+
+    ``sample(k, i, position)`` -> image [3, c, c] in [-1, 1], mask [1, c, c] in {0, 1}: the crop of pair i
+    for the sample at ``position`` of global micro-batch k (seeded by ``(seed, k, position)``), flipped/rotated
+    by a view drawn from the same seed. The pairs are decoded once, at ``scale``.
+    """
+
+    def __init__(self, samples, crop: int, scale: float = 1.0, augment: list[str] = (), seed: int = 0,
+                 anomaly_fraction: float = 0.5, jitter: float = 0.25, threshold: float = 0.5):
+        self.samples = list(samples)
+        pairs = [rescale_pair(*load_pair(s, None, threshold), scale) for s in self.samples]
+        self.sampler = CropSampler([p[0] for p in pairs], [p[1] for p in pairs], crop, anomaly_fraction, jitter,
+                                   names=[s.image for s in self.samples])
+        self.prompts = [default_prompt(s) for s in self.samples]
+        self.variants = dihedral_variants(list(augment))
+        self.seed, self.crop = seed, crop
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def sample(self, k: int, i: int, position: int) -> tuple[torch.Tensor, torch.Tensor]:
+        draw = sample_seed(self.seed, k, position)
+        image, mask, _ = self.sampler.crop_pair(i, draw)
+        x, m = to_model_range(image), mask_to_tensor(mask)
+        hf, vf, r = self.variants[random.Random(draw).randrange(len(self.variants))]
+        if hf:
+            x, m = hflip(x, m)
+        if vf:
+            x, m = vflip(x, m)
+        if r:
+            x, m = rot90(x, m, r)
+        return x.contiguous(), m.contiguous()
+
+
+def median_image_side(samples, limit: int = 200) -> int:
+    """Median shorter side (px) of up to ``limit`` sample images, read from their headers only."""
+    sides = []
+    for s in samples[:: max(1, len(samples) // limit)][:limit]:
+        with Image.open(s.image) as im:
+            sides.append(min(im.size))
+    return int(np.median(sides)) if sides else 0

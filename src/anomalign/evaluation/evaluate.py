@@ -9,11 +9,10 @@ from pathlib import Path
 import torch
 
 from anomalign.config import option
-from anomalign.data.dataset import PairDataset
 from anomalign.data.folders import DataOptions
 from anomalign.data.validate import load_dataset, skipped_records
 from anomalign.errors import AnomalignError
-from anomalign.segmenter.evaluate import evaluate_samples
+from anomalign.segmenter.evaluate import evaluate_run_style
 
 COLUMNS = ("mDice", "mIoU", "Dice", "IoU", "AUROC")
 
@@ -55,13 +54,16 @@ def run_evaluate(cfg: EvaluateConfig) -> dict:
     skipped: list = []
     for path in map(Path, cfg.test):
         for name, samples in test_sets(path, cfg, skipped).items():
-            ds = PairDataset(samples, size=size, cache=False, threshold=cfg.mask_threshold)
             key = name if name not in results else f"{path.name}/{name}"
-            results[key] = evaluate_samples(model, ds, batch_size=cfg.batch_size, threshold=cfg.threshold)
+            # a segmenter trained on crops is scored at each image's own size (sliding windows), others at `size`
+            results[key] = evaluate_run_style(model, samples, size, threshold=cfg.threshold,
+                                              mask_threshold=cfg.mask_threshold, batch_size=cfg.batch_size)
     average = {c: sum(r[c] for r in results.values()) / len(results) for c in COLUMNS}
     out = Path(cfg.out) if cfg.out else Path(cfg.segmenter) / "eval"
     out.mkdir(parents=True, exist_ok=True)
     payload = {"segmenter": str(cfg.segmenter), "size": size, "threshold": cfg.threshold,
+               "resolution": (f"native, {model.crop_size}-px sliding windows at scale {model.scale:g}"
+                              if model.crop_size else f"resized to {size} px"),
                "sets": results, "average": average}
     if skipped:  # metrics over fewer images than the test set holds: say which were left out
         payload["skipped"] = skipped_records(skipped)

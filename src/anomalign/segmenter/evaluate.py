@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import torch
 
-from anomalign.data.dataset import PairDataset
+import math
+
+from anomalign.data.dataset import PairDataset, load_pair
+from anomalign.data.transforms import mask_to_tensor, to_model_range
 from anomalign.metrics import SegmentationMeter
+from anomalign.segmenter.sliding import predict_native
 
 
 @torch.no_grad()
@@ -24,3 +28,35 @@ def evaluate_samples(model, dataset: PairDataset, device="cpu", batch_size: int 
     finally:
         model.train(was)
     return meter.result()
+
+
+@torch.no_grad()
+def evaluate_native(model, samples: list, crop: int, scale: float = 1.0, device="cpu", threshold: float = 0.5,
+                    mask_threshold: float = 0.5, overlap: float = 0.5, batch_size: int = 16,
+                    auroc_pixels: int = 2_000_000) -> dict[str, float]:
+    """The same metrics at each image's own size: the probability from sliding ``crop``-px windows at
+    ``scale`` (``segmenter.sliding.predict_native``) against the full-size mask [H, W] of every sample.
+    Each image gives about the same number of pixels to the AUROC (at most ``auroc_pixels`` in all)."""
+    was = model.training
+    model.eval()
+    meter = SegmentationMeter(threshold, auroc_max_pixels=auroc_pixels)
+    try:
+        for s in samples:
+            image, mask = load_pair(s, None, mask_threshold)
+            prob = predict_native(model.predict_proba, to_model_range(image).to(device), crop, scale, overlap,
+                                  batch_size)
+            stride = math.ceil(math.sqrt(mask.size * len(samples) / auroc_pixels))
+            meter.update(prob[None], mask_to_tensor(mask)[None].to(device), auroc_stride=stride)
+    finally:
+        model.train(was)
+    return meter.result()
+
+
+def evaluate_run_style(model, samples: list, size: int, device="cpu", threshold: float = 0.5,
+                       mask_threshold: float = 0.5, batch_size: int = 32) -> dict[str, float]:
+    """Metrics the way ``model`` was trained: at native resolution with sliding windows when it was trained on
+    crops (``model.crop_size``), else on images resized to ``size``."""
+    if getattr(model, "crop_size", None):
+        return evaluate_native(model, samples, model.crop_size, model.scale or 1.0, device, threshold, mask_threshold)
+    ds = PairDataset(samples, size=size, cache=False, threshold=mask_threshold)
+    return evaluate_samples(model, ds, device, batch_size, threshold)

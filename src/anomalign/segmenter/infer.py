@@ -1,8 +1,10 @@
 """Using a trained segmenter: ``anomalign segment`` (masks + overlays for new images, any size) and
 ``anomalign export`` (ONNX, checked against PyTorch with onnxruntime when it is installed).
 
-Images are resized to the segmenter's training size, the anomaly probability is resized back to each
-image's own size (bilinear) and thresholded there, so masks always match their image pixel for pixel.
+A segmenter trained on crops (``--crop-size``) predicts at each image's own resolution with overlapping
+sliding windows (``segmenter/sliding.py``); one trained on whole resized images sees each image resized to
+its training size, and the probability is resized back (bilinear). Either way it is thresholded at the
+image's own size, so masks always match their image pixel for pixel.
 """
 from __future__ import annotations
 
@@ -81,8 +83,13 @@ def overlay(image: np.ndarray, mask: np.ndarray, alpha: float = 0.45) -> np.ndar
 
 @torch.no_grad()
 def predict_full_size(model, images: list[np.ndarray], size: int, device) -> list[np.ndarray]:
-    """Anomaly probability float32 [H_i, W_i] for uint8 images [H_i, W_i, 3] of any sizes."""
+    """Anomaly probability float32 [H_i, W_i] for uint8 images [H_i, W_i, 3] of any sizes: with sliding
+    windows at native resolution for a segmenter trained on crops, else from the image resized to ``size``."""
     from anomalign.data.transforms import to_model_range
+    if getattr(model, "crop_size", None):
+        from anomalign.segmenter.sliding import predict_native
+        return [predict_native(model.predict_proba, to_model_range(im).to(device), model.crop_size, model.scale)[0]
+                .cpu().numpy() for im in images]
     x = torch.stack([to_model_range(np.asarray(Image.fromarray(im).resize((size, size), Image.BICUBIC)))
                      for im in images]).to(device)
     prob = model.predict_proba(x)
@@ -146,7 +153,7 @@ def run_export(cfg: ExportConfig) -> dict:
     from anomalign.segmenter.model import Segmenter
 
     model = Segmenter.load(cfg.segmenter, device="cpu")
-    size = cfg.size or model.size or 64
+    size = cfg.size or model.crop_size or model.size or 64
     out = Path(cfg.out) if cfg.out else Path(cfg.segmenter) / "segmenter.onnx"
     try:
         import onnx  # noqa: F401  (torch's exporter needs it)
@@ -171,6 +178,11 @@ def run_export(cfg: ExportConfig) -> dict:
                           opset_version=cfg.opset, dynamo=False)
     os.replace(tmp, out)
     result = {"file": str(out), "size": size, "opset": cfg.opset, "checked": False}
+    if model.crop_size:  # the graph is the patch model; the tiling stays outside it (docs/segmenter.md)
+        result["tiling"] = {"window": model.crop_size, "scale": model.scale, "overlap": 0.5, "blend": "gaussian"}
+        print(f"note: this segmenter was trained on {model.crop_size}-px crops at scale {model.scale:g}: run the "
+              f"graph on overlapping {model.crop_size}x{model.crop_size} windows of the image resampled by "
+              f"{model.scale:g} and blend them (anomalign.segmenter.sliding, docs/segmenter.md)")
     print(f"exported {out} (input 'images' [batch, 3, {size}, {size}] in [-1, 1] -> 'anomaly_probability' "
           f"[batch, 1, {size}, {size}])")
     if not cfg.check:

@@ -39,6 +39,7 @@ class Segmenter(nn.Module):
         super().__init__()
         from transformers import SegformerConfig, SegformerForSemanticSegmentation
         self.preset, self.pretrained, self.size = preset, pretrained, None
+        self.crop_size, self.scale = None, 1.0
         if pretrained:
             hub = is_hub_id(pretrained)
             source = pretrained if hub else str(Path(pretrained).expanduser())
@@ -87,6 +88,8 @@ class Segmenter(nn.Module):
         model = cls.__new__(cls)
         nn.Module.__init__(model)
         model.preset, model.pretrained, model.size = spec.get("preset", "custom"), None, spec.get("size")
+        # trained on crops at native resolution: predict with sliding windows of this size, at this scale
+        model.crop_size, model.scale = spec.get("crop_size"), spec.get("scale", 1.0)
         model.net = SegformerForSemanticSegmentation(config)
         try:
             model.net.load_state_dict(state, strict=True)

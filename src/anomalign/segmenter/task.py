@@ -7,6 +7,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
+from anomalign.data.crops import CropPairs
 from anomalign.data.dataset import PairDataset, default_prompt
 from anomalign.data.transforms import DihedralViews
 from anomalign.generator.task import LatentPairs, seeded_draws
@@ -23,6 +24,10 @@ class SegPairs(DihedralViews):
         super().__init__(*ds.tensors(), augment, seed)
         self.samples = ds.samples
         self.prompts = [default_prompt(s) for s in self.samples]
+
+    def sample(self, k: int, i: int, position: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Pair i as seen at micro-step k: its dihedral view (the same for every batch position)."""
+        return self.view(i, self.variant_of(k, i))
 
 
 def feedback_latents(gen, real: SegPairs, augment: list[str], seed: int) -> LatentPairs:
@@ -43,22 +48,26 @@ class SegStepOptions:
     fb_warmup_steps: int = 0
 
 
-def segmenter_batch(real: SegPairs, syn: SegPairs | None, n_real: int, n_syn: int, seed: int, k: int, rank: int,
-                    world: int) -> dict:
+def segmenter_batch(real: SegPairs | CropPairs, syn: SegPairs | CropPairs | None, n_real: int, n_syn: int, seed: int,
+                    k: int, rank: int, world: int) -> dict:
     """This rank's share of global micro-batch k: {"image" [B, 3, S, S], "mask" [B, 1, S, S], "synthetic" [B]
-    bool, "keys" (pair, view) of the real rows (which come first), "step" k, "seeds" of the real rows}.
+    bool, "keys" (pair, view) of the real rows (which come first; the view is None for crops), "prompts" of the
+    real rows, "step" k, "seeds" of the real rows}.
 
-    The feedback seeds follow each real sample's place in the GLOBAL batch, as the generator's do, so
-    a sample's (ε, t) does not depend on the number of processes.
+    Crops and feedback seeds follow each sample's place in the GLOBAL batch, as the generator's do, so
+    a sample's crop and (ε, t) do not depend on the number of processes.
     """
     positions = list(range(n_real))[rank::world]
     idx_r = batch_indices(len(real), n_real, seed, k) if n_real else []
-    keys = [(idx_r[p], real.variant_of(k, idx_r[p])) for p in positions]
-    xs, ms = zip(*(real.view(i, v) for i, v in keys)) if keys else ((), ())
-    items = {"image": list(xs), "mask": list(ms), "synthetic": [False] * len(keys), "keys": keys}
+    crops = isinstance(real, CropPairs)
+    keys = [(idx_r[p], None if crops else real.variant_of(k, idx_r[p])) for p in positions]
+    xs, ms = zip(*(real.sample(k, idx_r[p], p) for p in positions)) if keys else ((), ())
+    items = {"image": list(xs), "mask": list(ms), "synthetic": [False] * len(keys), "keys": keys,
+             "prompts": [real.prompts[i] for i, _ in keys]}
     if n_syn:
-        for i in batch_indices(len(syn), n_syn, seed + 1, k)[rank::world]:
-            x, m = syn.view(i, syn.variant_of(k, i))
+        idx_s = batch_indices(len(syn), n_syn, seed + 1, k)
+        for p in list(range(n_syn))[rank::world]:
+            x, m = syn.sample(k, idx_s[p], n_real + p)
             items["image"].append(x)
             items["mask"].append(m)
             items["synthetic"].append(True)
@@ -68,10 +77,11 @@ def segmenter_batch(real: SegPairs, syn: SegPairs | None, n_real: int, n_syn: in
     return items
 
 
-def segmenter_step(model, batch: dict, o: SegStepOptions, fb: LatentPairs | None = None) -> dict[str, torch.Tensor]:
+def segmenter_step(model, batch: dict, o: SegStepOptions, fb=None) -> dict[str, torch.Tensor]:
     """Eq. 6 on every row; on feedback steps also Eq. 8-10 on the real rows and Eq. 11.
 
-    ``fb``: the frozen generator's latents of the real pairs (``feedback_latents``), None without feedback.
+    ``fb``: the frozen generator's cached latents of the real pairs (``feedback_latents``), or, when training
+    on crops, the frozen ``MaskGenerator`` itself (crops are encoded at each step); None without feedback.
     Returns {"loss", "l_ce", "l_fb"}; l_fb is NaN on steps without feedback (the log averages it over the
     steps where it ran).
     """
@@ -82,19 +92,25 @@ def segmenter_step(model, batch: dict, o: SegStepOptions, fb: LatentPairs | None
     k = batch["step"]
     if fb is None or k < o.fb_warmup_steps or k % o.fb_every or not batch["keys"]:
         return {"loss": l_ce, "l_ce": l_ce, "l_fb": torch.full((), float("nan"), device=l_ce.device)}
-    gen = fb.gen
-    z0, _ = fb.latents(batch["keys"])
-    m_soft = soft_mask(logits[:len(batch["keys"])], o.temperature)  # Eq. 8-9 on the REAL images
+    n = len(batch["keys"])
+    if isinstance(fb, LatentPairs):
+        gen = fb.gen
+        z0, _ = fb.latents(batch["keys"])
+    else:  # crops: each is seen once, so it is encoded now instead of cached
+        gen = fb
+        with torch.no_grad():
+            z0 = gen.encode(resize_to(x[:n], gen.resolution)).float()
+    m_soft = soft_mask(logits[:n], o.temperature)  # Eq. 8-9 on the REAL images
     if m_soft.shape[-1] != gen.resolution:
         m_soft = F.interpolate(m_soft, size=(gen.resolution, gen.resolution), mode="area")
     _, t, noise = seeded_draws(batch["seeds"], z0.shape[1:], o.fb_t_min, o.fb_t_max)
-    emb = gen.encode_prompts([fb.prompts[i] for i, _ in batch["keys"]])
+    emb = gen.encode_prompts(batch["prompts"])
     l_fb = loss_feedback(gen, z0.to(device), m_soft, emb, noise.to(device), t.to(device))
     return {"loss": loss_seg(l_ce, l_fb, o.w_fb), "l_ce": l_ce, "l_fb": l_fb}
 
 
 def segmenter_task(model, real: SegPairs, syn: SegPairs | None, batch_size: int, synthetic_fraction: float,
-                   seed: int, step_opts: SegStepOptions, fb: LatentPairs | None, save_fn: Callable,
+                   seed: int, step_opts: SegStepOptions, fb, save_fn: Callable,
                    validate_fn: Callable | None = None) -> TrainTask:
     """The TrainTask of a segmenter run: ``synthetic_fraction`` of each global batch from ``syn``."""
     n_syn = round(batch_size * synthetic_fraction) if syn is not None else 0

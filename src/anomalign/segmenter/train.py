@@ -8,19 +8,20 @@ from typing import Literal
 import torch
 
 from anomalign.config import option, save_config
+from anomalign.data.crops import CropOptions, CropPairs, median_image_side
 from anomalign.data.dataset import PairDataset
 from anomalign.data.folders import DataOptions
 from anomalign.data.transforms import DIHEDRAL_AUGMENTS, dihedral_variants
 from anomalign.data.validate import load_dataset, skipped_records
 from anomalign.errors import AnomalignError, ConfigError
-from anomalign.segmenter.evaluate import evaluate_samples
+from anomalign.segmenter.evaluate import evaluate_native, evaluate_samples
 from anomalign.segmenter.model import PRESETS, Segmenter
 from anomalign.segmenter.task import SegPairs, SegStepOptions, feedback_latents, segmenter_task
 from anomalign.training import LoopOptions, check_run_folder, make_accelerator, start_run_folder, train_loop
 
 
 @dataclass(kw_only=True)
-class TrainSegmenterConfig(DataOptions, LoopOptions):
+class TrainSegmenterConfig(DataOptions, CropOptions, LoopOptions):
     """Options of ``anomalign train-segmenter``."""
 
     train: Path = option(help="real dataset (its train split trains, its val split picks the best checkpoint)")
@@ -31,7 +32,8 @@ class TrainSegmenterConfig(DataOptions, LoopOptions):
     preset: Literal[tuple(PRESETS)] = option("tiny", "Segformer size preset (MiT shapes, random init)")
     pretrained: str | None = option(None, "Segformer to start from instead of a preset: a local folder or a hub id "
                                           "such as nvidia/mit-b0 (downloaded once, then cached)")
-    size: int = option(64, "input size (images and masks resized to size x size)")
+    size: int = option(64, "input size: images and masks resized to size x size, or, for images much larger "
+                           "than it (or with --crop-size), the crop size the network trains on")
     synthetic_fraction: float = option(0.5, "share of each batch drawn from the synthetic sets")
     train_normals: bool = option(True, "also train on the real train split's normal (defect-free) images; "
                                        "off = anomalous pairs only, as the paper's segmenters")
@@ -53,6 +55,7 @@ class TrainSegmenterConfig(DataOptions, LoopOptions):
 
     def validate(self) -> None:
         DataOptions.validate(self)
+        self.validate_crops()
         self.augment = [a for a in self.augment if a != "none"]
         dihedral_variants(self.augment)  # unknown names: a clear error now, not after loading the data
         if not 0 < self.temperature <= 1:
@@ -75,18 +78,24 @@ def run_train_segmenter(cfg: TrainSegmenterConfig, progress: bool = True) -> Pat
         from anomalign.generator.model import MaskGenerator
         gen = MaskGenerator.load(Path(cfg.feedback_generator), device=acc.device)
         gen.requires_grad_(False).eval()  # frozen: L_fb only moves the segmenter
-        fb = feedback_latents(gen, real, cfg.augment, cfg.seed)
+        # crops are new at every step, so they are encoded when used; whole images are encoded once
+        fb = gen if cfg.crop_size else feedback_latents(gen, real, cfg.augment, cfg.seed)
 
     def save_fn(folder: Path) -> None:
-        model.save(folder, {"size": cfg.size})
+        model.save(folder, {"size": cfg.size, "crop_size": cfg.crop_size or None, "scale": cfg.scale})
         save_config(cfg, Path(folder) / "config.yaml")
+
+    def validate_fn(step: int, folder: Path) -> dict[str, float]:
+        if cfg.crop_size:
+            return evaluate_native(model, val, cfg.crop_size, cfg.scale, acc.device, mask_threshold=cfg.mask_threshold)
+        return evaluate_samples(model, val, acc.device)
 
     if acc.is_main_process:
         start_run_folder(out, "train-segmenter", cfg, skipped_records(skipped))
     step_opts = SegStepOptions(cfg.anomaly_weight, cfg.temperature, cfg.w_fb, cfg.fb_t_min, cfg.fb_t_max,
                                cfg.fb_every, cfg.fb_warmup_steps)
     task = segmenter_task(model, real, syn, cfg.batch_size, cfg.synthetic_fraction, cfg.seed, step_opts, fb, save_fn,
-                          validate_fn=lambda step, folder: evaluate_samples(model, val, acc.device))
+                          validate_fn=validate_fn)
     model.train()
     summary = train_loop(task, cfg, out, acc, progress=progress)
     if acc.is_main_process and summary["best"]:
@@ -95,21 +104,42 @@ def run_train_segmenter(cfg: TrainSegmenterConfig, progress: bool = True) -> Pat
     return out
 
 
-def training_sets(cfg: TrainSegmenterConfig) -> tuple[SegPairs, SegPairs | None, PairDataset, list]:
-    """Real train pairs, the synthetic pairs (None without --synthetic) and the validation set, at cfg.size;
-    also the problems of the files ``--policy skip`` left out."""
+def training_sets(cfg: TrainSegmenterConfig) -> tuple:
+    """Real train pairs, the synthetic pairs (None without --synthetic) and the validation set (a PairDataset
+    at cfg.size, or the val samples themselves when training on crops: they are scored at full size); also the
+    problems of the files ``--policy skip`` left out. Resolves ``cfg.crop_size`` when it is left to the data."""
     index = load_dataset(cfg.train, cfg)
     train_samples = [s for s in index.split("train") if cfg.train_normals or not s.normal]
     if not train_samples:
         raise AnomalignError(f"{cfg.train}: no training images left (train split empty"
                              + ("" if cfg.train_normals else ", or only normal images and --no-train-normals") + ")")
-    real = SegPairs(train_samples, cfg.size, cfg.augment, cfg.seed)
-    val = PairDataset(index.split("val") or index.split("train"), size=cfg.size)
+    choose_crops(cfg, train_samples)
+    val_samples = index.split("val") or index.split("train")
     syn_samples, skipped = [], list(index.skipped)
     for path in cfg.synthetic:
         syn_index = load_dataset(Path(path), DataOptions(policy=cfg.policy, mask_threshold=cfg.mask_threshold,
                                                          max_megapixels=cfg.max_megapixels))
         syn_samples += syn_index.samples
         skipped += syn_index.skipped
+    if cfg.crop_size:
+        def pairs(samples, seed):
+            return CropPairs(samples, cfg.crop_size, cfg.scale, cfg.augment, seed, cfg.anomaly_fraction,
+                             cfg.crop_jitter, cfg.mask_threshold)
+        return (pairs(train_samples, cfg.seed), pairs(syn_samples, cfg.seed + 1) if syn_samples else None,
+                val_samples, skipped)
+    real = SegPairs(train_samples, cfg.size, cfg.augment, cfg.seed)
     syn = SegPairs(syn_samples, cfg.size, cfg.augment, cfg.seed + 1) if syn_samples else None
-    return real, syn, val, skipped
+    return real, syn, PairDataset(val_samples, size=cfg.size), skipped
+
+
+def choose_crops(cfg: TrainSegmenterConfig, samples: list) -> None:
+    """``--crop-size`` left unset: crops of --size px at native resolution when the images are at least twice
+    that size (their defects would shrink away if the whole image were resized), else whole images resized."""
+    if cfg.crop_size is not None:
+        return
+    side = median_image_side(samples)
+    cfg.crop_size = cfg.size if side >= 2 * cfg.size * cfg.scale else 0
+    if cfg.crop_size:
+        print(f"images are large (median shorter side {side} px) for --size {cfg.size}: training on "
+              f"{cfg.size}-px crops at native resolution, predicting with sliding windows "
+              "(--crop-size 0 resizes whole images instead)")
