@@ -45,3 +45,26 @@ def test_evaluate_scores_a_crop_model_at_full_size(crop_run, tmp_path):
                  "--layout", "paired"]) == 0
     payload = json.loads((tmp_path / "ev" / "eval.json").read_text())
     assert payload["resolution"].startswith("native, 64-px sliding windows")
+
+
+def test_warns_about_few_validation_anomalies_and_a_flat_validation(tmp_path, capsys, monkeypatch):
+    import anomalign.segmenter.train as train
+    from dummy_data import write_paired
+    write_paired(tmp_path / "d", defects=("scratch",), n=4, normals=0, splits=("train", "val"))
+    monkeypatch.setattr(train, "evaluate_samples", lambda *a, **k: {"mIoU": 0.0})  # a segmenter that finds nothing
+    assert main(["train-segmenter", "--train", str(tmp_path / "d"), "--out", str(tmp_path / "s"), "--size", "32",
+                 "--max-steps", "2", "--batch-size", "2", "--validate-every", "1", "--device", "cpu"]) == 0
+    err = capsys.readouterr().err
+    assert "only 4 anomalous validation image(s)" in err and "stayed 0 at every validation" in err
+
+
+def test_generator_fine_tunes_on_native_crops(tmp_path, gen_dir, capsys):
+    write_line_dataset(tmp_path / "d", n_train=3, n_val=1, n_test=0, size=128)
+    out = tmp_path / "g"
+    assert main(["train-generator", "--data", str(tmp_path / "d"), "--out", str(out), "--base", str(gen_dir),
+                 "--max-steps", "2", "--batch-size", "4", "--crops-per-image", "3", "--normals", "0",
+                 "--validation-masks", "1", "--validation-steps", "2", "--device", "cpu"]) == 0
+    assert "fine-tuning on 32-px crops at native resolution" in capsys.readouterr().out
+    from anomalign.config import read_yaml
+    saved = read_yaml(out / "config.yaml")
+    assert saved["crop_size"] == 32

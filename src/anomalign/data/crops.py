@@ -187,3 +187,22 @@ def median_image_side(samples, limit: int = 200) -> int:
         with Image.open(s.image) as im:
             sides.append(min(im.size))
     return int(np.median(sides)) if sides else 0
+
+
+def crop_bank(samples, crop: int, scale: float = 1.0, per_image: int = 8, jitter: float = 0.25, seed: int = 0,
+              threshold: float = 0.5) -> tuple[torch.Tensor, torch.Tensor, list]:
+    """A fixed set of crops to fine-tune a generator on (so their latents can be encoded once and cached):
+    ``per_image`` anomaly-centred crops of every anomalous sample and one uniform crop of every normal one,
+    at ``scale``. Returns images [N, 3, c, c] in [-1, 1], masks [N, 1, c, c] in {0, 1}, and the source sample
+    of each crop. Deterministic in ``seed``."""
+    pairs = [rescale_pair(*load_pair(s, None, threshold), scale) for s in samples]
+    sampler = CropSampler([p[0] for p in pairs], [p[1] for p in pairs], crop, anomaly_fraction=1.0, jitter=jitter,
+                          names=[s.image for s in samples])
+    images, masks, sources = [], [], []
+    for i, s in enumerate(samples):
+        for j in range(1 if s.normal or not sampler.parts[i] else per_image):
+            image, mask, _ = sampler.crop_pair(i, sample_seed(seed, i, j))
+            images.append(to_model_range(image))
+            masks.append(mask_to_tensor(mask))
+            sources.append(s)
+    return torch.stack(images), torch.stack(masks), sources

@@ -9,6 +9,7 @@ import numpy as np
 import torch
 
 from anomalign.config import option, save_config
+from anomalign.data.crops import CropOptions, crop_bank, median_image_side
 from anomalign.data.dataset import PairDataset, default_prompt
 from anomalign.data.folders import DataOptions
 from anomalign.data.transforms import DIHEDRAL_AUGMENTS, dihedral_variants
@@ -30,7 +31,7 @@ PRESETS = {
 
 
 @dataclass(kw_only=True)
-class TrainGeneratorConfig(DataOptions, LoopOptions):
+class TrainGeneratorConfig(DataOptions, CropOptions, LoopOptions):
     """Options of ``anomalign train-generator``."""
 
     data: Path = option(help="training dataset folder (any layout anomalign reads)")
@@ -61,6 +62,8 @@ class TrainGeneratorConfig(DataOptions, LoopOptions):
     train_pairs: int | None = option(None, "use only this many anomalous training pairs: a seeded random subset "
                                            "(--split-seed), the same for every run (the paper's Table 5)")
     cache_latents: bool = option(True, "encode each training pair once per augmentation variant")
+    crops_per_image: int = option(8, "with crops: anomaly-centred crops cut from each anomalous training image "
+                                     "(normals give one uniform crop each)")
     validation_masks: int = option(8, "validation masks sampled into a grid at each validation")
     validation_steps: int = option(25, "DDIM steps for validation grids")
     validation_guidance: float = option(3.0, "guidance scale for validation grids")
@@ -71,6 +74,7 @@ class TrainGeneratorConfig(DataOptions, LoopOptions):
 
     def validate(self) -> None:
         DataOptions.validate(self)
+        self.validate_crops()
         if self.preset != "custom":
             for k, v in PRESETS[self.preset].items():
                 setattr(self, k, v)
@@ -109,8 +113,11 @@ def trainable_parameters(gen: MaskGenerator, cfg: TrainGeneratorConfig) -> list[
 
 
 def training_pairs(cfg: TrainGeneratorConfig, resolution: int):
-    """Train-split anomalies (+ up to ``cfg.normals`` normals) and validation masks, at ``resolution``; also the
-    problems of the files ``--policy skip`` left out."""
+    """Train-split anomalies (+ up to ``cfg.normals`` normals) and validation masks at ``resolution``, each as
+    (images [N, 3, R, R], masks [N, 1, R, R], prompts); also the problems of the files ``--policy skip`` left out.
+
+    With crops (``--crop-size``, or images at least twice ``resolution``): a fixed bank of R-px crops at
+    native resolution (``data.crops.crop_bank``), so the defects are learnt at the size they really have."""
     index = load_dataset(cfg.data, cfg)
     train = [s for s in index.split("train") if not s.normal]
     if not train:
@@ -122,9 +129,24 @@ def training_pairs(cfg: TrainGeneratorConfig, resolution: int):
         order = torch.randperm(len(train), generator=torch.Generator().manual_seed(cfg.split_seed)).tolist()
         train = [train[i] for i in sorted(order[: cfg.train_pairs])]
     normals = [s for s in index.split("train") if s.normal][: cfg.normals]
-    val = [s for s in index.split("val") if not s.normal] or train
-    return (PairDataset(train + normals, size=resolution), PairDataset(val[: cfg.validation_masks], size=resolution),
-            index.skipped)
+    val = ([s for s in index.split("val") if not s.normal] or train)[: cfg.validation_masks]
+    if cfg.crop_size is None:
+        side = median_image_side(train)
+        cfg.crop_size = resolution if side >= 2 * resolution * cfg.scale else 0
+        if cfg.crop_size:
+            print(f"images are large (median shorter side {side} px) for resolution {resolution}: fine-tuning on "
+                  f"{resolution}-px crops at native resolution (--crop-size 0 resizes whole images instead)")
+    if cfg.crop_size and cfg.crop_size != resolution:
+        raise ConfigError(f"--crop-size {cfg.crop_size} must equal the generator resolution {resolution} (or 0)")
+    if cfg.crop_size:
+        def bank(samples, per_image):
+            x, m, src = crop_bank(samples, resolution, cfg.scale, per_image, cfg.crop_jitter, cfg.seed,
+                                  cfg.mask_threshold)
+            return x, m, [default_prompt(s) for s in src]
+        return bank(train + normals, cfg.crops_per_image), bank(val, 1), index.skipped
+    train_ds, val_ds = PairDataset(train + normals, size=resolution), PairDataset(val, size=resolution)
+    return ((*train_ds.tensors(), [default_prompt(s) for s in train_ds.samples]),
+            (*val_ds.tensors(), [default_prompt(s) for s in val_ds.samples]), index.skipped)
 
 
 def run_train_generator(cfg: TrainGeneratorConfig, progress: bool = True) -> Path:
@@ -137,8 +159,7 @@ def run_train_generator(cfg: TrainGeneratorConfig, progress: bool = True) -> Pat
     if resolution % (gen.factor * 4):
         raise ConfigError(f"resolution {resolution} must be a multiple of {gen.factor * 4} for this model")
     gen.spec["resolution"] = resolution
-    train_ds, val_ds, skipped = training_pairs(cfg, resolution)
-    prompts = [default_prompt(s) for s in train_ds.samples]
+    (images, masks, prompts), (val_images, val_masks, val_prompts), skipped = training_pairs(cfg, resolution)
     if gen.spec["backend"] == "tiny":
         added = gen.prompt_encoder.add_words([w for p in prompts for w in words(p)])
         if added and acc.is_main_process:
@@ -147,7 +168,6 @@ def run_train_generator(cfg: TrainGeneratorConfig, progress: bool = True) -> Pat
     if cfg.gradient_checkpointing:
         gen.unet.enable_gradient_checkpointing()
     gen.to(acc.device)
-    images, masks = train_ds.tensors()
     pairs = LatentPairs(gen, images, masks, prompts, cfg.augment, cfg.seed, cfg.cache_latents)
     if acc.is_main_process:
         start_run_folder(out, "train-generator", cfg, skipped_records(skipped))
@@ -155,9 +175,6 @@ def run_train_generator(cfg: TrainGeneratorConfig, progress: bool = True) -> Pat
     def save_fn(folder: Path) -> None:
         gen.save(folder)
         save_config(cfg, Path(folder) / "config.yaml")
-
-    val_images, val_masks = val_ds.tensors()
-    val_prompts = [default_prompt(s) for s in val_ds.samples]
 
     def validate_fn(step: int, folder: Path) -> dict[str, float]:
         return validation_grid(gen, val_images, val_masks, val_prompts, folder / f"step-{step:07d}.png",

@@ -1,6 +1,7 @@
 """``anomalign train-segmenter``: real + synthetic training (Eq. 6) with optional Generative Feedback (Eq. 7-11)."""
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -96,12 +97,24 @@ def run_train_segmenter(cfg: TrainSegmenterConfig, progress: bool = True) -> Pat
                                cfg.fb_every, cfg.fb_warmup_steps)
     task = segmenter_task(model, real, syn, cfg.batch_size, cfg.synthetic_fraction, cfg.seed, step_opts, fb, save_fn,
                           validate_fn=validate_fn)
+    val_samples = val.samples if isinstance(val, PairDataset) else val
+    n_val = sum(not v.normal for v in val_samples)
+    if acc.is_main_process and n_val < MIN_VAL_ANOMALIES:
+        print(f"warning: only {n_val} anomalous validation image(s): the 'best' checkpoint chosen on them is mostly "
+              f"noise; compare it with the final weights in {out}", file=sys.stderr)
     model.train()
     summary = train_loop(task, cfg, out, acc, progress=progress)
     if acc.is_main_process and summary["best"]:
         b = summary["best"]
         print(f"segmenter written to {out}; best val {b['metric']} {b['value']:.4f} at step {b['step']} -> {out / 'best'}")
+        if not b["value"] > 0:
+            print(f"warning: validation {b['metric']} stayed 0 at every validation: the segmenter never found a defect "
+                  "of the val split, and 'best' is just the first checkpoint. Small defects usually need more steps, "
+                  "--anomaly-weight 5, --no-train-normals, or native-resolution crops (--crop-size)", file=sys.stderr)
     return out
+
+
+MIN_VAL_ANOMALIES = 10  # below this, picking the best checkpoint by val mIoU is mostly noise
 
 
 def training_sets(cfg: TrainSegmenterConfig) -> tuple:
