@@ -70,6 +70,11 @@ class GenerateConfig(DataOptions):
                                                            f"{', '.join(MASK_AUGMENTS)}")
     background: Path | None = option(None, "inpainting: normal images (a dataset's normal samples or a folder); "
                                            "the anomaly is generated inside the dilated mask, the rest is kept")
+    normals: Path | None = option(None, "native resolution: full-size normal images (a dataset's normal samples or "
+                                        "a folder); each defect is generated in a window around a location on the "
+                                        "image and pasted back, and images and masks are written at full size")
+    foreground: Path | None = option(None, "with --normals: foreground masks named like the normal images (defects "
+                                           "are placed on them); default: estimated from the image border")
     dilate: int = option(3, "inpainting: grow the mask by this many pixels to get the region regenerated")
     feather: int = option(2, "inpainting: width in pixels of the blend ramp inside the region")
     resample: int = option(0, "inpainting: RePaint-style re-noise/denoise repeats per step (ddim only)")
@@ -98,6 +103,11 @@ class GenerateConfig(DataOptions):
         if bad:
             raise ConfigError(f"unknown mask augmentation(s) {bad}; choose from {list(MASK_AUGMENTS)}")
         self.check_scores(self.oracle is not None)
+        if self.normals is not None and self.background is not None:
+            raise ConfigError("--normals and --background both give normal images: use one (--normals writes "
+                              "full-size images, --background images at the generator's resolution)")
+        if self.foreground is not None and self.normals is None:
+            raise ConfigError("--foreground needs --normals")
         if self.resample and self.scheduler != "ddim":
             raise ConfigError("--resample (RePaint-style) works with --scheduler ddim only")
         if self.max_attempts < 1:
@@ -194,12 +204,20 @@ def load_masks(sources: list[MaskSource], size: int, threshold: float) -> tuple[
 def read_backgrounds(cfg: GenerateConfig, size: int) -> tuple[list[Path], torch.Tensor]:
     """Normal images for inpainting, [N, 3, size, size] in [-1, 1]."""
     from anomalign.data.imageio import read_image
-    from anomalign.data.layouts import detect_layout
     from anomalign.data.transforms import to_model_range
 
-    root = Path(cfg.background)
+    files = normal_files(cfg, Path(cfg.background), "--background")
+    arrays = [np.asarray(Image.fromarray(read_image(f)).resize((size, size), Image.BICUBIC)) for f in files]
+    return files, torch.stack([to_model_range(a) for a in arrays])
+
+
+def normal_files(cfg: GenerateConfig, root: Path, flag: str, split: str = "all") -> list[Path]:
+    """The normal images of ``root``: a dataset's normal samples (of ``split``), or every image of a folder
+    (or one file)."""
+    from anomalign.data.layouts import detect_layout
+
     if not root.exists():
-        raise DataError(f"{root}: --background does not exist")
+        raise DataError(f"{root}: {flag} does not exist")
     try:
         is_dataset = root.is_dir() and bool(detect_layout(root))
     except DataError:
@@ -207,13 +225,12 @@ def read_backgrounds(cfg: GenerateConfig, size: int) -> tuple[list[Path], torch.
     if is_dataset:
         from anomalign.data.layouts import read_dataset
         index = read_dataset(root, cfg)
-        files = [s.image for s in index.samples if s.normal]
+        files = [s.image for s in (index.samples if split == "all" else index.split(split)) if s.normal]
     else:
         files = [root] if root.is_file() else sorted(f for f in walk_files(root) if is_image(f))
     if not files:
-        raise DataError(f"{root}: no normal images found for --background")
-    arrays = [np.asarray(Image.fromarray(read_image(f)).resize((size, size), Image.BICUBIC)) for f in files]
-    return files, torch.stack([to_model_range(a) for a in arrays])
+        raise DataError(f"{root}: no normal images found for {flag}")
+    return files
 
 
 def dilate(masks: torch.Tensor, pixels: int) -> torch.Tensor:
@@ -226,10 +243,13 @@ def dilate(masks: torch.Tensor, pixels: int) -> torch.Tensor:
 class Synthesizer:
     """Everything needed to produce attempt i (loaded once per process)."""
 
-    def __init__(self, cfg: GenerateConfig, gen, sources: list[MaskSource], masks: torch.Tensor,
-                 backgrounds: tuple[list[Path], torch.Tensor] | None, oracle, generator_sha: str):
+    def __init__(self, cfg: GenerateConfig, gen, sources: list[MaskSource], masks, backgrounds, oracle,
+                 generator_sha: str, normals=None):
+        """``masks``: [N, 1, R, R] at the generator's resolution, or (with ``normals``, a ``NormalImages``) a
+        list of full-size masks [1, H_k, W_k]; ``backgrounds``: (files, images [M, 3, R, R]) or None."""
         self.cfg, self.gen, self.sources, self.masks = cfg, gen, sources, masks
         self.backgrounds, self.oracle, self.generator_sha = backgrounds, oracle, generator_sha
+        self.normals = normals
         self.usable = [k for k in range(len(sources)) if masks[k].any()]
 
     def conditioning(self, i: int) -> tuple[int, torch.Tensor, list[str]]:
@@ -257,10 +277,19 @@ class Synthesizer:
 
         cfg, gen = self.cfg, self.gen
         cond = [self.conditioning(i) for i in attempts]
-        masks = torch.stack([m for _, m, _ in cond])
         prompts = [self.sources[k].prompt for k, _, _ in cond]
         seeds = [sample_seed(cfg.seed, i, 0) for i in attempts]
-        bg = region = None
+        bg = region = placed = None
+        if self.normals is not None:  # full size: a window of each normal image around the defect's location
+            from anomalign.synthesis.fullsize import defect_shape, plan, window_inputs
+            size = gen.resolution if cfg.resolution is None else cfg.resolution
+            defects = [defect_shape(m) for _, m, _ in cond]
+            placed = [plan(i, cfg.seed, d, self.normals, size) for i, d in zip(attempts, defects)]
+            bg, masks = map(torch.stack, zip(*(window_inputs(p, d, self.normals, size)
+                                               for p, d in zip(placed, defects))))
+            region = dilate(masks, cfg.dilate)
+        else:
+            masks = torch.stack([m for _, m, _ in cond])
         if self.backgrounds is not None:
             files, images = self.backgrounds
             bg_idx = [i % len(files) for i in attempts]
@@ -296,12 +325,19 @@ class Synthesizer:
                    "seed": seeds[j], "source_mask": str(Path(src.mask).resolve()),
                    "source_image": str(Path(src.image).resolve()) if src.image else None, "mask_augment": ops,
                    "background": (str(Path(self.backgrounds[0][i % len(self.backgrounds[0])]).resolve())
-                                  if bg is not None else None),
+                                  if self.backgrounds is not None else None),
                    "generator": str(Path(cfg.generator).resolve()), "generator_sha256": self.generator_sha,
                    "scheduler": cfg.scheduler, "steps": cfg.steps, "guidance": cfg.guidance,
-                   "resolution": int(mask.shape[-1]), "scores": row_scores}
-            m_u8 = (mask[0].numpy() > 0.5).astype(np.uint8) * 255
-            out.append((rec, images_u8[j] if kept else None, m_u8 if kept else None))
+                   "resolution": int(masks.shape[-1]), "scores": row_scores}
+            image_u8, m_u8 = images_u8[j], (masks[j, 0].numpy() > 0.5).astype(np.uint8) * 255
+            if placed is not None:
+                from anomalign.synthesis.fullsize import compose
+                p = placed[j]
+                image_u8, m_u8 = compose(p, defects[j], images_u8[j], region[j], self.normals)
+                rec |= {"normal_image": str(Path(self.normals.files[p.normal]).resolve()),
+                        "defect_box": [p.y, p.x, p.h, p.w], "window": [p.top, p.left, p.side],
+                        "resolution": [int(m_u8.shape[0]), int(m_u8.shape[1])]}
+            out.append((rec, image_u8 if kept else None, m_u8 if kept else None))
         return out
 
 
@@ -349,7 +385,16 @@ def run_generate(cfg: GenerateConfig, progress: bool = True, oracle=None) -> dic
     from anomalign.data.validate import skipped_records
     set_max_megapixels(cfg.max_megapixels)  # mask folders and backgrounds are read without load_dataset
     sources, skipped = read_mask_sources(cfg)
-    masks, vanished = load_masks(sources, size, cfg.mask_threshold)
+    normals = None
+    if cfg.normals is not None:  # full size: masks stay at their own resolution, defects go into the normals
+        from anomalign.data.imageio import load_mask
+        from anomalign.synthesis.fullsize import NormalImages
+        normals = NormalImages(normal_files(cfg, Path(cfg.normals), "--normals", cfg.split), cfg.foreground)
+        masks = [torch.from_numpy(load_mask(s.mask, cfg.mask_threshold, s.mask_ids).astype(np.float32))[None]
+                 for s in sources]
+        vanished = [str(s.mask) for s, m in zip(sources, masks) if not m.any()]
+    else:
+        masks, vanished = load_masks(sources, size, cfg.mask_threshold)
     if len(vanished) == len(sources):
         raise DataError(f"{cfg.masks}: every mask is empty at {size}x{size} px (e.g. {vanished[0]}); "
                         "use a larger --resolution")
@@ -365,7 +410,7 @@ def run_generate(cfg: GenerateConfig, progress: bool = True, oracle=None) -> dic
     sha = file_sha256(weights)
     out = prepare_out(cfg, sha, main, skipped_records(skipped))
     acc.wait_for_everyone()
-    synth = Synthesizer(cfg, gen, sources, masks, backgrounds, oracle, sha)
+    synth = Synthesizer(cfg, gen, sources, masks, backgrounds, oracle, sha, normals)
 
     t0 = time.perf_counter()
     attempts, made = generate_rounds(synth, out, acc, progress)

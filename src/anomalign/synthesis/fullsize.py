@@ -1,0 +1,131 @@
+"""``generate --normals``: synthetic defects generated inside full-size normal images (native resolution).
+
+Attempt i takes normal image ``i mod #normals``, its source mask (augmented at the mask's own resolution,
+then cut to the defect's bounding box), a location on the normal image's foreground
+(``synthesis.placement``), and a square window around it of the generator's resolution R (larger if the
+defect is larger; then the window is resized to R for generation and back). The defect is generated in
+the window by the inpainting sampler and pasted back through the dilated mask only: every other pixel of
+the normal image keeps its value. Grayscale normal images stay grayscale.
+"""
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from anomalign.errors import DataError
+from anomalign.synthesis.placement import crop_to_content, estimate_foreground, paste, place, window_around
+
+
+@dataclass
+class Placement:
+    """Where attempt i's defect went: normal image ``normal``, defect top-left (y, x) and size (h, w), and
+    the generation window (top, left, side) in that image's pixels."""
+    normal: int
+    y: int
+    x: int
+    h: int
+    w: int
+    top: int
+    left: int
+    side: int
+
+
+class NormalImages:
+    """Full-size normal images (decoded on demand, a few kept) with their foreground masks.
+
+    ``foreground_dir``: optional folder of foreground masks named like the images (``<stem>.png`` or any
+    image extension); otherwise ``placement.estimate_foreground``.
+    """
+
+    def __init__(self, files: list[Path], foreground_dir: Path | None = None, keep: int = 8):
+        self.files, self.foreground_dir, self.keep = list(files), foreground_dir, keep
+        self._cache: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def get(self, j: int) -> tuple[np.ndarray, np.ndarray]:
+        """uint8 image [H, W, 3] and bool foreground [H, W] of normal image j."""
+        if j not in self._cache:
+            from anomalign.data.imageio import load_mask, read_image
+            image = read_image(self.files[j])
+            if self.foreground_dir is not None:
+                found = sorted(Path(self.foreground_dir).glob(self.files[j].stem + ".*"))
+                if not found:
+                    raise DataError(f"{self.files[j]}: no foreground mask named {self.files[j].stem}.* in "
+                                    f"{self.foreground_dir}")
+                fg = load_mask(found[0])
+                if fg.shape != image.shape[:2]:
+                    raise DataError(f"{found[0]}: foreground mask is {fg.shape[1]}x{fg.shape[0]} but the image is "
+                                    f"{image.shape[1]}x{image.shape[0]}")
+            else:
+                fg = estimate_foreground(image)
+            if len(self._cache) >= self.keep:
+                self._cache.pop(next(iter(self._cache)))
+            self._cache[j] = (image, fg)
+        return self._cache[j]
+
+
+def defect_shape(mask: torch.Tensor) -> np.ndarray:
+    """bool [h, w]: the anomaly pixels of an augmented source mask [1, H, W], cut to their bounding box."""
+    return crop_to_content(mask[0].numpy() > 0.5)
+
+
+def plan(i: int, seed: int, defect: np.ndarray, normals: NormalImages, size: int, tries: int = 200,
+         normals_to_try: int = 10) -> Placement:
+    """Placement of attempt i: normal image i mod N (or one of the next ones if the defect does not fit
+    on its foreground), a location drawn from ``(seed, i)``, and the generation window."""
+    rng = random.Random(f"{seed}:{i}:placement")
+    h, w = defect.shape
+    for step in range(min(normals_to_try, len(normals))):
+        j = (i + step) % len(normals)
+        image, fg = normals.get(j)
+        spot = place(defect, fg, rng, tries)
+        if spot is not None:
+            y, x = spot
+            top, left, side = window_around(y, x, h, w, size, *image.shape[:2], rng)
+            return Placement(j, y, x, h, w, top, left, side)
+    raise DataError(f"a {w}x{h}-px defect fits on the foreground of none of normal images "
+                    f"{[normals.files[(i + s) % len(normals)].name for s in range(min(normals_to_try, len(normals)))]}; "
+                    "use larger normal images, --foreground masks, or smaller source masks")
+
+
+def window_inputs(p: Placement, defect: np.ndarray, normals: NormalImages, size: int
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The generation inputs of a placement at the generator's resolution R: the normal window [3, R, R] in
+    [-1, 1] and the defect mask in it [1, R, R] in {0, 1}."""
+    from anomalign.data.transforms import to_model_range
+    image, _ = normals.get(p.normal)
+    window = image[p.top:p.top + p.side, p.left:p.left + p.side]
+    mask = np.zeros((p.side, p.side), np.float32)
+    mask[p.y - p.top:p.y - p.top + p.h, p.x - p.left:p.x - p.left + p.w] = defect
+    x, m = to_model_range(window), torch.from_numpy(mask)[None]
+    if p.side != size:
+        x = F.interpolate(x[None], size=(size, size), mode="bilinear", antialias=True, align_corners=False)[0]
+        m = F.interpolate(m[None], size=(size, size), mode="nearest-exact")[0]
+    return x.clamp(-1, 1), m
+
+
+def compose(p: Placement, defect: np.ndarray, window_u8: np.ndarray, region: torch.Tensor, normals: NormalImages
+            ) -> tuple[np.ndarray, np.ndarray]:
+    """Full-size image uint8 [H, W] (grayscale normals) or [H, W, 3] and mask uint8 [H, W] (0/255, the defect's
+    own pixels): the generated window [R, R, 3] pasted into the normal image through the inpainting region
+    [1, R, R] only, so every pixel outside it keeps its value."""
+    image, _ = normals.get(p.normal)
+    s = p.side
+    if window_u8.shape[0] != s:
+        window_u8 = np.asarray(Image.fromarray(window_u8).resize((s, s), Image.BICUBIC))
+    alpha = region if region.shape[-1] == s else F.interpolate(region[None], size=(s, s), mode="nearest-exact")[0]
+    grey = bool((image[..., 0] == image[..., 1]).all() and (image[..., 1] == image[..., 2]).all())
+    if grey:  # keep grayscale data grayscale: the generated pixels lose the colour the codec may add
+        window_u8 = np.repeat(np.rint(window_u8.astype(np.float32).mean(2)).astype(np.uint8)[..., None], 3, axis=2)
+    full = paste(image, window_u8, alpha[0].numpy(), p.top, p.left)
+    full_mask = np.zeros(image.shape[:2], np.uint8)
+    full_mask[p.y:p.y + p.h, p.x:p.x + p.w] = defect.astype(np.uint8) * 255
+    return (full[..., 0] if grey else full), full_mask

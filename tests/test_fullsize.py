@@ -1,0 +1,83 @@
+"""`generate --normals`: defects generated into full-size normal images, pasted back exactly, on the object."""
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from anomalign.cli import main
+from anomalign.errors import ConfigError
+from anomalign.synthesis.generate import GenerateConfig, run_generate
+from dummy_data import save, write_paired
+
+
+def normals_with_objects(folder, n=3, grey=False):
+    """Normal images 90 x 130 with a bright disc (the object) on a dark background, and the discs as masks."""
+    fg_dir = folder.parent / (folder.name + "_fg")
+    yy, xx = np.mgrid[:90, :130]
+    rng = np.random.default_rng(0)
+    for i in range(n):
+        disc = (yy - 45) ** 2 + (xx - 60 - 5 * i) ** 2 < 38 ** 2
+        img = np.where(disc[..., None], rng.integers(150, 200, (90, 130, 3)), 15).astype(np.uint8)
+        if grey:
+            img = np.repeat(img[..., :1], 3, axis=2)
+        save(folder / f"n{i}.png", img[..., 0] if grey else img)
+        save(fg_dir / f"n{i}.png", disc)
+    return fg_dir
+
+
+def run(gen_dir, data, normals, out, **kw):
+    cfg = GenerateConfig(**(dict(generator=gen_dir, masks=data, out=out, num=6, split="all", steps=2, batch_size=3,
+                                 augment=["flip"], device="cpu", normals=normals) | kw))
+    return run_generate(cfg, progress=False)
+
+
+def dilate(mask, px):
+    t = torch.from_numpy(mask.astype(np.float32))[None, None]
+    return torch.nn.functional.max_pool2d(t, 2 * px + 1, 1, px)[0, 0].numpy() > 0
+
+
+def test_full_size_pairs_change_only_the_dilated_mask_and_sit_on_the_object(gen_dir, tmp_path):
+    data = tmp_path / "data"
+    write_paired(data, defects=("scratch",), n=3, normals=0)
+    fg_dir = normals_with_objects(tmp_path / "normals")
+    run(gen_dir, data, tmp_path / "normals", tmp_path / "out", foreground=fg_dir)
+    rows = [json.loads(r) for r in (tmp_path / "out" / "metadata.jsonl").read_text().splitlines()]
+    assert len(rows) == 6
+    for r in rows:
+        image = np.asarray(Image.open(tmp_path / "out" / r["file_name"]).convert("RGB")).astype(int)
+        mask = np.asarray(Image.open(tmp_path / "out" / r["mask_file_name"])) > 127
+        normal = np.asarray(Image.open(r["normal_image"]).convert("RGB")).astype(int)
+        fg = np.asarray(Image.open(fg_dir / (r["normal_image"].rsplit("/", 1)[1]))) > 127
+        assert image.shape == normal.shape == (90, 130, 3) and mask.shape == (90, 130)
+        y, x, h, w = r["defect_box"]
+        assert mask.any() and mask[y:y + h, x:x + w].sum() == mask.sum()
+        assert fg[mask].all()  # on the object
+        outside = ~dilate(mask, 3)  # the generator window is 32 px here: the region is the mask grown by --dilate
+        assert np.abs(image - normal)[outside].max() <= 1
+        assert r["source_mask"] and len(r["window"]) == 3
+
+
+def test_grayscale_normals_stay_grayscale_and_foreground_is_estimated(gen_dir, tmp_path):
+    data = tmp_path / "data"
+    write_paired(data, defects=("scratch",), n=2, normals=0)
+    normals_with_objects(tmp_path / "normals", n=2, grey=True)
+    run(gen_dir, data, tmp_path / "normals", tmp_path / "out", num=3)
+    rows = [json.loads(r) for r in (tmp_path / "out" / "metadata.jsonl").read_text().splitlines()]
+    yy, xx = np.mgrid[:90, :130]
+    for r in rows:
+        im = Image.open(tmp_path / "out" / r["file_name"])
+        assert im.mode == "L"
+        mask = np.asarray(Image.open(tmp_path / "out" / r["mask_file_name"])) > 127
+        j = int(r["normal_image"].rsplit("/", 1)[1][1])
+        disc = (yy - 45) ** 2 + (xx - 60 - 5 * j) ** 2 < 38 ** 2
+        assert disc[mask].mean() > 0.95  # the estimated foreground is the disc
+
+
+def test_normals_option_errors(gen_dir, tmp_path):
+    with pytest.raises(ConfigError, match="--normals and --background"):
+        GenerateConfig(generator=gen_dir, masks=tmp_path, out=tmp_path / "o", num=1, normals=tmp_path,
+                       background=tmp_path).validate()
+    with pytest.raises(ConfigError, match="--foreground needs --normals"):
+        GenerateConfig(generator=gen_dir, masks=tmp_path, out=tmp_path / "o", num=1, foreground=tmp_path).validate()
