@@ -68,3 +68,24 @@ def test_generator_fine_tunes_on_native_crops(tmp_path, gen_dir, capsys):
     from anomalign.config import read_yaml
     saved = read_yaml(out / "config.yaml")
     assert saved["crop_size"] == 32
+
+
+def test_a_folder_of_normals_is_accepted_by_both_trainers(tmp_path):
+    from anomalign.config import build_config
+    from anomalign.generator.train import TrainGeneratorConfig, training_pairs
+    from anomalign.segmenter.train import TrainSegmenterConfig, training_sets
+    from dummy_data import pair, write_paired
+    write_paired(tmp_path / "d", defects=("scratch",), n=3, normals=0)
+    for i in range(2):
+        save(tmp_path / "elsewhere" / f"ok{i}.png", pair(90 + i, empty=True)[0])
+    (tmp_path / "elsewhere" / "broken.png").write_bytes(b"")
+    common = dict(val_fraction=0.0, test_fraction=0.0, normal_images=str(tmp_path / "elsewhere"), policy="skip")
+    seg = build_config(TrainSegmenterConfig, dict(train=str(tmp_path / "d"), out=str(tmp_path / "s"), size=32,
+                                                  crop_size=0, **common))
+    real, _, _, skipped = training_sets(seg)
+    assert len(real) == 5 and sum(s.normal for s in real.samples) == 2
+    assert [p.path.name for p in skipped] == ["broken.png"]
+    gen = build_config(TrainGeneratorConfig, dict(data=str(tmp_path / "d"), out=str(tmp_path / "g"), crop_size=0,
+                                                  **common))
+    (images, masks, prompts), _, _ = training_pairs(gen, 32)
+    assert len(prompts) == 5 and sum("defect-free" in p for p in prompts) == 2

@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
 # Native-resolution segmenters on magnetic tile (docs/results.md, "Native resolution"): real only, per seed,
 # then the best-val checkpoint evaluated at full size on the test split. Resumable (finished runs are skipped).
+# SYN_SEEDS="0": also a generator fine-tuned on native crops, 300 full-size synthetic pairs (generate
+# --normals) and a real + synthetic segmenter, per listed seed.
 #
-#   configs/magnetic_tile/run_native.sh [MT_DIR] [WORK_DIR]      env: SEEDS="0 1 2"  JOBS=2  EXTRA_SEG=""
+#   configs/magnetic_tile/run_native.sh [MT_DIR] [WORK_DIR]
+#   env: SEEDS="0 1 2"  SYN_SEEDS=""  JOBS=2  EXTRA_SEG=""  ONLY_SYN=1 (skip the real-only segmenters)
 set -uo pipefail
 MT=${1:-../shared/datasets/magnetic-tile}
 W=${2:-runs/mt_native}
@@ -24,7 +27,24 @@ seg() {  # seg OUT SEED [flags]
     --out "$out/eval"
 }
 export OMP_NUM_THREADS=$(( $(nproc) / JOBS > 0 ? $(nproc) / JOBS : 1 ))
+syn() {  # syn SEED: generator on crops -> full-size synthetic pairs -> real + synthetic segmenter
+  local s=$1 g="$W/gen_s$1" y="$W/syn_s$1"
+  if [ ! -f "$g/generator.safetensors" ]; then
+    local resume=""
+    [ -d "$g/checkpoints" ] && resume="--resume latest"
+    $AN train-generator --config $C/generator_native.yaml --data "$MT" --out "$g" --seed "$s" $resume || return 1
+  fi
+  [ -f "$y/summary.json" ] || $AN generate --config $C/generate_native.yaml --generator "$g" --masks "$MT" \
+    --normals "$MT" --out "$y" --seed "$s" || return 1
+  seg "$W/synth_s$s" "$s" --synthetic "$y"
+}
 n=0
+for s in ${SYN_SEEDS:-}; do
+  syn "$s" > "$W/logs/syn_s$s.log" 2>&1 &
+  n=$((n + 1))
+  if [ "$n" -ge "$JOBS" ]; then wait -n; n=$((n - 1)); fi
+done
+[ -n "${ONLY_SYN:-}" ] && SEEDS=""
 for s in $SEEDS; do
   seg "$W/real_s$s" "$s" > "$W/logs/real_s$s.log" 2>&1 &
   n=$((n + 1))

@@ -183,3 +183,26 @@ def format_skipped(root: Path, skipped: list[Problem], limit: int = 20) -> str:
 def skipped_records(skipped: list[Problem]) -> list[dict]:
     """JSON-ready rows (path, kind, message) for a run folder's ``skipped.json``."""
     return [{"path": str(p.path), "kind": p.kind, "message": p.message} for p in skipped]
+
+
+def load_normal_folder(folder: Path, options: DataOptions | None = None) -> DatasetIndex:
+    """Defect-free images kept in a folder of their own (``--normal-images DIR``): every image under it, as
+    normal training samples without masks, decode-checked under the same policy as a dataset."""
+    from anomalign.data.folders import is_image, walk_files
+
+    opts = options or DataOptions()
+    set_max_megapixels(opts.max_megapixels)
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise DataError(f"{folder}: --normal-images is not a folder")
+    samples = [Sample(image=f, mask=None, defect="good", normal=True, split="train")
+               for f in walk_files(folder) if is_image(f)]
+    if not samples:
+        raise DataError(f"{folder}: no images found for --normal-images")
+    report = check_dataset(DatasetIndex(folder, "normal-folder", samples), opts.mask_threshold)
+    errors = report.errors
+    if errors and opts.policy == "fail":
+        raise DataError(f"{folder}: {len(errors)} problem(s) in --normal-images (use policy 'skip')", errors)
+    if errors:
+        print(format_skipped(folder, errors), file=sys.stderr)
+    return DatasetIndex(folder, "normal-folder", report.usable(), report.problems, skipped=errors)

@@ -13,7 +13,7 @@ from anomalign.data.crops import CropOptions, crop_bank, median_image_side
 from anomalign.data.dataset import PairDataset, default_prompt
 from anomalign.data.folders import DataOptions
 from anomalign.data.transforms import DIHEDRAL_AUGMENTS, dihedral_variants
-from anomalign.data.validate import load_dataset, skipped_records
+from anomalign.data.validate import load_dataset, load_normal_folder, skipped_records
 from anomalign.errors import AnomalignError, ConfigError
 from anomalign.generator.model import LORA_TARGETS, MaskGenerator, sd_generator
 from anomalign.generator.task import GenStepOptions, LatentPairs, generator_task
@@ -58,6 +58,8 @@ class TrainGeneratorConfig(DataOptions, CropOptions, LoopOptions):
     resolution: int | None = option(None, "training resolution (default: the base's, 64 tiny / 512 sd)")
     augment: list[str] = option(default_factory=lambda: ["hflip", "vflip"],
                                 help=f"exact paired augmentations: any of {', '.join(DIHEDRAL_AUGMENTS)} (or none)")
+    normal_images: Path | None = option(None, "a folder of extra defect-free images to draw the --normals from "
+                                              "(besides the dataset's own)")
     normals: int = option(16, "defect-free training images mixed in with empty masks (0: none)")
     train_pairs: int | None = option(None, "use only this many anomalous training pairs: a seeded random subset "
                                            "(--split-seed), the same for every run (the paper's Table 5)")
@@ -128,7 +130,13 @@ def training_pairs(cfg: TrainGeneratorConfig, resolution: int):
             raise ConfigError(f"--train-pairs {cfg.train_pairs}: the train split has {len(train)} anomalous pairs")
         order = torch.randperm(len(train), generator=torch.Generator().manual_seed(cfg.split_seed)).tolist()
         train = [train[i] for i in sorted(order[: cfg.train_pairs])]
-    normals = [s for s in index.split("train") if s.normal][: cfg.normals]
+    normals = [s for s in index.split("train") if s.normal]
+    skipped = list(index.skipped)
+    if cfg.normal_images is not None:
+        extra = load_normal_folder(cfg.normal_images, cfg)
+        normals += extra.samples
+        skipped += extra.skipped
+    normals = normals[: cfg.normals]
     val = ([s for s in index.split("val") if not s.normal] or train)[: cfg.validation_masks]
     if cfg.crop_size is None:
         side = median_image_side(train)
@@ -143,10 +151,10 @@ def training_pairs(cfg: TrainGeneratorConfig, resolution: int):
             x, m, src = crop_bank(samples, resolution, cfg.scale, per_image, cfg.crop_jitter, cfg.seed,
                                   cfg.mask_threshold)
             return x, m, [default_prompt(s) for s in src]
-        return bank(train + normals, cfg.crops_per_image), bank(val, 1), index.skipped
+        return bank(train + normals, cfg.crops_per_image), bank(val, 1), skipped
     train_ds, val_ds = PairDataset(train + normals, size=resolution), PairDataset(val, size=resolution)
     return ((*train_ds.tensors(), [default_prompt(s) for s in train_ds.samples]),
-            (*val_ds.tensors(), [default_prompt(s) for s in val_ds.samples]), index.skipped)
+            (*val_ds.tensors(), [default_prompt(s) for s in val_ds.samples]), skipped)
 
 
 def run_train_generator(cfg: TrainGeneratorConfig, progress: bool = True) -> Path:

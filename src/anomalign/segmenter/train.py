@@ -13,7 +13,7 @@ from anomalign.data.crops import CropOptions, CropPairs, median_image_side
 from anomalign.data.dataset import PairDataset
 from anomalign.data.folders import DataOptions
 from anomalign.data.transforms import DIHEDRAL_AUGMENTS, dihedral_variants
-from anomalign.data.validate import load_dataset, skipped_records
+from anomalign.data.validate import load_dataset, load_normal_folder, skipped_records
 from anomalign.errors import AnomalignError, ConfigError
 from anomalign.segmenter.evaluate import evaluate_native, evaluate_samples
 from anomalign.segmenter.model import PRESETS, Segmenter
@@ -36,6 +36,8 @@ class TrainSegmenterConfig(DataOptions, CropOptions, LoopOptions):
     size: int = option(64, "input size: images and masks resized to size x size, or, for images much larger "
                            "than it (or with --crop-size), the crop size the network trains on")
     synthetic_fraction: float = option(0.5, "share of each batch drawn from the synthetic sets")
+    normal_images: Path | None = option(None, "a folder of extra defect-free training images (used with the "
+                                              "dataset's own normals; implies --train-normals)")
     train_normals: bool = option(True, "also train on the real train split's normal (defect-free) images; "
                                        "off = anomalous pairs only, as the paper's segmenters")
     anomaly_weight: float = option(1.0, "CE weight of anomaly pixels (1 = the paper's plain CE; raise it "
@@ -126,9 +128,14 @@ def training_sets(cfg: TrainSegmenterConfig) -> tuple:
     if not train_samples:
         raise AnomalignError(f"{cfg.train}: no training images left (train split empty"
                              + ("" if cfg.train_normals else ", or only normal images and --no-train-normals") + ")")
+    skipped = list(index.skipped)
+    if cfg.normal_images is not None:
+        extra = load_normal_folder(cfg.normal_images, cfg)
+        train_samples += extra.samples
+        skipped += extra.skipped
     choose_crops(cfg, train_samples)
     val_samples = index.split("val") or index.split("train")
-    syn_samples, skipped = [], list(index.skipped)
+    syn_samples = []
     for path in cfg.synthetic:
         syn_index = load_dataset(Path(path), DataOptions(policy=cfg.policy, mask_threshold=cfg.mask_threshold,
                                                          max_megapixels=cfg.max_megapixels))
