@@ -22,7 +22,7 @@ from PIL import Image
 
 from anomalign.config import option
 from anomalign.data.dataset import default_prompt, load_pair
-from anomalign.data.transforms import dihedral_variants, hflip, mask_to_tensor, rot90, to_model_range, vflip
+from anomalign.data.transforms import dihedral_variants, dihedral_view, mask_to_tensor, to_model_range
 from anomalign.errors import ConfigError, DataError
 from anomalign.training import sample_seed
 
@@ -170,13 +170,7 @@ class CropPairs:
         draw = sample_seed(self.seed, k, position)
         image, mask, _ = self.sampler.crop_pair(i, draw)
         x, m = to_model_range(image), mask_to_tensor(mask)
-        hf, vf, r = self.variants[random.Random(draw).randrange(len(self.variants))]
-        if hf:
-            x, m = hflip(x, m)
-        if vf:
-            x, m = vflip(x, m)
-        if r:
-            x, m = rot90(x, m, r)
+        x, m = dihedral_view(x, m, self.variants[random.Random(draw).randrange(len(self.variants))])
         return x.contiguous(), m.contiguous()
 
 

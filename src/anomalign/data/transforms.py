@@ -110,12 +110,17 @@ class DihedralViews:
 
     def view(self, i: int, v: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Variant v of pair i: image [3, H, W] and mask [1, H, W], flipped/rotated together."""
-        hf, vf, k = self.variants[v]
-        x, m = self.images[i], self.masks[i]
-        if hf:
-            x, m = hflip(x, m)
-        if vf:
-            x, m = vflip(x, m)
-        if k:
-            x, m = rot90(x, m, k)
-        return x, m
+        return dihedral_view(self.images[i], self.masks[i], self.variants[v])
+
+
+def dihedral_view(image: torch.Tensor, mask: torch.Tensor, variant: tuple[int, int, int]
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Image [C, H, W] and mask [1, H, W] flipped/rotated together by ``variant`` = (hflip, vflip, rot90 k)."""
+    hf, vf, k = variant
+    if hf:
+        image, mask = hflip(image, mask)
+    if vf:
+        image, mask = vflip(image, mask)
+    if k:
+        image, mask = rot90(image, mask, k)
+    return image, mask
