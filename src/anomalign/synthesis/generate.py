@@ -399,7 +399,8 @@ def run_generate(cfg: GenerateConfig, progress: bool = True, oracle=None) -> dic
         raise DataError(f"{cfg.masks}: every mask is empty at {size}x{size} px (e.g. {vanished[0]}); "
                         "use a larger --resolution")
     if vanished and main:
-        print(f"warning: {len(vanished)} mask(s) have no anomaly pixel left at {size}x{size} and are skipped "
+        where = "" if normals is not None else f" left at {size}x{size}"  # full size: the masks were empty
+        print(f"warning: {len(vanished)} mask(s) have no anomaly pixel{where} and are skipped "
               f"(e.g. {vanished[0]})", file=sys.stderr)
     backgrounds = read_backgrounds(cfg, size) if cfg.background is not None else None
     if oracle is None and cfg.oracle is not None:
