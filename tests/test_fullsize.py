@@ -81,3 +81,14 @@ def test_normals_option_errors(gen_dir, tmp_path):
                        background=tmp_path).validate()
     with pytest.raises(ConfigError, match="--foreground needs --normals"):
         GenerateConfig(generator=gen_dir, masks=tmp_path, out=tmp_path / "o", num=1, foreground=tmp_path).validate()
+
+
+def test_a_defect_longer_than_the_image_is_short_is_scaled_to_fit(tmp_path):
+    import random
+    from anomalign.synthesis.fullsize import NormalImages, fit_defect, plan
+    save(tmp_path / "n" / "narrow.png", np.full((120, 40, 3), 90, np.uint8))
+    defect = np.ones((100, 20), bool)  # fits the image, but a square window of side 100 does not
+    p, placed = plan(0, 0, defect, NormalImages([tmp_path / "n" / "narrow.png"]), size=32)
+    assert p.side <= 40 and p.shrink == pytest.approx(0.4) and placed.shape == (40, 8)
+    assert p.top <= p.y and p.y + p.h <= p.top + p.side and p.left <= p.x and p.x + p.w <= p.left + p.side
+    assert fit_defect(defect, 200)[1] == 1.0

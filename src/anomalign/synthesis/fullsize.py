@@ -34,6 +34,7 @@ class Placement:
     top: int
     left: int
     side: int
+    shrink: float = 1.0  # < 1: the defect was scaled down to fit the image's shorter side
 
 
 class NormalImages:
@@ -77,20 +78,35 @@ def defect_shape(mask: torch.Tensor) -> np.ndarray:
     return crop_to_content(mask[0].numpy() > 0.5)
 
 
-def plan(i: int, seed: int, defect: np.ndarray, normals: NormalImages, size: int, tries: int = 200,
-         normals_to_try: int = 10) -> Placement:
-    """Placement of attempt i: normal image i mod N (or one of the next ones if the defect does not fit
-    on its foreground), a location drawn from ``(seed, i)``, and the generation window."""
-    rng = random.Random(f"{seed}:{i}:placement")
+def fit_defect(defect: np.ndarray, side: int) -> tuple[np.ndarray, float]:
+    """bool [h, w] defect scaled down (nearest) so that its longer side fits ``side`` px — a square generation
+    window must hold it inside the image; (defect, scale applied)."""
     h, w = defect.shape
+    if max(h, w) <= side:
+        return defect, 1.0
+    scale = side / max(h, w)
+    out = np.asarray(Image.fromarray(defect.astype(np.uint8) * 255).resize(
+        (max(1, int(w * scale)), max(1, int(h * scale))), Image.NEAREST)) > 127
+    return (out if out.any() else defect[:side, :side]), scale
+
+
+def plan(i: int, seed: int, defect: np.ndarray, normals: NormalImages, size: int, tries: int = 200,
+         normals_to_try: int = 10) -> tuple[Placement, np.ndarray]:
+    """Placement of attempt i: normal image i mod N (or one of the next ones if the defect does not fit
+    on its foreground), a location drawn from ``(seed, i)``, and the generation window; also the defect as
+    placed (scaled down when longer than the image's shorter side)."""
+    rng = random.Random(f"{seed}:{i}:placement")
     for step in range(min(normals_to_try, len(normals))):
         j = (i + step) % len(normals)
         image, fg = normals.get(j)
-        spot = place(defect, fg, rng, tries)
+        fitted, shrink = fit_defect(defect, min(image.shape[:2]))
+        spot = place(fitted, fg, rng, tries)
         if spot is not None:
             y, x = spot
+            h, w = fitted.shape
             top, left, side = window_around(y, x, h, w, size, *image.shape[:2], rng)
-            return Placement(j, y, x, h, w, top, left, side)
+            return Placement(j, y, x, h, w, top, left, side, shrink), fitted
+    h, w = defect.shape
     raise DataError(f"a {w}x{h}-px defect fits on the foreground of none of normal images "
                     f"{[normals.files[(i + s) % len(normals)].name for s in range(min(normals_to_try, len(normals)))]}; "
                     "use larger normal images, --foreground masks, or smaller source masks")

@@ -284,7 +284,8 @@ class Synthesizer:
             from anomalign.synthesis.fullsize import defect_shape, plan, window_inputs
             size = gen.resolution if cfg.resolution is None else cfg.resolution
             defects = [defect_shape(m) for _, m, _ in cond]
-            placed = [plan(i, cfg.seed, d, self.normals, size) for i, d in zip(attempts, defects)]
+            placed, defects = map(list, zip(*(plan(i, cfg.seed, d, self.normals, size)
+                                               for i, d in zip(attempts, defects))))
             bg, masks = map(torch.stack, zip(*(window_inputs(p, d, self.normals, size)
                                                for p, d in zip(placed, defects))))
             region = dilate(masks, cfg.dilate)
@@ -336,6 +337,7 @@ class Synthesizer:
                 image_u8, m_u8 = compose(p, defects[j], images_u8[j], region[j], self.normals)
                 rec |= {"normal_image": str(Path(self.normals.files[p.normal]).resolve()),
                         "defect_box": [p.y, p.x, p.h, p.w], "window": [p.top, p.left, p.side],
+                        "defect_scale": p.shrink,
                         "resolution": [int(m_u8.shape[0]), int(m_u8.shape[1])]}
             out.append((rec, image_u8 if kept else None, m_u8 if kept else None))
         return out
