@@ -94,18 +94,20 @@ def plan(i: int, seed: int, defect: np.ndarray, normals: NormalImages, size: int
          normals_to_try: int = 10) -> tuple[Placement, np.ndarray]:
     """Placement of attempt i: normal image i mod N (or one of the next ones if the defect does not fit
     on its foreground), a location drawn from ``(seed, i)``, and the generation window; also the defect as
-    placed (scaled down when longer than the image's shorter side)."""
+    placed: scaled down when longer than the image's shorter side, and to a half or a quarter of that side
+    when it fits no foreground otherwise (``Placement.shrink`` records the scale)."""
     rng = random.Random(f"{seed}:{i}:placement")
-    for step in range(min(normals_to_try, len(normals))):
-        j = (i + step) % len(normals)
-        image, fg = normals.get(j)
-        fitted, shrink = fit_defect(defect, min(image.shape[:2]))
-        spot = place(fitted, fg, rng, tries)
-        if spot is not None:
-            y, x = spot
-            h, w = fitted.shape
-            top, left, side = window_around(y, x, h, w, size, *image.shape[:2], rng)
-            return Placement(j, y, x, h, w, top, left, side, shrink), fitted
+    for extra in (1.0, 0.5, 0.25):  # a defect covering most of an image may only fit the foreground smaller
+        for step in range(min(normals_to_try, len(normals))):
+            j = (i + step) % len(normals)
+            image, fg = normals.get(j)
+            fitted, shrink = fit_defect(defect, int(min(image.shape[:2]) * extra))
+            spot = place(fitted, fg, rng, tries)
+            if spot is not None:
+                y, x = spot
+                h, w = fitted.shape
+                top, left, side = window_around(y, x, h, w, size, *image.shape[:2], rng)
+                return Placement(j, y, x, h, w, top, left, side, shrink), fitted
     h, w = defect.shape
     raise DataError(f"a {w}x{h}-px defect fits on the foreground of none of normal images "
                     f"{[normals.files[(i + s) % len(normals)].name for s in range(min(normals_to_try, len(normals)))]}; "
