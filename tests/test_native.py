@@ -89,3 +89,13 @@ def test_a_folder_of_normals_is_accepted_by_both_trainers(tmp_path):
                                                   **common))
     (images, masks, prompts), _, _ = training_pairs(gen, 32)
     assert len(prompts) == 5 and sum("defect-free" in p for p in prompts) == 2
+
+
+def test_evaluate_full_size_scores_a_resized_segmenter_against_full_masks(tmp_path, seg_dir):
+    write_line_dataset(tmp_path / "d", n_train=1, n_val=1, n_test=2, size=96)
+    for flag, expect in ((["--full-size"], "scored at full size"), ([], "resized to 32 px")):
+        out = tmp_path / ("ev" + str(len(flag)))
+        assert main(["evaluate", "--segmenter", str(seg_dir), "--test", str(tmp_path / "d"), "--out", str(out),
+                     "--layout", "paired", *flag]) == 0
+        payload = json.loads((out / "eval.json").read_text())
+        assert payload["resolution"].endswith(expect) and list(payload["sets"].values())[0]["images"] == 2

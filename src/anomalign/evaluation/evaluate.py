@@ -27,6 +27,9 @@ class EvaluateConfig(DataOptions):
     size: int | None = option(None, "input size (default: the size the segmenter was trained at)")
     batch_size: int = option(32, "images per forward pass")
     threshold: float = option(0.5, "probability threshold of the anomaly class")
+    full_size: bool = option(False, "score a segmenter trained on resized images against the full-size masks "
+                                    "(its prediction resized back, as `segment` delivers it); crop-trained "
+                                    "segmenters are always scored at full size")
 
 
 def test_sets(path: Path, opts: DataOptions, skipped: list | None = None) -> dict[str, list]:
@@ -57,13 +60,15 @@ def run_evaluate(cfg: EvaluateConfig) -> dict:
             key = name if name not in results else f"{path.name}/{name}"
             # a segmenter trained on crops is scored at each image's own size (sliding windows), others at `size`
             results[key] = evaluate_run_style(model, samples, size, threshold=cfg.threshold,
-                                              mask_threshold=cfg.mask_threshold, batch_size=cfg.batch_size)
+                                              mask_threshold=cfg.mask_threshold, batch_size=cfg.batch_size,
+                                              full_size=cfg.full_size)
     average = {c: sum(r[c] for r in results.values()) / len(results) for c in COLUMNS}
     out = Path(cfg.out) if cfg.out else Path(cfg.segmenter) / "eval"
     out.mkdir(parents=True, exist_ok=True)
     payload = {"segmenter": str(cfg.segmenter), "size": size, "threshold": cfg.threshold,
                "resolution": (f"native, {model.crop_size}-px sliding windows at scale {model.scale:g}"
-                              if model.crop_size else f"resized to {size} px"),
+                              if model.crop_size else f"predicted at {size} px, scored at full size"
+                              if cfg.full_size else f"resized to {size} px"),
                "sets": results, "average": average}
     if skipped:  # metrics over fewer images than the test set holds: say which were left out
         payload["skipped"] = skipped_records(skipped)

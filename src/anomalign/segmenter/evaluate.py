@@ -2,9 +2,10 @@
 ``anomalign evaluate`` run."""
 from __future__ import annotations
 
-import torch
-
 import math
+
+import torch
+import torch.nn.functional as F
 
 from anomalign.data.dataset import PairDataset, load_pair
 from anomalign.data.transforms import mask_to_tensor, to_model_range
@@ -33,9 +34,10 @@ def evaluate_samples(model, dataset: PairDataset, device="cpu", batch_size: int 
 @torch.no_grad()
 def evaluate_native(model, samples: list, crop: int, scale: float = 1.0, device="cpu", threshold: float = 0.5,
                     mask_threshold: float = 0.5, overlap: float = 0.5, batch_size: int = 16,
-                    auroc_pixels: int = 2_000_000) -> dict[str, float]:
+                    auroc_pixels: int = 2_000_000, whole_image: bool = False) -> dict[str, float]:
     """The same metrics at each image's own size: the probability from sliding ``crop``-px windows at
-    ``scale`` (``segmenter.sliding.predict_native``) against the full-size mask [H, W] of every sample.
+    ``scale`` (``segmenter.sliding.predict_native``) — or, with ``whole_image``, from the image resized to
+    ``crop`` and the probability resized back — against the full-size mask [H, W] of every sample.
     Each image gives about the same number of pixels to the AUROC (at most ``auroc_pixels`` in all)."""
     was = model.training
     model.eval()
@@ -43,8 +45,13 @@ def evaluate_native(model, samples: list, crop: int, scale: float = 1.0, device=
     try:
         for s in samples:
             image, mask = load_pair(s, None, mask_threshold)
-            prob = predict_native(model.predict_proba, to_model_range(image).to(device), crop, scale, overlap,
-                                  batch_size)
+            x = to_model_range(image).to(device)
+            if whole_image:
+                small = F.interpolate(x[None], size=(crop, crop), mode="bilinear", antialias=True, align_corners=False)
+                prob = F.interpolate(model.predict_proba(small), size=image.shape[:2], mode="bilinear",
+                                     align_corners=False)[0]
+            else:
+                prob = predict_native(model.predict_proba, x, crop, scale, overlap, batch_size)
             stride = math.ceil(math.sqrt(mask.size * len(samples) / auroc_pixels))
             meter.update(prob[None], mask_to_tensor(mask)[None].to(device), auroc_stride=stride)
     finally:
@@ -53,10 +60,14 @@ def evaluate_native(model, samples: list, crop: int, scale: float = 1.0, device=
 
 
 def evaluate_run_style(model, samples: list, size: int, device="cpu", threshold: float = 0.5,
-                       mask_threshold: float = 0.5, batch_size: int = 32) -> dict[str, float]:
+                       mask_threshold: float = 0.5, batch_size: int = 32, full_size: bool = False) -> dict[str, float]:
     """Metrics the way ``model`` was trained: at native resolution with sliding windows when it was trained on
-    crops (``model.crop_size``), else on images resized to ``size``."""
+    crops (``model.crop_size``), else on images resized to ``size`` — or, with ``full_size``, its prediction at
+    ``size`` resized back to each image and scored against the full-size mask (what ``segment`` delivers)."""
     if getattr(model, "crop_size", None):
         return evaluate_native(model, samples, model.crop_size, model.scale or 1.0, device, threshold, mask_threshold)
+    if full_size:
+        return evaluate_native(model, samples, size, device=device, threshold=threshold,
+                               mask_threshold=mask_threshold, whole_image=True)
     ds = PairDataset(samples, size=size, cache=False, threshold=mask_threshold)
     return evaluate_samples(model, ds, device, batch_size, threshold)
