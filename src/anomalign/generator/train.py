@@ -18,7 +18,8 @@ from anomalign.errors import AnomalignError, ConfigError
 from anomalign.generator.model import LORA_TARGETS, MaskGenerator, sd_generator
 from anomalign.generator.task import GenStepOptions, LatentPairs, generator_task
 from anomalign.generator.tiny import words
-from anomalign.training import LoopOptions, check_run_folder, make_accelerator, start_run_folder, train_loop
+from anomalign.runs import check_run_folder, start_run_folder
+from anomalign.training import LoopOptions, make_accelerator, train_loop
 
 TINY_BASE = Path(__file__).resolve().parent.parent / "assets" / "tiny_base.safetensors"
 

@@ -18,7 +18,8 @@ from anomalign.errors import AnomalignError, ConfigError
 from anomalign.segmenter.evaluate import evaluate_native, evaluate_samples
 from anomalign.segmenter.model import PRESETS, Segmenter
 from anomalign.segmenter.task import SegPairs, SegStepOptions, feedback_latents, segmenter_task
-from anomalign.training import LoopOptions, check_run_folder, make_accelerator, start_run_folder, train_loop
+from anomalign.runs import check_run_folder, start_run_folder
+from anomalign.training import LoopOptions, make_accelerator, train_loop
 
 
 @dataclass(kw_only=True)
