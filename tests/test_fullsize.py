@@ -6,7 +6,6 @@ import pytest
 import torch
 from PIL import Image
 
-from anomalign.cli import main
 from anomalign.errors import ConfigError
 from anomalign.synthesis.generate import GenerateConfig, run_generate
 from dummy_data import save, write_paired
@@ -84,7 +83,6 @@ def test_normals_option_errors(gen_dir, tmp_path):
 
 
 def test_a_defect_longer_than_the_image_is_short_is_scaled_to_fit(tmp_path):
-    import random
     from anomalign.synthesis.fullsize import NormalImages, fit_defect, plan
     save(tmp_path / "n" / "narrow.png", np.full((120, 40, 3), 90, np.uint8))
     defect = np.ones((100, 20), bool)  # fits the image, but a square window of side 100 does not

@@ -21,12 +21,10 @@ import torch
 from safetensors.torch import load_file
 
 from anomalign.cli import main
-from anomalign.config import build_config
 from anomalign.data import DataOptions, load_dataset
 from anomalign.data.imageio import DEFAULT_MAX_MEGAPIXELS, open_image, set_max_megapixels
 from anomalign.errors import AnomalignError, DataError
 from anomalign.segmenter.model import Segmenter
-from anomalign.segmenter.train import TrainSegmenterConfig, run_train_segmenter
 from anomalign.training import LoopOptions, TrainingDiverged, TrainTask, train_loop
 from dummy_data import noisy_png_bytes, pair, save, write_paired
 from tiny_models import dummy_tiny_generator

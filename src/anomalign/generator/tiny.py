@@ -10,8 +10,13 @@ from __future__ import annotations
 
 import re
 
+from typing import TYPE_CHECKING
+
 import torch
 import torch.nn as nn
+
+if TYPE_CHECKING:  # diffusers is imported where models are built, so `--help` stays fast
+    from diffusers import UNet2DConditionModel
 
 PAD, UNK = "<pad>", "<unk>"
 
