@@ -50,6 +50,15 @@ def read_weights(source: Path, name: str, key: str, hint: str) -> tuple[dict[str
     return spec, state, file
 
 
+def read_spec(file: Path, key: str) -> dict[str, Any]:
+    """Only the JSON spec of a weights file (its metadata; the tensors are not read)."""
+    try:
+        with safe_open(str(file), framework="pt") as fh:
+            return json.loads((fh.metadata() or {})[key])
+    except (SafetensorError, KeyError, json.JSONDecodeError, OSError) as e:
+        raise AnomalignError(f"{file}: unreadable weights ({type(e).__name__}: {e})") from None
+
+
 def _json_default(o: Any) -> Any:
     if isinstance(o, (tuple, set)):
         return list(o)

@@ -8,6 +8,8 @@ zero-initialised weights (so a pretrained UNet starts out exactly as before). En
   codec would blur away.
 - ``resize``: area average of (2m-1) to the latent grid, 1 channel.
 - ``vae``: the codec's encoding E(m) (the h0 of Eq. 2), latent_channels channels.
+- ``none``: no mask input at all (0 channels): a *mask-free* base, prompt-conditioned only, like Stable
+  Diffusion. Fine-tuning gives it a mask condition with ``expand_conv_in`` (the paper's regime).
 
 Present masks are mapped to [-1, 1]; a DROPPED mask (classifier-free guidance) is all zeros, a value no
 real mask takes, so "no condition" differs from "empty mask". Soft masks (Generative Feedback's m̃ in
@@ -21,12 +23,15 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-MaskEncoding = Literal["unshuffle", "resize", "vae"]
+MaskEncoding = Literal["unshuffle", "resize", "vae", "none"]
 
 
 def mask_channels(encoding: MaskEncoding, factor: int, latent_channels: int) -> int:
     """Number of condition channels for ``encoding`` with codec downsampling ``factor``."""
-    return {"unshuffle": factor * factor, "resize": 1, "vae": latent_channels}[encoding]
+    choices = {"unshuffle": factor * factor, "resize": 1, "vae": latent_channels, "none": 0}
+    if encoding not in choices:
+        raise ValueError(f"unknown mask encoding {encoding!r}; choose one of {list(choices)}")
+    return choices[encoding]
 
 
 def encode_mask_condition(mask: torch.Tensor, encoding: MaskEncoding, factor: int,
@@ -36,6 +41,9 @@ def encode_mask_condition(mask: torch.Tensor, encoding: MaskEncoding, factor: in
     For ``vae`` pass ``vae_latent`` = E(m) (already computed for Eq. 2, so it is not encoded twice).
     """
     signed = mask.float() * 2 - 1
+    if encoding == "none":
+        b, _, h, w = mask.shape
+        return signed.new_zeros(b, 0, h // factor, w // factor)
     if encoding == "unshuffle":
         return F.pixel_unshuffle(signed, factor)
     if encoding == "resize":
@@ -44,7 +52,7 @@ def encode_mask_condition(mask: torch.Tensor, encoding: MaskEncoding, factor: in
         if vae_latent is None:
             raise ValueError("mask encoding 'vae' needs the encoded mask (vae_latent)")
         return vae_latent
-    raise ValueError(f"unknown mask encoding {encoding!r}; choose unshuffle, resize or vae")
+    raise ValueError(f"unknown mask encoding {encoding!r}; choose unshuffle, resize, vae or none")
 
 
 def drop_condition(cond: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:

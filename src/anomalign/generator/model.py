@@ -88,6 +88,24 @@ class MaskGenerator(nn.Module):
         out = self.unet(torch.cat([x_t.to(self.unet.dtype), cond], dim=1), t, encoder_hidden_states=prompt_emb).sample
         return to_epsilon(self.scheduler, out, x_t, t)
 
+    @property
+    def mask_free(self) -> bool:
+        """True for a base without a mask input (pretrained like SD, prompt only)."""
+        return self.mask_encoding == "none"
+
+    def add_mask_condition(self, encoding: MaskEncoding) -> None:
+        """Give a mask-free UNet (SD, or a ``--mask-free`` tiny base) its mask input: ``conv_in`` widened by
+        the encoding's channels, zero-initialised, so predictions are unchanged until fine-tuning moves them.
+        The one path by which both backends enter the paper's regime."""
+        if not self.mask_free:
+            raise AnomalignError(f"this generator already has a mask condition ({self.mask_encoding!r})")
+        if encoding == "none":
+            raise AnomalignError("choose a mask encoding (unshuffle, resize or vae) to add a mask condition")
+        expand_conv_in(self.unet, mask_channels(encoding, self.factor, self.latent_channels))
+        self.mask_encoding = encoding
+        self.spec["mask_encoding"] = encoding
+        self.spec["base_regime"] = "mask-free"  # the mask condition was learnt in fine-tuning (the paper's regime)
+
     # ---- trainable state -------------------------------------------------------------------------
     def add_lora(self, rank: int = 8, alpha: float | None = None, targets: list[str] | None = None) -> None:
         """Add peft LoRA adapters to the UNet (default: the attention projections)."""
@@ -98,12 +116,16 @@ class MaskGenerator(nn.Module):
         self.spec["lora"] = {"rank": rank, "alpha": alpha or rank, "targets": targets or LORA_TARGETS}
 
     def trainable_state(self) -> dict[str, torch.Tensor]:
-        """Weights that training changes and that ``save`` writes (everything for tiny)."""
+        """Weights that training changes and that ``save`` writes: everything for tiny (the file is the whole
+        model); for sd the LoRA adapters + conv_in, or the whole UNet after ``--finetune full`` (the frozen
+        codec and text encoder stay referenced by the base path)."""
         if self.spec["backend"] == "tiny":
             state = {f"vae.{k}": v for k, v in self.vae.state_dict().items()}
             state |= {f"unet.{k}": v for k, v in self.unet.state_dict().items()}
             state |= {f"prompt.{k}": v for k, v in self.prompt_encoder.state_dict().items()}
             return state
+        if self.spec.get("finetune") == "full":  # the whole UNet trained: all of it is saved (the base stays referenced)
+            return {f"unet.{k}": v for k, v in self.unet.state_dict().items()}
         from peft.utils import get_peft_model_state_dict
         state = {f"unet.{k}": v for k, v in get_peft_model_state_dict(self.unet).items()} if "lora" in self.spec else {}
         state |= {f"unet.conv_in.{k}": v for k, v in self.unet.conv_in.state_dict().items()}
@@ -129,10 +151,17 @@ class MaskGenerator(nn.Module):
         return file
 
     @classmethod
-    def load(cls, source: Path, base: str | None = None, device: str | torch.device = "cpu") -> "MaskGenerator":
-        """Load a generator folder (or a ``generator.safetensors`` file). ``base`` overrides the SD base path."""
+    def load(cls, source: Path, base: str | None = None, device: str | torch.device = "cpu",
+             mask_free_ok: bool = False) -> "MaskGenerator":
+        """Load a generator folder (or a ``generator.safetensors`` file). ``base`` overrides the SD base path.
+
+        A mask-free base (``pretrain-base --mask-free``) cannot place anomalies in masks, so it is refused
+        unless ``mask_free_ok`` (fine-tuning it, or sampling the base itself in benchmarks)."""
         spec, state, file = read_weights(source, WEIGHTS_NAME, SPEC_KEY,
                                          "not a generator folder; train one with `anomalign train-generator`")
+        if spec.get("mask_encoding") == "none" and not mask_free_ok:
+            raise AnomalignError(f"{file}: a mask-free base (no mask input): it cannot follow masks until it is "
+                                 f"fine-tuned — run `anomalign train-generator --base {source}` first")
         gen = build_generator(spec, base=base)
         gen.load_trainable_state(state, str(file))
         return gen.to(device)
@@ -142,6 +171,10 @@ class MaskGenerator(nn.Module):
             for prefix, module in (("vae.", self.vae), ("unet.", self.unet), ("prompt.", self.prompt_encoder)):
                 sub = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
                 _load_strict(module, sub, f"{where} ({prefix[:-1]})")
+            return
+        if self.spec.get("finetune") == "full":
+            _load_strict(self.unet, {k[len("unet."):]: v for k, v in state.items() if k.startswith("unet.")},
+                         f"{where} (unet)")
             return
         conv = {k[len("unet.conv_in."):]: v for k, v in state.items() if k.startswith("unet.conv_in.")}
         _load_strict(self.unet.conv_in, conv, f"{where} (conv_in)")
@@ -194,11 +227,11 @@ def sd_generator(base: str, encoding: MaskEncoding, spec: dict[str, Any], resolu
     encoder frozen; ``spec`` is completed with the base and the resolution (default: the UNet's)."""
     from anomalign.generator.sd import load_sd_components
     vae, unet, prompt, scheduler = load_sd_components(base)
-    factor = 2 ** (len(vae.config.block_out_channels) - 1)
-    expand_conv_in(unet, mask_channels(encoding, factor, vae.config.latent_channels))
     for m in (vae, prompt):
         m.requires_grad_(False)
     spec = dict(spec, backend="sd", base=base)
+    gen = MaskGenerator(vae, unet, prompt, scheduler, "none", spec)
+    gen.add_mask_condition(encoding)
     if resolution is not None or "resolution" not in spec:
-        spec["resolution"] = resolution or unet.config.sample_size * factor
-    return MaskGenerator(vae, unet, prompt, scheduler, encoding, spec)
+        gen.spec["resolution"] = resolution or unet.config.sample_size * gen.factor
+    return gen

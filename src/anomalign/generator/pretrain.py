@@ -2,9 +2,18 @@
 
 This plays the role Stable Diffusion's pretraining plays for the ``sd`` backend: a from-scratch diffusion
 model cannot learn in a CPU-minutes budget, so ``train-generator --backend tiny`` fine-tunes this base.
-Two phases, each resumable: (1) the codec (AutoencoderKL) on corpus images AND masks, (2) the UNet with
-the mask condition on the frozen codec's latents (α = 0: the base knows nothing of the paper's method).
-The result is one fp16 safetensors file; the shipped one is reproduced by ``configs/tiny_base.yaml``.
+
+Codec: ``--codec DIR`` uses the pretrained TAEF2 (``generator/taef2.py``; its weights are an input, like a
+dataset) with the latent scale fitted on the corpus; without it phase 1 trains an AutoencoderKL on corpus
+images AND masks (the old base). Then the UNet on the frozen codec's latents, in one of two regimes:
+
+- mask-aware (default): the mask enters ``conv_in`` from the start, with mask dropout for guidance
+  (α = 0: the base knows nothing of the paper's method);
+- ``--mask-free``: prompt-conditioned only, no mask input, like SD; ``train-generator`` then widens
+  ``conv_in`` with zero-initialised mask channels and learns the condition from the user's pairs.
+
+The result is one fp16 safetensors file (codec + UNet + prompt embeddings); the shipped one is reproduced
+by ``configs/tiny_base.yaml``.
 """
 from __future__ import annotations
 
@@ -20,11 +29,14 @@ from anomalign.config import option, save_config
 from anomalign.data.dataset import default_prompt
 from anomalign.data.sample import Sample
 from anomalign.data.transforms import mask_to_tensor, to_model_range
+from anomalign.errors import ConfigError
 from anomalign.generator.conditioning import mask_channels
 from anomalign.generator.model import MaskGenerator
 from anomalign.generator.task import GenStepOptions, LatentPairs, generator_task
 from anomalign.generator.tiny import TINY_UNET_CONFIG, TINY_VAE_CONFIG, build_tiny, words
 from anomalign.training import LoopOptions, TrainTask, batch_indices, train_loop
+
+TAEF2_FACTOR = 8  # generator/taef2.py's FACTOR, restated: importing it pulls in diffusers (slow --help)
 
 
 @dataclass(kw_only=True)
@@ -35,8 +47,15 @@ class PretrainBaseConfig(LoopOptions):
     corpus_size: int = option(6000, "procedural image/mask pairs rendered for pretraining")
     corpus_seed: int = option(12345, "seed of the procedural corpus")
     normal_fraction: float = option(0.15, "fraction of the corpus without a defect")
-    size: int = option(64, "image size")
-    mask_encoding: str = option("unshuffle", "mask condition encoding: unshuffle, resize or vae")
+    size: int = option(64, "image size (a multiple of 4x the codec factor: 16 AutoencoderKL, 32 TAEF2)")
+    codec: Path | None = option(None, "a TAEF2 folder (taef2_encoder/decoder.safetensors): use this pretrained "
+                                      "codec instead of training an AutoencoderKL")
+    mask_free: bool = option(False, "pretrain without a mask input (prompt only, like SD; the paper's regime): "
+                                    "train-generator adds the mask channels")
+    hold_out: list[str] = option(default_factory=list, help="materials left out of the corpus (e.g. to fine-tune "
+                                                            "on a material the base never saw)")
+    mask_encoding: str = option("unshuffle", "mask condition encoding: unshuffle, resize or vae (ignored with "
+                                             "--mask-free)")
     unet_channels: list[int] = option(default_factory=lambda: list(TINY_UNET_CONFIG["block_out_channels"]),
                                       help="UNet block widths")
     codec_steps: int = option(2500, "codec (autoencoder) training steps")
@@ -55,16 +74,21 @@ class PretrainBaseConfig(LoopOptions):
     lr_warmup_steps: int = option(200, "warm-up steps")
     checkpoint_every: int = option(500, "checkpoint every N steps")
 
+    def validate(self) -> None:
+        check_pretrain_config(self)
+
 
 def render_corpus(cfg: PretrainBaseConfig, progress: bool = True) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
-    """images [N, 3, S, S] in [-1, 1], masks [N, 1, S, S], prompts [N]; pair i depends on (seed, i) only."""
+    """images [N, 3, S, S] in [-1, 1], masks [N, 1, S, S], prompts [N]; pair i depends on (seed, i, the
+    materials kept) only."""
     from tqdm import tqdm
 
     from anomalign.data.procedural import DEFECTS, MATERIALS, render_sample
+    materials = [m for m in MATERIALS if m not in cfg.hold_out]
     images, masks, prompts = [], [], []
     for i in tqdm(range(cfg.corpus_size), desc="rendering corpus", disable=not progress):
         rng = np.random.default_rng([cfg.corpus_seed, i])
-        material = MATERIALS[int(rng.integers(len(MATERIALS)))]
+        material = materials[int(rng.integers(len(materials)))]
         defect = None if rng.random() < cfg.normal_fraction else DEFECTS[int(rng.integers(len(DEFECTS)))]
         img, m = render_sample(rng, cfg.size, material, defect)
         images.append(to_model_range(img))
@@ -93,24 +117,30 @@ def codec_task(vae, images: torch.Tensor, masks: torch.Tensor, cfg: PretrainBase
                      state_fn=vae.state_dict, load_state_fn=lambda sd: vae.load_state_dict(sd), save_fn=save_fn)
 
 
-def run_pretrain_base(cfg: PretrainBaseConfig, progress: bool = True) -> Path:
-    from diffusers import DDPMScheduler
+def check_pretrain_config(cfg: PretrainBaseConfig) -> None:
+    from anomalign.data.procedural import MATERIALS
+    unknown = [m for m in cfg.hold_out if m not in MATERIALS]
+    if unknown:
+        raise ConfigError(f"--hold-out {', '.join(unknown)}: unknown material; choose from {', '.join(MATERIALS)}")
+    if len(cfg.hold_out) >= len(MATERIALS):
+        raise ConfigError("--hold-out leaves no material to pretrain on")
+    factor = TAEF2_FACTOR if cfg.codec else 2 ** (len(TINY_VAE_CONFIG["block_out_channels"]) - 1)
+    if cfg.size % (4 * factor):
+        raise ConfigError(f"--size {cfg.size} must be a multiple of {4 * factor} with this codec")
+
+
+def make_codec(cfg: PretrainBaseConfig, images: torch.Tensor, masks: torch.Tensor, out: Path, progress: bool):
+    """The frozen codec E/D with its latent scale set from the corpus: TAEF2 from ``cfg.codec``, or an
+    AutoencoderKL trained here (phase 1, resumable)."""
+    from diffusers import AutoencoderKL
     from safetensors.torch import load_file, save_file
 
-    from anomalign.data.procedural import DEFECTS
-
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, out / "config.yaml")
-    torch.manual_seed(cfg.seed)
-    images, masks, prompts = render_corpus(cfg, progress)
-    vocab = sorted({w for p in prompts + [default_prompt(Sample(Path(""), None, d, False)) for d in DEFECTS]
-                    for w in words(p)})
-    factor = 2 ** (len(TINY_VAE_CONFIG["block_out_channels"]) - 1)
-    unet_cfg = dict(TINY_UNET_CONFIG, block_out_channels=list(cfg.unet_channels), sample_size=cfg.size // factor)
-    vae, unet, prompt = build_tiny(vocab, mask_channels(cfg.mask_encoding, factor, TINY_VAE_CONFIG["latent_channels"]),
-                                   unet_config=unet_cfg)
-    # Phase 1: codec.
+    if cfg.codec:
+        from anomalign.generator.taef2 import TAEF2Codec
+        codec = TAEF2Codec.from_folder(cfg.codec)
+        codec.fit_scaling_factor(images[:512])  # 512 images pin the std to <1 %; encoding is the slow part
+        return codec.requires_grad_(False).eval()
+    vae = AutoencoderKL(**TINY_VAE_CONFIG)
     codec_dir = out / "codec"
     codec_file = codec_dir / "codec.safetensors"
     if not codec_file.exists():
@@ -126,13 +156,41 @@ def run_pretrain_base(cfg: PretrainBaseConfig, progress: bool = True) -> Path:
     with torch.no_grad():
         sample_lat = torch.cat([vae.encode(images[i:i + 256]).latent_dist.mean for i in range(0, min(2048, len(images)), 256)])
     vae.register_to_config(scaling_factor=float(1.0 / sample_lat.std()))
+    return vae
+
+
+def run_pretrain_base(cfg: PretrainBaseConfig, progress: bool = True) -> Path:
+    from diffusers import DDPMScheduler
+
+    from anomalign.data.procedural import DEFECTS
+
+    check_pretrain_config(cfg)  # also when called from Python
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, out / "config.yaml")
+    torch.manual_seed(cfg.seed)
+    images, masks, prompts = render_corpus(cfg, progress)
+    vocab = sorted({w for p in prompts + [default_prompt(Sample(Path(""), None, d, False)) for d in DEFECTS]
+                    for w in words(p)})
+    codec = make_codec(cfg, images, masks, out, progress)
+    factor = 2 ** (len(codec.config.block_out_channels) - 1)
+    encoding = "none" if cfg.mask_free else cfg.mask_encoding
+    unet_cfg = dict(TINY_UNET_CONFIG, block_out_channels=list(cfg.unet_channels), sample_size=cfg.size // factor)
+    vae, unet, prompt = build_tiny(vocab, mask_channels(encoding, factor, codec.config.latent_channels),
+                                   unet_config=unet_cfg, codec=codec)
     scheduler = DDPMScheduler(num_train_timesteps=1000, beta_schedule="scaled_linear", beta_start=0.00085,
                               beta_end=0.012, prediction_type="epsilon", clip_sample=False)
-    gen = MaskGenerator(vae, unet, prompt, scheduler, cfg.mask_encoding,
-                        {"backend": "tiny", "resolution": cfg.size, "base": "pretrain-base"})
-    # Phase 2: UNet (and prompt embeddings) on cached latents.
-    pairs = LatentPairs(gen, images, masks, prompts, augment=[], seed=cfg.seed)
-    pairs.precompute(progress)
+    gen = MaskGenerator(vae, unet, prompt, scheduler, encoding,
+                        {"backend": "tiny", "resolution": cfg.size, "base": "pretrain-base",
+                         "base_regime": "mask-free" if cfg.mask_free else "mask-aware",
+                         "held_out_materials": list(cfg.hold_out)})
+    # Phase 2: UNet (and prompt embeddings) on latents encoded once and kept in the run folder (a resumed
+    # run does not spend the encoding minutes again). α = 0, so E(m) is needed only for the vae encoding.
+    pairs = LatentPairs(gen, images, masks, prompts, augment=[], seed=cfg.seed, mask_latents=encoding == "vae")
+    cache = out / "latents.safetensors"
+    if not pairs.load_cache(cache):
+        pairs.precompute(progress)
+        pairs.save_cache(cache)
     params = list(unet.parameters()) + list(prompt.parameters())
     step_opts = GenStepOptions(alpha=0.0, snr_gamma=cfg.snr_gamma, mask_dropout=cfg.mask_dropout,
                                prompt_dropout=cfg.prompt_dropout)

@@ -21,10 +21,14 @@ class LatentPairs(DihedralViews):
     """
 
     def __init__(self, gen: MaskGenerator, images: torch.Tensor, masks: torch.Tensor, prompts: list[str],
-                 augment: list[str] = (), seed: int = 0, cache: bool = True, encode_batch: int = 64):
+                 augment: list[str] = (), seed: int = 0, cache: bool = True, encode_batch: int = 64,
+                 mask_latents: bool = True):
         super().__init__(images, masks, augment, seed)
         self.gen, self.prompts = gen, list(prompts)
         self.cache_enabled, self.encode_batch = cache, encode_batch
+        # h0 = E(m) is only used by Eq. 2-4 (α > 0) and the ``vae`` encoding; without it h0 is an empty
+        # [0] tensor per pair (half the encoding time), and any use of it fails on the shape.
+        self.mask_latents = mask_latents
         self.cache: dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor]] = {}
 
     @torch.no_grad()
@@ -36,7 +40,8 @@ class LatentPairs(DihedralViews):
             chunk = todo[s:s + self.encode_batch]
             xs, ms = zip(*(self.view(i, v) for i, v in chunk))
             z0 = self.gen.encode(torch.stack(xs)).float().cpu()
-            h0 = self.gen.encode_mask_image(torch.stack(ms)).float().cpu()
+            h0 = (self.gen.encode_mask_image(torch.stack(ms)).float().cpu() if self.mask_latents
+                  else torch.zeros(len(chunk), 0))
             for j, key in enumerate(chunk):
                 fresh[key] = (z0[j], h0[j])
         if self.cache_enabled:
@@ -50,6 +55,28 @@ class LatentPairs(DihedralViews):
         from tqdm import tqdm
         for s in tqdm(range(0, len(keys), 512), desc="encoding latents", disable=not progress):
             self.latents(keys[s:s + 512])
+
+    def save_cache(self, file) -> None:
+        """Write the encoded latents (e.g. a pretraining corpus, minutes of encoding) to a safetensors file."""
+        from anomalign.weights import write_weights
+        keys = sorted(self.cache)
+        state = {"z0": torch.stack([self.cache[k][0] for k in keys]), "h0": torch.stack([self.cache[k][1] for k in keys]),
+                 "keys": torch.tensor(keys, dtype=torch.long).view(-1, 2)}
+        write_weights(file, state, "anomalign_latent_cache", {"count": len(keys)})
+
+    def load_cache(self, file) -> bool:
+        """Fill the cache from ``save_cache``'s file if it holds every (pair, variant); returns whether it did."""
+        from safetensors.torch import load_file
+        from safetensors import SafetensorError
+        try:
+            state = load_file(str(file))
+        except (SafetensorError, OSError):  # missing or damaged: re-encoded, never trusted
+            return False
+        keys = [tuple(k) for k in state["keys"].tolist()] if "keys" in state else []
+        if len(keys) != len(self) * len(self.variants) or (self.mask_latents and state["h0"].dim() < 2):
+            return False
+        self.cache = {k: (state["z0"][j], state["h0"][j]) for j, k in enumerate(keys)}
+        return True
 
     def batch(self, indices: list[int], micro_step: int) -> dict:
         keys = [(i, self.variant_of(micro_step, i)) for i in indices]

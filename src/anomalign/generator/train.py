@@ -49,13 +49,15 @@ class TrainGeneratorConfig(DataOptions, CropOptions, LoopOptions):
     snr_gamma: float | None = option(None, "min-SNR-γ loss weighting (off by default, as in the paper)")
     mask_dropout: float = option(0.1, "probability of dropping the mask condition (needed for guidance)")
     prompt_dropout: float = option(0.1, "probability of dropping the prompt")
-    finetune: Literal["full", "lora"] = option("full", "tiny: train the whole UNet or LoRA adapters (sd: always lora)")
+    finetune: Literal["full", "lora"] | None = option(None, "train the whole UNet (full) or LoRA adapters + conv_in "
+                                                          "(lora); default: full for tiny, lora for sd")
     lora_rank: int = option(8, "LoRA rank")
     lora_alpha: float | None = option(None, "LoRA alpha (default: the rank)")
     lora_targets: list[str] = option(default_factory=lambda: list(LORA_TARGETS),
                                      help="UNet modules that get LoRA adapters")
     mask_encoding: Literal["unshuffle", "resize", "vae"] = option(
-        "unshuffle", "how the mask enters conv_in (sd; tiny keeps its base's): unshuffle, resize or vae")
+        "unshuffle", "how the mask enters conv_in (sd and mask-free tiny bases; a mask-aware tiny base keeps "
+        "its own): unshuffle, resize or vae")
     resolution: int | None = option(None, "training resolution (default: the base's, 64 tiny / 512 sd)")
     augment: list[str] = option(default_factory=lambda: ["hflip", "vflip"],
                                 help=f"exact paired augmentations: any of {', '.join(DIHEDRAL_AUGMENTS)} (or none)")
@@ -81,6 +83,8 @@ class TrainGeneratorConfig(DataOptions, CropOptions, LoopOptions):
         if self.preset != "custom":
             for k, v in PRESETS[self.preset].items():
                 setattr(self, k, v)
+        if self.finetune is None:
+            self.finetune = "lora" if self.backend == "sd" else "full"
         if self.alpha < 0:
             raise ConfigError(f"alpha must be >= 0, got {self.alpha}")
         if self.backend == "sd" and not self.base:
@@ -97,19 +101,25 @@ def load_base(cfg: TrainGeneratorConfig) -> MaskGenerator:
             raise AnomalignError(f"{base}: tiny base weights not found" + (
                 "; the package ships them at this path — reinstall, or train one with `anomalign pretrain-base`"
                 if not cfg.base else ""))
-        return MaskGenerator.load(base)
+        gen = MaskGenerator.load(base, mask_free_ok=True)
+        if gen.mask_free:
+            gen.add_mask_condition(cfg.mask_encoding)
+            print(f"{base}: a mask-free base; the mask enters through {cfg.mask_encoding!r} channels added to "
+                  "conv_in (zero-initialised) and learnt in this fine-tuning, as with Stable Diffusion")
+        return gen
     return sd_generator(cfg.base, cfg.mask_encoding, {}, cfg.resolution)
 
 
 def trainable_parameters(gen: MaskGenerator, cfg: TrainGeneratorConfig) -> list[torch.nn.Parameter]:
     """Freeze what the paper freezes (codec, text encoder) and return what trains."""
     gen.vae.requires_grad_(False)
-    if cfg.backend == "sd" or cfg.finetune == "lora":
+    if cfg.finetune == "lora":
         gen.unet.requires_grad_(False)
         gen.add_lora(cfg.lora_rank, cfg.lora_alpha, cfg.lora_targets)
         gen.unet.conv_in.requires_grad_(True)
     else:
         gen.unet.requires_grad_(True)
+        gen.spec["finetune"] = "full"
     # tiny: the prompt encoder learns the user's new words; SD's CLIP stays frozen
     gen.prompt_encoder.requires_grad_(cfg.backend == "tiny")
     return [p for p in gen.parameters() if p.requires_grad]
