@@ -283,3 +283,26 @@ def test_dpm_solver_and_half_precision_end_to_end(gen_dir, data, tmp_path):
     assert "dtype" not in json.loads((tmp_path / "ddim" / "run.json").read_text())["identity"]  # old runs resume
     with pytest.raises(AnomalignError, match="different dtype"):
         run_generate(cfg(gen_dir, data, tmp_path / "ddim", num=2, dtype="bf16"), progress=False)
+
+
+def test_a_generator_trained_on_grey_data_writes_grey_images(tmp_path, gen_dir):
+    from anomalign.config import build_config
+    from anomalign.generator.train import TrainGeneratorConfig, run_train_generator
+    from dummy_data import pair
+
+    for split_dir, (i, empty) in [("scratch", (0, False)), ("scratch", (1, False)), ("good", (2, True))]:
+        image, mask = pair(i, size=(32, 32), empty=empty)
+        save(tmp_path / "grey" / "images" / split_dir / f"{i}.png", image.mean(2).astype(np.uint8))
+        save(tmp_path / "grey" / "masks" / split_dir / f"{i}.png", mask)
+    train = build_config(TrainGeneratorConfig, dict(
+        data=str(tmp_path / "grey"), out=str(tmp_path / "gen"), base=str(gen_dir), max_steps=1, batch_size=2,
+        checkpoint_every=1, validation_masks=1, validation_steps=2, device="cpu", val_fraction=0.0,
+        test_fraction=0.0))
+    gen = run_train_generator(train, progress=False)
+    assert json.loads((gen / "generator.json").read_text())["grayscale"] is True
+    run_generate(cfg(gen, tmp_path / "grey", tmp_path / "out", num=2, steps=2), progress=False)
+    images = sorted((tmp_path / "out" / "images").rglob("*.png"))
+    assert len(images) == 2 and all(Image.open(p).mode == "L" for p in images)
+    # the colour data of the other tests keeps RGB (their generator has no "grayscale" flag)
+    run_generate(cfg(gen_dir, tmp_path / "grey", tmp_path / "out_rgb", num=1, steps=2), progress=False)
+    assert Image.open(next((tmp_path / "out_rgb" / "images").rglob("*.png"))).mode == "RGB"

@@ -36,6 +36,20 @@ def from_model_range(x: torch.Tensor) -> np.ndarray:
     return x.movedim(-3, -1).cpu().numpy()
 
 
+def is_grey(images: torch.Tensor | np.ndarray) -> bool:
+    """True when every pixel of ``images`` [..., 3, H, W] (tensor) or [..., H, W, 3] (uint8 array) has equal
+    R, G and B — grey data decoded as RGB (``imageio.read_image`` replicates grey channels exactly)."""
+    if isinstance(images, np.ndarray):
+        return bool((images[..., 0] == images[..., 1]).all() and (images[..., 1] == images[..., 2]).all())
+    return bool(torch.equal(images[..., 0, :, :], images[..., 1, :, :])
+                and torch.equal(images[..., 1, :, :], images[..., 2, :, :]))
+
+
+def grey_u8(image: np.ndarray) -> np.ndarray:
+    """uint8 [H, W, 3] -> uint8 [H, W], the channel mean (generated "grey" images carry a faint tint)."""
+    return np.rint(image.astype(np.float32).mean(2)).astype(np.uint8)
+
+
 def mask_to_tensor(mask: np.ndarray) -> torch.Tensor:
     """bool [H, W] -> float32 [1, H, W] in {0, 1}."""
     return torch.from_numpy(np.ascontiguousarray(mask)).to(torch.float32)[None]

@@ -12,7 +12,7 @@ from anomalign.config import option, save_config
 from anomalign.data.crops import CropOptions, crop_bank, median_image_side
 from anomalign.data.dataset import PairDataset, default_prompt
 from anomalign.data.folders import DataOptions
-from anomalign.data.transforms import DIHEDRAL_AUGMENTS, dihedral_variants
+from anomalign.data.transforms import DIHEDRAL_AUGMENTS, dihedral_variants, is_grey
 from anomalign.data.validate import load_dataset, load_normal_folder, skipped_records
 from anomalign.errors import AnomalignError, ConfigError
 from anomalign.generator.model import LORA_TARGETS, MaskGenerator, sd_generator
@@ -179,6 +179,9 @@ def run_train_generator(cfg: TrainGeneratorConfig, progress: bool = True) -> Pat
         raise ConfigError(f"resolution {resolution} must be a multiple of {gen.factor * 4} for this model")
     gen.spec["resolution"] = resolution
     (images, masks, prompts), (val_images, val_masks, val_prompts), skipped = training_pairs(cfg, resolution)
+    gen.spec["grayscale"] = is_grey(images)  # `generate` then writes single-channel images, like the data
+    if gen.spec["grayscale"] and acc.is_main_process:
+        print("grayscale training images: generated images will be written as grayscale")
     if gen.spec["backend"] == "tiny":
         added = gen.prompt_encoder.add_words([w for p in prompts for w in words(p)])
         if added and acc.is_main_process:

@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from anomalign.data.transforms import grey_u8, is_grey
 from anomalign.errors import DataError
 from anomalign.synthesis.placement import crop_to_content, estimate_foreground, paste, place, window_around
 
@@ -140,9 +141,9 @@ def compose(p: Placement, defect: np.ndarray, window_u8: np.ndarray, region: tor
     if window_u8.shape[0] != s:
         window_u8 = np.asarray(Image.fromarray(window_u8).resize((s, s), Image.BICUBIC))
     alpha = region if region.shape[-1] == s else F.interpolate(region[None], size=(s, s), mode="nearest-exact")[0]
-    grey = bool((image[..., 0] == image[..., 1]).all() and (image[..., 1] == image[..., 2]).all())
+    grey = is_grey(image)
     if grey:  # keep grayscale data grayscale: the generated pixels lose the colour the codec may add
-        window_u8 = np.repeat(np.rint(window_u8.astype(np.float32).mean(2)).astype(np.uint8)[..., None], 3, axis=2)
+        window_u8 = np.repeat(grey_u8(window_u8)[..., None], 3, axis=2)
     full = paste(image, window_u8, alpha[0].numpy(), p.top, p.left)
     full_mask = np.zeros(image.shape[:2], np.uint8)
     full_mask[p.y:p.y + p.h, p.x:p.x + p.w] = defect.astype(np.uint8) * 255

@@ -271,7 +271,7 @@ class Synthesizer:
 
     @torch.no_grad()
     def _run(self, attempts: list[int]) -> list[tuple[dict, np.ndarray | None, np.ndarray | None]]:
-        from anomalign.data.transforms import from_model_range
+        from anomalign.data.transforms import from_model_range, grey_u8
         from anomalign.generator.sampler import sample
         from anomalign.synthesis.scoring import free_lunch, oracle_iou
 
@@ -331,6 +331,8 @@ class Synthesizer:
                    "scheduler": cfg.scheduler, "steps": cfg.steps, "guidance": cfg.guidance,
                    "resolution": int(masks.shape[-1]), "scores": row_scores}
             image_u8, m_u8 = images_u8[j], (masks[j, 0].numpy() > 0.5).astype(np.uint8) * 255
+            if gen.spec.get("grayscale"):  # a generator trained on grey data writes grey images
+                image_u8 = grey_u8(image_u8)
             if placed is not None:
                 from anomalign.synthesis.fullsize import compose
                 p = placed[j]
