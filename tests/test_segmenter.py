@@ -1,4 +1,5 @@
 """Eq. 6-11 against hand-computed values; feedback gradients; a short training run."""
+import json
 import math
 
 import pytest
@@ -65,6 +66,22 @@ def test_train_segmenter_with_synthetic_and_feedback(tmp_path):
     assert all(float(r.split(",")[3]) > 0 for r in rows[1:])  # feedback ran every step
     seg = Segmenter.load(out)
     assert seg(torch.zeros(1, 3, 32, 32)).shape == (1, 2, 32, 32)
+    premise = json.loads((out / "premise.json").read_text())  # the feedback's premise, measured before training
+    from anomalign.data import load_dataset
+    n_train = sum(not s.normal for s in load_dataset(real).split("train"))
+    assert premise["images"] == n_train > 0 and 0 <= premise["frac_true_lt_both"] <= 1 and premise["threshold"] == 0.7
+
+
+def test_a_weak_feedback_premise_is_a_warning_with_the_numbers(tmp_path, capsys):
+    from anomalign.segmenter.train import report_premise
+    base = {"images": 20, "frac_true_lt_moved": 0.8, "frac_true_lt_empty": 0.6, "free_lunch_mean": 0.0}
+    report_premise(base | {"frac_true_lt_both": 0.55}, tmp_path)
+    err = capsys.readouterr().err
+    assert "warning" in err and "20 training images" in err and "55%" in err and "below 70%" in err
+    report_premise(base | {"frac_true_lt_both": 0.9}, tmp_path)
+    captured = capsys.readouterr()
+    assert "warning" not in captured.err and "90%" in captured.out
+    assert json.loads((tmp_path / "premise.json").read_text())["frac_true_lt_both"] == 0.9
 
 
 def test_log_rows_average_feedback_over_the_steps_where_it_ran(tmp_path):

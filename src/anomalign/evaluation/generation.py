@@ -208,23 +208,15 @@ def oracle_alignment(segmenter: Path, images: np.ndarray, masks: np.ndarray) -> 
 
 @torch.no_grad()
 def feedback_premise(generator: Path, real_u8: np.ndarray, real_m: np.ndarray, prompts: list[str]) -> dict:
-    """The premise of Generative Feedback on real anomalous images: how often the generator denoises a
-    real image better when conditioned on its true mask than on a moved (by a quarter width) or an empty
-    mask (same noise and timesteps for the three; see ``synthesis.scoring.free_lunch``)."""
+    """The premise of Generative Feedback on real anomalous images (uint8 [B, H, W, 3], bool masks [B, H, W]):
+    ``synthesis.scoring.premise`` with the generator of run folder ``generator``."""
     from anomalign.data.transforms import to_model_range
     from anomalign.generator.model import MaskGenerator
-    from anomalign.synthesis.scoring import free_lunch
+    from anomalign.synthesis.scoring import premise
 
-    gen = MaskGenerator.load(generator).eval()
-    res = gen.resolution
     x = torch.stack([to_model_range(im) for im in real_u8])
     m = torch.from_numpy(real_m.astype(np.float32))[:, None]
-    if x.shape[-1] != res:
-        x = torch.nn.functional.interpolate(x, size=(res, res), mode="bilinear", antialias=True)
-        m = torch.nn.functional.interpolate(m, size=(res, res), mode="nearest")
-    fl = free_lunch(gen, x, m, prompts, shift=res // 4)
-    return {"images": len(x), **{k: v for k, v in fl.items() if k.startswith("frac")},
-            "free_lunch_mean": float(fl["score"].mean())}
+    return premise(MaskGenerator.load(generator).eval(), x, m, prompts)
 
 
 def premise_note(premise: dict, split: str) -> str:

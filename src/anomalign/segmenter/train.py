@@ -96,6 +96,8 @@ def run_train_segmenter(cfg: TrainSegmenterConfig, progress: bool = True) -> Pat
 
     if acc.is_main_process:
         start_run_folder(out, "train-segmenter", cfg, skipped_records(skipped))
+        if fb is not None:
+            report_premise(feedback_premise(gen, real, cfg), out)
     step_opts = SegStepOptions(cfg.anomaly_weight, cfg.temperature, cfg.w_fb, cfg.fb_t_min, cfg.fb_t_max,
                                cfg.fb_every, cfg.fb_warmup_steps)
     task = segmenter_task(model, real, syn, cfg.batch_size, cfg.synthetic_fraction, cfg.seed, step_opts, fb, save_fn,
@@ -118,6 +120,48 @@ def run_train_segmenter(cfg: TrainSegmenterConfig, progress: bool = True) -> Pat
 
 
 MIN_VAL_ANOMALIES = 10  # below this, picking the best checkpoint by val mIoU is mostly noise
+# Generative Feedback assumes the frozen generator denoises a real image better given its true mask than a
+# wrong one. Below this share of training images (true mask beats the moved AND the empty mask), the
+# feedback gradient mostly carries noise: users are told before they pay for it.
+PREMISE_MIN = 0.7
+
+
+def feedback_premise(gen, real: SegPairs | CropPairs, cfg: TrainSegmenterConfig, n: int = 32) -> dict:
+    """The feedback's premise (``synthesis.scoring.premise``) on up to ``n`` anomalous training pairs spread
+    over the set, seen as the feedback sees them: whole images, or one anomaly-centred crop each."""
+    from anomalign.data.crops import crop_bank
+    from anomalign.data.dataset import default_prompt
+    from anomalign.synthesis.scoring import premise
+
+    anomalous = [i for i, s in enumerate(real.samples) if not s.normal]
+    picked = [anomalous[j * len(anomalous) // n] for j in range(n)] if len(anomalous) > n else anomalous
+    if not picked:
+        return {"images": 0}
+    if cfg.crop_size:
+        x, m, src = crop_bank([real.samples[i] for i in picked], cfg.crop_size, cfg.scale, 1, cfg.crop_jitter,
+                              cfg.seed, cfg.mask_threshold)
+        prompts = [default_prompt(s) for s in src]
+    else:
+        x, m, prompts = real.images[picked], real.masks[picked], [real.prompts[i] for i in picked]
+    return premise(gen, x, m, prompts, seed=cfg.seed) | {"threshold": PREMISE_MIN}
+
+
+def report_premise(premise: dict, out: Path) -> None:
+    """Print the premise (a warning when weak) and keep it in ``OUT/premise.json``."""
+    import json
+    from anomalign.files import write_text_atomic
+    write_text_atomic(out / "premise.json", json.dumps(premise, indent=1))
+    if not premise["images"]:
+        return
+    both = premise["frac_true_lt_both"]
+    line = (f"Generative Feedback premise on {premise['images']} training images: the generator denoises better "
+            f"with the true mask than with the moved and the empty mask on {100 * both:.0f}%")
+    if both < PREMISE_MIN:
+        print(f"warning: {line} (below {100 * PREMISE_MIN:.0f}%): the feedback loss will mostly push the "
+              "segmenter with noise and may lower its mIoU; train the generator longer or on more pairs, or "
+              "drop --feedback-generator (docs/segmenter.md, Generative Feedback)", file=sys.stderr)
+    else:
+        print(line)
 
 
 def training_sets(cfg: TrainSegmenterConfig) -> tuple:

@@ -82,3 +82,18 @@ def oracle_iou(segmenter, images: torch.Tensor, masks: torch.Tensor, threshold: 
         prob = segmenter.predict_proba(images[s:s + batch_size])
         out.append(iou_dice(prob >= threshold, masks[s:s + batch_size] > 0.5)[0])
     return torch.cat(out)
+
+
+@torch.no_grad()
+def premise(gen, images: torch.Tensor, masks: torch.Tensor, prompts: list[str], seed: int = 0) -> dict:
+    """Generative Feedback's premise on real anomalous images [B, 3, H, W] in [-1, 1] with masks [B, 1, H, W]:
+    how often the generator denoises an image better given its true mask than a moved one (by a quarter
+    width) and the empty one (``free_lunch``; images resized to the generator's resolution first).
+    Returns {"images", "frac_true_lt_moved", "frac_true_lt_empty", "frac_true_lt_both", "free_lunch_mean"}."""
+    res = gen.resolution
+    if images.shape[-1] != res or images.shape[-2] != res:
+        images = torch.nn.functional.interpolate(images, size=(res, res), mode="bilinear", antialias=True).clamp(-1, 1)
+        masks = torch.nn.functional.interpolate(masks.float(), size=(res, res), mode="nearest")
+    fl = free_lunch(gen, images, masks, prompts, shift=max(1, res // 4), seed=seed)
+    return {"images": len(images), **{k: v for k, v in fl.items() if k.startswith("frac")},
+            "free_lunch_mean": float(fl["score"].mean())}
