@@ -44,7 +44,11 @@ SCORES = ("free-lunch", "oracle")
 class GenerateConfig(DataOptions):
     """Options of ``anomalign generate``."""
 
-    generator: Path = option(help="generator run folder (from `anomalign train-generator`)")
+    generator: Path | None = option(None, "generator run folder (from `anomalign train-generator`); not used by "
+                                          "--synthesizer cutpaste")
+    synthesizer: Literal["diffusion", "cutpaste"] = option(
+        "diffusion", "diffusion: the generator draws each defect; cutpaste: the baseline, real defect pixels "
+                     "pasted with their (augmented) masks into --normals or --background images")
     masks: Path = option(help="where the masks come from: a dataset (any layout `data check` reads) or a "
                               "folder of mask images (a first-level sub-folder names the defect type)")
     num: int = option(help="number of image/mask pairs to write (under torchrun spell it --num-samples: "
@@ -98,6 +102,22 @@ class GenerateConfig(DataOptions):
             raise ConfigError(f"batch_size must be >= 1, got {self.batch_size}")
         if self.steps is None:
             self.steps = 50 if self.scheduler == "ddim" else 20
+        if self.synthesizer == "diffusion" and self.generator is None:
+            raise ConfigError("--generator is required (or --synthesizer cutpaste)")
+        if self.synthesizer == "cutpaste":
+            if self.normals is None and self.background is None:
+                raise ConfigError("--synthesizer cutpaste pastes into normal images: give --normals (full size) or "
+                                  "--background with --resolution")
+            if self.background is not None and self.resolution is None:
+                raise ConfigError("--synthesizer cutpaste with --background needs --resolution (no generator to "
+                                  "take it from)")
+            if self.min_alignment is not None and self.oracle is None:
+                raise ConfigError("--min-alignment with --synthesizer cutpaste needs --oracle (the free-lunch score "
+                                  "needs a generator)")
+            if "free-lunch" in self.scores or self.filter_by == "free-lunch":
+                if self.scores != ["free-lunch"] or self.filter_by == "free-lunch":  # asked for, not the default
+                    raise ConfigError("the free-lunch score needs a generator; cutpaste can be scored by --oracle only")
+                self.scores = []
         self.augment = [a for a in self.augment if a != "none"]
         bad = [a for a in self.augment if a not in MASK_AUGMENTS]
         if bad:
@@ -273,7 +293,7 @@ class Synthesizer:
     def _run(self, attempts: list[int]) -> list[tuple[dict, np.ndarray | None, np.ndarray | None]]:
         from anomalign.data.transforms import from_model_range, grey_u8
         from anomalign.generator.sampler import sample
-        from anomalign.synthesis.scoring import free_lunch, oracle_iou
+        from anomalign.synthesis.scoring import free_lunch, oracle_scores
 
         cfg, gen = self.cfg, self.gen
         cond = [self.conditioning(i) for i in attempts]
@@ -306,13 +326,7 @@ class Synthesizer:
             scores["loss_moved_mask"] = fl["moved"].tolist()
             scores["loss_empty_mask"] = fl["empty"].tolist()
         if "oracle" in cfg.scores:
-            x, m = fake, masks
-            size = getattr(self.oracle, "size", None)
-            if size and size != x.shape[-1]:
-                x = torch.nn.functional.interpolate(x, size=(size, size), mode="bilinear", antialias=True)
-                m = torch.nn.functional.interpolate(m, size=(size, size), mode="nearest")
-            dev = next(self.oracle.parameters()).device if hasattr(self.oracle, "parameters") else "cpu"
-            scores["oracle_iou"] = oracle_iou(self.oracle, x.to(dev), m.to(dev)).cpu().tolist()
+            scores["oracle_iou"] = oracle_scores(self.oracle, fake, masks)
         key = {"free-lunch": "free_lunch", "oracle": "oracle_iou"}[cfg.filter_score(self.oracle is not None)]
         images_u8 = from_model_range(fake)
         out = []
@@ -374,17 +388,21 @@ def run_generate(cfg: GenerateConfig, progress: bool = True, oracle=None) -> dic
     cfg.check_scores(oracle is not None or cfg.oracle is not None)
     acc = Accelerator(cpu=use_cpu(cfg.device))
     main = acc.is_main_process
-    gen_dir = Path(cfg.generator)
-    weights = gen_dir / WEIGHTS_NAME if gen_dir.is_dir() else gen_dir
-    if not weights.is_file():
-        raise AnomalignError(f"{gen_dir}: not a generator run folder (no {WEIGHTS_NAME}); train one with "
-                             "`anomalign train-generator`")
-    gen = MaskGenerator.load(gen_dir, device=acc.device).to(DTYPES[cfg.dtype]).eval()
-    size = cfg.resolution or gen.resolution
-    step = gen.factor * 4
-    if size % step:
-        raise ConfigError(f"resolution {size} does not fit this generator: it must be a multiple of {step} "
-                          f"(the generator was trained at {gen.resolution})")
+    if cfg.synthesizer == "cutpaste":  # no generator: the identity is the method's name
+        gen, sha, size = None, "cutpaste", cfg.resolution
+    else:
+        gen_dir = Path(cfg.generator)
+        weights = gen_dir / WEIGHTS_NAME if gen_dir.is_dir() else gen_dir
+        if not weights.is_file():
+            raise AnomalignError(f"{gen_dir}: not a generator run folder (no {WEIGHTS_NAME}); train one with "
+                                 "`anomalign train-generator`")
+        gen = MaskGenerator.load(gen_dir, device=acc.device).to(DTYPES[cfg.dtype]).eval()
+        size = cfg.resolution or gen.resolution
+        step = gen.factor * 4
+        if size % step:
+            raise ConfigError(f"resolution {size} does not fit this generator: it must be a multiple of {step} "
+                              f"(the generator was trained at {gen.resolution})")
+        sha = file_sha256(weights)
     from anomalign.data.imageio import set_max_megapixels
     from anomalign.data.validate import skipped_records
     set_max_megapixels(cfg.max_megapixels)  # mask folders and backgrounds are read without load_dataset
@@ -412,10 +430,14 @@ def run_generate(cfg: GenerateConfig, progress: bool = True, oracle=None) -> dic
                           "command loads it (synthesis sits below the segmenter and does not import it)")
     if isinstance(oracle, torch.nn.Module):
         oracle = oracle.to(acc.device)
-    sha = file_sha256(weights)
     out = prepare_out(cfg, sha, main, skipped_records(skipped))
     acc.wait_for_everyone()
-    synth = Synthesizer(cfg, gen, sources, masks, backgrounds, oracle, sha, normals)
+    if cfg.synthesizer == "cutpaste":
+        from anomalign.synthesis.cutpaste import CutPaste, source_images
+        synth = CutPaste(cfg, sources, masks, source_images(sources, masks, cfg.mask_threshold), backgrounds,
+                         normals, oracle)
+    else:
+        synth = Synthesizer(cfg, gen, sources, masks, backgrounds, oracle, sha, normals)
 
     t0 = time.perf_counter()
     attempts, made = generate_rounds(synth, out, acc, progress)

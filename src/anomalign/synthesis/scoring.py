@@ -97,3 +97,14 @@ def premise(gen, images: torch.Tensor, masks: torch.Tensor, prompts: list[str], 
     fl = free_lunch(gen, images, masks, prompts, shift=max(1, res // 4), seed=seed)
     return {"images": len(images), **{k: v for k, v in fl.items() if k.startswith("frac")},
             "free_lunch_mean": float(fl["score"].mean())}
+
+
+def oracle_scores(oracle, images: torch.Tensor, masks: torch.Tensor) -> list[float]:
+    """``oracle_iou`` of images [B, 3, H, W] in [-1, 1] vs masks [B, 1, H, W], resized first to the oracle's
+    training size when it has one (``size``), on the oracle's device."""
+    size = getattr(oracle, "size", None)
+    if size and (images.shape[-1] != size or images.shape[-2] != size):
+        images = torch.nn.functional.interpolate(images, size=(size, size), mode="bilinear", antialias=True)
+        masks = torch.nn.functional.interpolate(masks.float(), size=(size, size), mode="nearest")
+    dev = next(oracle.parameters()).device if hasattr(oracle, "parameters") else "cpu"
+    return oracle_iou(oracle, images.to(dev), masks.to(dev)).cpu().tolist()
