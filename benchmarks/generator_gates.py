@@ -69,7 +69,11 @@ def scarce_subset(data: Path, out: Path, per_defect: int, normals: int) -> Path:
     return out
 
 
-def tensors(samples, size=64):
+SIZE = 64  # image side of every stage: the base's resolution (set in main)
+
+
+def tensors(samples, size=None):
+    size = size or SIZE
     images, masks = PairDataset(samples, size=size).tensors()
     return images, masks, [default_prompt(s) for s in samples], samples
 
@@ -94,7 +98,7 @@ def write_pairs(out: Path, images: torch.Tensor, masks: torch.Tensor, samples) -
 
 def seg_config(train: Path, out: Path, steps: int, synthetic=()) -> TrainSegmenterConfig:
     return build_config(TrainSegmenterConfig, dict(train=str(train), out=str(out), synthetic=list(map(str, synthetic)),
-                                                   size=64, max_steps=steps, batch_size=16, validate_every=500,
+                                                   size=SIZE, max_steps=steps, batch_size=16, validate_every=500,
                                                    anomaly_weight=10.0,
                                                    checkpoint_every=10_000, log_every=50, device="cpu"))
 
@@ -117,17 +121,23 @@ def main() -> None:
                     help="Eq. 4 gradient side for the α > 0 runs")
     ap.add_argument("--base", type=str, default=None, help="tiny base (default: the shipped one)")
     args = ap.parse_args()
+    global SIZE
+    from anomalign.generator.model import SPEC_KEY
+    from anomalign.generator.train import TINY_BASE
+    from anomalign.weights import read_spec
+    base_file = Path(args.base) / "generator.safetensors" if args.base and Path(args.base).is_dir() else Path(args.base or TINY_BASE)
+    SIZE = int(read_spec(base_file, SPEC_KEY).get("resolution", 64))
     torch.set_num_threads(max(1, torch.get_num_threads()))
     w = args.work
     w.mkdir(parents=True, exist_ok=True)
     data = w / "data"
     if not data.exists():
-        make_demo_dataset(build_config(MakeDemoConfig, {"out": str(data)}), progress=False)
+        make_demo_dataset(build_config(MakeDemoConfig, {"out": str(data), "size": SIZE}), progress=False)
     scarce = scarce_subset(data, w / "scarce", args.per_defect, args.per_defect)
     index = load_dataset(data)
     test_anom = [s for s in index.split("test") if not s.normal]
     real_x, real_m, real_p, _ = tensors(test_anom)
-    test_ds = PairDataset(index.split("test"), size=64)
+    test_ds = PairDataset(index.split("test"), size=SIZE)
     scarce_train = [s for s in load_dataset(scarce).split("train") if not s.normal]
     sc_x, sc_m, sc_p, sc_s = tensors(scarce_train)
 
@@ -174,7 +184,7 @@ def main() -> None:
             tiles = []
             for i in range(0, min(len(seeds), 40), 5):
                 m = real_m[i, 0].numpy() > 0.5
-                tiles += [draw_contour(real_u8[i], m, scale=2), draw_contour(fake_u8[i], m, scale=2)]
+                tiles += [draw_contour(real_u8[i], m, scale=max(1, 128 // SIZE)), draw_contour(fake_u8[i], m, scale=max(1, 128 // SIZE))]
             save_png(grid(tiles, 8), Path("docs/figures") / f"gates_{tag}_cfg{g:g}.png")
             print(f"α={alpha} cfg={g}: G1 IoU {iou:.3f} (moved {ctrl:.3f}), FID {r[f'cfg{g:g}']['FID']:.1f}, "
                   f"{ips:.2f} img/s")

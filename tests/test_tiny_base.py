@@ -6,7 +6,7 @@ from anomalign.generator.train import TINY_BASE
 
 
 def test_shipped_base_loads_and_predicts():
-    assert TINY_BASE.is_file(), "run `anomalign pretrain-base --config configs/tiny_base.yaml --install`"
+    assert TINY_BASE.is_file(), "run `anomalign pretrain-base --config configs/tiny_base_v1.yaml --out runs/tiny_base_v1 --install`"
     assert TINY_BASE.stat().st_size <= 30 * 2**20
     gen = MaskGenerator.load(TINY_BASE).eval()
     assert gen.spec["backend"] == "tiny" and gen.resolution == 64 and gen.factor == 4

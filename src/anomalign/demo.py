@@ -39,6 +39,8 @@ class DemoConfig:
     ablation: bool = option(False, "also run α = 0 and the no-feedback variants (the paper's Table 4; about twice as long)")
     fast: bool = option(False, "a seconds-long smoke run with tiny budgets (numbers meaningless)")
     seed: int = option(0, "seed of every stage")
+    data_size: int | None = option(None, "image side of the built-in dataset (default: the shipped tiny base's "
+                                         "resolution, so the generator trains at its own size)")
     generator_steps: int = option(400, "generator fine-tuning steps")
     alpha: float = option(0.7, "α of Eq. 5 for the main generator")
     synthetic: int = option(192, "synthetic pairs to generate (from the training masks, augmented)")
@@ -162,6 +164,11 @@ class DemoStages:
         from anomalign.data.demo import MakeDemoConfig, make_demo_dataset
         counts = dict(train_per_defect=2, val_per_defect=1, test_per_defect=2, normal_train=2, normal_val=1,
                       normal_test=2, size=32) if self.cfg.fast else {}
+        if not self.cfg.fast:
+            from anomalign.generator.train import TINY_BASE
+            from anomalign.generator.model import SPEC_KEY
+            from anomalign.weights import read_spec
+            counts["size"] = self.cfg.data_size or int(read_spec(TINY_BASE, SPEC_KEY).get("resolution", 64))
         make_demo_dataset(build_config(MakeDemoConfig, dict(out=self.data, seed=self.cfg.seed, **counts)),
                           progress=False)
 

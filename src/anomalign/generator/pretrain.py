@@ -13,7 +13,7 @@ images AND masks (the old base). Then the UNet on the frozen codec's latents, in
   ``conv_in`` with zero-initialised mask channels and learns the condition from the user's pairs.
 
 The result is one fp16 safetensors file (codec + UNet + prompt embeddings); the shipped one is reproduced
-by ``configs/tiny_base.yaml``.
+by ``configs/tiny_base_v1.yaml`` (its TAEF2 successor: ``configs/tiny_base.yaml``).
 """
 from __future__ import annotations
 
