@@ -9,7 +9,7 @@ samples ``--per-material`` images per material with the built-in prompt (defects
 mask-aware base gets the rendered defect's mask, a mask-free one none), and the classifier's verdicts
 give the fidelity: the fraction assigned to the material named in the prompt, overall and per material.
 Images are compared at 64 px (classifier input), whatever the base's own resolution. A grid of the
-samples (one row per material) goes to docs/figures/base_samples_<name>.png; the Markdown table is printed
+samples (one row per material) goes to docs/figures/base_samples_<codec>_<regime>_<px>.jpg; the Markdown table is printed
 and appended to docs/benchmarks.md.
 """
 from __future__ import annotations
@@ -23,12 +23,13 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from PIL import Image
 
 from anomalign.data.dataset import default_prompt
 from anomalign.data.procedural import DEFECTS, MATERIALS, render_sample
 from anomalign.data.sample import Sample
 from anomalign.data.transforms import from_model_range
-from anomalign.figures import grid, save_png
+from anomalign.figures import grid
 from anomalign.generator.model import MaskGenerator
 from anomalign.generator.sampler import sample
 from common import DOCS, machine
@@ -134,10 +135,10 @@ def main() -> None:
         held = gen.spec.get("held_out_materials", [])
         seen = [i for i, m in enumerate(MATERIALS) if m not in held]
         fid_seen = float(np.mean([per[i] for i in seen]))
-        name = Path(b).stem if Path(b).is_file() else Path(b).name
+        name = f"{gen.spec.get('codec', 'autoencoder_kl')}_{gen.spec.get('base_regime', 'mask-aware')}_{gen.resolution}"
         u8 = from_model_range(imgs[:: max(1, args.per_material // 8)] * 2 - 1)
-        save_png(grid(list(u8), columns=min(8, args.per_material)),
-                 Path(__file__).resolve().parent.parent / "docs" / "figures" / f"base_samples_{name}.png")
+        figure = Path(__file__).resolve().parent.parent / "docs" / "figures" / f"base_samples_{name}.jpg"
+        Image.fromarray(grid(list(u8), columns=min(8, args.per_material))).save(figure, quality=85)
         rows.append((b, gen.spec.get("codec", "autoencoder_kl"), gen.spec.get("base_regime", "mask-aware"),
                      gen.resolution, float((pred == labels).float().mean()), fid_seen, per, held, secs))
         print(f"{b}: fidelity {rows[-1][4]:.3f} (materials seen in pretraining {fid_seen:.3f}); per material "

@@ -72,7 +72,7 @@ def test_a_mask_free_base_is_refused_where_masks_must_be_followed(tmp_path):
 def _pretrain_config(out, codec, **kw):
     values = dict(out=str(out), codec=str(codec), mask_free=True, size=32, corpus_size=12, max_steps=2,
                   batch_size=4, checkpoint_every=1, log_every=1, unet_channels=[32, 32, 32], device="cpu",
-                  lr_warmup_steps=0)
+                  lr_warmup_steps=0, beta_schedule="linear", beta_start=0.0001, beta_end=0.02)
     values.update(kw)
     return build_config(PretrainBaseConfig, values)
 
@@ -86,6 +86,7 @@ def test_mask_free_pretraining_on_a_taef2_codec_then_fine_tuning_end_to_end(tmp_
     assert spec["unet_config"]["in_channels"] == 32 and spec["held_out_materials"] == ["carbon"]
     assert "carbon" not in spec["prompt"]["vocab"] and "wood" in spec["prompt"]["vocab"]
     assert 0.1 < spec["vae_config"]["scaling_factor"] < 100
+    assert spec["scheduler"]["beta_schedule"] == "linear" and spec["scheduler"]["beta_end"] == 0.02
     assert (tmp_path / "base" / "latents.safetensors").is_file()
 
     data = tmp_path / "data"

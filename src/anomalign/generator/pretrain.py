@@ -20,6 +20,7 @@ from __future__ import annotations
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
@@ -62,6 +63,11 @@ class PretrainBaseConfig(LoopOptions):
     codec_batch_size: int = option(32, "codec batch size")
     codec_learning_rate: float = option(1e-3, "codec learning rate")
     codec_kl_weight: float = option(1e-6, "codec KL weight")
+    beta_schedule: Literal["scaled_linear", "linear", "squaredcos_cap_v2"] = option(
+        "scaled_linear", "noise schedule (diffusers name); scaled_linear 0.00085-0.012 is SD's. Latents with many "
+                         "channels (TAEF2: 32) need more noise at the last step: use linear 0.0001-0.02")
+    beta_start: float = option(0.00085, "first β of the schedule")
+    beta_end: float = option(0.012, "last β of the schedule")
     snr_gamma: float | None = option(5.0, "min-SNR-γ weighting of the UNet loss")
     mask_dropout: float = option(0.1, "mask-condition dropout (guidance)")
     prompt_dropout: float = option(0.1, "prompt dropout (guidance)")
@@ -178,8 +184,8 @@ def run_pretrain_base(cfg: PretrainBaseConfig, progress: bool = True) -> Path:
     unet_cfg = dict(TINY_UNET_CONFIG, block_out_channels=list(cfg.unet_channels), sample_size=cfg.size // factor)
     vae, unet, prompt = build_tiny(vocab, mask_channels(encoding, factor, codec.config.latent_channels),
                                    unet_config=unet_cfg, codec=codec)
-    scheduler = DDPMScheduler(num_train_timesteps=1000, beta_schedule="scaled_linear", beta_start=0.00085,
-                              beta_end=0.012, prediction_type="epsilon", clip_sample=False)
+    scheduler = DDPMScheduler(num_train_timesteps=1000, beta_schedule=cfg.beta_schedule, beta_start=cfg.beta_start,
+                              beta_end=cfg.beta_end, prediction_type="epsilon", clip_sample=False)
     gen = MaskGenerator(vae, unet, prompt, scheduler, encoding,
                         {"backend": "tiny", "resolution": cfg.size, "base": "pretrain-base",
                          "base_regime": "mask-free" if cfg.mask_free else "mask-aware",
