@@ -134,8 +134,8 @@ def main() -> None:
     results = json.loads(results_file.read_text()) if results_file.exists() else {}
     tag_extra = (f"_{args.mask_encoding}" if args.mask_encoding != "unshuffle" else "") + (
         f"_sg-{args.stop_grad}" if args.stop_grad != "none" else "")
-    for alpha in args.alphas:
-        for seed in args.seeds:
+    for seed in args.seeds:  # seed-major: an interrupted study still has paired α arms for the seeds it did
+        for alpha in args.alphas:
             tag = f"a{alpha:g}{tag_extra}_s{seed}"
             run = work / tag
             if not (run / "generator.safetensors").exists():
