@@ -109,9 +109,12 @@ def test_pretraining_resume_reuses_the_encoded_latents(tmp_path, monkeypatch):
 
     torch.manual_seed(0)
     codec_dir = TAEF2().save(tmp_path / "taef2")
-    run_pretrain_base(_pretrain_config(tmp_path / "base", codec_dir), progress=False)
+    run_pretrain_base(_pretrain_config(tmp_path / "base", codec_dir, latent_norm="channel"), progress=False)
+    vae_cfg = MaskGenerator.load(tmp_path / "base", mask_free_ok=True).vae.config  # per-channel stats kept
+    assert len(vae_cfg.latents_mean) == len(vae_cfg.latents_std) == 32 and vae_cfg.scaling_factor == 1.0
     monkeypatch.setattr(task.LatentPairs, "precompute", lambda *a, **k: pytest.fail("re-encoded the corpus"))
-    run_pretrain_base(_pretrain_config(tmp_path / "base", codec_dir, max_steps=3, resume="latest"), progress=False)
+    run_pretrain_base(_pretrain_config(tmp_path / "base", codec_dir, max_steps=3, resume="latest", latent_norm="channel"),
+                      progress=False)
 
 
 def test_pretrain_options_are_checked():

@@ -63,6 +63,8 @@ class PretrainBaseConfig(LoopOptions):
     codec_batch_size: int = option(32, "codec batch size")
     codec_learning_rate: float = option(1e-3, "codec learning rate")
     codec_kl_weight: float = option(1e-6, "codec KL weight")
+    latent_norm: Literal["global", "channel"] = option(
+        "global", "TAEF2 latents: one scale for all (unit variance overall), or per-channel mean/std")
     beta_schedule: Literal["scaled_linear", "linear", "squaredcos_cap_v2"] = option(
         "scaled_linear", "noise schedule (diffusers name); scaled_linear 0.00085-0.012 is SD's. Latents with many "
                          "channels (TAEF2: 32) need more noise at the last step: use linear 0.0001-0.02")
@@ -144,7 +146,10 @@ def make_codec(cfg: PretrainBaseConfig, images: torch.Tensor, masks: torch.Tenso
     if cfg.codec:
         from anomalign.generator.taef2 import TAEF2Codec
         codec = TAEF2Codec.from_folder(cfg.codec)
-        codec.fit_scaling_factor(images[:512])  # 512 images pin the std to <1 %; encoding is the slow part
+        if cfg.latent_norm == "channel":
+            codec.fit_latent_stats(images[:512])
+        else:
+            codec.fit_scaling_factor(images[:512])  # 512 images pin the std to <1 %; encoding is the slow part
         return codec.requires_grad_(False).eval()
     vae = AutoencoderKL(**TINY_VAE_CONFIG)
     codec_dir = out / "codec"

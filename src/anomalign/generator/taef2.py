@@ -234,11 +234,23 @@ class TAEF2Codec(ModelMixin, ConfigMixin):
 
     @register_to_config
     def __init__(self, latent_channels: int = LATENT_CHANNELS, block_out_channels: tuple[int, ...] = (WIDTH,) * 4,
-                 scaling_factor: float = 1.0):
+                 scaling_factor: float = 1.0, latents_mean: list[float] | None = None,
+                 latents_std: list[float] | None = None):
         super().__init__()
         if 2 ** (len(block_out_channels) - 1) != FACTOR:
             raise AnomalignError(f"TAEF2 downsamples by {FACTOR}: block_out_channels needs 4 entries")
+        if (latents_mean is None) != (latents_std is None) or (
+                latents_mean is not None and not len(latents_mean) == len(latents_std) == latent_channels):
+            raise AnomalignError(f"latents_mean and latents_std: both or neither, {latent_channels} values each")
         self.taef2 = TAEF2(latent_channels, scaling_factor)
+        # Per-channel statistics (``fit_latent_stats``): raw TAEF2 channels have means up to ±0.6 and stds from
+        # 0.45 to 0.9 (procedural corpus); normalising each makes every channel a unit-variance, zero-mean signal for the noise schedule.
+        stats = latents_mean is not None
+        self.register_buffer("_mean", torch.tensor(latents_mean or [0.0] * latent_channels).view(1, -1, 1, 1),
+                             persistent=False)
+        self.register_buffer("_std", torch.tensor(latents_std or [1.0] * latent_channels).view(1, -1, 1, 1),
+                             persistent=False)
+        self._per_channel = stats
 
     @classmethod
     def from_folder(cls, folder: Path | str, scaling_factor: float | None = None) -> "TAEF2Codec":
@@ -251,16 +263,52 @@ class TAEF2Codec(ModelMixin, ConfigMixin):
     def fit_scaling_factor(self, images: torch.Tensor, batch_size: int = 64) -> float:
         """Set (and return) the scaling factor that gives ``images`` [N, 3, H, W] unit-variance latents."""
         factor = latent_scaling_factor(lambda x: self.taef2.encode(x.to(self.device)), images, batch_size)
-        self.register_to_config(scaling_factor=factor)
+        self._set_config(scaling_factor=factor)
         self.taef2.scaling_factor = factor
         return factor
 
+    def _set_config(self, **values) -> None:
+        """``register_to_config`` that also takes the keys off diffusers' ``_use_default_values`` list: a key left
+        there is dropped by ``from_config`` when a saved generator is rebuilt, silently losing the value."""
+        from diffusers.configuration_utils import FrozenDict
+        self.register_to_config(**values)
+        internal = dict(self._internal_dict)
+        internal["_use_default_values"] = [k for k in internal.get("_use_default_values", []) if k not in values]
+        self._internal_dict = FrozenDict(internal)
+
+    def fit_latent_stats(self, images: torch.Tensor, batch_size: int = 64) -> tuple[list[float], list[float]]:
+        """Set per-channel mean and std of the raw latents of ``images`` [N, 3, H, W] (and scaling factor 1):
+        ``encode`` then returns zero-mean, unit-variance channels. Returns (means, stds)."""
+        n, s, s2 = 0, 0.0, 0.0
+        with torch.no_grad():
+            for i in range(0, len(images), batch_size):
+                z = self.taef2.encode(images[i:i + batch_size].to(self.device)).double()
+                n += z.shape[0] * z.shape[2] * z.shape[3]
+                s, s2 = s + z.sum((0, 2, 3)), s2 + (z * z).sum((0, 2, 3))
+        if n < 2:
+            raise AnomalignError("the latent statistics need at least 2 latent positions")
+        mean = s / n
+        std = ((s2 - n * mean * mean) / (n - 1)).clamp_min(1e-12).sqrt()
+        means, stds = [float(v) for v in mean], [float(v) for v in std]
+        self._set_config(latents_mean=means, latents_std=stds, scaling_factor=1.0)
+        self.taef2.scaling_factor = 1.0
+        self._mean.copy_(torch.tensor(means).view(1, -1, 1, 1))
+        self._std.copy_(torch.tensor(stds).view(1, -1, 1, 1))
+        self._per_channel = True
+        return means, stds
+
     def encode(self, x: torch.Tensor, return_dict: bool = True):
-        """Images [B, 3, H, W] in [-1, 1] -> ``.latent_dist.mean`` raw latents [B, 32, H/8, W/8]."""
-        post = _PointPosterior(self.taef2.encode(x))
+        """Images [B, 3, H, W] in [-1, 1] -> ``.latent_dist.mean``: raw latents [B, 32, H/8, W/8], or per-channel
+        normalised ones when the codec has latent statistics."""
+        z = self.taef2.encode(x)
+        if self._per_channel:
+            z = (z - self._mean.to(z)) / self._std.to(z)
+        post = _PointPosterior(z)
         return _EncoderOutput(post) if return_dict else (post,)
 
     def decode(self, z: torch.Tensor, return_dict: bool = True):
-        """Raw latents [B, 32, h, w] -> ``.sample`` images [B, 3, 8h, 8w] in [-1, 1]."""
+        """Latents [B, 32, h, w] (as ``encode`` gives them) -> ``.sample`` images [B, 3, 8h, 8w] in [-1, 1]."""
+        if self._per_channel:
+            z = z * self._std.to(z) + self._mean.to(z)
         x = self.taef2.decode(z)
         return _DecoderOutput(x) if return_dict else (x,)
