@@ -8,7 +8,7 @@ For real built-in images of the five materials (rendered at the base's resolutio
   the one-step prediction at large t is an average, so the numbers fall with t for every model.
 - SDEdit: start DDIM-50 (guidance 3) from the image's latent noised to t0 ∈ {400, 600, 800, 900} and from
   pure noise; PSNR of the result against the image (how much of the image survives) and a figure per base
-  (rows: real, then each start) in docs/figures/denoising_<codec>_<regime>_<px>.jpg.
+  (rows: real, then each start) in docs/figures/denoising_<codec>_<regime>_<px>_<schedule>.jpg.
 The table goes to docs/benchmarks.md.
 """
 from __future__ import annotations
@@ -90,8 +90,9 @@ def main() -> None:
                 out = sdedit(gen, z0, emb, cond, s)
                 starts[s] = psnr(out, x)
                 tiles += list(from_model_range(out[:5]))
-        name = f"{gen.spec.get('codec', 'autoencoder_kl')}_{gen.spec.get('base_regime', 'mask-aware')}_{r}"
         sched = gen.scheduler.config
+        name = (f"{gen.spec.get('codec', 'autoencoder_kl')}_{gen.spec.get('base_regime', 'mask-aware')}_{r}_"
+                f"{sched.beta_schedule}")
         figure = Path(__file__).resolve().parent.parent / "docs" / "figures" / f"denoising_{name}.jpg"
         Image.fromarray(grid(tiles, 5)).save(figure, quality=85)
         rows.append((b, name, f"{sched.beta_schedule} {sched.beta_start:g}-{sched.beta_end:g}", one, starts))
