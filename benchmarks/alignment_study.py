@@ -45,7 +45,7 @@ from anomalign.generator.train import TrainGeneratorConfig, run_train_generator
 from anomalign.segmenter.model import Segmenter
 from anomalign.segmenter.train import TrainSegmenterConfig, run_train_segmenter
 from anomalign.synthesis.scoring import free_lunch, oracle_iou, shift_masks
-from common import machine
+from common import machine, print_and_append
 
 
 def builtin_data(work: Path, material: str, size: int) -> tuple[Path, Path]:
@@ -178,10 +178,7 @@ def report(args, results: dict, tag_extra: str, oracle_real: float, n_test: int,
             col = lambda k: mean_sd([r[k] for r in rs])  # noqa: E731
             lines.append(f"| {step} | {alpha:g} | {col('oracle_iou')} | {col('moved_iou')} | {col('free_lunch_both')} "
                          f"| {col('free_lunch_score')} | {statistics.mean(r['train_seconds'] for r in rs):.0f} |")
-    text = "\n".join(lines) + "\n"
-    print(text)
-    with args.doc.open("a") as fh:
-        fh.write(text)
+    print_and_append(args.doc, "\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":

@@ -29,7 +29,7 @@ from anomalign.data.transforms import from_model_range, to_model_range
 from anomalign.figures import grid
 from anomalign.generator.model import MaskGenerator
 from anomalign.generator.sampler import make_scheduler
-from common import DOCS, machine
+from common import DOCS, machine, print_and_append
 
 T_ONE_STEP = (100, 300, 500, 700, 800, 900, 999)
 T_STARTS = (400, 600, 800, 900, 999)
@@ -106,10 +106,7 @@ def main() -> None:
     for b, name, sched, one, starts in rows:
         lines.append(f"| {b} | {name} | {sched} | " + " | ".join(f"{one[t]:.1f}" for t in T_ONE_STEP) + " | "
                      + " | ".join(f"{starts[t]:.1f}" for t in T_STARTS) + " |")
-    text = "\n".join(lines) + "\n"
-    print(text)
-    with args.doc.open("a") as fh:
-        fh.write(text)
+    print_and_append(args.doc, "\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":

@@ -32,7 +32,7 @@ from anomalign.data.transforms import from_model_range
 from anomalign.figures import grid
 from anomalign.generator.model import MaskGenerator
 from anomalign.generator.sampler import sample
-from common import DOCS, machine
+from common import DOCS, machine, print_and_append
 
 SIDE = 64
 
@@ -153,10 +153,7 @@ def main() -> None:
     for b, codec, regime, res, f_all, f_seen, per, held, secs in rows:
         lines.append(f"| {b} | {codec} | {regime} | {res} | {f_all:.3f} | {f_seen:.3f} | "
                      + " | ".join(f"{p:.2f}" for p in per) + f" | {', '.join(held) or '—'} | {secs:.0f} |")
-    text = "\n".join(lines) + "\n"
-    print(text)
-    with args.doc.open("a") as fh:
-        fh.write(text)
+    print_and_append(args.doc, "\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":

@@ -54,6 +54,14 @@ def publish(title: str, body: str, to_doc: bool = True) -> None:
         append_doc(title, " ".join(["python", *sys.argv]), body)
 
 
+def print_and_append(doc: Path, text: str) -> None:
+    """Print ``text`` and append it to ``doc`` (scripts that write their own heading and command line)."""
+    print(text)
+    doc.parent.mkdir(parents=True, exist_ok=True)
+    with doc.open("a") as fh:
+        fh.write(text)
+
+
 def append_doc(title: str, command: str, body: str) -> None:
     """Append a dated section (machine + command + body) to docs/benchmarks.md."""
     DOCS.parent.mkdir(parents=True, exist_ok=True)

@@ -26,13 +26,13 @@ from typing import Literal
 
 import numpy as np
 import torch
-from PIL import Image
 
 from anomalign.config import option
-from anomalign.data.folders import DataOptions, is_image, walk_files
+from anomalign.data.folders import DataOptions
 from anomalign.devices import DTYPES, use_cpu
 from anomalign.errors import AnomalignError, ConfigError, DataError
 from anomalign.files import write_text_atomic
+from anomalign.synthesis.sources import MaskSource, load_masks, normal_files, read_backgrounds, read_mask_sources
 from anomalign.synthesis.store import file_sha256, prepare_out, read_record, write_attempt
 from anomalign.synthesis.augment import MASK_AUGMENTS, augment_mask
 from anomalign.training import sample_seed
@@ -151,106 +151,6 @@ class GenerateConfig(DataOptions):
         if self.filter_by == "auto":
             return "oracle" if has_oracle else "free-lunch"
         return self.filter_by
-
-
-@dataclass
-class MaskSource:
-    mask: Path
-    defect: str
-    category: str
-    prompt: str
-    image: Path | None = None
-    mask_ids: bool = False
-
-
-def read_mask_sources(cfg: GenerateConfig) -> tuple[list[MaskSource], list]:
-    """The anomaly masks to condition on, in a fixed order."""
-    from anomalign.data.dataset import default_prompt
-    from anomalign.data.layouts import detect_layout
-
-    root = Path(cfg.masks)
-    if not root.exists():
-        raise DataError(f"{root}: --masks does not exist")
-    mode = cfg.masks_layout
-    if mode == "auto":
-        try:
-            mode = "dataset" if root.is_dir() and detect_layout(root) else "mask-folder"
-        except DataError:
-            mode = "mask-folder"
-
-    def prompt_for(defect: str, category: str, fallback: str) -> str:
-        if cfg.prompt is None:
-            return fallback
-        return cfg.prompt.format(defect=defect.replace("_", " "), category=category.replace("_", " ") or "surface")
-
-    if mode == "dataset":
-        from anomalign.data.validate import load_dataset
-        index = load_dataset(root, cfg)
-        samples = index.samples if cfg.split == "all" else index.split(cfg.split)
-        samples = [s for s in samples if not s.normal and s.mask is not None]
-        if not samples:
-            raise DataError(f"{root}: no anomalous samples with masks in split {cfg.split!r} "
-                            f"(splits present: {sorted({s.split for s in index.samples if s.split})}); "
-                            "pass --split all or another split")
-        return [MaskSource(s.mask, s.defect, s.category, prompt_for(s.defect, s.category, default_prompt(s)),
-                           s.image, s.mask_ids) for s in samples], index.skipped
-    files = [root] if root.is_file() else [f for f in walk_files(root) if is_image(f)]
-    if not files:
-        raise DataError(f"{root}: no mask images found (looked for image files, recursively)")
-    out = []
-    for f in sorted(files):
-        rel = f.relative_to(root).parts if root.is_dir() else (f.name,)
-        defect = rel[0] if len(rel) > 1 else "anomaly"
-        default = (f"a photo of a {cfg.category.replace('_', ' ') or 'surface'} with a "
-                   f"{defect.replace('_', ' ')} defect")
-        out.append(MaskSource(f, defect, cfg.category, prompt_for(defect, cfg.category, default)))
-    return out, []
-
-
-def load_masks(sources: list[MaskSource], size: int, threshold: float) -> tuple[torch.Tensor, list[str]]:
-    """Masks [N, 1, size, size] in {0, 1}; also the files whose anomaly vanished at ``size`` (skipped)."""
-    from anomalign.data.imageio import load_mask
-    from anomalign.data.transforms import resize_mask
-
-    tensors, vanished = [], []
-    for s in sources:
-        m = resize_mask(load_mask(s.mask, threshold, s.mask_ids), (size, size))
-        if not m.any():
-            vanished.append(str(s.mask))
-        tensors.append(torch.from_numpy(m.astype(np.float32))[None])
-    return torch.stack(tensors), vanished
-
-
-def read_backgrounds(cfg: GenerateConfig, size: int) -> tuple[list[Path], torch.Tensor]:
-    """Normal images for inpainting, [N, 3, size, size] in [-1, 1]."""
-    from anomalign.data.imageio import read_image
-    from anomalign.data.transforms import to_model_range
-
-    files = normal_files(cfg, Path(cfg.background), "--background")
-    arrays = [np.asarray(Image.fromarray(read_image(f)).resize((size, size), Image.BICUBIC)) for f in files]
-    return files, torch.stack([to_model_range(a) for a in arrays])
-
-
-def normal_files(cfg: GenerateConfig, root: Path, flag: str, split: str = "all") -> list[Path]:
-    """The normal images of ``root``: a dataset's normal samples (of ``split``), or every image of a folder
-    (or one file)."""
-    from anomalign.data.layouts import detect_layout
-
-    if not root.exists():
-        raise DataError(f"{root}: {flag} does not exist")
-    try:
-        is_dataset = root.is_dir() and bool(detect_layout(root))
-    except DataError:
-        is_dataset = False
-    if is_dataset:
-        from anomalign.data.layouts import read_dataset
-        index = read_dataset(root, cfg)
-        files = [s.image for s in (index.samples if split == "all" else index.split(split)) if s.normal]
-    else:
-        files = [root] if root.is_file() else sorted(f for f in walk_files(root) if is_image(f))
-    if not files:
-        raise DataError(f"{root}: no normal images found for {flag}")
-    return files
 
 
 def dilate(masks: torch.Tensor, pixels: int) -> torch.Tensor:
