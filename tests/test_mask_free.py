@@ -157,3 +157,15 @@ def _tiny_base(tmp_path):
     folder = tmp_path / "tiny_base"
     dummy_tiny_generator().save(folder)
     return folder
+
+
+def test_a_latent_cache_without_mask_latents_is_not_used_where_they_are_needed(tmp_path):
+    from anomalign.generator.task import LatentPairs
+
+    gen = dummy_tiny_generator().eval()
+    x, m = torch.rand(3, 3, 32, 32) * 2 - 1, (torch.rand(3, 1, 32, 32) > 0.7).float()
+    pairs = LatentPairs(gen, x, m, ["a"] * 3, mask_latents=False)
+    pairs.precompute()
+    pairs.save_cache(tmp_path / "c.safetensors")
+    assert LatentPairs(gen, x, m, ["a"] * 3, mask_latents=False).load_cache(tmp_path / "c.safetensors")
+    assert not LatentPairs(gen, x, m, ["a"] * 3, mask_latents=True).load_cache(tmp_path / "c.safetensors")

@@ -41,11 +41,10 @@ def read_weights(source: Path, name: str, key: str, hint: str) -> tuple[dict[str
     file = path / name if path.is_dir() else path
     if not file.is_file():
         raise AnomalignError(f"{source}: no {name} here ({hint})")
+    spec = read_spec(file, key)
     try:
-        with safe_open(str(file), framework="pt") as fh:
-            spec = json.loads((fh.metadata() or {})[key])
         state = load_file(str(file))
-    except (SafetensorError, KeyError, json.JSONDecodeError, OSError) as e:
+    except (SafetensorError, OSError) as e:
         raise AnomalignError(f"{file}: unreadable weights ({type(e).__name__}: {e})") from None
     return spec, state, file
 

@@ -73,7 +73,8 @@ class LatentPairs(DihedralViews):
         except (SafetensorError, OSError):  # missing or damaged: re-encoded, never trusted
             return False
         keys = [tuple(k) for k in state["keys"].tolist()] if "keys" in state else []
-        if len(keys) != len(self) * len(self.variants) or (self.mask_latents and state["h0"].dim() < 2):
+        # a cache written without mask latents stores h0 as [N, 0]: not usable when they are needed
+        if len(keys) != len(self) * len(self.variants) or (self.mask_latents and state["h0"][0].numel() == 0):
             return False
         self.cache = {k: (state["z0"][j], state["h0"][j]) for j, k in enumerate(keys)}
         return True
