@@ -140,3 +140,19 @@ def test_read_only_arrays_convert_without_a_torch_warning():
             "a = np.asarray(Image.new('RGB', (4, 4))); assert not a.flags.writeable; to_model_range(a)")
     r = subprocess.run([sys.executable, "-W", "error", "-c", code], capture_output=True, text=True)
     assert r.returncode == 0 and "not writable" not in r.stderr, r.stderr[-1000:]
+
+
+def test_photometric_jitter_is_seeded_global_and_keeps_grey():
+    import torch
+
+    from anomalign.data.transforms import photometric_jitter
+    torch.manual_seed(0)
+    grey = (torch.rand(1, 16, 16) * 2 - 1).expand(3, 16, 16).clone()
+    assert torch.equal(photometric_jitter(grey, 3, 0.0), grey)  # strength 0: untouched
+    a, b, c = photometric_jitter(grey, 3, 1.0), photometric_jitter(grey, 3, 1.0), photometric_jitter(grey, 4, 1.0)
+    assert torch.equal(a, b) and not torch.equal(a, c)  # deterministic in the seed
+    assert torch.equal(a[0], a[1]) and torch.equal(a[1], a[2])  # grey stays grey
+    assert a.min() >= -1 and a.max() <= 1 and not torch.equal(a, grey)
+    # a global, monotone map: the order of pixel values is kept (nothing moves, no pixel-wise noise)
+    order = grey[0].flatten().argsort()
+    assert (a[0].flatten()[order].diff() >= -1e-6).all()

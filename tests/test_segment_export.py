@@ -67,3 +67,13 @@ def test_export_onnx_matches_pytorch(seg_dir, tmp_path):
     got = ort.InferenceSession(str(tmp_path / "m.onnx")).run(None, {"images": x.numpy()})[0]
     ref = Segmenter.load(seg_dir).predict_proba(x).numpy()
     assert got.shape == (5, 1, 32, 32) and np.abs(got - ref).max() < 1e-4
+
+
+def test_export_onnx_of_a_unet_matches_pytorch(tmp_path):
+    pytest.importorskip("onnx")
+    pytest.importorskip("onnxruntime")
+    seg = Segmenter("unet-tiny")
+    seg.size = 32
+    seg.save(tmp_path / "u", {"size": 32})
+    res = run_export(ExportConfig(segmenter=tmp_path / "u", out=tmp_path / "u.onnx"))
+    assert res["checked"] and res["max_abs_diff"] < 1e-4

@@ -181,3 +181,43 @@ def test_pretrained_from_a_local_folder_or_a_hub_id(tmp_path, monkeypatch):
     monkeypatch.setattr(SegformerForSemanticSegmentation, "from_pretrained", fake)
     Segmenter(pretrained="nvidia/mit-b0")
     assert seen["source"] == "nvidia/mit-b0" and not seen.get("local_files_only")
+
+
+def test_dice_loss_by_hand():
+    from anomalign.segmenter.losses import loss_dice
+    # p = softmax([0, log 3]) = 0.75 on both pixels; y = [1, 0]: 1 - (2*0.75 + 1) / (1.5 + 1 + 1)
+    logits = torch.tensor([[0.0, math.log(3)], [0.0, math.log(3)]]).T.reshape(1, 2, 1, 2)
+    target = torch.tensor([1.0, 0.0]).view(1, 1, 1, 2)
+    assert loss_dice(logits, target).item() == pytest.approx(1 - 2.5 / 3.5, rel=1e-6)
+    perfect = torch.tensor([[-20.0, 20.0], [20.0, -20.0]]).T.reshape(1, 2, 1, 2)
+    assert loss_dice(perfect, target).item() == pytest.approx(0, abs=1e-6)
+
+
+@pytest.mark.parametrize("preset", ["unet-tiny", "unet-full"])
+def test_unet_preset_any_size_saves_and_predicts_per_window(tmp_path, preset):
+    """The U-Net presets give full-size logits for sizes that are not multiples of its stride, reload exactly,
+    and (GroupNorm, no BatchNorm) predict a window the same alone as inside a batch."""
+    torch.manual_seed(0)
+    seg = Segmenter(preset).eval()
+    x = torch.rand(3, 3, 45, 37) * 2 - 1
+    with torch.no_grad():
+        out = seg(x)
+        assert out.shape == (3, 2, 45, 37)
+        assert torch.allclose(seg(x[1:2]), out[1:2], atol=1e-5)
+    seg.save(tmp_path)
+    back = Segmenter.load(tmp_path)
+    assert back.preset == preset and back.net.config == seg.net.config
+    with torch.no_grad():
+        assert torch.equal(back(x), out)
+
+
+def test_train_segmenter_unet_with_dice_and_photometric_jitter(tmp_path):
+    real = tmp_path / "real"
+    write_paired(real, defects=("scratch",), n=6, normals=2)
+    cfg = build_config(TrainSegmenterConfig, dict(
+        train=str(real), out=str(tmp_path / "seg"), size=32, preset="unet-tiny", dice_weight=1.0, photometric=0.5,
+        max_steps=3, batch_size=4, validate_every=3, log_every=1, device="cpu"))
+    out = run_train_segmenter(cfg, progress=False)
+    assert Segmenter.load(out).preset == "unet-tiny"
+    with pytest.raises(Exception, match="photometric must be in"):
+        build_config(TrainSegmenterConfig, dict(train=str(real), out=str(tmp_path / "x"), photometric=2.0))

@@ -6,6 +6,7 @@
 #
 #   configs/magnetic_tile/run_native.sh [MT_DIR] [WORK_DIR]
 #   env: SEEDS="0 1 2"  SYN_SEEDS=""  JOBS=2  EXTRA_SEG=""  ONLY_SYN=1 (skip the real-only segmenters)
+#        SEG_CONFIG=configs/magnetic_tile/segmenter_native.yaml (the U-Net recipe: segmenter_unet.yaml)
 set -uo pipefail
 MT=${1:-../shared/datasets/magnetic-tile}
 W=${2:-runs/mt_native}
@@ -14,13 +15,14 @@ SEEDS=${SEEDS:-"0 1 2"}
 JOBS=${JOBS:-2}
 AN=${AN:-anomalign}
 EXTRA_SEG=${EXTRA_SEG:-}
+SEG_CONFIG=${SEG_CONFIG:-$C/segmenter_native.yaml}
 mkdir -p "$W/logs"
 seg() {  # seg OUT SEED [flags]
   local out=$1 s=$2; shift 2
   if [ ! -f "$out/segmenter.safetensors" ]; then
     local resume=""
     [ -d "$out/checkpoints" ] && resume="--resume latest"
-    $AN train-segmenter --config $C/segmenter_native.yaml --train "$MT" --out "$out" --seed "$s" $resume \
+    $AN train-segmenter --config "$SEG_CONFIG" --train "$MT" --out "$out" --seed "$s" $resume \
       $EXTRA_SEG "$@" || return 1
   fi
   [ -f "$out/eval/eval.json" ] || $AN evaluate --config $C/evaluate.yaml --segmenter "$out/best" --test "$MT" \

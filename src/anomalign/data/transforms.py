@@ -138,3 +138,18 @@ def dihedral_view(image: torch.Tensor, mask: torch.Tensor, variant: tuple[int, i
     if k:
         image, mask = rot90(image, mask, k)
     return image, mask
+
+
+def photometric_jitter(image: torch.Tensor, seed: int, strength: float) -> torch.Tensor:
+    """Random global brightness, contrast and gamma of one image [C, H, W] in [-1, 1] (the mask is untouched:
+    these ops move no pixel). ``strength`` s in [0, 1]: brightness shift up to ±0.2·s (of the [0, 1] range),
+    contrast ×e^(±0.3·s) about the image mean, gamma e^(±0.3·s). The same numbers for every channel, so a
+    grey image stays grey. Deterministic in ``seed``; s = 0 returns the image unchanged."""
+    if strength <= 0:
+        return image
+    rng = random.Random(seed ^ 0x5EED)
+    u = lambda: rng.uniform(-1.0, 1.0)  # noqa: E731
+    shift, contrast, gamma = 0.2 * strength * u(), float(np.exp(0.3 * strength * u())), float(np.exp(0.3 * strength * u()))
+    x = (image + 1) / 2
+    x = ((x - x.mean()) * contrast + x.mean() + shift).clamp(0, 1) ** gamma
+    return (x * 2 - 1).clamp(-1, 1)

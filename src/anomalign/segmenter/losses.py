@@ -24,6 +24,19 @@ def loss_ce(logits: torch.Tensor, target: torch.Tensor, synthetic: torch.Tensor,
     return total
 
 
+def loss_dice(logits: torch.Tensor, target: torch.Tensor, eps: float = 1.0) -> torch.Tensor:
+    """Soft Dice loss of the anomaly class over the whole batch: 1 - (2·Σ p·y + eps) / (Σ p + Σ y + eps).
+
+    logits [B, 2, H, W]; target [B, 1, H, W] or [B, H, W] in {0, 1}; p = softmax(logits)[:, 1]. Not in the
+    paper (its Eq. 6 is plain CE): an option (``--dice-weight``) for defects covering well under 1 % of the
+    pixels, where CE is dominated by the background. Pooled over the batch, so a crop without anomaly pixels
+    adds only its false positives (no 0/0). ``eps`` keeps an all-background batch at a finite, small loss.
+    """
+    y = target.reshape(target.shape[0], *target.shape[-2:]).float()
+    p = logits.float().softmax(dim=1)[:, 1]
+    return 1 - (2 * (p * y).sum() + eps) / (p.sum() + y.sum() + eps)
+
+
 def soft_mask(logits: torch.Tensor, temperature: float) -> torch.Tensor:
     """Eq. 8-9: m̃ = softmax(l / λ)[:, 1] — the anomaly channel of a temperature-sharpened softmax.
 

@@ -2,6 +2,9 @@
 
 Presets give MiT b0…b5 shapes (random init) plus ``tiny`` for CPU; ``pretrained`` loads a Segformer
 from a local folder or the hub (e.g. ``nvidia/mit-b0``) and replaces its head with a 2-class one.
+The ``unet-*`` presets are a small convolutional U-Net instead (full-resolution logits): without
+pretrained weights (offline machines), a CNN's locality prior generalises from a few hundred crops where
+a randomly initialised Segformer memorises them (docs/segmenter.md, measured on magnetic tile).
 """
 from __future__ import annotations
 
@@ -26,6 +29,74 @@ PRESETS: dict[str, dict] = {
     "b4": dict(hidden_sizes=[64, 128, 320, 512], depths=[3, 8, 27, 3], num_attention_heads=_B_HEADS, decoder_hidden_size=768),
     "b5": dict(hidden_sizes=[64, 128, 320, 512], depths=[3, 6, 40, 3], num_attention_heads=_B_HEADS, decoder_hidden_size=768),
 }
+
+
+def _conv_block(cin: int, cout: int) -> nn.Sequential:
+    groups = min(8, cout)
+    return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.GroupNorm(groups, cout), nn.SiLU(),
+                         nn.Conv2d(cout, cout, 3, padding=1, bias=False), nn.GroupNorm(groups, cout), nn.SiLU())
+
+
+class UNet(nn.Module):
+    """images [B, 3, H, W] (normalised) -> logits [B, 2, H, W]; any H, W (padded to a multiple of the
+    total downsampling, stem x 2^(levels-1)).
+
+    A stride-``stem`` 3x3 conv, then an encoder of conv blocks with max-pooling between them; the decoder
+    upsamples (bilinear 2x), concatenates the encoder's skip and applies a conv block; 1x1 head; logits
+    upsampled by ``stem`` at the end. GroupNorm (not BatchNorm) so a batch of one window predicts like a batch
+    of many. ``config`` plays the role of transformers' ``config.to_dict()`` for saving.
+    """
+
+    def __init__(self, widths: tuple[int, ...] | list[int], stem: int = 2):
+        super().__init__()
+        self.widths, self.stem_stride = tuple(int(w) for w in widths), int(stem)
+        self.config = {"arch": "unet", "widths": list(self.widths), "stem": self.stem_stride}
+        w0 = self.widths[0]
+        self.stem = nn.Sequential(nn.Conv2d(3, w0, 3, stride=self.stem_stride, padding=1, bias=False),
+                                  nn.GroupNorm(min(8, w0), w0), nn.SiLU())
+        self.down = nn.ModuleList()
+        cin = w0
+        for w in self.widths:
+            self.down.append(_conv_block(cin, w))
+            cin = w
+        self.up = nn.ModuleList(_conv_block(self.widths[i + 1] + self.widths[i], self.widths[i])
+                                for i in reversed(range(len(self.widths) - 1)))
+        self.head = nn.Conv2d(self.widths[0], 2, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h, w = x.shape[-2:]
+        k = self.stem_stride * 2 ** (len(self.widths) - 1)
+        ph, pw = (-h) % k, (-w) % k
+        if ph or pw:  # reflect needs the pad smaller than the side; replicate covers the rest
+            x = F.pad(x, (0, pw, 0, ph), mode="reflect" if ph < h and pw < w else "replicate")
+        size = x.shape[-2:]
+        x = self.stem(x)
+        skips = []
+        for i, block in enumerate(self.down):
+            x = block(x if i == 0 else F.max_pool2d(x, 2))
+            skips.append(x)
+        for block, skip in zip(self.up, reversed(skips[:-1])):
+            x = F.interpolate(x, size=skip.shape[-2:], mode="bilinear", align_corners=False)
+            x = block(torch.cat([x, skip], 1))
+        logits = self.head(x)
+        if self.stem_stride > 1:
+            logits = F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
+        return logits[..., :h, :w]
+
+
+def build_net(preset: str) -> nn.Module:
+    """A randomly initialised network for a preset name (Segformer MiT shapes or a U-Net)."""
+    if preset in UNET_PRESETS:
+        return UNet(**UNET_PRESETS[preset])
+    if preset not in PRESETS:
+        raise AnomalignError(f"unknown segmenter preset {preset!r}; choose one of {list(PRESETS) + list(UNET_PRESETS)}")
+    from transformers import SegformerConfig, SegformerForSemanticSegmentation
+    return SegformerForSemanticSegmentation(SegformerConfig(num_labels=2, **PRESETS[preset]))
+# U-Net: widths per level (each level: two 3x3 conv + GroupNorm + SiLU; 2x down between levels) and the
+# stride of its stem (2: the first level runs at half resolution, 4x cheaper; logits upsampled at the end)
+UNET_PRESETS: dict[str, dict] = {"unet-tiny": dict(widths=(16, 32, 64, 128), stem=2),
+                                 "unet-small": dict(widths=(32, 64, 128, 256), stem=2),
+                                 "unet-full": dict(widths=(16, 32, 64, 128), stem=1)}
 WEIGHTS_NAME = "segmenter.safetensors"
 SPEC_KEY = "anomalign_segmenter"
 # Segformer checkpoints were trained on ImageNet-normalised inputs; we normalise inside the model.
@@ -37,7 +108,7 @@ class Segmenter(nn.Module):
 
     def __init__(self, preset: str = "tiny", pretrained: str | None = None):
         super().__init__()
-        from transformers import SegformerConfig, SegformerForSemanticSegmentation
+        from transformers import SegformerForSemanticSegmentation
         self.preset, self.pretrained, self.size = preset, pretrained, None
         self.crop_size, self.scale = None, 1.0
         if pretrained:
@@ -55,14 +126,14 @@ class Segmenter(nn.Module):
                                      f"({type(e).__name__}: {text}); anomalign loads safetensors weights and never "
                                      "unpickles pytorch_model.bin files") from None
         else:
-            if preset not in PRESETS:
-                raise AnomalignError(f"unknown segmenter preset {preset!r}; choose one of {list(PRESETS)}")
-            self.net = SegformerForSemanticSegmentation(SegformerConfig(num_labels=2, **PRESETS[preset]))
+            self.net = build_net(preset)
         self.register_buffer("mean", torch.tensor(_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(_STD).view(1, 3, 1, 1), persistent=False)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         x = ((images + 1) / 2 - self.mean) / self.std
+        if isinstance(self.net, UNet):
+            return self.net(x)
         logits = self.net(pixel_values=x).logits
         return F.interpolate(logits, size=images.shape[-2:], mode="bilinear", align_corners=False)
 
@@ -72,7 +143,8 @@ class Segmenter(nn.Module):
         return self(images).softmax(1)[:, 1:2]
 
     def save(self, folder: Path, extra: dict | None = None) -> Path:
-        spec = {"preset": self.preset, "config": self.net.config.to_dict(), **(extra or {})}
+        config = self.net.config if isinstance(self.net, UNet) else self.net.config.to_dict()
+        spec = {"preset": self.preset, "config": config, **(extra or {})}
         return write_weights(Path(folder) / WEIGHTS_NAME, self.net.state_dict(), SPEC_KEY, spec)
 
     @classmethod
@@ -81,16 +153,20 @@ class Segmenter(nn.Module):
         from transformers import SegformerConfig, SegformerForSemanticSegmentation
         spec, state, file = read_weights(source, WEIGHTS_NAME, SPEC_KEY,
                                          "not a segmenter folder; train one with `anomalign train-segmenter`")
-        config = SegformerConfig.from_dict(spec["config"])
-        if config.num_labels != 2:
-            raise AnomalignError(f"{file}: segmenter has {config.num_labels} classes; anomalign needs 2 "
-                                 "(background, anomaly)")
+        if spec["config"].get("arch") == "unet":
+            net = UNet(spec["config"]["widths"], spec["config"].get("stem", 1))
+        else:
+            config = SegformerConfig.from_dict(spec["config"])
+            if config.num_labels != 2:
+                raise AnomalignError(f"{file}: segmenter has {config.num_labels} classes; anomalign needs 2 "
+                                     "(background, anomaly)")
+            net = SegformerForSemanticSegmentation(config)
         model = cls.__new__(cls)
         nn.Module.__init__(model)
         model.preset, model.pretrained, model.size = spec.get("preset", "custom"), None, spec.get("size")
         # trained on crops at native resolution: predict with sliding windows of this size, at this scale
         model.crop_size, model.scale = spec.get("crop_size"), spec.get("scale", 1.0)
-        model.net = SegformerForSemanticSegmentation(config)
+        model.net = net
         try:
             model.net.load_state_dict(state, strict=True)
         except RuntimeError as e:

@@ -9,9 +9,9 @@ import torch.nn.functional as F
 
 from anomalign.data.crops import CropPairs
 from anomalign.data.dataset import PairDataset, default_prompt
-from anomalign.data.transforms import DihedralViews
+from anomalign.data.transforms import DihedralViews, photometric_jitter
 from anomalign.generator.task import LatentPairs, seeded_draws
-from anomalign.segmenter.losses import loss_ce, loss_feedback, loss_seg, soft_mask
+from anomalign.segmenter.losses import loss_ce, loss_dice, loss_feedback, loss_seg, soft_mask
 from anomalign.training import TrainTask, batch_indices, sample_seed
 
 
@@ -46,16 +46,18 @@ class SegStepOptions:
     fb_t_max: int = 500
     fb_every: int = 1
     fb_warmup_steps: int = 0
+    dice_weight: float = 0.0
 
 
 def segmenter_batch(real: SegPairs | CropPairs, syn: SegPairs | CropPairs | None, n_real: int, n_syn: int, seed: int,
-                    k: int, rank: int, world: int) -> dict:
+                    k: int, rank: int, world: int, photometric: float = 0.0) -> dict:
     """This rank's share of global micro-batch k: {"image" [B, 3, S, S], "mask" [B, 1, S, S], "synthetic" [B]
     bool, "keys" (pair, view) of the real rows (which come first; the view is None for crops), "prompts" of the
     real rows, "step" k, "seeds" of the real rows}.
 
     Crops and feedback seeds follow each sample's place in the GLOBAL batch, as the generator's do, so
-    a sample's crop and (ε, t) do not depend on the number of processes.
+    a sample's crop and (ε, t) do not depend on the number of processes. ``photometric``: strength of the
+    brightness/contrast/gamma jitter of every row (0 = off), seeded by the row's place too.
     """
     positions = list(range(n_real))[rank::world]
     idx_r = batch_indices(len(real), n_real, seed, k) if n_real else []
@@ -71,6 +73,10 @@ def segmenter_batch(real: SegPairs | CropPairs, syn: SegPairs | CropPairs | None
             items["image"].append(x)
             items["mask"].append(m)
             items["synthetic"].append(True)
+    if photometric > 0:
+        places = positions + list(range(n_real, n_real + n_syn))[rank::world]
+        items["image"] = [photometric_jitter(x, sample_seed(seed, k, p), photometric)
+                          for x, p in zip(items["image"], places)]
     items["image"], items["mask"] = torch.stack(items["image"]), torch.stack(items["mask"])
     items["synthetic"] = torch.tensor(items["synthetic"])
     items["step"], items["seeds"] = k, [sample_seed(seed, k, p) for p in positions]
@@ -89,6 +95,8 @@ def segmenter_step(model, batch: dict, o: SegStepOptions, fb=None) -> dict[str, 
     x, m = batch["image"].to(device), batch["mask"].to(device)
     logits = model(x)
     l_ce = loss_ce(logits, m, batch["synthetic"].to(device), o.anomaly_weight)
+    if o.dice_weight:  # not in the paper: an option for tiny defects (the logged l_ce includes it)
+        l_ce = l_ce + o.dice_weight * loss_dice(logits, m)
     k = batch["step"]
     if fb is None or k < o.fb_warmup_steps or k % o.fb_every or not batch["keys"]:
         return {"loss": l_ce, "l_ce": l_ce, "l_fb": torch.full((), float("nan"), device=l_ce.device)}
@@ -111,12 +119,13 @@ def segmenter_step(model, batch: dict, o: SegStepOptions, fb=None) -> dict[str, 
 
 def segmenter_task(model, real: SegPairs, syn: SegPairs | None, batch_size: int, synthetic_fraction: float,
                    seed: int, step_opts: SegStepOptions, fb, save_fn: Callable,
-                   validate_fn: Callable | None = None) -> TrainTask:
+                   validate_fn: Callable | None = None, photometric: float = 0.0) -> TrainTask:
     """The TrainTask of a segmenter run: ``synthetic_fraction`` of each global batch from ``syn``."""
     n_syn = round(batch_size * synthetic_fraction) if syn is not None else 0
     n_real = batch_size - n_syn
     return TrainTask(params=list(model.parameters()),
-                     get_batch=lambda k, rank, world: segmenter_batch(real, syn, n_real, n_syn, seed, k, rank, world),
+                     get_batch=lambda k, rank, world: segmenter_batch(real, syn, n_real, n_syn, seed, k, rank, world,
+                                                                    photometric),
                      step_fn=lambda batch, g: segmenter_step(model, batch, step_opts, fb),
                      state_fn=model.net.state_dict, load_state_fn=lambda sd: model.net.load_state_dict(sd),
                      save_fn=save_fn, validate_fn=validate_fn, best_metric="mIoU")

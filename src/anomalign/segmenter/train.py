@@ -16,7 +16,7 @@ from anomalign.data.transforms import DIHEDRAL_AUGMENTS, dihedral_variants
 from anomalign.data.validate import load_dataset, load_normal_folder, skipped_records
 from anomalign.errors import AnomalignError, ConfigError
 from anomalign.segmenter.evaluate import evaluate_native, evaluate_samples
-from anomalign.segmenter.model import PRESETS, Segmenter
+from anomalign.segmenter.model import PRESETS, UNET_PRESETS, Segmenter
 from anomalign.segmenter.task import SegPairs, SegStepOptions, feedback_latents, segmenter_task
 from anomalign.runs import check_run_folder, start_run_folder
 from anomalign.training import LoopOptions, make_accelerator, train_loop
@@ -31,7 +31,9 @@ class TrainSegmenterConfig(DataOptions, CropOptions, LoopOptions):
     synthetic: list[str] = option(default_factory=list, help="synthetic datasets (e.g. `anomalign generate` "
                                                              "outputs); all their pairs are used")
     feedback_generator: str | None = option(None, "generator run folder: enables Generative Feedback (Eq. 10)")
-    preset: Literal[tuple(PRESETS)] = option("tiny", "Segformer size preset (MiT shapes, random init)")
+    preset: Literal[tuple(PRESETS) + tuple(UNET_PRESETS)] = option(
+        "tiny", "network: a Segformer size (tiny, b0-b5: MiT shapes, random init) or a small convolutional "
+                "U-Net (unet-tiny, unet-small; better from scratch on few images, docs/segmenter.md)")
     pretrained: str | None = option(None, "Segformer to start from instead of a preset: a local folder or a hub id "
                                           "such as nvidia/mit-b0 (downloaded once, then cached)")
     size: int = option(64, "input size: images and masks resized to size x size, or, for images much larger "
@@ -43,6 +45,10 @@ class TrainSegmenterConfig(DataOptions, CropOptions, LoopOptions):
                                        "off = anomalous pairs only, as the paper's segmenters")
     anomaly_weight: float = option(1.0, "CE weight of anomaly pixels (1 = the paper's plain CE; raise it "
                                         "for tiny defects on small data)")
+    dice_weight: float = option(0.0, "weight of a soft Dice term added to Eq. 6's CE (0 = the paper's plain CE; "
+                                     "helps defects that cover well under 1 %% of the pixels)")
+    photometric: float = option(0.0, "strength in [0, 1] of random brightness/contrast/gamma jitter of the "
+                                     "training images (0 = off)")
     temperature: float = option(0.5, "λ of Eq. 8 (softmax temperature, in (0, 1])")
     w_fb: float = option(1.0, "weight of L_fb in Eq. 11 (1 in the paper)")
     fb_t_min: int = option(0, "smallest diffusion timestep drawn for feedback")
@@ -66,6 +72,10 @@ class TrainSegmenterConfig(DataOptions, CropOptions, LoopOptions):
             raise ConfigError(f"temperature must be in (0, 1], got {self.temperature}")
         if not 0 <= self.fb_t_min < self.fb_t_max:
             raise ConfigError("need 0 <= fb_t_min < fb_t_max")
+        if not 0 <= self.photometric <= 1:
+            raise ConfigError(f"photometric must be in [0, 1], got {self.photometric}")
+        if self.dice_weight < 0:
+            raise ConfigError(f"dice_weight must be >= 0, got {self.dice_weight}")
         if not 0 <= self.synthetic_fraction < 1:
             raise ConfigError("synthetic_fraction must be in [0, 1)")
 
@@ -99,9 +109,9 @@ def run_train_segmenter(cfg: TrainSegmenterConfig, progress: bool = True) -> Pat
         if fb is not None:
             report_premise(feedback_premise(gen, real, cfg), out)
     step_opts = SegStepOptions(cfg.anomaly_weight, cfg.temperature, cfg.w_fb, cfg.fb_t_min, cfg.fb_t_max,
-                               cfg.fb_every, cfg.fb_warmup_steps)
+                               cfg.fb_every, cfg.fb_warmup_steps, cfg.dice_weight)
     task = segmenter_task(model, real, syn, cfg.batch_size, cfg.synthetic_fraction, cfg.seed, step_opts, fb, save_fn,
-                          validate_fn=validate_fn)
+                          validate_fn=validate_fn, photometric=cfg.photometric)
     val_samples = val.samples if isinstance(val, PairDataset) else val
     n_val = sum(not v.normal for v in val_samples)
     if acc.is_main_process and n_val < MIN_VAL_ANOMALIES:
