@@ -1,6 +1,7 @@
 """Native resolution: sliding-window inference speed (megapixels/s) and the 1-MP thin-defect case.
 
     python benchmarks/native.py                       # CPU, tiny Segformer
+    python benchmarks/native.py --preset tiny unet-tiny --skip-accuracy   # presets side by side, one run
     python benchmarks/native.py --device cuda --preset b0 --skip-accuracy
 
 Speed: ``predict_native`` on a 1000 x 1000 image with 64- and 128-px windows (overlap 0.5) against one
@@ -29,19 +30,22 @@ from anomalign.segmenter.model import Segmenter  # noqa: E402
 from anomalign.segmenter.sliding import predict_native  # noqa: E402
 
 
-def speed(preset: str, device: str, repeats: int) -> list[str]:
+def speed(presets: list[str], device: str, repeats: int) -> list[str]:
     torch.manual_seed(0)
-    model = Segmenter(preset).to(device).eval()
     x = (torch.rand(3, 1000, 1000) * 2 - 1).to(device)
+    fns = {}
+    for preset in presets:  # every preset's methods interleaved in one run, so their times compare
+        model = Segmenter(preset).to(device).eval()
 
-    def whole(size):
-        return lambda: F.interpolate(model.predict_proba(F.interpolate(x[None], size=(size, size), mode="bilinear")),
-                                     size=(1000, 1000), mode="bilinear")
-    fns = {f"sliding {p} px": (lambda p=p: predict_native(model.predict_proba, x, p)) for p in (64, 128)}
-    fns |= {f"one pass resized to {p} px": whole(p) for p in (64, 128)}
+        def whole(size, model=model):
+            return lambda: F.interpolate(model.predict_proba(F.interpolate(x[None], size=(size, size), mode="bilinear")),
+                                         size=(1000, 1000), mode="bilinear")
+        fns |= {f"{preset}: sliding {p} px": (lambda p=p, model=model: predict_native(model.predict_proba, x, p))
+                for p in (64, 128)}
+        fns |= {f"{preset}: one pass resized to {p} px": whole(p) for p in (64, 128)}
     with torch.no_grad():
         times = interleaved(fns, repeats, device)
-    rows = ["| method (1000 x 1000 image) | median s | megapixels/s |", "|---|---|---|"]
+    rows = ["| preset: method (1000 x 1000 image) | median s | megapixels/s |", "|---|---|---|"]
     rows += [f"| {k} | {median(v):.3f} | {1.0 / median(v):.2f} |" for k, v in times.items()]
     return rows
 
@@ -72,15 +76,15 @@ def accuracy(steps: int) -> list[str]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--preset", default="tiny")
+    ap.add_argument("--preset", nargs="+", default=["tiny"], help="segmenter presets, measured side by side")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--steps", type=int, default=300)
     ap.add_argument("--skip-accuracy", action="store_true")
     ap.add_argument("--no-doc", action="store_true", help="print only, do not append to docs/benchmarks.md")
     args = ap.parse_args()
-    body = [f"Sliding-window inference, Segformer `{args.preset}`, {args.device}:", "", *speed(args.preset, args.device,
-                                                                                          args.repeats)]
+    body = [f"Sliding-window inference, segmenter presets {', '.join(args.preset)}, {args.device}, "
+            f"{torch.get_num_threads()} threads:", "", *speed(args.preset, args.device, args.repeats)]
     if not args.skip_accuracy:
         body += ["", f"Thin defect at 1 MP (tiny Segformer, {args.steps} steps, CPU):", "", *accuracy(args.steps)]
     publish("Native resolution: sliding windows", "\n".join(body), to_doc=not args.no_doc)
