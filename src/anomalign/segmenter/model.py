@@ -29,6 +29,11 @@ PRESETS: dict[str, dict] = {
     "b4": dict(hidden_sizes=[64, 128, 320, 512], depths=[3, 8, 27, 3], num_attention_heads=_B_HEADS, decoder_hidden_size=768),
     "b5": dict(hidden_sizes=[64, 128, 320, 512], depths=[3, 6, 40, 3], num_attention_heads=_B_HEADS, decoder_hidden_size=768),
 }
+# U-Net: widths per level (each level: two 3x3 conv + GroupNorm + SiLU; 2x down between levels) and the
+# stride of its stem (2: the first level runs at half resolution, 4x cheaper; logits upsampled at the end)
+UNET_PRESETS: dict[str, dict] = {"unet-tiny": dict(widths=(16, 32, 64, 128), stem=2),
+                                 "unet-small": dict(widths=(32, 64, 128, 256), stem=2),
+                                 "unet-full": dict(widths=(16, 32, 64, 128), stem=1)}
 
 
 def _conv_block(cin: int, cout: int) -> nn.Sequential:
@@ -92,11 +97,8 @@ def build_net(preset: str) -> nn.Module:
         raise AnomalignError(f"unknown segmenter preset {preset!r}; choose one of {list(PRESETS) + list(UNET_PRESETS)}")
     from transformers import SegformerConfig, SegformerForSemanticSegmentation
     return SegformerForSemanticSegmentation(SegformerConfig(num_labels=2, **PRESETS[preset]))
-# U-Net: widths per level (each level: two 3x3 conv + GroupNorm + SiLU; 2x down between levels) and the
-# stride of its stem (2: the first level runs at half resolution, 4x cheaper; logits upsampled at the end)
-UNET_PRESETS: dict[str, dict] = {"unet-tiny": dict(widths=(16, 32, 64, 128), stem=2),
-                                 "unet-small": dict(widths=(32, 64, 128, 256), stem=2),
-                                 "unet-full": dict(widths=(16, 32, 64, 128), stem=1)}
+
+
 WEIGHTS_NAME = "segmenter.safetensors"
 SPEC_KEY = "anomalign_segmenter"
 # Segformer checkpoints were trained on ImageNet-normalised inputs; we normalise inside the model.
