@@ -16,6 +16,7 @@ import torch.nn.functional as F
 
 from anomalign.errors import AnomalignError
 from anomalign.files import is_hub_id
+from anomalign.segmenter.sliding import pad_bottom_right
 from anomalign.weights import read_weights, write_weights
 
 _B_HEADS = [1, 2, 5, 8]
@@ -72,8 +73,7 @@ class UNet(nn.Module):
         h, w = x.shape[-2:]
         k = self.stem_stride * 2 ** (len(self.widths) - 1)
         ph, pw = (-h) % k, (-w) % k
-        if ph or pw:  # reflect needs the pad smaller than the side; replicate covers the rest
-            x = F.pad(x, (0, pw, 0, ph), mode="reflect" if ph < h and pw < w else "replicate")
+        x = pad_bottom_right(x, ph, pw)
         size = x.shape[-2:]
         x = self.stem(x)
         skips = []

@@ -16,6 +16,15 @@ import torch
 import torch.nn.functional as F
 
 
+def pad_bottom_right(x: torch.Tensor, ph: int, pw: int) -> torch.Tensor:
+    """x [B, C, H, W] padded by ``ph`` rows at the bottom and ``pw`` columns at the right: reflection where
+    the pad is smaller than the side, else replication (reflection cannot pad past the image)."""
+    if not (ph or pw):
+        return x
+    mode = "reflect" if ph < x.shape[-2] and pw < x.shape[-1] else "replicate"
+    return F.pad(x, (0, pw, 0, ph), mode=mode)
+
+
 def window_starts(length: int, patch: int, stride: int) -> list[int]:
     """Start offsets covering ``length`` with windows of ``patch`` (the last one flush with the end)."""
     if length <= patch:
@@ -46,9 +55,7 @@ def sliding_window_proba(predict, image: torch.Tensor, patch: int, overlap: floa
         raise ValueError(f"overlap must be in [0, 1), got {overlap}")
     _, h, w = image.shape
     ph, pw = max(0, patch - h), max(0, patch - w)
-    if ph or pw:  # smaller than a window: reflect-pad (replicate where the image is too small to reflect)
-        mode = "reflect" if ph < h and pw < w else "replicate"
-        image = F.pad(image[None], (0, pw, 0, ph), mode=mode)[0]
+    image = pad_bottom_right(image[None], ph, pw)[0]  # smaller than a window
     H, W = image.shape[1:]
     stride = max(1, math.floor(patch * (1 - overlap)))
     boxes = [(y, x) for y in window_starts(H, patch, stride) for x in window_starts(W, patch, stride)]
