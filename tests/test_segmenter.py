@@ -23,6 +23,9 @@ def test_eq6_each_group_is_averaged_over_its_own_samples():
     assert loss_ce(logits, target, synthetic).item() == pytest.approx(expected, rel=1e-6)
     # no synthetic samples: just the real mean
     assert loss_ce(logits, target, torch.zeros(3, dtype=torch.bool)).item() == pytest.approx(sum(ce) / 3, rel=1e-6)
+    # w_syn scales the synthetic group's mean only
+    assert loss_ce(logits, target, synthetic, synthetic_weight=0.25).item() == pytest.approx(
+        (ce[0] + ce[1]) / 2 + 0.25 * ce[2], rel=1e-6)
 
 
 def test_soft_mask_temperature_on_known_logits():
@@ -191,6 +194,15 @@ def test_dice_loss_by_hand():
     assert loss_dice(logits, target).item() == pytest.approx(1 - 2.5 / 3.5, rel=1e-6)
     perfect = torch.tensor([[-20.0, 20.0], [20.0, -20.0]]).T.reshape(1, 2, 1, 2)
     assert loss_dice(perfect, target).item() == pytest.approx(0, abs=1e-6)
+    # row weights: a second row (p = 0.75, y = 1) at weight 0.5 adds 0.5*0.75 to Σpy and Σp, 0.5 to Σy
+    two_logits, two_target = torch.cat([logits, perfect]), torch.cat([target, torch.ones_like(target)])
+    two_logits[1, :, 0, 1] = torch.tensor([0.0, math.log(3)])
+    w = torch.tensor([1.0, 0.5])
+    # row 2 pixels: p = [1, 0.75], y = [1, 1] at weight 0.5 -> Σpy = 1.75 * 0.5, Σp = 1.75 * 0.5, Σy = 1
+    expected = 1 - (2 * (0.75 + 0.875) + 1) / ((1.5 + 0.875) + (1 + 1) + 1)
+    assert loss_dice(two_logits, two_target, row_weight=w).item() == pytest.approx(expected, rel=1e-5)
+    assert loss_dice(two_logits, two_target, row_weight=torch.ones(2)).item() == pytest.approx(
+        loss_dice(two_logits, two_target).item(), rel=1e-6)
 
 
 @pytest.mark.parametrize("preset", ["unet-tiny", "unet-full"])

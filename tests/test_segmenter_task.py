@@ -99,3 +99,16 @@ def test_no_feedback_before_warmup_and_between_feedback_steps(pairs):
     l_fb = [segmenter_step(model, segmenter_batch(real, None, 2, 0, 0, k, 0, 1), o, fb)["l_fb"].item()
             for k in range(5)]
     assert [v == v for v in l_fb] == [False, False, True, False, True]  # NaN = not computed
+
+
+def test_synthetic_weight_zero_leaves_the_real_rows_loss(pairs):
+    """w_syn = 0 (CE and Dice): the step's loss is that of the real rows alone; w_syn = 1 is not."""
+    real, syn = pairs
+    torch.manual_seed(0)
+    model = Segmenter("tiny").eval()
+    mixed = segmenter_batch(real, syn, 2, 2, 0, 1, 0, 1)
+    alone = segmenter_batch(real, None, 2, 0, 0, 1, 0, 1)
+    o0 = SegStepOptions(dice_weight=1.0, synthetic_weight=0.0)
+    got = segmenter_step(model, mixed, o0)["loss"].item()
+    assert got == pytest.approx(segmenter_step(model, alone, o0)["loss"].item(), rel=1e-5)
+    assert segmenter_step(model, mixed, SegStepOptions(dice_weight=1.0))["loss"].item() != pytest.approx(got, rel=1e-3)

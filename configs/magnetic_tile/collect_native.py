@@ -2,10 +2,10 @@
 
     python configs/magnetic_tile/collect_native.py runs/mt_unet [runs/mt_native ...]
 
-For each folder: real_s*/ (real only), synth_s*/ (real + diffusion pairs, half of each batch), synth25_s*/
-(the same, a quarter of each batch) and cutpaste_s*/ (real + cut-paste pairs) segmenters, scored by `evaluate`
-on the test split at full size (RUN/eval/eval.json), with their best val mIoU (RUN/logs/validation.csv) and,
-per arm, the per-seed difference to real only; then the diffusion sets' free-lunch scores (syn_s*/summary.json).
+First the val choice: every seed-0 segmenter of the folder with its best val mIoU, the step and the val pixel
+AUROC there (RUN/logs/validation.csv). Then the test table for the arms of ARMS (run folders PREFIX_sS/), scored
+by `evaluate` on the test split at full size (RUN/eval/eval.json), with their best val mIoU and, per arm, the
+per-seed difference to real only; then the diffusion sets' free-lunch scores (syn_s*/summary.json).
 A missing run is left out; n = the seeds that ran.
 """
 import csv
@@ -24,7 +24,7 @@ def ms(vals):
 
 
 def best_val(run: Path):
-    rows = list(csv.DictReader((run / "logs" / "validation.csv").open())) if (run / "logs" / "validation.csv").is_file() else []
+    rows = val_rows(run)
     return max(float(r["mIoU"]) for r in rows) if rows else None
 
 
@@ -34,13 +34,34 @@ def arm(folder: Path, prefix: str):
     return runs, ev
 
 
+ARMS = (("real", "real only"),
+        ("synth", "real + diffusion pairs (1/2 of each batch)"),
+        ("synth25", "real + diffusion pairs (1/4 of each batch)"),
+        ("cutpaste", "real + cut-paste pairs (1/2 of each batch)"),
+        ("plus4_w100", "real (16 crops, as real only) + 4 diffusion crops per step, w_syn 1"),
+        ("plus4_w30", "real (16 crops, as real only) + 4 diffusion crops per step, w_syn 0.3"),
+        ("cpplus4_w100", "real (16 crops, as real only) + 4 cut-paste crops per step, w_syn 1"))
+
+
+def val_rows(run: Path):
+    path = run / "logs" / "validation.csv"
+    return list(csv.DictReader(path.open())) if path.is_file() else []
+
+
+for folder in map(Path, sys.argv[1:] or ["runs/mt_unet"]):
+    print(f"\n{folder}: val choice, seed 0 (best val mIoU, step, val pixel AUROC there)\n")
+    print("| run | best val mIoU | at step | val AUROC |\n|---|---|---|---|")
+    for run in sorted(folder.glob("*_s0")):
+        rows = val_rows(run)
+        if rows and "mIoU" in rows[0]:  # segmenters only (generators log other things)
+            b = max(rows, key=lambda r: float(r["mIoU"]))
+            print(f"| {run.name} | {100 * float(b['mIoU']):.1f} | {b['step']} | {float(b['AUROC']):.2f} |")
+print()
 print("| folder | arm | n | test mIoU | mDice | IoU | pixel AUROC | per seed test mIoU (best val) |")
 print("|---|---|---|---|---|---|---|---|")
 for folder in map(Path, sys.argv[1:] or ["runs/mt_unet"]):
     real = {}
-    for prefix, name in (("real", "real only"), ("synth", "real + diffusion pairs (1/2 of each batch)"),
-                         ("synth25", "real + diffusion pairs (1/4 of each batch)"),
-                         ("cutpaste", "real + cut-paste pairs (1/2 of each batch)")):
+    for prefix, name in ARMS:
         runs, ev = arm(folder, prefix)
         if not runs:
             continue

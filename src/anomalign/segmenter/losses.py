@@ -6,35 +6,44 @@ import torch.nn.functional as F
 
 
 def loss_ce(logits: torch.Tensor, target: torch.Tensor, synthetic: torch.Tensor,
-            anomaly_weight: float = 1.0) -> torch.Tensor:
-    """Eq. 6: L_ce = (1/N_real)·Σ_real H(l, y) + (1/N_syn)·Σ_syn H(l, y).
+            anomaly_weight: float = 1.0, synthetic_weight: float = 1.0) -> torch.Tensor:
+    """Eq. 6: L_ce = (1/N_real)·Σ_real H(l, y) + w_syn·(1/N_syn)·Σ_syn H(l, y), w_syn = 1 in the paper.
 
     logits [B, 2, H, W]; target [B, 1, H, W] or [B, H, W] in {0, 1}; synthetic [B] bool.
     H is the pixel-mean cross-entropy of one image; each group is averaged over its own samples,
-    so the two groups weigh the same whatever the batch mix. An empty group contributes 0.
+    so the two groups weigh the same whatever the batch mix (the share of synthetic rows changes how many
+    synthetic samples a step sees, not how much they count). An empty group contributes 0.
     ``anomaly_weight`` > 1 weighs anomaly pixels up (not in the paper, whose H is plain CE; default 1).
+    ``synthetic_weight`` w_syn < 1 makes the synthetic pairs count less than the real ones (not in the paper).
     """
     y = target.reshape(target.shape[0], *target.shape[-2:]).long()
     weight = None if anomaly_weight == 1.0 else torch.tensor([1.0, anomaly_weight], device=logits.device)
     per_image = F.cross_entropy(logits.float(), y, weight=weight, reduction="none").mean(dim=(1, 2))
     total = per_image.new_zeros(())
-    for group in (~synthetic, synthetic):
+    for group, w in ((~synthetic, 1.0), (synthetic, synthetic_weight)):
         if group.any():
-            total = total + per_image[group].mean()
+            total = total + w * per_image[group].mean()
     return total
 
 
-def loss_dice(logits: torch.Tensor, target: torch.Tensor, eps: float = 1.0) -> torch.Tensor:
-    """Soft Dice loss of the anomaly class over the whole batch: 1 - (2·Σ p·y + eps) / (Σ p + Σ y + eps).
+def loss_dice(logits: torch.Tensor, target: torch.Tensor, eps: float = 1.0,
+              row_weight: torch.Tensor | None = None) -> torch.Tensor:
+    """Soft Dice loss of the anomaly class over the whole batch: 1 - (2·Σ w·p·y + eps) / (Σ w·p + Σ w·y + eps).
 
-    logits [B, 2, H, W]; target [B, 1, H, W] or [B, H, W] in {0, 1}; p = softmax(logits)[:, 1]. Not in the
+    logits [B, 2, H, W]; target [B, 1, H, W] or [B, H, W] in {0, 1}; p = softmax(logits)[:, 1]; ``row_weight``
+    [B] weighs each row's pixels in the sums (None = all 1; the trainer passes w_syn for synthetic rows). Not in the
     paper (its Eq. 6 is plain CE): an option (``--dice-weight``) for defects covering well under 1 % of the
     pixels, where CE is dominated by the background. Pooled over the batch, so a crop without anomaly pixels
     adds only its false positives (no 0/0). ``eps`` keeps an all-background batch at a finite, small loss.
     """
     y = target.reshape(target.shape[0], *target.shape[-2:]).float()
     p = logits.float().softmax(dim=1)[:, 1]
-    return 1 - (2 * (p * y).sum() + eps) / (p.sum() + y.sum() + eps)
+    if row_weight is not None:
+        w = row_weight.float().to(p.device).view(-1, 1, 1)
+        p, y, py = p * w, y * w, p * y * w
+    else:
+        py = p * y
+    return 1 - (2 * py.sum() + eps) / (p.sum() + y.sum() + eps)
 
 
 def soft_mask(logits: torch.Tensor, temperature: float) -> torch.Tensor:

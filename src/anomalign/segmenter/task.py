@@ -47,6 +47,7 @@ class SegStepOptions:
     fb_every: int = 1
     fb_warmup_steps: int = 0
     dice_weight: float = 0.0
+    synthetic_weight: float = 1.0
 
 
 def segmenter_batch(real: SegPairs | CropPairs, syn: SegPairs | CropPairs | None, n_real: int, n_syn: int, seed: int,
@@ -94,9 +95,11 @@ def segmenter_step(model, batch: dict, o: SegStepOptions, fb=None) -> dict[str, 
     device = next(model.parameters()).device
     x, m = batch["image"].to(device), batch["mask"].to(device)
     logits = model(x)
-    l_ce = loss_ce(logits, m, batch["synthetic"].to(device), o.anomaly_weight)
+    synthetic = batch["synthetic"].to(device)
+    l_ce = loss_ce(logits, m, synthetic, o.anomaly_weight, o.synthetic_weight)
     if o.dice_weight:  # not in the paper: an option for tiny defects (the logged l_ce includes it)
-        l_ce = l_ce + o.dice_weight * loss_dice(logits, m)
+        rows = None if o.synthetic_weight == 1.0 else torch.where(synthetic, o.synthetic_weight, 1.0)
+        l_ce = l_ce + o.dice_weight * loss_dice(logits, m, row_weight=rows)
     k = batch["step"]
     if fb is None or k < o.fb_warmup_steps or k % o.fb_every or not batch["keys"]:
         return {"loss": l_ce, "l_ce": l_ce, "l_fb": torch.full((), float("nan"), device=l_ce.device)}

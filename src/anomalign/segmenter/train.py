@@ -39,6 +39,9 @@ class TrainSegmenterConfig(DataOptions, CropOptions, LoopOptions):
     size: int = option(64, "input size: images and masks resized to size x size, or, for images much larger "
                            "than it (or with --crop-size), the crop size the network trains on")
     synthetic_fraction: float = option(0.5, "share of each batch drawn from the synthetic sets")
+    synthetic_weight: float = option(1.0, "weight w_syn of the synthetic pairs' term in Eq. 6 (1 = the paper: "
+                                          "real and synthetic count the same whatever --synthetic-fraction; "
+                                          "< 1 makes imperfect synthetic pairs count less)")
     normal_images: Path | None = option(None, "a folder of extra defect-free training images (used with the "
                                               "dataset's own normals; implies --train-normals)")
     train_normals: bool = option(True, "also train on the real train split's normal (defect-free) images; "
@@ -78,6 +81,8 @@ class TrainSegmenterConfig(DataOptions, CropOptions, LoopOptions):
             raise ConfigError(f"dice_weight must be >= 0, got {self.dice_weight}")
         if not 0 <= self.synthetic_fraction < 1:
             raise ConfigError("synthetic_fraction must be in [0, 1)")
+        if self.synthetic_weight < 0:
+            raise ConfigError(f"synthetic_weight must be >= 0, got {self.synthetic_weight}")
 
 
 def run_train_segmenter(cfg: TrainSegmenterConfig, progress: bool = True) -> Path:
@@ -109,7 +114,7 @@ def run_train_segmenter(cfg: TrainSegmenterConfig, progress: bool = True) -> Pat
         if fb is not None:
             report_premise(feedback_premise(gen, real, cfg), out)
     step_opts = SegStepOptions(cfg.anomaly_weight, cfg.temperature, cfg.w_fb, cfg.fb_t_min, cfg.fb_t_max,
-                               cfg.fb_every, cfg.fb_warmup_steps, cfg.dice_weight)
+                               cfg.fb_every, cfg.fb_warmup_steps, cfg.dice_weight, cfg.synthetic_weight)
     task = segmenter_task(model, real, syn, cfg.batch_size, cfg.synthetic_fraction, cfg.seed, step_opts, fb, save_fn,
                           validate_fn=validate_fn, photometric=cfg.photometric)
     val_samples = val.samples if isinstance(val, PairDataset) else val
