@@ -112,3 +112,14 @@ def test_synthetic_weight_zero_leaves_the_real_rows_loss(pairs):
     got = segmenter_step(model, mixed, o0)["loss"].item()
     assert got == pytest.approx(segmenter_step(model, alone, o0)["loss"].item(), rel=1e-5)
     assert segmenter_step(model, mixed, SegStepOptions(dice_weight=1.0))["loss"].item() != pytest.approx(got, rel=1e-3)
+
+
+def test_adding_synthetic_rows_keeps_the_real_rows(pairs):
+    """A batch of n real + k synthetic rows starts with exactly the rows (crops, jitter) of the real-only batch
+    of n: adding synthetic pairs on top changes nothing the real-only run sees (docs/results.md)."""
+    real, syn = pairs
+    for k in range(3):
+        alone = segmenter_batch(real, None, 2, 0, 0, k, 0, 1, photometric=0.5)
+        mixed = segmenter_batch(real, syn, 2, 2, 0, k, 0, 1, photometric=0.5)
+        assert torch.equal(mixed["image"][:2], alone["image"]) and torch.equal(mixed["mask"][:2], alone["mask"])
+        assert mixed["synthetic"].tolist() == [False, False, True, True]

@@ -7,6 +7,9 @@
 #   configs/magnetic_tile/run_native.sh [MT_DIR] [WORK_DIR]
 #   env: SEEDS="0 1 2"  SYN_SEEDS=""  JOBS=2  EXTRA_SEG=""  ONLY_SYN=1 (skip the real-only segmenters)
 #        SEG_CONFIG=configs/magnetic_tile/segmenter_native.yaml (the U-Net recipe: segmenter_unet.yaml)
+#        REAL_NAME=real  SYN_NAME=synth (run folder prefixes)  SYN_SEG="" (extra flags of the real + synthetic
+#        segmenter only, e.g. SYN_NAME=plus4_w30 SYN_SEG="--batch-size 20 --synthetic-fraction 0.2
+#        --synthetic-weight 0.3": 16 real crops per step as real only, plus 4 synthetic ones at w_syn 0.3)
 set -uo pipefail
 MT=${1:-../shared/datasets/magnetic-tile}
 W=${2:-runs/mt_native}
@@ -16,6 +19,9 @@ JOBS=${JOBS:-2}
 AN=${AN:-anomalign}
 EXTRA_SEG=${EXTRA_SEG:-}
 SEG_CONFIG=${SEG_CONFIG:-$C/segmenter_native.yaml}
+REAL_NAME=${REAL_NAME:-real}
+SYN_NAME=${SYN_NAME:-synth}
+SYN_SEG=${SYN_SEG:-}
 mkdir -p "$W/logs"
 seg() {  # seg OUT SEED [flags]
   local out=$1 s=$2; shift 2
@@ -38,17 +44,17 @@ syn() {  # syn SEED: generator on crops -> full-size synthetic pairs -> real + s
   fi
   [ -f "$y/summary.json" ] || $AN generate --config $C/generate_native.yaml --generator "$g" --masks "$MT" \
     --normals "$MT" --out "$y" --seed "$s" || return 1
-  seg "$W/synth_s$s" "$s" --synthetic "$y"
+  seg "$W/${SYN_NAME}_s$s" "$s" --synthetic "$y" $SYN_SEG
 }
 n=0
 for s in ${SYN_SEEDS:-}; do
-  syn "$s" > "$W/logs/syn_s$s.log" 2>&1 &
+  syn "$s" > "$W/logs/${SYN_NAME}_s$s.log" 2>&1 &
   n=$((n + 1))
   if [ "$n" -ge "$JOBS" ]; then wait -n; n=$((n - 1)); fi
 done
 [ -n "${ONLY_SYN:-}" ] && SEEDS=""
 for s in $SEEDS; do
-  seg "$W/real_s$s" "$s" > "$W/logs/real_s$s.log" 2>&1 &
+  seg "$W/${REAL_NAME}_s$s" "$s" > "$W/logs/${REAL_NAME}_s$s.log" 2>&1 &
   n=$((n + 1))
   if [ "$n" -ge "$JOBS" ]; then wait -n; n=$((n - 1)); fi
 done
