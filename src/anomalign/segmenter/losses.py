@@ -38,12 +38,8 @@ def loss_dice(logits: torch.Tensor, target: torch.Tensor, eps: float = 1.0,
     """
     y = target.reshape(target.shape[0], *target.shape[-2:]).float()
     p = logits.float().softmax(dim=1)[:, 1]
-    if row_weight is not None:
-        w = row_weight.float().to(p.device).view(-1, 1, 1)
-        p, y, py = p * w, y * w, p * y * w
-    else:
-        py = p * y
-    return 1 - (2 * py.sum() + eps) / (p.sum() + y.sum() + eps)
+    w = 1.0 if row_weight is None else row_weight.float().to(p.device).view(-1, 1, 1)
+    return 1 - (2 * (p * y * w).sum() + eps) / ((p * w).sum() + (y * w).sum() + eps)
 
 
 def soft_mask(logits: torch.Tensor, temperature: float) -> torch.Tensor:

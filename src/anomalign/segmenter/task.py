@@ -98,7 +98,7 @@ def segmenter_step(model, batch: dict, o: SegStepOptions, fb=None) -> dict[str, 
     synthetic = batch["synthetic"].to(device)
     l_ce = loss_ce(logits, m, synthetic, o.anomaly_weight, o.synthetic_weight)
     if o.dice_weight:  # not in the paper: an option for tiny defects (the logged l_ce includes it)
-        rows = None if o.synthetic_weight == 1.0 else torch.where(synthetic, o.synthetic_weight, 1.0)
+        rows = torch.where(synthetic, o.synthetic_weight, 1.0)  # w_syn = 1: every row 1, the paper's pooling
         l_ce = l_ce + o.dice_weight * loss_dice(logits, m, row_weight=rows)
     k = batch["step"]
     if fb is None or k < o.fb_warmup_steps or k % o.fb_every or not batch["keys"]:
