@@ -80,13 +80,15 @@ def _pretrain_config(out, codec, **kw):
 def test_mask_free_pretraining_on_a_taef2_codec_then_fine_tuning_end_to_end(tmp_path):
     torch.manual_seed(0)
     codec_dir = TAEF2().save(tmp_path / "taef2")  # random weights: shapes and plumbing, not quality
-    base = run_pretrain_base(_pretrain_config(tmp_path / "base", codec_dir, hold_out=["carbon"]), progress=False)
+    base = run_pretrain_base(_pretrain_config(tmp_path / "base", codec_dir, hold_out=["carbon"], x0_clip=2.5),
+                             progress=False)
     spec = MaskGenerator.load(base, mask_free_ok=True).spec
     assert spec["codec"] == "taef2" and spec["mask_encoding"] == "none" and spec["base_regime"] == "mask-free"
     assert spec["unet_config"]["in_channels"] == 32 and spec["held_out_materials"] == ["carbon"]
     assert "carbon" not in spec["prompt"]["vocab"] and "wood" in spec["prompt"]["vocab"]
     assert 0.1 < spec["vae_config"]["scaling_factor"] < 100
     assert spec["scheduler"]["beta_schedule"] == "linear" and spec["scheduler"]["beta_end"] == 0.02
+    assert spec["x0_clip"] == 2.5  # the sampling bound travels with the base...
     assert (tmp_path / "base" / "latents.safetensors").is_file()
 
     data = tmp_path / "data"
@@ -99,6 +101,7 @@ def test_mask_free_pretraining_on_a_taef2_codec_then_fine_tuning_end_to_end(tmp_
     gen = MaskGenerator.load(out)  # a normal, mask-following generator now
     assert gen.mask_encoding == "resize" and gen.unet.conv_in.in_channels == 32 + 1
     assert gen.spec["base_regime"] == "mask-free" and gen.spec["codec"] == "taef2"
+    assert gen.spec["x0_clip"] == 2.5  # ...and into its fine-tunes
     from anomalign.generator.sampler import sample
     img = sample(gen, torch.ones(1, 1, 32, 32), ["a photo of a surface with a scratch defect"], [0], steps=2)
     assert img.shape == (1, 3, 32, 32) and torch.isfinite(img).all()
@@ -122,6 +125,8 @@ def test_pretrain_options_are_checked():
         build_config(PretrainBaseConfig, dict(out="x", hold_out=["plastic"]))
     with pytest.raises(ConfigError, match="multiple of 32"):
         build_config(PretrainBaseConfig, dict(out="x", codec="somewhere", size=48))
+    with pytest.raises(ConfigError, match="x0-clip must be >= 0"):
+        build_config(PretrainBaseConfig, dict(out="x", x0_clip=-1))
     with pytest.raises(ConfigError, match="no material"):
         build_config(PretrainBaseConfig, dict(out="x", hold_out=["brushed_metal", "wood", "fabric", "stone", "carbon"]))
 

@@ -70,6 +70,9 @@ class PretrainBaseConfig(LoopOptions):
                          "channels (TAEF2: 32) need more noise at the last step: use linear 0.0001-0.02")
     beta_start: float = option(0.00085, "first β of the schedule")
     beta_end: float = option(0.012, "last β of the schedule")
+    x0_clip: float | None = option(None, "sampling bound on the denoised-latent estimate, stored with the base and "
+                                         "inherited by its fine-tunes (sampler.bound_x0); schedules with a tiny last "
+                                         "alpha-bar (linear) diverge without it. None = no bound")
     snr_gamma: float | None = option(5.0, "min-SNR-γ weighting of the UNet loss")
     mask_dropout: float = option(0.1, "mask-condition dropout (guidance)")
     prompt_dropout: float = option(0.1, "prompt dropout (guidance)")
@@ -130,6 +133,8 @@ def check_pretrain_config(cfg: PretrainBaseConfig) -> None:
     unknown = [m for m in cfg.hold_out if m not in MATERIALS]
     if unknown:
         raise ConfigError(f"--hold-out {', '.join(unknown)}: unknown material; choose from {', '.join(MATERIALS)}")
+    if cfg.x0_clip is not None and cfg.x0_clip < 0:
+        raise ConfigError(f"--x0-clip must be >= 0 (0 = no bound), got {cfg.x0_clip}")
     if len(cfg.hold_out) >= len(MATERIALS):
         raise ConfigError("--hold-out leaves no material to pretrain on")
     factor = TAEF2_FACTOR if cfg.codec else 2 ** (len(TINY_VAE_CONFIG["block_out_channels"]) - 1)
@@ -194,7 +199,8 @@ def run_pretrain_base(cfg: PretrainBaseConfig, progress: bool = True) -> Path:
     gen = MaskGenerator(vae, unet, prompt, scheduler, encoding,
                         {"backend": "tiny", "resolution": cfg.size, "base": "pretrain-base",
                          "base_regime": "mask-free" if cfg.mask_free else "mask-aware",
-                         "held_out_materials": list(cfg.hold_out)})
+                         "held_out_materials": list(cfg.hold_out)}
+                        | ({"x0_clip": float(cfg.x0_clip)} if cfg.x0_clip else {}))
     # Phase 2: UNet (and prompt embeddings) on latents encoded once and kept in the run folder (a resumed
     # run does not spend the encoding minutes again). α = 0, so E(m) is needed only for the vae encoding.
     pairs = LatentPairs(gen, images, masks, prompts, augment=[], seed=cfg.seed, mask_latents=encoding == "vae")

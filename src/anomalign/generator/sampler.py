@@ -11,6 +11,13 @@ noise), so the model fills the region in context; optional RePaint-style resampl
 one step and denoises it again ``resample`` times to harmonise the seam. The decoded image is finally
 composited onto the background with a feathered alpha that is zero outside the region, so pixels
 outside it are kept exactly (the codec is lossy; without the composite they would drift).
+
+x0 bound: at every step the clean-latent estimate x̂0 = (x_t − √(1−ᾱ_t)·ε̂)/√ᾱ_t may be clamped to ±B and
+ε̂ recomputed from it (``bound_x0``), for every scheduler alike. With a schedule whose last ᾱ is tiny (the
+TAEF2 bases' linear schedule: ᾱ_T = 4·10⁻⁵) the first estimate multiplies ε̂'s error by 1/√ᾱ_T ≈ 160 and
+unbounded sampling diverges (final latents of std ≈ 10 instead of 1). B is stored with the generator
+(``spec["x0_clip"]``, written by ``pretrain-base``) and inherited by its fine-tunes; absent = no bound, as
+for SD, whose scaled-linear schedule amplifies ≈ 15×. It is not switched on silently for other models.
 """
 from __future__ import annotations
 
@@ -27,13 +34,33 @@ def make_scheduler(train_scheduler, name: SchedulerName):
     # predict_noise always returns ε (v-prediction outputs are converted), so the sampler works in ε space.
     cfg = dict(train_scheduler.config, prediction_type="epsilon")
     if name == "ddim":
-        # clip_sample would hide a diverging model (values silently clamped); keep the raw trajectory.
+        # No clip_sample: a bound is the model's documented choice (bound_x0 in sample), never a silent default.
         return DDIMScheduler.from_config(cfg, clip_sample=False, set_alpha_to_one=False, steps_offset=1)
     if name == "dpm++":
         # Thresholding off + final sigma zero: no silent rescaling of outputs.
         return DPMSolverMultistepScheduler.from_config(cfg, algorithm_type="dpmsolver++", solver_order=2,
                                                        thresholding=False, final_sigmas_type="zero")
     raise ValueError(f"unknown scheduler {name!r}; choose 'ddim' or 'dpm++'")
+
+
+def bound_x0(eps: torch.Tensor, latents: torch.Tensor, alpha_bar: torch.Tensor, bound: float) -> torch.Tensor:
+    """ε̂ [B, C, h, w] whose implied x̂0 = (x_t − √(1−ᾱ)·ε̂)/√ᾱ is clamped to [−bound, bound].
+
+    Equivalent to diffusers' DDIM ``clip_sample`` with ``use_clipped_model_output`` (ε̂ re-derived from the
+    clamped x̂0, as in GLIDE, so the direction term carries no more of the error than x̂0 does), but
+    scheduler-independent: the sampler hands the corrected ε̂ to whichever scheduler steps.
+    """
+    a = alpha_bar.to(latents.dtype)
+    x0 = ((latents - (1 - a).sqrt() * eps) / a.sqrt()).clamp(-bound, bound)
+    return (latents - a.sqrt() * x0) / (1 - a).sqrt()
+
+
+def x0_bound_of(gen, x0_clip: float | None) -> float | None:
+    """The bound sampling uses: ``x0_clip`` if given (0 = none), else the generator's stored one (or none)."""
+    bound = gen.spec.get("x0_clip") if x0_clip is None else x0_clip
+    if bound is not None and bound < 0:
+        raise ValueError(f"x0_clip must be >= 0 (0 = no bound), got {bound}")
+    return float(bound) if bound else None
 
 
 def initial_noise(seeds: list[int], shape: tuple[int, ...], device, dtype) -> torch.Tensor:
@@ -65,8 +92,12 @@ def _renoise_one_step(sched, latents: torch.Tensor, t_prev: int, t: int, seeds: 
 @torch.no_grad()
 def sample(gen, masks: torch.Tensor, prompts: list[str], seeds: list[int], scheduler: SchedulerName = "ddim",
            steps: int = 50, guidance: float = 7.0, decode: bool = True, background: torch.Tensor | None = None,
-           region: torch.Tensor | None = None, resample: int = 0, feather_px: int = 2) -> torch.Tensor:
+           region: torch.Tensor | None = None, resample: int = 0, feather_px: int = 2,
+           x0_clip: float | None = None) -> torch.Tensor:
     """Generate images for masks [B, 1, H, W] in {0,1} (or soft), prompts [B], seeds [B].
+
+    ``x0_clip``: bound on the clean-latent estimate at every step (``bound_x0``); None = the generator's
+    stored bound (``spec["x0_clip"]``, none if absent), 0 = no bound.
 
     Inpainting: ``background`` [B, 3, H, W] in [-1, 1] and ``region`` [B, 1, H, W] in {0,1} (where to
     generate, e.g. the dilated mask); see the module docstring. Returns images [B, 3, H, W] in [-1, 1]
@@ -75,6 +106,7 @@ def sample(gen, masks: torch.Tensor, prompts: list[str], seeds: list[int], sched
     if resample and scheduler != "ddim":
         raise ValueError("resample (RePaint-style) needs the ddim scheduler: multistep solvers keep a history")
     sched = make_scheduler(gen.scheduler, scheduler)
+    bound = x0_bound_of(gen, x0_clip)
     sched.set_timesteps(steps, device=gen.device)
     b, _, h, w = masks.shape
     f = gen.factor
@@ -102,6 +134,8 @@ def sample(gen, masks: torch.Tensor, prompts: list[str], seeds: list[int], sched
         if guidance != 1.0:
             eps_c, eps_u = eps.chunk(2)
             eps = eps_u + guidance * (eps_c - eps_u)
+        if bound is not None:
+            eps = bound_x0(eps, latents, gen.scheduler.alphas_cumprod[int(t)].to(latents.device), bound)
         return sched.step(eps, t, latents).prev_sample
 
     def blend(latents: torch.Tensor, k: int) -> torch.Tensor:

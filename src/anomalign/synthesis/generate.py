@@ -65,6 +65,8 @@ class GenerateConfig(DataOptions):
     scheduler: Literal["ddim", "dpm++"] = option("ddim", "sampler: DDIM or DPM-Solver++ (2nd order)")
     steps: int | None = option(None, "denoising steps (default 50 for ddim, 20 for dpm++)")
     guidance: float = option(7.0, "classifier-free guidance scale (the paper's 7; 1 = off)")
+    x0_clip: float | None = option(None, "bound on the denoised-latent estimate at every step (0 = none; default: "
+                                         "the generator's own, set by pretrain-base; see docs/generator.md)")
     batch_size: int = option(8, "images per UNet batch per process (changes images by float rounding at most; "
                                 "see --batch-invariant)")
     batch_invariant: bool = option(False, "run the networks one sample at a time: images bit-identical whatever "
@@ -100,6 +102,8 @@ class GenerateConfig(DataOptions):
             raise ConfigError(f"num must be >= 1, got {self.num}")
         if self.batch_size < 1:
             raise ConfigError(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.x0_clip is not None and self.x0_clip < 0:
+            raise ConfigError(f"x0_clip must be >= 0 (0 = no bound), got {self.x0_clip}")
         if self.steps is None:
             self.steps = 50 if self.scheduler == "ddim" else 20
         if self.synthesizer == "diffusion" and self.generator is None:
@@ -216,7 +220,7 @@ class Synthesizer:
             bg_idx = [i % len(files) for i in attempts]
             bg, region = images[bg_idx], dilate(masks, cfg.dilate)
         fake = sample(gen, masks, prompts, seeds, cfg.scheduler, cfg.steps, cfg.guidance, background=bg,
-                      region=region, resample=cfg.resample, feather_px=cfg.feather).float().cpu()
+                      region=region, resample=cfg.resample, feather_px=cfg.feather, x0_clip=cfg.x0_clip).float().cpu()
         scores: dict[str, list[float]] = {}
         if "free-lunch" in cfg.scores:
             fl = free_lunch(gen, fake, masks, prompts, shift=masks.shape[-1] // 4,
