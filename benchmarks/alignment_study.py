@@ -69,8 +69,9 @@ def checkpoint_generator(run: Path, step: int) -> MaskGenerator:
     return gen.eval()
 
 
-def score(gen: MaskGenerator, oracle: Segmenter, images, masks, prompts, guidance: float, steps: int) -> dict:
-    fake = sample(gen, masks, prompts, list(range(len(prompts))), "ddim", steps, guidance)
+def score(gen: MaskGenerator, oracle: Segmenter, images, masks, prompts, guidance: float, steps: int,
+          x0_clip: float | None = None) -> dict:
+    fake = sample(gen, masks, prompts, list(range(len(prompts))), "ddim", steps, guidance, x0_clip=x0_clip)
     iou = oracle_iou(oracle, fake, masks)
     moved = oracle_iou(oracle, fake, shift_masks(masks))
     fl = free_lunch(gen, images, masks, prompts)
@@ -101,6 +102,10 @@ def main() -> None:
     ap.add_argument("--eval-masks", type=int, default=40)
     ap.add_argument("--guidance", type=float, default=3.0)
     ap.add_argument("--sample-steps", type=int, default=25)
+    ap.add_argument("--x0-clip", type=float, default=None,
+                    help="sampling bound on the x0 estimate (sampler.bound_x0; default: the base's own, 0 = none)")
+    ap.add_argument("--train-only", action="store_true",
+                    help="fine-tune the missing runs and stop (score them in a later call)")
     ap.add_argument("--oracle-steps", type=int, default=1500)
     ap.add_argument("--oracle", type=Path, default=None, help="reuse this oracle run folder (same data and size)")
     ap.add_argument("--doc", type=Path, default=Path("docs/generator.md"))
@@ -134,6 +139,7 @@ def main() -> None:
     results = json.loads(results_file.read_text()) if results_file.exists() else {}
     tag_extra = (f"_{args.mask_encoding}" if args.mask_encoding != "unshuffle" else "") + (
         f"_sg-{args.stop_grad}" if args.stop_grad != "none" else "")
+    clip_tag = f"_x0clip{args.x0_clip:g}" if args.x0_clip is not None else ""  # results keyed by the bound too
     for seed in args.seeds:  # seed-major: an interrupted study still has paired α arms for the seeds it did
         for alpha in args.alphas:
             tag = f"a{alpha:g}{tag_extra}_s{seed}"
@@ -148,31 +154,36 @@ def main() -> None:
                     log_every=50, device="cpu", **extra)), progress=False)
                 (run / "train_seconds.txt").write_text(f"{time.perf_counter() - t:.1f}\n")
             secs = float((run / "train_seconds.txt").read_text())
+            if args.train_only:
+                continue
             for step in args.budgets:
-                key = f"{tag}@{step}"
+                key = f"{tag}@{step}{clip_tag}"
                 if key in results:
                     continue
                 r = score(checkpoint_generator(run, step), oracle, images, masks, prompts, args.guidance,
-                          args.sample_steps)
+                          args.sample_steps, args.x0_clip)
                 r.update(alpha=alpha, seed=seed, step=step, train_seconds=secs * step / max(args.budgets))
                 results[key] = r
                 results_file.write_text(json.dumps(results, indent=1))
                 print(key, {k: round(v, 4) if isinstance(v, float) else v for k, v in r.items()}, flush=True)
-    report(args, results, tag_extra, oracle_real, len(test), time.perf_counter() - t0)
+    if args.train_only:
+        return
+    report(args, results, tag_extra, clip_tag, oracle_real, len(test), time.perf_counter() - t0)
 
 
-def report(args, results: dict, tag_extra: str, oracle_real: float, n_test: int, seconds: float) -> None:
+def report(args, results: dict, tag_extra: str, clip_tag: str, oracle_real: float, n_test: int, seconds: float) -> None:
     lines = [f"\n### Alignment study, {args.dataset} ({time.strftime('%Y-%m-%d')}, {machine()})", "",
              f"`python benchmarks/alignment_study.py --dataset {args.dataset} --base {args.base} "
-             f"--mask-encoding {args.mask_encoding} --stop-grad {args.stop_grad} --batch-size {args.batch_size}`; "
+             f"--mask-encoding {args.mask_encoding} --stop-grad {args.stop_grad} --batch-size {args.batch_size}"
+             + (f" --x0-clip {args.x0_clip:g}" if args.x0_clip is not None else "") + "`; "
              f"{len(args.seeds)} seeds, {n_test} test masks, DDIM-{args.sample_steps}, guidance {args.guidance:g}; "
              f"oracle IoU on the real test anomalies {oracle_real:.3f}; wall {seconds / 60:.0f} min.", "",
              "| steps | α | oracle IoU gen | moved-mask control | true mask beats moved & empty | free-lunch score "
              "| fine-tune s (mean) |", "|---|---|---|---|---|---|---|"]
     for step in args.budgets:
         for alpha in args.alphas:
-            rs = [results[f"a{alpha:g}{tag_extra}_s{s}@{step}"] for s in args.seeds
-                  if f"a{alpha:g}{tag_extra}_s{s}@{step}" in results]
+            keys = [f"a{alpha:g}{tag_extra}_s{s}@{step}{clip_tag}" for s in args.seeds]
+            rs = [results[k] for k in keys if k in results]
             if not rs:
                 continue
             col = lambda k: mean_sd([r[k] for r in rs])  # noqa: E731

@@ -28,7 +28,7 @@ from anomalign.data.sample import Sample
 from anomalign.data.transforms import from_model_range, to_model_range
 from anomalign.figures import grid
 from anomalign.generator.model import MaskGenerator
-from anomalign.generator.sampler import make_scheduler
+from anomalign.generator.sampler import bound_x0, make_scheduler, x0_bound_of
 from common import DOCS, machine, print_and_append
 
 T_ONE_STEP = (100, 300, 500, 700, 800, 900, 999)
@@ -42,8 +42,10 @@ def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 @torch.no_grad()
-def sdedit(gen, z0, emb, cond, start: int, seed: int = 0, steps: int = 50, guidance: float = 3.0) -> torch.Tensor:
+def sdedit(gen, z0, emb, cond, start: int, seed: int = 0, steps: int = 50, guidance: float = 3.0,
+           x0_clip: float | None = None) -> torch.Tensor:
     sch = make_scheduler(gen.scheduler, "ddim")
+    bound = x0_bound_of(gen, x0_clip)
     sch.set_timesteps(steps)
     ts = [t for t in sch.timesteps.tolist() if t <= start]
     noise = torch.randn(z0.shape, generator=torch.Generator().manual_seed(seed))
@@ -53,7 +55,10 @@ def sdedit(gen, z0, emb, cond, start: int, seed: int = 0, steps: int = 50, guida
     for t in ts:
         e = gen.predict_noise(torch.cat([z, z]), torch.full((2 * len(z),), t), emb2, cond2)
         ec, eu = e.chunk(2)
-        z = sch.step(eu + guidance * (ec - eu), t, z).prev_sample
+        e = eu + guidance * (ec - eu)
+        if bound is not None:  # as sampler.sample does
+            e = bound_x0(e, z, gen.scheduler.alphas_cumprod[t], bound)
+        z = sch.step(e, t, z).prev_sample
     return gen.decode(z)
 
 
@@ -61,6 +66,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--base", nargs="+", required=True)
     ap.add_argument("--images", type=int, default=20)
+    ap.add_argument("--x0-clip", type=float, default=None,
+                    help="sampling bound on the x0 estimate (sampler.bound_x0; default: each base's own, 0 = none)")
     ap.add_argument("--doc", type=Path, default=DOCS)
     args = ap.parse_args()
     t0 = time.perf_counter()
@@ -87,18 +94,20 @@ def main() -> None:
                 one[t] = psnr(gen.decode((zt - (1 - ab).sqrt() * eps) / ab.sqrt()), x)
             starts, tiles = {}, list(from_model_range(x[:5]))
             for s in T_STARTS:
-                out = sdedit(gen, z0, emb, cond, s)
+                out = sdedit(gen, z0, emb, cond, s, x0_clip=args.x0_clip)
                 starts[s] = psnr(out, x)
                 tiles += list(from_model_range(out[:5]))
         sched = gen.scheduler.config
+        bound = x0_bound_of(gen, args.x0_clip)
         name = (f"{gen.spec.get('codec', 'autoencoder_kl')}_{gen.spec.get('base_regime', 'mask-aware')}_{r}_"
-                f"{sched.beta_schedule}")
+                f"{sched.beta_schedule}" + (f"_x0clip{bound:g}" if bound else ""))
         figure = Path(__file__).resolve().parent.parent / "docs" / "figures" / f"denoising_{name}.jpg"
         Image.fromarray(grid(tiles, 5)).save(figure, quality=85)
         rows.append((b, name, f"{sched.beta_schedule} {sched.beta_start:g}-{sched.beta_end:g}", one, starts))
         print(b, {k: round(v, 1) for k, v in one.items()}, {k: round(v, 1) for k, v in starts.items()}, flush=True)
     lines = [f"\n## Base denoising per timestep ({time.strftime('%Y-%m-%d')}, {machine()})", "",
-             f"`python benchmarks/base_denoising.py --base {' '.join(args.base)} --images {args.images}`; PSNR dB "
+             f"`python benchmarks/base_denoising.py --base {' '.join(args.base)} --images {args.images}"
+             + (f" --x0-clip {args.x0_clip:g}" if args.x0_clip is not None else "") + "`; PSNR dB "
              f"against {args.images} real built-in images; wall {time.perf_counter() - t0:.0f} s.", "",
              "| base | kind | schedule | " + " | ".join(f"x0 @ t={t}" for t in T_ONE_STEP) + " | "
              + " | ".join(f"SDEdit from {t}" for t in T_STARTS) + " |",

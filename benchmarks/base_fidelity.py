@@ -31,7 +31,7 @@ from anomalign.data.sample import Sample
 from anomalign.data.transforms import from_model_range
 from anomalign.figures import grid
 from anomalign.generator.model import MaskGenerator
-from anomalign.generator.sampler import sample
+from anomalign.generator.sampler import sample, x0_bound_of
 from common import DOCS, machine, print_and_append
 
 SIDE = 64
@@ -85,8 +85,8 @@ def train_classifier(x: torch.Tensor, y: torch.Tensor, steps: int, seed: int = 0
 
 
 @torch.no_grad()
-def base_samples(gen: MaskGenerator, per_material: int, steps: int, guidance: float, seed: int
-                 ) -> tuple[torch.Tensor, torch.Tensor]:
+def base_samples(gen: MaskGenerator, per_material: int, steps: int, guidance: float, seed: int,
+                 x0_clip: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Samples [N, 3, R, R] in [0, 1] and the material index named in each prompt [N]."""
     r = gen.resolution
     out, labels = [], []
@@ -98,7 +98,7 @@ def base_samples(gen: MaskGenerator, per_material: int, steps: int, guidance: fl
             masks.append(torch.from_numpy(m).float()[None])
             prompts.append(default_prompt(Sample(Path(""), None, defect, False, category=material)))
         seeds = [seed * 100_000 + mi * 1000 + i for i in range(per_material)]
-        x = sample(gen, torch.stack(masks), prompts, seeds, "ddim", steps, guidance)
+        x = sample(gen, torch.stack(masks), prompts, seeds, "ddim", steps, guidance, x0_clip=x0_clip)
         out.append((x.float().clamp(-1, 1) + 1) / 2)
         labels += [mi] * per_material
     return torch.cat(out), torch.tensor(labels)
@@ -110,6 +110,8 @@ def main() -> None:
     ap.add_argument("--per-material", type=int, default=40)
     ap.add_argument("--steps", type=int, default=25, help="DDIM steps")
     ap.add_argument("--guidance", type=float, default=3.0)
+    ap.add_argument("--x0-clip", type=float, nargs="+", default=[None],
+                    help="x0 bounds to compare for each base (sampler.bound_x0; 0 = none; default: each base's own)")
     ap.add_argument("--train-per-material", type=int, default=300)
     ap.add_argument("--classifier-steps", type=int, default=600)
     ap.add_argument("--render-size", type=int, default=128, help="size the real images are rendered at")
@@ -123,10 +125,11 @@ def main() -> None:
         acc_real = float((net(xt).argmax(1) == yt).float().mean())
     print(f"material classifier: {acc_real:.3f} accuracy on {len(yt)} held-out real images")
     rows = []
-    for b in args.base:
+    for b, clip in [(b, c) for b in args.base for c in args.x0_clip]:
         gen = MaskGenerator.load(Path(b), mask_free_ok=True).eval()
+        bound = x0_bound_of(gen, clip)
         t = time.perf_counter()
-        imgs, labels = base_samples(gen, args.per_material, args.steps, args.guidance, seed=0)
+        imgs, labels = base_samples(gen, args.per_material, args.steps, args.guidance, seed=0, x0_clip=clip)
         secs = time.perf_counter() - t
         small = F.interpolate(imgs, size=SIDE, mode="area") if imgs.shape[-1] != SIDE else imgs
         with torch.no_grad():
@@ -137,21 +140,22 @@ def main() -> None:
         fid_seen = float(np.mean([per[i] for i in seen]))
         name = f"{gen.spec.get('codec', 'autoencoder_kl')}_{gen.spec.get('base_regime', 'mask-aware')}_{gen.resolution}"
         u8 = from_model_range(imgs[:: max(1, args.per_material // 8)] * 2 - 1)
-        figure = Path(__file__).resolve().parent.parent / "docs" / "figures" / f"base_samples_{name}.jpg"
+        figure = Path(__file__).resolve().parent.parent / "docs" / "figures" / f"base_samples_{name}{f'_x0clip{bound:g}' if bound else ''}.jpg"
         Image.fromarray(grid(list(u8), columns=min(8, args.per_material))).save(figure, quality=85)
-        rows.append((b, gen.spec.get("codec", "autoencoder_kl"), gen.spec.get("base_regime", "mask-aware"),
+        rows.append((b, bound, gen.spec.get("codec", "autoencoder_kl"), gen.spec.get("base_regime", "mask-aware"),
                      gen.resolution, float((pred == labels).float().mean()), fid_seen, per, held, secs))
-        print(f"{b}: fidelity {rows[-1][4]:.3f} (materials seen in pretraining {fid_seen:.3f}); per material "
+        print(f"{b} (x0 bound {bound or 'none'}): fidelity {rows[-1][5]:.3f} (materials seen in pretraining {fid_seen:.3f}); per material "
               + ", ".join(f"{m} {p:.2f}" for m, p in zip(MATERIALS, per)))
     lines = [f"\n## Base prompt fidelity ({time.strftime('%Y-%m-%d')}, {machine()})", "",
              f"`python benchmarks/base_fidelity.py --base {' '.join(args.base)} --per-material {args.per_material} "
-             f"--steps {args.steps} --guidance {args.guidance:g}`; material classifier accuracy on "
+             f"--steps {args.steps} --guidance {args.guidance:g}"
+             + (f" --x0-clip {' '.join(f'{c:g}' for c in args.x0_clip)}" if args.x0_clip != [None] else "") + "`; material classifier accuracy on "
              f"{len(yt)} held-out real images: {acc_real:.3f}; wall {time.perf_counter() - t0:.0f} s.", "",
-             "| base | codec | regime | px | fidelity (all) | fidelity (materials seen) | "
+             "| base | x0 bound | codec | regime | px | fidelity (all) | fidelity (materials seen) | "
              + " | ".join(MATERIALS) + " | held out | sampling s |",
-             "|---|---|---|---|---|---|" + "---|" * len(MATERIALS) + "---|---|"]
-    for b, codec, regime, res, f_all, f_seen, per, held, secs in rows:
-        lines.append(f"| {b} | {codec} | {regime} | {res} | {f_all:.3f} | {f_seen:.3f} | "
+             "|---|---|---|---|---|---|---|" + "---|" * len(MATERIALS) + "---|---|"]
+    for b, bound, codec, regime, res, f_all, f_seen, per, held, secs in rows:
+        lines.append(f"| {b} | {bound or 'none'} | {codec} | {regime} | {res} | {f_all:.3f} | {f_seen:.3f} | "
                      + " | ".join(f"{p:.2f}" for p in per) + f" | {', '.join(held) or '—'} | {secs:.0f} |")
     print_and_append(args.doc, "\n".join(lines) + "\n")
 

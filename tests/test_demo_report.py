@@ -83,3 +83,17 @@ def test_demo_numbers_are_identical_on_a_second_run(demo, tmp_path):
     second = run_demo(DemoConfig(out=tmp_path / "again", fast=True, device="cpu"), progress=False)
     for key in ("segmentation", "generation", "oracle", "premise", "headline", "notes"):
         assert second[key] == first[key], key
+
+
+def test_demo_fine_tunes_the_base_it_is_given(tmp_path):
+    """`anomalign demo --base DIR`: the generator stage starts from that base, not the shipped one."""
+    from anomalign.demo import DemoStages
+    from tiny_models import dummy_tiny_generator
+
+    dummy_tiny_generator().save(tmp_path / "base")
+    cfg = DemoConfig(out=tmp_path / "d", fast=True, device="cpu", base=tmp_path / "base")
+    stages = DemoStages(cfg, cfg.out, progress=False)
+    stages.make_data()
+    stages.train_generator(cfg.out / "generator", 0.7)
+    spec = json.loads((cfg.out / "generator" / "generator.json").read_text())
+    assert spec["unet_config"]["block_out_channels"] == [16, 32]  # the dummy base's UNet, not the shipped one's

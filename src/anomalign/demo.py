@@ -41,6 +41,8 @@ class DemoConfig:
     seed: int = option(0, "seed of every stage")
     data_size: int | None = option(None, "image side of the built-in dataset (default: the shipped tiny base's "
                                          "resolution, so the generator trains at its own size)")
+    base: Path | None = option(None, "tiny base the generator fine-tunes (default: the shipped one); e.g. a base from "
+                                     "`anomalign pretrain-base`")
     generator_steps: int = option(400, "generator fine-tuning steps")
     alpha: float = option(0.7, "α of Eq. 5 for the main generator")
     synthetic: int = option(192, "synthetic pairs to generate (from the training masks, augmented)")
@@ -168,7 +170,9 @@ class DemoStages:
             from anomalign.generator.train import TINY_BASE
             from anomalign.generator.model import SPEC_KEY
             from anomalign.weights import read_spec
-            counts["size"] = self.cfg.data_size or int(read_spec(TINY_BASE, SPEC_KEY).get("resolution", 64))
+            base = self.cfg.base or TINY_BASE
+            base = base / "generator.safetensors" if base.is_dir() else base
+            counts["size"] = self.cfg.data_size or int(read_spec(base, SPEC_KEY).get("resolution", 64))
         make_demo_dataset(build_config(MakeDemoConfig, dict(out=self.data, seed=self.cfg.seed, **counts)),
                           progress=False)
 
@@ -178,7 +182,7 @@ class DemoStages:
         over = dict(max_steps=3, batch_size=4, validation_masks=2, validation_steps=2) if fast else {}
         run_train_generator(build_config(TrainGeneratorConfig, {
             **dict(data=self.data, out=folder, alpha=alpha, max_steps=cfg.generator_steps, checkpoint_every=100,
-                   **self.loop), **(dict(resolution=32) if fast else {}), **over}), progress=self.progress)
+                   base=str(cfg.base) if cfg.base else None, **self.loop), **(dict(resolution=32) if fast else {}), **over}), progress=self.progress)
 
     def generate(self, generator: Path, folder: Path) -> None:
         from anomalign.synthesis.generate import GenerateConfig, run_generate
