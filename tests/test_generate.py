@@ -84,7 +84,10 @@ def test_output_is_a_training_dataset(gen_dir, data, tmp_path):
     for r in meta(tmp_path / "o"):
         s = by_name[Path(r["file_name"]).name]
         assert s.defect == r["defect"] and s.prompt == f"a photo of a surface with a {r['defect']} defect"
+        assert r["x0_clip"] is None  # the dummy generator stores no sampling bound
     assert (tmp_path / "o" / "config.yaml").is_file()
+    run_generate(cfg(gen_dir, data, tmp_path / "b", x0_clip=1.5), progress=False)
+    assert {r["x0_clip"] for r in meta(tmp_path / "b")} == {1.5}
 
 
 def test_rerun_skips_finished_samples_and_extends(gen_dir, data, tmp_path):

@@ -174,6 +174,8 @@ class Synthesizer:
         self.cfg, self.gen, self.sources, self.masks = cfg, gen, sources, masks
         self.backgrounds, self.oracle, self.generator_sha = backgrounds, oracle, generator_sha
         self.normals = normals
+        from anomalign.generator.sampler import x0_bound_of
+        self.x0_bound = x0_bound_of(gen, cfg.x0_clip)  # the bound actually used, recorded per sample
         self.usable = [k for k in range(len(sources)) if masks[k].any()]
 
     def conditioning(self, i: int) -> tuple[int, torch.Tensor, list[str]]:
@@ -247,7 +249,7 @@ class Synthesizer:
                                   if self.backgrounds is not None else None),
                    "generator": str(Path(cfg.generator).resolve()), "generator_sha256": self.generator_sha,
                    "scheduler": cfg.scheduler, "steps": cfg.steps, "guidance": cfg.guidance,
-                   "resolution": int(masks.shape[-1]), "scores": row_scores}
+                   "x0_clip": self.x0_bound, "resolution": int(masks.shape[-1]), "scores": row_scores}
             image_u8, m_u8 = images_u8[j], (masks[j, 0].numpy() > 0.5).astype(np.uint8) * 255
             if gen.spec.get("grayscale"):  # a generator trained on grey data writes grey images
                 image_u8 = grey_u8(image_u8)
