@@ -4,7 +4,7 @@ Stages (one folder each under OUT, so any single command can be rerun on them; a
 skips finished stages):
 
   data/          anomalign data make-demo
-  generator/     anomalign train-generator   (fine-tunes the shipped tiny base, α = 0.7)
+  generator/     anomalign train-generator   (fine-tunes the shipped tiny base or --base, α = 0.7)
   synthetic/     anomalign generate          (train masks, augmented; free-lunch scores)
   seg_real/      anomalign train-segmenter   (real only)
   seg_full/      anomalign train-segmenter   (real + synthetic + Generative Feedback)
@@ -39,8 +39,8 @@ class DemoConfig:
     ablation: bool = option(False, "also run α = 0 and the no-feedback variants (the paper's Table 4; about twice as long)")
     fast: bool = option(False, "a seconds-long smoke run with tiny budgets (numbers meaningless)")
     seed: int = option(0, "seed of every stage")
-    data_size: int | None = option(None, "image side of the built-in dataset (default: the shipped tiny base's "
-                                         "resolution, so the generator trains at its own size)")
+    data_size: int | None = option(None, "image side of the built-in dataset (default: the tiny base's resolution, "
+                                         "so the generator trains at its own size)")
     base: Path | None = option(None, "tiny base the generator fine-tunes (default: the shipped one); e.g. a base from "
                                      "`anomalign pretrain-base`")
     generator_steps: int = option(400, "generator fine-tuning steps")
@@ -182,7 +182,8 @@ class DemoStages:
         over = dict(max_steps=3, batch_size=4, validation_masks=2, validation_steps=2) if fast else {}
         run_train_generator(build_config(TrainGeneratorConfig, {
             **dict(data=self.data, out=folder, alpha=alpha, max_steps=cfg.generator_steps, checkpoint_every=100,
-                   base=str(cfg.base) if cfg.base else None, **self.loop), **(dict(resolution=32) if fast else {}), **over}), progress=self.progress)
+                   base=str(cfg.base) if cfg.base else None, **self.loop),
+            **(dict(resolution=32) if fast else {}), **over}), progress=self.progress)
 
     def generate(self, generator: Path, folder: Path) -> None:
         from anomalign.synthesis.generate import GenerateConfig, run_generate
