@@ -122,10 +122,10 @@ def main() -> None:
     ap.add_argument("--base", type=str, default=None, help="tiny base (default: the shipped one)")
     args = ap.parse_args()
     global SIZE
-    from anomalign.generator.model import SPEC_KEY
+    from anomalign.generator.model import SPEC_KEY, WEIGHTS_NAME
     from anomalign.generator.train import TINY_BASE
-    from anomalign.weights import read_spec
-    base_file = Path(args.base) / "generator.safetensors" if args.base and Path(args.base).is_dir() else Path(args.base or TINY_BASE)
+    from anomalign.weights import read_spec, weights_file
+    base_file = weights_file(args.base or TINY_BASE, WEIGHTS_NAME)
     SIZE = int(read_spec(base_file, SPEC_KEY).get("resolution", 64))
     torch.set_num_threads(max(1, torch.get_num_threads()))
     w = args.work

@@ -168,10 +168,9 @@ class DemoStages:
                       normal_test=2, size=32) if self.cfg.fast else {}
         if not self.cfg.fast:
             from anomalign.generator.train import TINY_BASE
-            from anomalign.generator.model import SPEC_KEY
-            from anomalign.weights import read_spec
-            base = self.cfg.base or TINY_BASE
-            base = base / "generator.safetensors" if base.is_dir() else base
+            from anomalign.generator.model import SPEC_KEY, WEIGHTS_NAME
+            from anomalign.weights import read_spec, weights_file
+            base = weights_file(self.cfg.base or TINY_BASE, WEIGHTS_NAME)
             counts["size"] = self.cfg.data_size or int(read_spec(base, SPEC_KEY).get("resolution", 64))
         make_demo_dataset(build_config(MakeDemoConfig, dict(out=self.data, seed=self.cfg.seed, **counts)),
                           progress=False)

@@ -35,10 +35,15 @@ def canonical_spec(spec: Any) -> Any:
     return spec
 
 
+def weights_file(source: Path, name: str) -> Path:
+    """The weights file of ``source``: ``source/name`` for a run folder, else ``source`` itself."""
+    path = Path(source)
+    return path / name if path.is_dir() else path
+
+
 def read_weights(source: Path, name: str, key: str, hint: str) -> tuple[dict[str, Any], dict[str, torch.Tensor], Path]:
     """(spec, state, file) from a run folder holding ``name`` or the file itself; clear errors naming the file."""
-    path = Path(source)
-    file = path / name if path.is_dir() else path
+    file = weights_file(source, name)
     if not file.is_file():
         raise AnomalignError(f"{source}: no {name} here ({hint})")
     spec = read_spec(file, key)

@@ -289,6 +289,7 @@ def run_generate(cfg: GenerateConfig, progress: bool = True, oracle=None) -> dic
     from accelerate import Accelerator
 
     from anomalign.generator.model import WEIGHTS_NAME, MaskGenerator
+    from anomalign.weights import weights_file
 
     cfg.validate()  # idempotent; fills defaults that depend on other options (steps, scores)
     cfg.check_scores(oracle is not None or cfg.oracle is not None)
@@ -298,7 +299,7 @@ def run_generate(cfg: GenerateConfig, progress: bool = True, oracle=None) -> dic
         gen, sha, size = None, "cutpaste", cfg.resolution
     else:
         gen_dir = Path(cfg.generator)
-        weights = gen_dir / WEIGHTS_NAME if gen_dir.is_dir() else gen_dir
+        weights = weights_file(gen_dir, WEIGHTS_NAME)
         if not weights.is_file():
             raise AnomalignError(f"{gen_dir}: not a generator run folder (no {WEIGHTS_NAME}); train one with "
                                  "`anomalign train-generator`")
