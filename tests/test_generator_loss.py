@@ -151,6 +151,30 @@ def test_min_snr_weights_by_hand():
     assert min_snr_weights(gen.scheduler, t, None) is None
 
 
+def test_model_space_weights_make_the_v_mse():
+    """For a v model, space="model" weighs the ε-MSE by 1/ᾱ, which is exactly the MSE of v (computed here
+    directly); ε models and the default space keep the plain ε-MSE; min-SNR-γ is the same for both."""
+    from diffusers import DDPMScheduler
+
+    from anomalign.generator.losses import min_snr_weights
+    s = DDPMScheduler(num_train_timesteps=1000, beta_schedule="linear", prediction_type="v_prediction")
+    t = torch.tensor([5, 500, 999])
+    abar = s.alphas_cumprod[t].view(-1, 1, 1, 1)
+    x0, eps, v_hat = torch.randn(3, 2, 4, 4), torch.randn(3, 2, 4, 4), torch.randn(3, 2, 4, 4)
+    x_t = abar.sqrt() * x0 + (1 - abar).sqrt() * eps
+    v = abar.sqrt() * eps - (1 - abar).sqrt() * x0
+    eps_hat = to_epsilon(s, v_hat, x_t, t)
+    w = min_snr_weights(s, t, None, "model")
+    eps_mse = ((eps_hat - eps) ** 2).mean(dim=(1, 2, 3))
+    assert torch.allclose(w * eps_mse, ((v_hat - v) ** 2).mean(dim=(1, 2, 3)), rtol=1e-3)
+    assert w[2] > 1000 * w[0]  # the noisiest step is where the ε-MSE hardly sees the image
+    assert min_snr_weights(s, t, None) is None
+    assert torch.equal(min_snr_weights(s, t, 5.0, "model"), min_snr_weights(s, t, 5.0))
+    assert min_snr_weights(DDPMScheduler(), t, None, "model") is None  # ε model: ε-MSE is its own MSE
+    with pytest.raises(ValueError, match="loss space"):
+        min_snr_weights(DDPMScheduler(), t, None, "x0")
+
+
 def test_w_mask_and_min_snr_in_the_dual_branch_loss_by_hand():
     """z0 = 0, h0 = 1, ε = 1: ε_z = z_t = s, ε_h = h_t = a + s (a = sqrt(ᾱ), s = sqrt(1-ᾱ)), so
     L_sd = (1-s)², L_al = a², and w_mask adds w·(1-a-s)²; min-SNR weighs every term per sample."""

@@ -107,6 +107,34 @@ def test_mask_free_pretraining_on_a_taef2_codec_then_fine_tuning_end_to_end(tmp_
     assert img.shape == (1, 3, 32, 32) and torch.isfinite(img).all()
 
 
+def test_a_v_prediction_base_trains_with_the_v_mse_and_its_fine_tune_samples(tmp_path, monkeypatch):
+    from anomalign.generator import losses
+
+    torch.manual_seed(0)
+    codec_dir = TAEF2().save(tmp_path / "taef2")
+    seen = []
+    real = losses.min_snr_weights
+    monkeypatch.setattr(losses, "min_snr_weights", lambda *a: seen.append(a[2:]) or real(*a))
+    base = run_pretrain_base(_pretrain_config(tmp_path / "base", codec_dir, prediction_type="v_prediction",
+                                              snr_gamma=None), progress=False)
+    assert seen and all(a == (None, "model") for a in seen)  # pretraining: the v-MSE
+    gen = MaskGenerator.load(base, mask_free_ok=True)
+    assert gen.scheduler.config.prediction_type == "v_prediction"
+    seen.clear()
+    data = tmp_path / "data"
+    write_paired(data, defects=("scratch",), n=3, normals=1)
+    cfg = build_config(TrainGeneratorConfig, dict(
+        data=str(data), out=str(tmp_path / "ft"), base=str(base), max_steps=2, batch_size=2, log_every=1,
+        checkpoint_every=2, validation_masks=2, validation_steps=2, device="cpu", val_fraction=0.0,
+        test_fraction=0.0, mask_encoding="resize"))
+    gen = MaskGenerator.load(run_train_generator(cfg, progress=False))
+    assert gen.scheduler.config.prediction_type == "v_prediction"  # the fine-tune keeps the parameterisation
+    assert seen and all(a == (None, "epsilon") for a in seen)  # fine-tuning: Eq. 1 as written
+    from anomalign.generator.sampler import sample
+    img = sample(gen, torch.ones(1, 1, 32, 32), ["a photo of a surface with a scratch defect"], [0], steps=2)
+    assert img.shape == (1, 3, 32, 32) and torch.isfinite(img).all()
+
+
 def test_pretraining_resume_reuses_the_encoded_latents(tmp_path, monkeypatch):
     from anomalign.generator import task
 

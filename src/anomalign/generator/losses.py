@@ -77,25 +77,42 @@ def loss_gen(l_sd: torch.Tensor, l_al: torch.Tensor, alpha: float = 0.7) -> torc
     return l_sd + alpha * l_al
 
 
-def min_snr_weights(scheduler, t: torch.Tensor, gamma: float | None) -> torch.Tensor | None:
-    """Min-SNR-γ loss weights for ε-prediction (Hang et al. 2023): min(SNR, γ)/SNR, [B]. None if gamma is None."""
-    if gamma is None:
-        return None
+LossSpace = Literal["epsilon", "model"]
+
+
+def min_snr_weights(scheduler, t: torch.Tensor, gamma: float | None, space: LossSpace = "epsilon"
+                    ) -> torch.Tensor | None:
+    """Per-sample weights [B] of the ε-space MSE, or None (plain ε-MSE, Eq. 1 as written).
+
+    ``gamma``: min-SNR-γ (Hang et al. 2023), min(SNR, γ)/SNR; it weights the clean-latent error by
+    min(SNR, γ) whatever the parameterisation, so it is the same for ε and v models.
+    ``space="model"`` without gamma: the MSE of the model's own output. For a v-prediction model that is
+    the v-MSE = ε-MSE·(SNR + 1)/SNR = ε-MSE/ᾱ (SD 2.x, Lin et al. 2024), which weights the clean-latent
+    error by SNR + 1 ≥ 1, so the model learns the image at the noisiest steps, where the ε-MSE weights it
+    by SNR ≈ 0. For ε models both spaces are the same.
+    """
     abar = scheduler.alphas_cumprod.to(device=t.device, dtype=torch.float32)[t]
     snr = abar / (1 - abar)
-    return torch.clamp(snr, max=gamma) / snr  # losses are computed in ε space for every parameterisation
+    if gamma is not None:
+        return torch.clamp(snr, max=gamma) / snr  # losses are computed in ε space for every parameterisation
+    if space == "model" and scheduler.config.prediction_type == "v_prediction":
+        return 1 / abar
+    if space not in ("epsilon", "model"):
+        raise ValueError(f"loss space must be 'epsilon' or 'model', got {space!r}")
+    return None
 
 
 def dual_branch_loss(gen, z0: torch.Tensor, h0: torch.Tensor, cond: torch.Tensor, prompt_emb: torch.Tensor,
                      generator: torch.Generator | None = None, alpha: float = 0.7, stop_grad: StopGrad = "none",
                      w_mask: float = 0.0, snr_gamma: float | None = None, noise: torch.Tensor | None = None,
-                     t: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+                     t: torch.Tensor | None = None, loss_space: LossSpace = "epsilon") -> dict[str, torch.Tensor]:
     """L_gen for one batch (Eq. 1-5). z0 = E(x), h0 = E(m): [B, C, h, w]; cond [B, Cm, h, w]; prompt_emb [B, L, D].
 
     One ε and one t per sample (given, or drawn from ``generator``) serve BOTH branches (Eq. 2). The two
     predictions ε_z = ε_θ(z_t, t, τ(p), m) and ε_h = ε_θ(h_t, t, τ(p), m) (Eq. 3) come from ONE batched
     UNet call. With α = 0 and w_mask = 0 only the image branch runs (the paper's baseline). ``w_mask``
-    adds w_mask·||ε - ε_h||² (not in the paper; default 0). Returns {"loss", "l_sd", "l_al"}.
+    adds w_mask·||ε - ε_h||² (not in the paper; default 0). ``snr_gamma`` and ``loss_space`` weight the
+    samples (``min_snr_weights``; default: none, the paper's ε-MSE). Returns {"loss", "l_sd", "l_al"}.
     """
     b = z0.shape[0]
     if noise is None:
@@ -103,7 +120,7 @@ def dual_branch_loss(gen, z0: torch.Tensor, h0: torch.Tensor, cond: torch.Tensor
     if t is None:
         t = torch.randint(0, gen.scheduler.config.num_train_timesteps, (b,), generator=generator)
     noise, t = noise.to(device=z0.device, dtype=z0.dtype), t.to(z0.device)
-    weights = min_snr_weights(gen.scheduler, t, snr_gamma)
+    weights = min_snr_weights(gen.scheduler, t, snr_gamma, loss_space)
     if alpha == 0 and w_mask == 0:
         eps_z = gen.predict_noise(add_noise(gen.scheduler, z0, noise, t), t, prompt_emb, cond)
         l_sd = loss_sd(noise, eps_z, weights)

@@ -73,7 +73,11 @@ class PretrainBaseConfig(LoopOptions):
     x0_clip: float | None = option(None, "sampling bound on the denoised-latent estimate, stored with the base and "
                                          "inherited by its fine-tunes (sampler.bound_x0); schedules with a tiny last "
                                          "alpha-bar (linear) diverge without it. None = no bound")
-    snr_gamma: float | None = option(5.0, "min-SNR-γ weighting of the UNet loss")
+    prediction_type: Literal["epsilon", "v_prediction"] = option(
+        "epsilon", "what the UNet predicts: the noise ε (SD 1.x), or v (SD 2.x-768): x0 stays well conditioned "
+                   "at the noisiest steps, which a schedule ending near zero signal needs")
+    snr_gamma: float | None = option(5.0, "min-SNR-γ weighting of the UNet loss; None = the plain MSE of what "
+                                          "the UNet predicts (ε-MSE or v-MSE)")
     mask_dropout: float = option(0.1, "mask-condition dropout (guidance)")
     prompt_dropout: float = option(0.1, "prompt dropout (guidance)")
     install: bool = option(False, "also copy the result over the package's shipped base")
@@ -195,7 +199,7 @@ def run_pretrain_base(cfg: PretrainBaseConfig, progress: bool = True) -> Path:
     vae, unet, prompt = build_tiny(vocab, mask_channels(encoding, factor, codec.config.latent_channels),
                                    unet_config=unet_cfg, codec=codec)
     scheduler = DDPMScheduler(num_train_timesteps=1000, beta_schedule=cfg.beta_schedule, beta_start=cfg.beta_start,
-                              beta_end=cfg.beta_end, prediction_type="epsilon", clip_sample=False)
+                              beta_end=cfg.beta_end, prediction_type=cfg.prediction_type, clip_sample=False)
     gen = MaskGenerator(vae, unet, prompt, scheduler, encoding,
                         {"backend": "tiny", "resolution": cfg.size, "base": "pretrain-base",
                          "base_regime": "mask-free" if cfg.mask_free else "mask-aware",
@@ -209,7 +213,8 @@ def run_pretrain_base(cfg: PretrainBaseConfig, progress: bool = True) -> Path:
         pairs.precompute(progress)
         pairs.save_cache(cache)
     params = list(unet.parameters()) + list(prompt.parameters())
-    step_opts = GenStepOptions(alpha=0.0, snr_gamma=cfg.snr_gamma, mask_dropout=cfg.mask_dropout,
+    step_opts = GenStepOptions(alpha=0.0, snr_gamma=cfg.snr_gamma, loss_space="model",
+                               mask_dropout=cfg.mask_dropout,
                                prompt_dropout=cfg.prompt_dropout)
     task = generator_task(gen, pairs, params, cfg.batch_size, cfg.seed, step_opts,
                           save_fn=lambda d: gen.save(d, dtype=torch.float16))

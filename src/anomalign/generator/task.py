@@ -7,7 +7,7 @@ from typing import Callable
 import torch
 
 from anomalign.data.transforms import DihedralViews
-from anomalign.generator.losses import StopGrad, dual_branch_loss
+from anomalign.generator.losses import LossSpace, StopGrad, dual_branch_loss
 from anomalign.generator.model import MaskGenerator
 from anomalign.training import TrainTask, batch_indices, sample_seed
 
@@ -86,7 +86,7 @@ class LatentPairs(DihedralViews):
         return {"z0": z0, "h0": h0, "mask": masks, "prompt": [self.prompts[i] for i in indices]}
 
 
-@dataclass
+@dataclass(kw_only=True)  # keywords only: a field added later cannot shift positional arguments
 class GenStepOptions:
     alpha: float = 0.7
     al_stop_grad: StopGrad = "none"
@@ -94,6 +94,7 @@ class GenStepOptions:
     snr_gamma: float | None = None
     mask_dropout: float = 0.1
     prompt_dropout: float = 0.1
+    loss_space: LossSpace = "epsilon"  # "model": the v-MSE for v models (pretraining); fine-tuning keeps Eq. 1's ε-MSE
 
 
 def seeded_draws(seeds: list[int], shape: tuple[int, ...], t_low: int, t_high: int, uniforms: int = 0
@@ -130,7 +131,8 @@ def generator_step(gen: MaskGenerator, batch: dict, o: GenStepOptions) -> dict[s
     emb = gen.encode_prompts([p if k else "" for p, k in zip(batch["prompt"], keep_prompt)])
     cond = gen.condition(mask, keep_mask, mask_latent=h0 if gen.mask_encoding == "vae" else None)
     return dual_branch_loss(gen, z0, h0, cond, emb, alpha=o.alpha, stop_grad=o.al_stop_grad, w_mask=o.w_mask,
-                            snr_gamma=o.snr_gamma, noise=noise, t=t)
+                            snr_gamma=o.snr_gamma, noise=noise, t=t,
+                            loss_space=o.loss_space)
 
 
 def generator_task(gen: MaskGenerator, pairs: LatentPairs, params: list, batch_size: int, seed: int,

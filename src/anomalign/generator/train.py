@@ -202,8 +202,9 @@ def run_train_generator(cfg: TrainGeneratorConfig, progress: bool = True) -> Pat
         return validation_grid(gen, val_images, val_masks, val_prompts, folder / f"step-{step:07d}.png",
                                cfg.validation_steps, cfg.validation_guidance, cfg.seed)
 
-    step_opts = GenStepOptions(cfg.alpha, cfg.al_stop_grad, cfg.w_mask, cfg.snr_gamma, cfg.mask_dropout,
-                               cfg.prompt_dropout)
+    step_opts = GenStepOptions(alpha=cfg.alpha, al_stop_grad=cfg.al_stop_grad, w_mask=cfg.w_mask,
+                               snr_gamma=cfg.snr_gamma, mask_dropout=cfg.mask_dropout,
+                               prompt_dropout=cfg.prompt_dropout)
     task = generator_task(gen, pairs, params, cfg.batch_size, cfg.seed, step_opts, save_fn, validate_fn)
     gen.unet.train()
     summary = train_loop(task, cfg, out, acc, progress=progress)
