@@ -8,7 +8,7 @@ For real built-in images of the five materials (rendered at the base's resolutio
   the one-step prediction at large t is an average, so the numbers fall with t for every model.
 - SDEdit: start DDIM-50 (guidance 3) from the image's latent noised to t0 ∈ {400, 600, 800, 900} and from
   pure noise; PSNR of the result against the image (how much of the image survives) and a figure per base
-  (rows: real, then each start) in docs/figures/denoising_<codec>_<regime>_<px>_<schedule>.jpg.
+  (rows: real, then each start) in docs/figures/denoising_<codec>_<regime>_<px>[_v]_<schedule>.jpg.
 The table goes to docs/benchmarks.md.
 """
 from __future__ import annotations
@@ -29,7 +29,7 @@ from anomalign.data.transforms import from_model_range, to_model_range
 from anomalign.figures import grid
 from anomalign.generator.model import MaskGenerator
 from anomalign.generator.sampler import bound_x0, make_scheduler, x0_bound_of
-from common import DOCS, machine, print_and_append
+from common import DOCS, base_tag, machine, print_and_append
 
 T_ONE_STEP = (100, 300, 500, 700, 800, 900, 999)
 T_STARTS = (400, 600, 800, 900, 999)
@@ -99,8 +99,7 @@ def main() -> None:
                 tiles += list(from_model_range(out[:5]))
         sched = gen.scheduler.config
         bound = x0_bound_of(gen, args.x0_clip)
-        name = (f"{gen.spec.get('codec', 'autoencoder_kl')}_{gen.spec.get('base_regime', 'mask-aware')}_{r}_"
-                f"{sched.beta_schedule}" + (f"_x0clip{bound:g}" if bound else ""))
+        name = f"{base_tag(gen)}_{sched.beta_schedule}" + (f"_x0clip{bound:g}" if bound else "")
         figure = Path(__file__).resolve().parent.parent / "docs" / "figures" / f"denoising_{name}.jpg"
         Image.fromarray(grid(tiles, 5)).save(figure, quality=85)
         rows.append((b, name, f"{sched.beta_schedule} {sched.beta_start:g}-{sched.beta_end:g}", one, starts))

@@ -9,7 +9,7 @@ samples ``--per-material`` images per material with the built-in prompt (defects
 mask-aware base gets the rendered defect's mask, a mask-free one none), and the classifier's verdicts
 give the fidelity: the fraction assigned to the material named in the prompt, overall and per material.
 Images are compared at 64 px (classifier input), whatever the base's own resolution. A grid of the
-samples (one row per material) goes to docs/figures/base_samples_<codec>_<regime>_<px>.jpg; the Markdown table is printed
+samples (one row per material) goes to docs/figures/base_samples_<codec>_<regime>_<px>[_v].jpg (``--figures``); the Markdown table is printed
 and appended to docs/benchmarks.md.
 """
 from __future__ import annotations
@@ -32,7 +32,7 @@ from anomalign.data.transforms import from_model_range
 from anomalign.figures import grid
 from anomalign.generator.model import MaskGenerator
 from anomalign.generator.sampler import sample, x0_bound_of
-from common import DOCS, machine, print_and_append
+from common import DOCS, base_tag, machine, print_and_append
 
 SIDE = 64
 
@@ -116,6 +116,8 @@ def main() -> None:
     ap.add_argument("--classifier-steps", type=int, default=600)
     ap.add_argument("--render-size", type=int, default=128, help="size the real images are rendered at")
     ap.add_argument("--doc", type=Path, default=DOCS)
+    ap.add_argument("--figures", type=Path, default=Path(__file__).resolve().parent.parent / "docs" / "figures",
+                    help="folder of the sample grids (a trial run can keep the documented grids untouched)")
     args = ap.parse_args()
     t0 = time.perf_counter()
     x, y = real_set(args.train_per_material, 1, args.render_size)
@@ -138,24 +140,26 @@ def main() -> None:
         held = gen.spec.get("held_out_materials", [])
         seen = [i for i, m in enumerate(MATERIALS) if m not in held]
         fid_seen = float(np.mean([per[i] for i in seen]))
-        name = f"{gen.spec.get('codec', 'autoencoder_kl')}_{gen.spec.get('base_regime', 'mask-aware')}_{gen.resolution}"
+        pred_type = gen.scheduler.config.prediction_type
+        name = base_tag(gen)
         u8 = from_model_range(imgs[:: max(1, args.per_material // 8)] * 2 - 1)
-        figure = Path(__file__).resolve().parent.parent / "docs" / "figures" / f"base_samples_{name}{f'_x0clip{bound:g}' if bound else ''}.jpg"
+        args.figures.mkdir(parents=True, exist_ok=True)
+        figure = args.figures / f"base_samples_{name}{f'_x0clip{bound:g}' if bound else ''}.jpg"
         Image.fromarray(grid(list(u8), columns=min(8, args.per_material))).save(figure, quality=85)
-        rows.append((b, bound, gen.spec.get("codec", "autoencoder_kl"), gen.spec.get("base_regime", "mask-aware"),
+        rows.append((b, bound, pred_type, gen.spec.get("codec", "autoencoder_kl"), gen.spec.get("base_regime", "mask-aware"),
                      gen.resolution, float((pred == labels).float().mean()), fid_seen, per, held, secs))
-        print(f"{b} (x0 bound {bound or 'none'}): fidelity {rows[-1][5]:.3f} (materials seen in pretraining {fid_seen:.3f}); per material "
+        print(f"{b} (x0 bound {bound or 'none'}): fidelity {rows[-1][6]:.3f} (materials seen in pretraining {fid_seen:.3f}); per material "
               + ", ".join(f"{m} {p:.2f}" for m, p in zip(MATERIALS, per)))
     lines = [f"\n## Base prompt fidelity ({time.strftime('%Y-%m-%d')}, {machine()})", "",
              f"`python benchmarks/base_fidelity.py --base {' '.join(args.base)} --per-material {args.per_material} "
              f"--steps {args.steps} --guidance {args.guidance:g}"
              + (f" --x0-clip {' '.join(f'{c:g}' for c in args.x0_clip)}" if args.x0_clip != [None] else "") + "`; material classifier accuracy on "
              f"{len(yt)} held-out real images: {acc_real:.3f}; wall {time.perf_counter() - t0:.0f} s.", "",
-             "| base | x0 bound | codec | regime | px | fidelity (all) | fidelity (materials seen) | "
+             "| base | x0 bound | predicts | codec | regime | px | fidelity (all) | fidelity (materials seen) | "
              + " | ".join(MATERIALS) + " | held out | sampling s |",
-             "|---|---|---|---|---|---|---|" + "---|" * len(MATERIALS) + "---|---|"]
-    for b, bound, codec, regime, res, f_all, f_seen, per, held, secs in rows:
-        lines.append(f"| {b} | {bound or 'none'} | {codec} | {regime} | {res} | {f_all:.3f} | {f_seen:.3f} | "
+             "|---|---|---|---|---|---|---|---|" + "---|" * len(MATERIALS) + "---|---|"]
+    for b, bound, pred_type, codec, regime, res, f_all, f_seen, per, held, secs in rows:
+        lines.append(f"| {b} | {bound or 'none'} | {pred_type} | {codec} | {regime} | {res} | {f_all:.3f} | {f_seen:.3f} | "
                      + " | ".join(f"{p:.2f}" for p in per) + f" | {', '.join(held) or '—'} | {secs:.0f} |")
     print_and_append(args.doc, "\n".join(lines) + "\n")
 

@@ -15,6 +15,12 @@ from anomalign.training import peak_rss_mb  # noqa: F401  (re-exported for the s
 DOCS = Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
 
 
+def base_tag(gen) -> str:
+    """<codec>_<regime>_<px>[_v]: names a tiny base's figures (v-prediction bases get their own)."""
+    return (f"{gen.spec.get('codec', 'autoencoder_kl')}_{gen.spec.get('base_regime', 'mask-aware')}_{gen.resolution}"
+            + ("_v" if gen.scheduler.config.prediction_type == "v_prediction" else ""))
+
+
 def machine() -> str:
     dev = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
     return (f"{platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__} "
