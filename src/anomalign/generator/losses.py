@@ -91,14 +91,14 @@ def min_snr_weights(scheduler, t: torch.Tensor, gamma: float | None, space: Loss
     error by SNR + 1 ≥ 1, so the model learns the image at the noisiest steps, where the ε-MSE weights it
     by SNR ≈ 0. For ε models both spaces are the same.
     """
+    if space not in ("epsilon", "model"):
+        raise ValueError(f"loss space must be 'epsilon' or 'model', got {space!r}")
     abar = scheduler.alphas_cumprod.to(device=t.device, dtype=torch.float32)[t]
     snr = abar / (1 - abar)
     if gamma is not None:
         return torch.clamp(snr, max=gamma) / snr  # losses are computed in ε space for every parameterisation
     if space == "model" and scheduler.config.prediction_type == "v_prediction":
         return 1 / abar
-    if space not in ("epsilon", "model"):
-        raise ValueError(f"loss space must be 'epsilon' or 'model', got {space!r}")
     return None
 
 
