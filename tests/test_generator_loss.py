@@ -140,15 +140,15 @@ def _identity_generator():
 
 
 def test_min_snr_weights_by_hand():
-    from anomalign.generator.losses import min_snr_weights
+    from anomalign.generator.losses import loss_weights
     gen = _identity_generator()
     t = torch.tensor([10, 900])
     abar = gen.scheduler.alphas_cumprod[t]
     snr = abar / (1 - abar)
     assert snr[0] > 5 > snr[1]  # early t: SNR above γ (weight γ/SNR); late t: below (weight 1)
-    w = min_snr_weights(gen.scheduler, t, 5.0)
+    w = loss_weights(gen.scheduler, t, 5.0)
     assert torch.allclose(w, torch.tensor([5.0 / float(snr[0]), 1.0]))
-    assert min_snr_weights(gen.scheduler, t, None) is None
+    assert loss_weights(gen.scheduler, t, None) is None
 
 
 def test_model_space_weights_make_the_v_mse():
@@ -156,7 +156,7 @@ def test_model_space_weights_make_the_v_mse():
     directly); ε models and the default space keep the plain ε-MSE; min-SNR-γ is the same for both."""
     from diffusers import DDPMScheduler
 
-    from anomalign.generator.losses import min_snr_weights
+    from anomalign.generator.losses import loss_weights
     s = DDPMScheduler(num_train_timesteps=1000, beta_schedule="linear", prediction_type="v_prediction")
     t = torch.tensor([5, 500, 999])
     abar = s.alphas_cumprod[t].view(-1, 1, 1, 1)
@@ -164,15 +164,15 @@ def test_model_space_weights_make_the_v_mse():
     x_t = abar.sqrt() * x0 + (1 - abar).sqrt() * eps
     v = abar.sqrt() * eps - (1 - abar).sqrt() * x0
     eps_hat = to_epsilon(s, v_hat, x_t, t)
-    w = min_snr_weights(s, t, None, "model")
+    w = loss_weights(s, t, None, "model")
     eps_mse = ((eps_hat - eps) ** 2).mean(dim=(1, 2, 3))
     assert torch.allclose(w * eps_mse, ((v_hat - v) ** 2).mean(dim=(1, 2, 3)), rtol=1e-3)
     assert w[2] > 1000 * w[0]  # the noisiest step is where the ε-MSE hardly sees the image
-    assert min_snr_weights(s, t, None) is None
-    assert torch.equal(min_snr_weights(s, t, 5.0, "model"), min_snr_weights(s, t, 5.0))
-    assert min_snr_weights(DDPMScheduler(), t, None, "model") is None  # ε model: ε-MSE is its own MSE
+    assert loss_weights(s, t, None) is None
+    assert torch.equal(loss_weights(s, t, 5.0, "model"), loss_weights(s, t, 5.0))
+    assert loss_weights(DDPMScheduler(), t, None, "model") is None  # ε model: ε-MSE is its own MSE
     with pytest.raises(ValueError, match="loss space"):
-        min_snr_weights(DDPMScheduler(), t, None, "x0")
+        loss_weights(DDPMScheduler(), t, None, "x0")
 
 
 def test_w_mask_and_min_snr_in_the_dual_branch_loss_by_hand():

@@ -113,8 +113,8 @@ def test_a_v_prediction_base_trains_with_the_v_mse_and_its_fine_tune_samples(tmp
     torch.manual_seed(0)
     codec_dir = TAEF2().save(tmp_path / "taef2")
     seen = []
-    real = losses.min_snr_weights
-    monkeypatch.setattr(losses, "min_snr_weights", lambda *a: seen.append(a[2:]) or real(*a))
+    real = losses.loss_weights
+    monkeypatch.setattr(losses, "loss_weights", lambda *a: seen.append(a[2:]) or real(*a))
     base = run_pretrain_base(_pretrain_config(tmp_path / "base", codec_dir, prediction_type="v_prediction",
                                               snr_gamma=None), progress=False)
     assert seen and all(a == (None, "model") for a in seen)  # pretraining: the v-MSE

@@ -80,7 +80,7 @@ def loss_gen(l_sd: torch.Tensor, l_al: torch.Tensor, alpha: float = 0.7) -> torc
 LossSpace = Literal["epsilon", "model"]
 
 
-def min_snr_weights(scheduler, t: torch.Tensor, gamma: float | None, space: LossSpace = "epsilon"
+def loss_weights(scheduler, t: torch.Tensor, gamma: float | None, space: LossSpace = "epsilon"
                     ) -> torch.Tensor | None:
     """Per-sample weights [B] of the ε-space MSE, or None (plain ε-MSE, Eq. 1 as written).
 
@@ -112,7 +112,7 @@ def dual_branch_loss(gen, z0: torch.Tensor, h0: torch.Tensor, cond: torch.Tensor
     predictions ε_z = ε_θ(z_t, t, τ(p), m) and ε_h = ε_θ(h_t, t, τ(p), m) (Eq. 3) come from ONE batched
     UNet call. With α = 0 and w_mask = 0 only the image branch runs (the paper's baseline). ``w_mask``
     adds w_mask·||ε - ε_h||² (not in the paper; default 0). ``snr_gamma`` and ``loss_space`` weight the
-    samples (``min_snr_weights``; default: none, the paper's ε-MSE). Returns {"loss", "l_sd", "l_al"}.
+    samples (``loss_weights``; default: none, the paper's ε-MSE). Returns {"loss", "l_sd", "l_al"}.
     """
     b = z0.shape[0]
     if noise is None:
@@ -120,7 +120,7 @@ def dual_branch_loss(gen, z0: torch.Tensor, h0: torch.Tensor, cond: torch.Tensor
     if t is None:
         t = torch.randint(0, gen.scheduler.config.num_train_timesteps, (b,), generator=generator)
     noise, t = noise.to(device=z0.device, dtype=z0.dtype), t.to(z0.device)
-    weights = min_snr_weights(gen.scheduler, t, snr_gamma, loss_space)
+    weights = loss_weights(gen.scheduler, t, snr_gamma, loss_space)
     if alpha == 0 and w_mask == 0:
         eps_z = gen.predict_noise(add_noise(gen.scheduler, z0, noise, t), t, prompt_emb, cond)
         l_sd = loss_sd(noise, eps_z, weights)
