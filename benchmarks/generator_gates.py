@@ -9,7 +9,7 @@ An oracle segmenter (tiny Segformer, CE with anomaly pixels weighted x10 — pla
 - G1: oracle IoU of generated images vs their conditioning (test) masks, against the oracle's IoU on the
   real test images and against the moved-mask control (masks shifted a quarter width: 16 px at 64 px).
 - G2: "free lunch": fraction of real test images whose denoising loss is lower with the true mask than
-  with the 16-px-shifted AND the empty mask (mean over t in 100/250/400/600).
+  with the quarter-width-shifted AND the empty mask (mean over t in 100/250/400/600).
 - G3: test mIoU of a segmenter trained on the 32 scarce pairs alone vs with synthetic pairs generated
   from those masks (x4 dihedral variants).
 - G4: FID (TF-Inception, offline) and colour statistics of generated vs real test images.
