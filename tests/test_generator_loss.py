@@ -139,7 +139,7 @@ def _identity_generator():
     return types.SimpleNamespace(scheduler=sched, predict_noise=lambda x_t, t, emb, cond: x_t)
 
 
-def test_min_snr_weights_by_hand():
+def test_min_snr_loss_weights_by_hand():
     from anomalign.generator.losses import loss_weights
     gen = _identity_generator()
     t = torch.tensor([10, 900])

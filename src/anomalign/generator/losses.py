@@ -81,7 +81,7 @@ LossSpace = Literal["epsilon", "model"]
 
 
 def loss_weights(scheduler, t: torch.Tensor, gamma: float | None, space: LossSpace = "epsilon"
-                    ) -> torch.Tensor | None:
+                 ) -> torch.Tensor | None:
     """Per-sample weights [B] of the ε-space MSE, or None (plain ε-MSE, Eq. 1 as written).
 
     ``gamma``: min-SNR-γ (Hang et al. 2023), min(SNR, γ)/SNR; it weights the clean-latent error by
