@@ -72,6 +72,14 @@ def checkpoint_generator(run: Path, step: int) -> MaskGenerator:
     return gen.eval()
 
 
+def last_step(run: Path) -> int:
+    """Steps a (finished) fine-tuning run in ``run`` has done: its newest checkpoint; 0 if unfinished."""
+    if not (run / "generator.safetensors").exists():
+        return 0
+    steps = [int(c.name.split("-")[1]) for c in (run / "checkpoints").glob("step-*")]
+    return max(steps, default=0)
+
+
 def score(gen: MaskGenerator, oracle: Segmenter, images, masks, prompts, guidance: float, steps: int,
           x0_clip: float | None = None) -> dict:
     fake = sample(gen, masks, prompts, list(range(len(prompts))), "ddim", steps, guidance, x0_clip=x0_clip)
@@ -156,16 +164,23 @@ def main() -> None:
         for alpha in args.alphas:
             tag = f"a{alpha:g}{tag_extra}_s{seed}"
             run = work / tag
-            if not (run / "generator.safetensors").exists():
+            done = last_step(run)
+            if done < max(args.budgets):
+                # A finished run of a smaller budget is continued from its last checkpoint (constant learning
+                # rate, batches drawn by step: the same as training to the larger budget in one go)
                 t = time.perf_counter()
                 run_train_generator(build_config(TrainGeneratorConfig, dict(
                     data=str(data), out=str(run), base=str(args.base), alpha=alpha, al_stop_grad=args.stop_grad,
                     mask_encoding=args.mask_encoding, max_steps=max(args.budgets), batch_size=args.batch_size,
                     learning_rate=args.learning_rate, seed=seed, checkpoint_every=min(args.budgets),
                     keep_checkpoints=max(args.budgets) // min(args.budgets), validate_every=0, validation_masks=4,
-                    log_every=50, device="cpu", **extra)), progress=False)
-                (run / "train_seconds.txt").write_text(f"{time.perf_counter() - t:.1f}\n")
+                    log_every=50, device="cpu", resume="latest" if (run / "checkpoints").is_dir() else None,
+                    **extra)), progress=False)
+                timing = run / "train_seconds.txt"
+                before = float(timing.read_text()) if timing.exists() else 0.0
+                timing.write_text(f"{before + time.perf_counter() - t:.1f}\n")
             secs = float((run / "train_seconds.txt").read_text())
+            secs_per_step = secs / max(last_step(run), 1)
             if args.train_only:
                 continue
             for step in args.budgets:
@@ -174,7 +189,7 @@ def main() -> None:
                     continue
                 r = score(checkpoint_generator(run, step), oracle, images, masks, prompts, args.guidance,
                           args.sample_steps, args.x0_clip)
-                r.update(alpha=alpha, seed=seed, step=step, train_seconds=secs * step / max(args.budgets))
+                r.update(alpha=alpha, seed=seed, step=step, train_seconds=secs_per_step * step)
                 results[key] = r
                 results_file.write_text(json.dumps(results, indent=1))
                 print(key, {k: round(v, 4) if isinstance(v, float) else v for k, v in r.items()}, flush=True)
