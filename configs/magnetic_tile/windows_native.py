@@ -30,9 +30,9 @@ for r in picked:
     top, left, side = r["window"]
     image = np.asarray(Image.open(syn / r["file_name"]).convert("RGB"))[top:top + side, left:left + side]
     mask = np.asarray(Image.open(syn / r["mask_file_name"]).convert("L"))[top:top + side, left:left + side] > 127
-    scale = max(1, 192 // side)
+    scale = max(1, 128 // side)
     tiles += [draw_contour(image, mask, scale=scale), draw_contour(image, np.zeros_like(mask), scale=scale)]
-side = max(t.shape[0] for t in tiles)
-tiles = [np.asarray(Image.fromarray(t).resize((side, side), Image.NEAREST)) for t in tiles]
-Image.fromarray(grid(tiles, columns=8)).save(out, quality=90)
+side = 160  # one tile size (larger windows shrink, smaller ones were enlarged)
+tiles = [np.asarray(Image.fromarray(t).resize((side, side), Image.BILINEAR)) for t in tiles]
+Image.fromarray(grid(tiles, columns=8)).save(out, quality=85)
 print(f"{len(picked)} windows of {syn} -> {out}")
