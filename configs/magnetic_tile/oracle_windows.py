@@ -7,7 +7,6 @@ For every pair of each synthetic set (``generate --normals``: metadata.jsonl hol
 conditioning mask, and with the mask moved by a quarter width (the control). The first row is the same
 measure on one anomaly-centred 128-px crop of every real test anomaly (split_seed 0, 10 % val, 30 % test).
 """
-import json
 import sys
 from pathlib import Path
 
@@ -21,27 +20,17 @@ from anomalign.data.folders import DataOptions
 from anomalign.data.validate import load_dataset
 from anomalign.segmenter.model import Segmenter
 from anomalign.synthesis.scoring import oracle_scores, shift_masks
+from windows_native import window_pair, window_records
 
 
 def windows(syn: Path, size: int = 128) -> tuple[torch.Tensor, torch.Tensor]:
-    """The generation windows of a full-size synthetic set, resized to ``size``: [N, 3, s, s] in [-1, 1] and
-    [N, 1, s, s]."""
+    """The defect windows of a full-size synthetic set (``windows_native.window_pair``), resized to ``size``:
+    [N, 3, s, s] in [-1, 1] and [N, 1, s, s]."""
     xs, ms = [], []
-    for line in (syn / "metadata.jsonl").read_text().splitlines():
-        r = json.loads(line) if line.strip() else {}
-        if not r.get("kept", True) or not (r.get("window") or r.get("defect_box")):
-            continue
-        img = Image.open(syn / r["file_name"]).convert("RGB")
-        if r.get("window"):
-            top, left, side = r["window"]
-        else:  # cut-paste pairs have no generation window: a square of the same rule centred on the defect
-            (t, l, h, w), side = r["defect_box"], max(size, *r["defect_box"][2:])
-            top = min(max(t + h // 2 - side // 2, 0), img.height - side)
-            left = min(max(l + w // 2 - side // 2, 0), img.width - side)
-        img = img.crop((left, top, left + side, top + side))
-        msk = Image.open(syn / r["mask_file_name"]).convert("L").crop((left, top, left + side, top + side))
-        xs.append(np.asarray(img.resize((size, size), Image.BICUBIC)))
-        ms.append(np.asarray(msk.resize((size, size), Image.NEAREST)) > 127)
+    for r in window_records(syn):
+        image, mask = window_pair(syn, r, size)
+        xs.append(np.asarray(Image.fromarray(image).resize((size, size), Image.BICUBIC)))
+        ms.append(np.asarray(Image.fromarray(mask).resize((size, size), Image.NEAREST)))
     x = torch.from_numpy(np.stack(xs)).permute(0, 3, 1, 2).float() / 127.5 - 1
     return x, torch.from_numpy(np.stack(ms))[:, None].float()
 

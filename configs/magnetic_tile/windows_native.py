@@ -3,7 +3,8 @@ each twice — with the conditioning mask's contour (red) and without — spread
 
     python configs/magnetic_tile/windows_native.py runs/mt_v/syn_s0 docs/figures/mt_v_synthetic_windows.jpg [N]
 
-Reads the set's metadata.jsonl (``window`` = top, left, side in the full-size image's pixels).
+Reads the set's metadata.jsonl (``window`` = top, left, side in the full-size image's pixels). ``window_pairs``
+is also what oracle_windows.py scores.
 """
 import json
 import sys
@@ -14,25 +15,50 @@ from PIL import Image
 
 from anomalign.figures import draw_contour, grid
 
-syn, out = Path(sys.argv[1]), Path(sys.argv[2])
-n = int(sys.argv[3]) if len(sys.argv) > 3 else 12
-rows = [json.loads(line) for line in (syn / "metadata.jsonl").read_text().splitlines() if line.strip()]
-rows = [r for r in rows if r.get("kept", True) and r.get("window")]
-by_type: dict[str, list[dict]] = {}
-for r in rows:
-    by_type.setdefault(r["defect"], []).append(r)
-picked, k = [], 0
-while len(picked) < n and any(k < len(v) for v in by_type.values()):  # round-robin over the defect types
-    picked += [v[k] for v in by_type.values() if k < len(v)][: n - len(picked)]
-    k += 1
-tiles = []
-for r in picked:
-    top, left, side = r["window"]
-    image = np.asarray(Image.open(syn / r["file_name"]).convert("RGB"))[top:top + side, left:left + side]
-    mask = np.asarray(Image.open(syn / r["mask_file_name"]).convert("L"))[top:top + side, left:left + side] > 127
-    scale = max(1, 128 // side)
-    tiles += [draw_contour(image, mask, scale=scale), draw_contour(image, np.zeros_like(mask), scale=scale)]
-side = 160  # one tile size (larger windows shrink, smaller ones were enlarged)
-tiles = [np.asarray(Image.fromarray(t).resize((side, side), Image.BILINEAR)) for t in tiles]
-Image.fromarray(grid(tiles, columns=8)).save(out, quality=85)
-print(f"{len(picked)} windows of {syn} -> {out}")
+
+def window_records(syn: Path) -> list[dict]:
+    """The kept rows of a full-size synthetic set's metadata.jsonl that say where their defect is."""
+    rows = [json.loads(line) for line in (syn / "metadata.jsonl").read_text().splitlines() if line.strip()]
+    return [r for r in rows if r.get("kept", True) and (r.get("window") or r.get("defect_box"))]
+
+
+def window_pair(syn: Path, r: dict, size: int = 128) -> tuple[np.ndarray, np.ndarray]:
+    """The window of record ``r``: uint8 [s, s, 3] and bool [s, s] in the full-size image's pixels. Cut-paste
+    pairs have no generation window: a square of the same rule (side ≥ ``size``) centred on the defect."""
+    image = Image.open(syn / r["file_name"]).convert("RGB")
+    mask = Image.open(syn / r["mask_file_name"]).convert("L")
+    if r.get("window"):
+        top, left, side = r["window"]
+    else:  # a defect longer than the image is tall or wide gets a square padded with black (PIL's crop)
+        (t, l, h, w), side = r["defect_box"], max(size, *r["defect_box"][2:])
+        top = min(max(t + h // 2 - side // 2, 0), image.height - side)
+        left = min(max(l + w // 2 - side // 2, 0), image.width - side)
+    box = (left, top, left + side, top + side)
+    return np.asarray(image.crop(box)), np.asarray(mask.crop(box)) > 127
+
+
+def spread_by_type(rows: list[dict], n: int) -> list[dict]:
+    """Up to ``n`` rows, round-robin over the defect types."""
+    by_type: dict[str, list[dict]] = {}
+    for r in rows:
+        by_type.setdefault(r["defect"], []).append(r)
+    picked, k = [], 0
+    while len(picked) < n and any(k < len(v) for v in by_type.values()):
+        picked += [v[k] for v in by_type.values() if k < len(v)][: n - len(picked)]
+        k += 1
+    return picked
+
+
+if __name__ == "__main__":
+    syn, out = Path(sys.argv[1]), Path(sys.argv[2])
+    n = int(sys.argv[3]) if len(sys.argv) > 3 else 12
+    picked = spread_by_type(window_records(syn), n)
+    tiles = []
+    for r in picked:
+        image, mask = window_pair(syn, r)
+        scale = max(1, 128 // image.shape[0])
+        tiles += [draw_contour(image, mask, scale=scale), draw_contour(image, np.zeros_like(mask), scale=scale)]
+    side = 160  # one tile size (larger windows shrink, smaller ones were enlarged)
+    tiles = [np.asarray(Image.fromarray(t).resize((side, side), Image.BILINEAR)) for t in tiles]
+    Image.fromarray(grid(tiles, columns=8)).save(out, quality=85)
+    print(f"{len(picked)} windows of {syn} -> {out}")
