@@ -90,3 +90,85 @@ def test_a_defect_longer_than_the_image_is_short_is_scaled_to_fit(tmp_path):
     assert p.side <= 40 and p.shrink == pytest.approx(0.4) and placed.shape == (40, 8)
     assert p.top <= p.y and p.y + p.h <= p.top + p.side and p.left <= p.x and p.x + p.w <= p.left + p.side
     assert fit_defect(defect, 200)[1] == 1.0
+
+
+def hosts_with_cracks(root, n=3):
+    """A paired dataset of anomalous images only (CrackForest-like: no normals), 64 x 96, one bright horizontal
+    crack each."""
+    rng = np.random.default_rng(3)
+    for i in range(n):
+        img = rng.integers(60, 100, (64, 96, 3)).astype(np.uint8)
+        mask = np.zeros((64, 96), bool)
+        mask[30 + i:32 + i, 5:90] = True
+        img[mask] = 240
+        save(root / "images" / "crack" / f"{i:03d}.png", img)
+        save(root / "masks" / "crack" / f"{i:03d}.png", mask)
+    return root
+
+
+@pytest.mark.parametrize("synthesizer", ["diffusion", "cutpaste"])
+def test_anomalous_hosts_keep_their_own_mask_and_new_defects_keep_their_distance(gen_dir, tmp_path, synthesizer):
+    data = tmp_path / "data"
+    write_paired(data, defects=("scratch",), n=3, normals=0)
+    hosts = hosts_with_cracks(tmp_path / "hosts")
+    kw = {"generator": None, "synthesizer": "cutpaste"} if synthesizer == "cutpaste" else {}
+    run(gen_dir, data, hosts, tmp_path / "out", hosts="anomalous", host_gap=8, num=12, **kw)
+    rows = [json.loads(r) for r in (tmp_path / "out" / "metadata.jsonl").read_text().splitlines()]
+    assert len(rows) == 12
+    for r in rows:
+        image = np.asarray(Image.open(tmp_path / "out" / r["file_name"]).convert("RGB")).astype(int)
+        mask = np.asarray(Image.open(tmp_path / "out" / r["mask_file_name"])) > 127
+        host = np.asarray(Image.open(r["normal_image"]).convert("RGB")).astype(int)
+        own = np.asarray(Image.open(r["host_mask"])) > 127
+        y, x, h, w = r["defect_box"]
+        new = mask.copy()
+        new[own] = False
+        assert (mask[own]).all() and new.any()  # the union: the host's crack and the new defect
+        assert not (dilate(new, 8) & own).any()  # --host-gap px between them
+        assert np.abs(image - host)[~dilate(new, 3)].max() <= 1  # the host's crack itself is untouched
+
+
+def test_anomalous_hosts_need_a_dataset(tmp_path):
+    with pytest.raises(ConfigError, match="--hosts anomalous needs --normals"):
+        GenerateConfig(synthesizer="cutpaste", masks=tmp_path, out=tmp_path / "o", num=1, background=tmp_path,
+                       resolution=32, hosts="anomalous").validate()
+
+
+def test_long_defects_are_cut_into_pieces_of_native_width():
+    import random
+    from anomalign.synthesis.fullsize import defect_box
+    mask = np.zeros((40, 300), bool)
+    mask[20:23, 10:290] = True  # a 3-px wide crack, 280 px long
+    assert defect_box(mask) == (20, 10, 23, 290)  # no limit: the bounding box
+    for seed in range(5):
+        y0, x0, y1, x1 = defect_box(mask, 64, random.Random(seed))
+        assert (y1 - y0, x1 - x0) == (3, 64) and 10 <= x0 and x1 <= 290  # width kept, length cut
+    assert defect_box(mask, 500, random.Random(0)) == (20, 10, 23, 290)  # short enough: whole
+
+
+def test_max_defect_size_keeps_pasted_cracks_at_native_width(tmp_path):
+    src = tmp_path / "src"
+    for i in range(2):
+        img = np.full((40, 300, 3), 90, np.uint8)
+        mask = np.zeros((40, 300), bool)
+        mask[18:21, 5:295] = True
+        img[mask] = 20
+        save(src / "images" / "crack" / f"{i}.png", img)
+        save(src / "masks" / "crack" / f"{i}.png", mask)
+    hosts = hosts_with_cracks(tmp_path / "hosts")  # 64 x 96: a whole 290-px crack would be shrunk 3x
+    cfg = dict(synthesizer="cutpaste", masks=src, normals=hosts, hosts="anomalous", split="all", num=4,
+               device="cpu")
+    run_generate(GenerateConfig(out=tmp_path / "whole", **cfg), progress=False)
+    run_generate(GenerateConfig(out=tmp_path / "pieces", max_defect_size=40, **cfg), progress=False)
+    for name, scale_ok in (("whole", lambda s: s < 0.5), ("pieces", lambda s: s == 1.0)):
+        rows = [json.loads(r) for r in (tmp_path / name / "metadata.jsonl").read_text().splitlines()]
+        assert all(scale_ok(r["defect_scale"]) for r in rows), name
+    for r in rows:  # pieces: at most 40 px long, 3 px wide (the crack is horizontal; flips keep it so)
+        y, x, h, w = r["defect_box"]
+        assert h == 3 and w <= 40
+
+
+def test_max_defect_size_needs_normals(tmp_path):
+    with pytest.raises(ConfigError, match="max_defect_size"):
+        GenerateConfig(synthesizer="cutpaste", masks=tmp_path, out=tmp_path / "o", num=1, background=tmp_path,
+                       resolution=32, max_defect_size=16).validate()

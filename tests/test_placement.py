@@ -3,7 +3,8 @@ import random
 
 import numpy as np
 
-from anomalign.synthesis.placement import (crop_to_content, estimate_foreground, fill_holes, paste, place,
+from anomalign.synthesis.fullsize import defect_box
+from anomalign.synthesis.placement import (estimate_foreground, fill_holes, paste, place,
                                            window_around)
 
 
@@ -39,7 +40,8 @@ def test_placed_defects_lie_on_the_foreground():
         y, x = place(defect, fg, rng)
         assert fg[y:y + 12, x:x + 9][defect].all()
     assert place(np.ones((60, 60), bool), fg, rng) is None
-    assert crop_to_content(np.pad(defect, 5)).shape == (11, 7)
+    y0, x0, y1, x1 = defect_box(np.pad(defect, 5))
+    assert (y0, x0, y1 - y0, x1 - x0) == (5, 5, 11, 7)
 
 
 def test_window_contains_the_defect_and_stays_inside():

@@ -10,7 +10,7 @@
 set -uo pipefail
 MT=${1:-../shared/datasets/magnetic-tile}
 W=${2:-runs/mt_unet}
-C=configs/magnetic_tile
+C=${CONFIGS:-configs/magnetic_tile}  # CONFIGS=configs/crackforest: the same arms there
 SEEDS=${SEEDS:-"0 1 2"}
 JOBS=${JOBS:-2}
 AN=${AN:-anomalign}

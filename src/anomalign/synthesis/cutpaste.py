@@ -82,7 +82,7 @@ class CutPaste:
 
     @torch.no_grad()
     def run(self, attempts: list[int]) -> list[tuple[dict, np.ndarray | None, np.ndarray | None]]:
-        from anomalign.synthesis.fullsize import plan
+        from anomalign.synthesis.fullsize import defect_box, piece_rng, plan
         cfg, out = self.cfg, []
         for i in attempts:
             k, mask, image, ops = self.conditioning(i)
@@ -93,21 +93,17 @@ class CutPaste:
                    "normal": False, "synthesizer": "cutpaste", "source_mask": str(Path(src.mask).resolve()),
                    "source_image": str(Path(src.image).resolve()), "mask_augment": ops}
             if self.normals is not None:
-                ys, xs = np.nonzero(m)
-                y0, y1, x0, x1 = ys.min(), ys.max() + 1, xs.min(), xs.max() + 1
+                y0, x0, y1, x1 = defect_box(m, cfg.max_defect_size, piece_rng(cfg.seed, i))
                 defect, box = m[y0:y1, x0:x1], pix[y0:y1, x0:x1]
                 p, fitted = plan(i, cfg.seed, defect, self.normals, max(defect.shape))
                 if fitted.shape != defect.shape:  # scaled down to fit: the pixels follow the mask
                     box = _resize_u8(box, fitted.shape)
                 normal, _ = self.normals.get(p.normal)
                 image_u8 = paste_pixels(normal, box, fitted, p.y, p.x)
-                mask_u8 = np.zeros(normal.shape[:2], np.uint8)
-                mask_u8[p.y:p.y + p.h, p.x:p.x + p.w] = fitted.astype(np.uint8) * 255
+                mask_u8 = self.normals.full_mask(p, fitted)
                 if is_grey(normal):
                     image_u8 = image_u8[..., 0]
-                rec |= {"normal_image": str(Path(self.normals.files[p.normal]).resolve()),
-                        "defect_box": [p.y, p.x, p.h, p.w], "defect_scale": p.shrink,
-                        "resolution": [int(mask_u8.shape[0]), int(mask_u8.shape[1])]}
+                rec |= self.normals.record(p) | {"resolution": [int(mask_u8.shape[0]), int(mask_u8.shape[1])]}
             else:
                 files, backgrounds = self.backgrounds
                 bg = from_model_range(backgrounds[i % len(files)][None])[0]

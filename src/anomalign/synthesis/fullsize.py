@@ -6,6 +6,11 @@ then cut to the defect's bounding box), a location on the normal image's foregro
 defect is larger; then the window is resized to R for generation and back). The defect is generated in
 the window by the inpainting sampler and pasted back through the dilated mask only: every other pixel of
 the normal image keeps its value. Grayscale normal images stay grayscale.
+
+Anomalous hosts (``generate --hosts anomalous``, for datasets without normal images such as CrackForest):
+the host's own mask is kept. Its defect pixels, grown by ``host_gap`` px, are taken out of the foreground, so
+a new defect never touches an existing one, and the written mask is the union of the host's mask and the new
+defect.
 """
 from __future__ import annotations
 
@@ -20,7 +25,7 @@ from PIL import Image
 
 from anomalign.data.transforms import grey_u8, is_grey
 from anomalign.errors import DataError
-from anomalign.synthesis.placement import crop_to_content, estimate_foreground, paste, place, window_around
+from anomalign.synthesis.placement import estimate_foreground, paste, place, window_around
 
 
 @dataclass
@@ -39,15 +44,25 @@ class Placement:
 
 
 class NormalImages:
-    """Full-size normal images (decoded on demand, a few kept) with their foreground masks.
+    """Full-size host images (decoded on demand, a few kept) with their foreground masks.
 
     ``foreground_dir``: optional folder of foreground masks named like the images (``<stem>.png`` or any
     image extension); otherwise ``placement.estimate_foreground``.
+
+    ``host_masks``: per image, the anomaly mask of an anomalous host as (file, holds class ids), or None for a
+    normal image: kept in the written mask and, grown by ``host_gap`` px, removed from the foreground.
     """
 
-    def __init__(self, files: list[Path], foreground_dir: Path | None = None, keep: int = 8):
+    def __init__(self, files: list[Path], foreground_dir: Path | None = None, keep: int = 8,
+                 host_masks: list | None = None, host_gap: int = 8, mask_threshold: float = 0.5):
         self.files, self.foreground_dir, self.keep = list(files), foreground_dir, keep
+        self.host_masks = list(host_masks) if host_masks is not None else [None] * len(self.files)
+        if len(self.host_masks) != len(self.files):
+            raise ValueError("host_masks needs one entry (a mask file or None) per image")
+        self.host_gap, self.mask_threshold = host_gap, mask_threshold
         self._cache: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        self._fg: dict[int, tuple[np.ndarray, tuple[int, int]]] = {}  # every foreground, bit-packed: placement
+        # tries up to 10 images x 3 scales per defect, and estimating a foreground costs ~0.5 s at 0.15 MP
 
     def __len__(self) -> int:
         return len(self.files)
@@ -55,28 +70,100 @@ class NormalImages:
     def get(self, j: int) -> tuple[np.ndarray, np.ndarray]:
         """uint8 image [H, W, 3] and bool foreground [H, W] of normal image j."""
         if j not in self._cache:
-            from anomalign.data.imageio import load_mask, read_image
+            from anomalign.data.imageio import read_image
             image = read_image(self.files[j])
-            if self.foreground_dir is not None:
-                found = sorted(Path(self.foreground_dir).glob(self.files[j].stem + ".*"))
-                if not found:
-                    raise DataError(f"{self.files[j]}: no foreground mask named {self.files[j].stem}.* in "
-                                    f"{self.foreground_dir}")
-                fg = load_mask(found[0])
-                if fg.shape != image.shape[:2]:
-                    raise DataError(f"{found[0]}: foreground mask is {fg.shape[1]}x{fg.shape[0]} but the image is "
-                                    f"{image.shape[1]}x{image.shape[0]}")
+            if j in self._fg:
+                bits, shape = self._fg[j]
+                fg = np.unpackbits(bits, count=shape[0] * shape[1]).reshape(shape).astype(bool)
             else:
-                fg = estimate_foreground(image)
+                fg = self._foreground(j, image)
+                self._fg[j] = (np.packbits(fg), fg.shape)
             if len(self._cache) >= self.keep:
                 self._cache.pop(next(iter(self._cache)))
             self._cache[j] = (image, fg)
         return self._cache[j]
 
+    def _foreground(self, j: int, image: np.ndarray) -> np.ndarray:
+        from anomalign.data.imageio import load_mask
+        existing = self.existing(j)
+        if existing is not None and existing.shape != image.shape[:2]:
+            raise DataError(f"{self.host_masks[j][0]}: mask is {existing.shape[1]}x{existing.shape[0]} but the "
+                            f"image is {image.shape[1]}x{image.shape[0]}")
+        if self.foreground_dir is not None:
+            found = sorted(Path(self.foreground_dir).glob(self.files[j].stem + ".*"))
+            if not found:
+                raise DataError(f"{self.files[j]}: no foreground mask named {self.files[j].stem}.* in "
+                                f"{self.foreground_dir}")
+            fg = load_mask(found[0])
+            if fg.shape != image.shape[:2]:
+                raise DataError(f"{found[0]}: foreground mask is {fg.shape[1]}x{fg.shape[0]} but the image is "
+                                f"{image.shape[1]}x{image.shape[0]}")
+        else:
+            fg = estimate_foreground(image, ignore=existing)
+        return fg & ~grow(existing, self.host_gap) if existing is not None else fg
 
-def defect_shape(mask: torch.Tensor) -> np.ndarray:
-    """bool [h, w]: the anomaly pixels of an augmented source mask [1, H, W], cut to their bounding box."""
-    return crop_to_content(mask[0].numpy() > 0.5)
+    def existing(self, j: int) -> np.ndarray | None:
+        """bool [H, W] anomaly mask of host j (an anomalous host), or None for a normal image."""
+        if self.host_masks[j] is None:
+            return None
+        from anomalign.data.imageio import load_mask
+        file, ids = self.host_masks[j]
+        return load_mask(file, self.mask_threshold, ids)
+
+    def full_mask(self, p: "Placement", defect: np.ndarray) -> np.ndarray:
+        """uint8 [H, W] (0/255) mask of the written image: the placed defect, united with the host's own mask."""
+        image, _ = self.get(p.normal)
+        mask = np.zeros(image.shape[:2], bool)
+        mask[p.y:p.y + p.h, p.x:p.x + p.w] = defect
+        existing = self.existing(p.normal)
+        if existing is not None:
+            mask |= existing
+        return mask.astype(np.uint8) * 255
+
+    def record(self, p: "Placement") -> dict:
+        """Metadata of a placement: the host image (and its own mask, if anomalous), defect box and scale."""
+        host = self.host_masks[p.normal]
+        return {"normal_image": str(Path(self.files[p.normal]).resolve()),
+                "host_mask": str(Path(host[0]).resolve()) if host is not None else None,
+                "defect_box": [p.y, p.x, p.h, p.w], "defect_scale": p.shrink}
+
+
+def grow(mask: np.ndarray, px: int) -> np.ndarray:
+    """bool [H, W] mask dilated by ``px`` pixels (square neighbourhood)."""
+    if px <= 0 or not mask.any():
+        return mask
+    t = torch.from_numpy(mask).float()[None, None]
+    return F.max_pool2d(t, 2 * px + 1, 1, px)[0, 0].numpy() > 0.5
+
+
+def piece_rng(seed: int, i: int) -> random.Random:
+    """The stream that picks attempt i's defect piece (``defect_box``): the same for both synthesizers."""
+    return random.Random(f"{seed}:{i}:piece")
+
+
+def defect_box(mask: np.ndarray, limit: int | None = None, rng: random.Random | None = None
+               ) -> tuple[int, int, int, int]:
+    """(y0, x0, y1, x1): the box of bool mask [H, W] that becomes the defect: the bounding box of its anomaly
+    pixels, or, when ``limit`` is set and that box is longer than ``limit`` px, a piece of at most
+    ``limit`` x ``limit`` px around an anomaly pixel drawn with ``rng`` (trimmed to the pixels it holds). Long
+    thin defects (road cracks) then keep their native width instead of being scaled down to fit a window."""
+    ys, xs = np.nonzero(mask)
+    y0, y1, x0, x1 = ys.min(), ys.max() + 1, xs.min(), xs.max() + 1
+    if limit is None or max(y1 - y0, x1 - x0) <= limit:
+        return int(y0), int(x0), int(y1), int(x1)
+    k = (rng or random.Random(0)).randrange(len(ys))
+    top = min(max(y0, ys[k] - limit // 2), max(y0, y1 - limit))
+    left = min(max(x0, xs[k] - limit // 2), max(x0, x1 - limit))
+    piece = mask[top:top + limit, left:left + limit]
+    py, px = np.nonzero(piece)
+    return (int(top + py.min()), int(left + px.min()), int(top + py.max() + 1), int(left + px.max() + 1))
+
+
+def defect_shape(mask: torch.Tensor, limit: int | None = None, rng: random.Random | None = None) -> np.ndarray:
+    """bool [h, w]: the anomaly pixels of an augmented source mask [1, H, W] inside ``defect_box``."""
+    m = mask[0].numpy() > 0.5
+    y0, x0, y1, x1 = defect_box(m, limit, rng)
+    return m[y0:y1, x0:x1]
 
 
 def fit_defect(defect: np.ndarray, side: int) -> tuple[np.ndarray, float]:
@@ -134,8 +221,8 @@ def window_inputs(p: Placement, defect: np.ndarray, normals: NormalImages, size:
 def compose(p: Placement, defect: np.ndarray, window_u8: np.ndarray, region: torch.Tensor, normals: NormalImages
             ) -> tuple[np.ndarray, np.ndarray]:
     """Full-size image uint8 [H, W] (grayscale normals) or [H, W, 3] and mask uint8 [H, W] (0/255, the defect's
-    own pixels): the generated window [R, R, 3] pasted into the normal image through the inpainting region
-    [1, R, R] only, so every pixel outside it keeps its value."""
+    own pixels, and the host's own mask for an anomalous host): the generated window [R, R, 3] pasted into the
+    normal image through the inpainting region [1, R, R] only, so every pixel outside it keeps its value."""
     image, _ = normals.get(p.normal)
     s = p.side
     if window_u8.shape[0] != s:
@@ -145,6 +232,4 @@ def compose(p: Placement, defect: np.ndarray, window_u8: np.ndarray, region: tor
     if grey:  # keep grayscale data grayscale: the generated pixels lose the colour the codec may add
         window_u8 = np.repeat(grey_u8(window_u8)[..., None], 3, axis=2)
     full = paste(image, window_u8, alpha[0].numpy(), p.top, p.left)
-    full_mask = np.zeros(image.shape[:2], np.uint8)
-    full_mask[p.y:p.y + p.h, p.x:p.x + p.w] = defect.astype(np.uint8) * 255
-    return (full[..., 0] if grey else full), full_mask
+    return (full[..., 0] if grey else full), normals.full_mask(p, defect)

@@ -32,7 +32,8 @@ from anomalign.data.folders import DataOptions
 from anomalign.devices import DTYPES, use_cpu
 from anomalign.errors import AnomalignError, ConfigError, DataError
 from anomalign.files import write_text_atomic
-from anomalign.synthesis.sources import MaskSource, load_masks, normal_files, read_backgrounds, read_mask_sources
+from anomalign.synthesis.sources import (MaskSource, host_files, load_masks, normal_files, read_backgrounds,
+                                        read_mask_sources)
 from anomalign.synthesis.store import file_sha256, prepare_out, read_record, write_attempt
 from anomalign.synthesis.augment import MASK_AUGMENTS, augment_mask
 from anomalign.training import sample_seed
@@ -79,6 +80,16 @@ class GenerateConfig(DataOptions):
     normals: Path | None = option(None, "native resolution: full-size normal images (a dataset's normal samples or "
                                         "a folder); each defect is generated in a window around a location on the "
                                         "image and pasted back, and images and masks are written at full size")
+    hosts: Literal["normal", "anomalous", "all"] = option(
+        "normal", "with a dataset as --normals: which of its images receive the defects: normal ones, anomalous "
+                  "ones (their own masks are kept and united with the new defect, placed --host-gap px away from "
+                  "them: for data without normal images), or all")
+    host_gap: int = option(8, "with --hosts anomalous/all: least distance in pixels between a new defect and the "
+                              "host's own defects")
+    max_defect_size: int | None = option(None, "with --normals: a source defect longer than this many pixels is "
+                                                 "cut to a piece of at most this size (long thin defects such as "
+                                                 "cracks keep their width; default: whole defects, scaled down only "
+                                                 "when they do not fit)")
     foreground: Path | None = option(None, "with --normals: foreground masks named like the normal images (defects "
                                            "are placed on them); default: estimated from the image border")
     dilate: int = option(3, "inpainting: grow the mask by this many pixels to get the region regenerated")
@@ -130,6 +141,12 @@ class GenerateConfig(DataOptions):
         if self.normals is not None and self.background is not None:
             raise ConfigError("--normals and --background both give normal images: use one (--normals writes "
                               "full-size images, --background images at the generator's resolution)")
+        if self.hosts != "normal" and self.normals is None:
+            raise ConfigError(f"--hosts {self.hosts} needs --normals (a dataset whose images receive the defects)")
+        if self.max_defect_size is not None and (self.max_defect_size < 1 or self.normals is None):
+            raise ConfigError(f"max_defect_size must be >= 1 and needs --normals, got {self.max_defect_size}")
+        if self.host_gap < 0:
+            raise ConfigError(f"host_gap must be >= 0, got {self.host_gap}")
         if self.foreground is not None and self.normals is None:
             raise ConfigError("--foreground needs --normals")
         if self.resample and self.scheduler != "ddim":
@@ -207,9 +224,10 @@ class Synthesizer:
         seeds = [sample_seed(cfg.seed, i, 0) for i in attempts]
         bg = region = placed = None
         if self.normals is not None:  # full size: a window of each normal image around the defect's location
-            from anomalign.synthesis.fullsize import defect_shape, plan, window_inputs
+            from anomalign.synthesis.fullsize import defect_shape, piece_rng, plan, window_inputs
             size = gen.resolution if cfg.resolution is None else cfg.resolution
-            defects = [defect_shape(m) for _, m, _ in cond]
+            defects = [defect_shape(m, cfg.max_defect_size, piece_rng(cfg.seed, i))
+                       for i, (_, m, _) in zip(attempts, cond)]
             placed, defects = map(list, zip(*(plan(i, cfg.seed, d, self.normals, size)
                                                for i, d in zip(attempts, defects))))
             bg, masks = map(torch.stack, zip(*(window_inputs(p, d, self.normals, size)
@@ -257,10 +275,8 @@ class Synthesizer:
                 from anomalign.synthesis.fullsize import compose
                 p = placed[j]
                 image_u8, m_u8 = compose(p, defects[j], images_u8[j], region[j], self.normals)
-                rec |= {"normal_image": str(Path(self.normals.files[p.normal]).resolve()),
-                        "defect_box": [p.y, p.x, p.h, p.w], "window": [p.top, p.left, p.side],
-                        "defect_scale": p.shrink,
-                        "resolution": [int(m_u8.shape[0]), int(m_u8.shape[1])]}
+                rec |= self.normals.record(p) | {"window": [p.top, p.left, p.side],
+                                                 "resolution": [int(m_u8.shape[0]), int(m_u8.shape[1])]}
             out.append((rec, image_u8 if kept else None, m_u8 if kept else None))
         return out
 
@@ -318,7 +334,9 @@ def run_generate(cfg: GenerateConfig, progress: bool = True, oracle=None) -> dic
     if cfg.normals is not None:  # full size: masks stay at their own resolution, defects go into the normals
         from anomalign.data.imageio import load_mask
         from anomalign.synthesis.fullsize import NormalImages
-        normals = NormalImages(normal_files(cfg, Path(cfg.normals), "--normals", cfg.split), cfg.foreground)
+        files, host_masks = host_files(cfg, Path(cfg.normals), cfg.split, cfg.hosts)
+        normals = NormalImages(files, cfg.foreground, host_masks=host_masks, host_gap=cfg.host_gap,
+                               mask_threshold=cfg.mask_threshold)
         masks = [torch.from_numpy(load_mask(s.mask, cfg.mask_threshold, s.mask_ids).astype(np.float32))[None]
                  for s in sources]
         vanished = [str(s.mask) for s, m in zip(sources, masks) if not m.any()]

@@ -20,11 +20,15 @@ import torch
 import torch.nn.functional as F
 
 
-def estimate_foreground(image: np.ndarray, tolerance: float = 30.0, texture_share: float = 0.85) -> np.ndarray:
-    """bool [H, W] foreground of uint8 image [H, W, 3] (see module docstring)."""
+def estimate_foreground(image: np.ndarray, tolerance: float = 30.0, texture_share: float = 0.85,
+                        ignore: np.ndarray | None = None) -> np.ndarray:
+    """bool [H, W] foreground of uint8 image [H, W, 3] (see module docstring). ``ignore``: bool [H, W] pixels
+    that count as background colour (an anomalous host's own defect, which would otherwise pass for the object)."""
     border = np.concatenate([image[0], image[-1], image[:, 0], image[:, -1]]).astype(np.float32)
     background = np.median(border, axis=0)
     fg = np.abs(image.astype(np.float32) - background).max(axis=2) > tolerance
+    if ignore is not None:
+        fg &= ~ignore
     t = torch.from_numpy(fg).float()[None, None]
     k = max(3, (min(image.shape[:2]) // 50) | 1)  # close small gaps (odd kernel, ~2 % of the image)
     t = -F.max_pool2d(-F.max_pool2d(t, k, 1, k // 2), k, 1, k // 2)
@@ -48,12 +52,6 @@ def fill_holes(mask: np.ndarray) -> np.ndarray:
         stack += [(ny, nx) for ny, nx in ((y - 1, x), (y + 1, x), (y, x - 1), (y, x + 1))
                   if 0 <= ny < h and 0 <= nx < w and not outside[ny, nx] and not mask[ny, nx]]
     return ~outside
-
-
-def crop_to_content(mask: np.ndarray) -> np.ndarray:
-    """The bounding box of the anomaly pixels of bool [H, W] (the mask's shape, wherever it was)."""
-    ys, xs = np.nonzero(mask)
-    return mask[ys.min():ys.max() + 1, xs.min():xs.max() + 1]
 
 
 def place(defect: np.ndarray, foreground: np.ndarray, rng: random.Random, tries: int = 200

@@ -115,3 +115,31 @@ def normal_files(cfg: "GenerateConfig", root: Path, flag: str, split: str = "all
     if not files:
         raise DataError(f"{root}: no normal images found for {flag}")
     return files
+
+
+def host_files(cfg: "GenerateConfig", root: Path, split: str = "all", hosts: str = "normal"
+               ) -> tuple[list[Path], list[tuple[Path, bool] | None]]:
+    """The images ``generate --normals`` pastes defects into, with each one's own anomaly mask as (file, holds
+    class ids) (None for a normal image). ``hosts``: "normal" (a dataset's normal samples, or every image of a
+    folder), "anomalous" (a dataset's anomalous samples: for data without normal images) or "all"."""
+    if hosts == "normal":
+        files = normal_files(cfg, root, "--normals", split)
+        return files, [None] * len(files)
+    from anomalign.data.layouts import detect_layout, read_dataset
+    try:
+        is_dataset = root.is_dir() and bool(detect_layout(root))
+    except DataError:
+        is_dataset = False
+    if not is_dataset:
+        raise DataError(f"{root}: --hosts {hosts} needs a dataset as --normals (a folder of images has no masks "
+                        "to keep)")
+    index = read_dataset(root, cfg)
+    samples = index.samples if split == "all" else index.split(split)
+    if hosts == "anomalous":
+        samples = [s for s in samples if not s.normal]
+    picked = [(s.image, None if s.normal else (s.mask, bool(s.mask_ids)))
+              for s in samples if s.normal or s.mask is not None]
+    if not picked:
+        raise DataError(f"{root}: no {hosts} images in split {split!r} for --normals")
+    files, masks = map(list, zip(*picked))
+    return files, masks
