@@ -123,3 +123,18 @@ def test_adding_synthetic_rows_keeps_the_real_rows(pairs):
         mixed = segmenter_batch(real, syn, 2, 2, 0, k, 0, 1, photometric=0.5)
         assert torch.equal(mixed["image"][:2], alone["image"]) and torch.equal(mixed["mask"][:2], alone["mask"])
         assert mixed["synthetic"].tolist() == [False, False, True, True]
+
+
+def test_fb_rows_feeds_back_the_first_real_rows_only(pairs):
+    real, syn = pairs
+    gen = dummy_tiny_generator()
+    gen.requires_grad_(False).eval()
+    fb = feedback_latents(gen, real, ["hflip"], 0)
+    torch.manual_seed(0)
+    model = Segmenter("tiny").eval()
+    two = segmenter_batch(real, syn, 2, 2, 0, 1, 0, 1)
+    first = {key: (v[:1] if key in ("keys", "prompts", "seeds") else v) for key, v in two.items()}
+    first |= {"image": two["image"][:1], "mask": two["mask"][:1], "synthetic": two["synthetic"][:1]}
+    one_row = segmenter_step(model, two, SegStepOptions(fb_rows=1), fb)["l_fb"].item()
+    assert one_row == pytest.approx(segmenter_step(model, first, SegStepOptions(), fb)["l_fb"].item(), rel=1e-5)
+    assert one_row != pytest.approx(segmenter_step(model, two, SegStepOptions(), fb)["l_fb"].item(), rel=1e-3)

@@ -41,6 +41,7 @@ ARMS = (("real", "real only"),
         ("plus4_w100", "real (16 crops, as real only) + 4 diffusion crops per step, w_syn 1"),
         ("plus4_w30", "real (16 crops, as real only) + 4 diffusion crops per step, w_syn 0.3"),
         ("cpplus4_w100", "real (16 crops, as real only) + 4 cut-paste crops per step, w_syn 1"),
+        ("cpplus4_w30", "real (16 crops, as real only) + 4 cut-paste crops per step, w_syn 0.3"),
         ("real12", "real only, 12 crops per step (control: the real crops of the 1/4 arm)"))
 
 

@@ -46,6 +46,7 @@ class SegStepOptions:
     fb_t_max: int = 500
     fb_every: int = 1
     fb_warmup_steps: int = 0
+    fb_rows: int = 0
     dice_weight: float = 0.0
     synthetic_weight: float = 1.0
 
@@ -85,7 +86,8 @@ def segmenter_batch(real: SegPairs | CropPairs, syn: SegPairs | CropPairs | None
 
 
 def segmenter_step(model, batch: dict, o: SegStepOptions, fb=None) -> dict[str, torch.Tensor]:
-    """Eq. 6 on every row; on feedback steps also Eq. 8-10 on the real rows and Eq. 11.
+    """Eq. 6 on every row; on feedback steps also Eq. 8-10 on the real rows (the first ``fb_rows`` of them, if
+    set) and Eq. 11.
 
     ``fb``: the frozen generator's cached latents of the real pairs (``feedback_latents``), or, when training
     on crops, the frozen ``MaskGenerator`` itself (crops are encoded at each step); None without feedback.
@@ -103,10 +105,10 @@ def segmenter_step(model, batch: dict, o: SegStepOptions, fb=None) -> dict[str, 
     k = batch["step"]
     if fb is None or k < o.fb_warmup_steps or k % o.fb_every or not batch["keys"]:
         return {"loss": l_ce, "l_ce": l_ce, "l_fb": torch.full((), float("nan"), device=l_ce.device)}
-    n = len(batch["keys"])
+    n = len(batch["keys"]) if not o.fb_rows else min(o.fb_rows, len(batch["keys"]))  # rows are in random order
     if isinstance(fb, LatentPairs):
         gen = fb.gen
-        z0, _ = fb.latents(batch["keys"])
+        z0, _ = fb.latents(batch["keys"][:n])
     else:  # crops: each is seen once, so it is encoded now instead of cached
         gen = fb
         with torch.no_grad():
@@ -114,8 +116,8 @@ def segmenter_step(model, batch: dict, o: SegStepOptions, fb=None) -> dict[str, 
     m_soft = soft_mask(logits[:n], o.temperature)  # Eq. 8-9 on the REAL images
     if m_soft.shape[-1] != gen.resolution:
         m_soft = F.interpolate(m_soft, size=(gen.resolution, gen.resolution), mode="area")
-    _, t, noise = seeded_draws(batch["seeds"], z0.shape[1:], o.fb_t_min, o.fb_t_max)
-    emb = gen.encode_prompts(batch["prompts"])
+    _, t, noise = seeded_draws(batch["seeds"][:n], z0.shape[1:], o.fb_t_min, o.fb_t_max)
+    emb = gen.encode_prompts(batch["prompts"][:n])
     l_fb = loss_feedback(gen, z0.to(device), m_soft, emb, noise.to(device), t.to(device))
     return {"loss": loss_seg(l_ce, l_fb, o.w_fb), "l_ce": l_ce, "l_fb": l_fb}
 

@@ -58,6 +58,8 @@ class TrainSegmenterConfig(DataOptions, CropOptions, LoopOptions):
     fb_t_max: int = option(500, "largest diffusion timestep drawn for feedback (exclusive)")
     fb_every: int = option(1, "apply feedback every k steps")
     fb_warmup_steps: int = option(0, "steps of plain L_ce before feedback starts")
+    fb_rows: int = option(0, "real rows of each batch (per process) that get feedback: 0 = all (the paper); fewer "
+                             "make a feedback step cheaper (the generator's backward pass dominates it)")
     augment: list[str] = option(default_factory=lambda: ["hflip", "vflip"],
                                 help=f"exact paired augmentations: any of {', '.join(DIHEDRAL_AUGMENTS)} (or none)")
 
@@ -73,6 +75,8 @@ class TrainSegmenterConfig(DataOptions, CropOptions, LoopOptions):
         dihedral_variants(self.augment)  # unknown names: a clear error now, not after loading the data
         if not 0 < self.temperature <= 1:
             raise ConfigError(f"temperature must be in (0, 1], got {self.temperature}")
+        if self.fb_rows < 0:
+            raise ConfigError(f"fb_rows must be >= 0 (0 = every real row), got {self.fb_rows}")
         if not 0 <= self.fb_t_min < self.fb_t_max:
             raise ConfigError("need 0 <= fb_t_min < fb_t_max")
         if not 0 <= self.photometric <= 1:
@@ -114,7 +118,8 @@ def run_train_segmenter(cfg: TrainSegmenterConfig, progress: bool = True) -> Pat
         if fb is not None:
             report_premise(feedback_premise(gen, real, cfg), out)
     step_opts = SegStepOptions(cfg.anomaly_weight, cfg.temperature, cfg.w_fb, cfg.fb_t_min, cfg.fb_t_max,
-                               cfg.fb_every, cfg.fb_warmup_steps, cfg.dice_weight, cfg.synthetic_weight)
+                               cfg.fb_every, cfg.fb_warmup_steps, cfg.fb_rows, cfg.dice_weight,
+                               cfg.synthetic_weight)
     task = segmenter_task(model, real, syn, cfg.batch_size, cfg.synthetic_fraction, cfg.seed, step_opts, fb, save_fn,
                           validate_fn=validate_fn, photometric=cfg.photometric)
     val_samples = val.samples if isinstance(val, PairDataset) else val
