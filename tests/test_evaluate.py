@@ -37,3 +37,14 @@ def test_test_set_without_masks_and_bad_segmenters(tmp_path, seg_dir, capsys):
     write_weights(tmp_path / "three" / WEIGHTS_NAME, net.state_dict(), SPEC_KEY, {"config": net.config.to_dict()})
     with pytest.raises(AnomalignError, match="has 3 classes; anomalign needs 2"):
         Segmenter.load(tmp_path / "three")
+
+
+def test_split_option_scores_the_chosen_split(tmp_path, seg_dir):
+    counts = write_paired(tmp_path / "d", defects=("scratch",), n=5, normals=0, splits=["train"])
+    counts |= write_paired(tmp_path / "d", defects=("scratch",), n=3, normals=0, splits=["test"])
+    for split in ("train", "test"):
+        assert main(["evaluate", "--segmenter", str(seg_dir), "--test", str(tmp_path / "d"), "--split", split,
+                     "--out", str(tmp_path / split)]) == 0
+        payload = json.loads((tmp_path / split / "eval.json").read_text())
+        assert payload["split"] == split and payload["sets"]["d"]["images"] == counts[(split, "scratch")]
+    assert main(["evaluate", "--segmenter", str(seg_dir), "--test", str(tmp_path / "d"), "--split", "val"]) == 2

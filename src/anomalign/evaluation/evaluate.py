@@ -5,6 +5,7 @@ import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import torch
 
@@ -27,23 +28,27 @@ class EvaluateConfig(DataOptions):
     size: int | None = option(None, "input size (default: the size the segmenter was trained at)")
     batch_size: int = option(32, "images per forward pass")
     threshold: float = option(0.5, "probability threshold of the anomaly class")
+    split: Literal["test", "val", "train"] = option(
+        "test", "split to score (val or train: e.g. how well the segmenter fits its own training images, to tell "
+                "a label-noise ceiling from too little data)")
     full_size: bool = option(False, "score a segmenter trained on resized images against the full-size masks "
                                     "(its prediction resized back, as `segment` delivers it); crop-trained "
                                     "segmenters are always scored at full size")
 
 
-def test_sets(path: Path, opts: DataOptions, skipped: list | None = None) -> dict[str, list]:
-    """{row name: test samples}: one row per named subset (PraNet) or one for the whole test split.
+def test_sets(path: Path, opts: DataOptions, skipped: list | None = None, split: str = "test") -> dict[str, list]:
+    """{row name: samples of ``split``}: one row per named subset (PraNet) or one for the whole split.
     The problems of files ``--policy skip`` left out are appended to ``skipped``."""
     index = load_dataset(path, opts)
     if skipped is not None:
         skipped += index.skipped
     rows = {}
-    for subset in index.subsets("test") or [""]:
-        samples = index.split("test", subset=subset)
+    for subset in index.subsets(split) or [""]:
+        samples = index.split(split, subset=subset)
         name = subset or path.name
         if not any(s.mask is not None and not s.normal for s in samples):
-            raise AnomalignError(f"{path}: test set {name!r} has no anomalous images with masks to evaluate against")
+            raise AnomalignError(f"{path}: {split} set {name!r} has no anomalous images with masks to evaluate "
+                                 "against")
         rows[name] = samples
     return rows
 
@@ -56,7 +61,7 @@ def run_evaluate(cfg: EvaluateConfig) -> dict:
     results: dict[str, dict] = {}
     skipped: list = []
     for path in map(Path, cfg.test):
-        for name, samples in test_sets(path, cfg, skipped).items():
+        for name, samples in test_sets(path, cfg, skipped, cfg.split).items():
             key = name if name not in results else f"{path.name}/{name}"
             # a segmenter trained on crops is scored at each image's own size (sliding windows), others at `size`
             results[key] = evaluate_run_style(model, samples, size, threshold=cfg.threshold,
@@ -65,7 +70,7 @@ def run_evaluate(cfg: EvaluateConfig) -> dict:
     average = {c: sum(r[c] for r in results.values()) / len(results) for c in COLUMNS}
     out = Path(cfg.out) if cfg.out else Path(cfg.segmenter) / "eval"
     out.mkdir(parents=True, exist_ok=True)
-    payload = {"segmenter": str(cfg.segmenter), "size": size, "threshold": cfg.threshold,
+    payload = {"segmenter": str(cfg.segmenter), "split": cfg.split, "size": size, "threshold": cfg.threshold,
                "resolution": (f"native, {model.crop_size}-px sliding windows at scale {model.scale:g}"
                               if model.crop_size else f"predicted at {size} px, scored at full size"
                               if cfg.full_size else f"resized to {size} px"),
