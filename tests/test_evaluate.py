@@ -48,4 +48,6 @@ def test_split_option_scores_the_chosen_split(tmp_path, seg_dir):
         payload = json.loads((tmp_path / split / "eval.json").read_text())
         expected = counts[(split, "scratch")] - (split == "train")  # val (10 %, at least 1) is carved from train
         assert payload["split"] == split and payload["sets"]["d"]["images"] == expected
-    assert main(["evaluate", "--segmenter", str(seg_dir), "--test", str(tmp_path / "d"), "--split", "val"]) == 2
+    assert main(["evaluate", "--segmenter", str(seg_dir), "--test", str(tmp_path / "d"), "--split", "val",
+                 "--out", str(tmp_path / "val")]) == 0
+    assert json.loads((tmp_path / "val" / "eval.json").read_text())["sets"]["d"]["images"] == 1
