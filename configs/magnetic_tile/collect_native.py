@@ -42,7 +42,9 @@ ARMS = (("real", "real only"),
         ("plus4_w30", "real (16 crops, as real only) + 4 diffusion crops per step, w_syn 0.3"),
         ("cpplus4_w100", "real (16 crops, as real only) + 4 cut-paste crops per step, w_syn 1"),
         ("cpplus4_w30", "real (16 crops, as real only) + 4 cut-paste crops per step, w_syn 0.3"),
-        ("real12", "real only, 12 crops per step (control: the real crops of the 1/4 arm)"))
+        ("real12", "real only, 12 crops per step (control: the real crops of the 1/4 arm)"),
+        ("fb", "real + Generative Feedback (feedback only: 4 of the 16 real crops, every 2nd step)"),
+        ("full", "full method: the w_syn 0.3 diffusion arm + Generative Feedback as above"))
 
 
 def val_rows(run: Path):

@@ -30,17 +30,13 @@ class MaskSource:
 def read_mask_sources(cfg: "GenerateConfig") -> tuple[list[MaskSource], list]:
     """The anomaly masks to condition on, in a fixed order."""
     from anomalign.data.dataset import default_prompt
-    from anomalign.data.layouts import detect_layout
 
     root = Path(cfg.masks)
     if not root.exists():
         raise DataError(f"{root}: --masks does not exist")
     mode = cfg.masks_layout
     if mode == "auto":
-        try:
-            mode = "dataset" if root.is_dir() and detect_layout(root) else "mask-folder"
-        except DataError:
-            mode = "mask-folder"
+        mode = "dataset" if is_dataset(root) else "mask-folder"
 
     def prompt_for(defect: str, category: str, fallback: str) -> str:
         if cfg.prompt is None:
@@ -95,18 +91,21 @@ def read_backgrounds(cfg: "GenerateConfig", size: int) -> tuple[list[Path], torc
     return files, torch.stack([to_model_range(a) for a in arrays])
 
 
+def is_dataset(root: Path) -> bool:
+    """Whether ``root`` is a folder in a dataset layout anomalign reads (else: a plain folder of images)."""
+    from anomalign.data.layouts import detect_layout
+    try:
+        return root.is_dir() and bool(detect_layout(root))
+    except DataError:
+        return False
+
+
 def normal_files(cfg: "GenerateConfig", root: Path, flag: str, split: str = "all") -> list[Path]:
     """The normal images of ``root``: a dataset's normal samples (of ``split``), or every image of a folder
     (or one file)."""
-    from anomalign.data.layouts import detect_layout
-
     if not root.exists():
         raise DataError(f"{root}: {flag} does not exist")
-    try:
-        is_dataset = root.is_dir() and bool(detect_layout(root))
-    except DataError:
-        is_dataset = False
-    if is_dataset:
+    if is_dataset(root):
         from anomalign.data.layouts import read_dataset
         index = read_dataset(root, cfg)
         files = [s.image for s in (index.samples if split == "all" else index.split(split)) if s.normal]
@@ -125,12 +124,8 @@ def host_files(cfg: "GenerateConfig", root: Path, split: str = "all", hosts: str
     if hosts == "normal":
         files = normal_files(cfg, root, "--normals", split)
         return files, [None] * len(files)
-    from anomalign.data.layouts import detect_layout, read_dataset
-    try:
-        is_dataset = root.is_dir() and bool(detect_layout(root))
-    except DataError:
-        is_dataset = False
-    if not is_dataset:
+    from anomalign.data.layouts import read_dataset
+    if not is_dataset(root):
         raise DataError(f"{root}: --hosts {hosts} needs a dataset as --normals (a folder of images has no masks "
                         "to keep)")
     index = read_dataset(root, cfg)
