@@ -67,7 +67,8 @@ def analyse(gen, seg, x, y, prompts, temperature, t_min, t_max, draws, anomaly_w
         moved = torch.roll(yi, shifts=(shift, shift), dims=(-2, -1)) - m.detach()
         wrong = err.abs() > 0.5
         w = g_m.abs()[wrong]
-        agree = float((w * ((-g_m)[wrong] * err[wrong] > 0)).sum() / w.sum()) if wrong.any() and w.sum() > 0 else float("nan")
+        agree = (float((w * ((-g_m)[wrong] * err[wrong] > 0)).sum() / w.sum()) if wrong.any() and w.sum() > 0
+                 else float("nan"))
         rows.append({"cos": cosine(-g_m, err), "cos_moved": cosine(-g_m, moved), "agree": agree,
                      "ratio": float(g_l.norm() / (g_ce.norm() + 1e-30)), "l_fb": float(l_fb)})
     return rows
@@ -98,8 +99,9 @@ def main() -> None:
              f"`python benchmarks/feedback_gradient.py --data {args.data} --split {args.split} --pairs "
              f"{' '.join(args.pairs)}`; λ {args.temperature}, t in [{args.t_min}, {args.t_max}), {args.draws} draws "
              f"per crop, {args.per_image} anomaly-centred crops per {args.split} anomaly.", "",
-             "| generator : segmenter | crops | cos(−∇L_fb, y − m̃) | same, y moved ¼ | agree on wrong pixels (%) "
-             "| \\|∇_l L_fb\\| / \\|∇_l L_ce\\| | L_fb |", "|---|---|---|---|---|---|---|"]
+             "| generator : segmenter | λ | t | crops | cos(−∇L_fb, y − m̃) | same, y moved ¼ "
+             "| agree on wrong pixels (%) | \\|∇_l L_fb\\| / \\|∇_l L_ce\\| | L_fb |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for pair in args.pairs:
         gen_dir, seg_dir = pair.split(":")
         gen = MaskGenerator.load(Path(gen_dir)).eval().requires_grad_(False)
@@ -116,8 +118,8 @@ def main() -> None:
             v = np.array([r[key] for r in rows if r[key] == r[key]]) * scale
             digits = 1 if scale != 1.0 else 3
             return f"{v.mean():.{digits}f} ± {v.std(ddof=1):.{digits}f}" if len(v) > 1 else "n/a"
-        lines.append(f"| {gen_dir} : {seg_dir} | {len(rows)} | {ms('cos')} | {ms('cos_moved')} | "
-                     f"{ms('agree', 100)} | {ms('ratio')} | {ms('l_fb')} |")
+        lines.append(f"| {gen_dir} : {seg_dir} | {args.temperature:g} | [{args.t_min}, {args.t_max}) | {len(rows)} | "
+                     f"{ms('cos')} | {ms('cos_moved')} | {ms('agree', 100)} | {ms('ratio')} | {ms('l_fb')} |")
         print(lines[-1], flush=True)
     text = "\n".join(lines) + "\n"
     if args.doc:
