@@ -1,24 +1,53 @@
 #!/usr/bin/env bash
 # CrackForest at native resolution (docs/results.md, "CrackForest"): every arm of the magnetic-tile native
 # study with this folder's configs, 3 seeds, resumable (finished runs are skipped).
-#   real only            -> W/real_sS
-#   + 4 diffusion crops  -> W/gen_sS (generator), W/syn_sS (300 full-size pairs), W/plus4_w30_sS
-#   + 4 cut-paste crops  -> W/cutpaste_syn_sS, W/cpplus4_w30_sS
-#   feedback only        -> W/fb_sS (run_feedback.sh; FULL=1 adds the full method, W/full_sS)
-# Two jobs at a time (one CPU thread each); then `python configs/magnetic_tile/collect_native.py W`.
+#   real      real only                                    -> W/real_sS
+#   plus4     + 4 diffusion crops per step (α 0.7)         -> W/gen_sS (generator), W/syn_sS (300 pairs), W/plus4_w30_sS
+#   cutpaste  + 4 cut-paste crops per step                 -> W/cutpaste_syn_sS, W/cpplus4_w30_sS
+#   fb        feedback only (run_feedback.sh)              -> W/fb_sS
+#   a0        + 4 diffusion crops, generator at α = 0      -> W/gen_a0_sS, W/syn_a0_sS, W/a0plus4_w30_sS
+#   full      full method: plus4 + feedback                -> W/full_sS (the seed's gen_sS and syn_sS)
+#   t5        Table 5: generators on 20 / 50 (T5_PAIRS) of the 71 training pairs, then as plus4 (seeds T5_SEEDS;
+#             the "all pairs" arm is plus4) -> W/gen_n20_sS, W/syn_n20_sS, W/n20plus4_w30_sS (and n50); queued last
+# One queue of single-seed jobs, two at a time (one CPU thread each), seed by seed in the order of ARMS; then
+# `python configs/magnetic_tile/collect_native.py W`.
 #
-#   configs/crackforest/run.sh [CF_DIR] [WORK_DIR]     env: SEEDS="0 1 2"
+#   configs/crackforest/run.sh [CF_DIR] [WORK_DIR]     env: SEEDS="0 1 2"  T5_SEEDS="0 1"  T5_PAIRS="20 50"  ARMS="real plus4 cutpaste fb a0 full t5"
 set -uo pipefail
 CF=${1:-../shared/datasets/crackforest}
 W=${2:-runs/cf}
 SEEDS=${SEEDS:-"0 1 2"}
+T5_SEEDS=${T5_SEEDS:-"0 1"}
+T5_PAIRS=${T5_PAIRS:-"20 50"}  # of the 71 training pairs; "all" is the plus4 arm
+ARMS=${ARMS:-"real plus4 cutpaste fb a0 full t5"}
 M=configs/magnetic_tile
-export CONFIGS=configs/crackforest SEG_CONFIG=configs/crackforest/segmenter_unet.yaml JOBS=2
+C=configs/crackforest
+export CONFIGS=$C SEG_CONFIG=$C/segmenter_unet.yaml JOBS=2  # one seed per job: JOBS=2 only sets one thread each
 PLUS4="--batch-size 20 --synthetic-fraction 0.2 --synthetic-weight 0.3"  # the arm chosen on magnetic tile's val
 mkdir -p "$W"
-SEEDS="$SEEDS" $M/run_native.sh "$CF" "$W"  # real only
-for s in $SEEDS; do  # one queue of single-seed jobs, two at a time
-  printf 'SEEDS=%s ONLY_SYN=1 SYN_SEEDS=%s SYN_NAME=plus4_w30 SYN_SEG="%s" %s/run_native.sh %q %q\n' "$s" "$s" "$PLUS4" $M "$CF" "$W"
-  printf 'SEEDS=%s SEG_NAME=cpplus4_w30 SYN_SEG="%s" %s/run_cutpaste.sh %q %q\n' "$s" "$PLUS4" $M "$CF" "$W"
-done | xargs -d '\n' -P 2 -I{} bash -c '{}'
-SEEDS="$SEEDS" configs/crackforest/run_feedback.sh "$CF" "$W"
+job() {  # job ARM SEED: print the queue line of one arm and seed
+  local a=$1 s=$2 native="SEEDS=$2 ONLY_SYN=1 SYN_SEEDS=$2 $M/run_native.sh $(printf '%q %q' "$CF" "$W")"
+  case $a in
+    real) echo "SEEDS=$s $M/run_native.sh $(printf '%q %q' "$CF" "$W")" ;;
+    plus4) echo "SYN_NAME=plus4_w30 SYN_SEG='$PLUS4' $native" ;;
+    cutpaste) echo "SEEDS=$s SEG_NAME=cpplus4_w30 SYN_SEG='$PLUS4' $M/run_cutpaste.sh $(printf '%q %q' "$CF" "$W")" ;;
+    fb) echo "SEEDS=$s ARMS=fb $C/run_feedback.sh $(printf '%q %q' "$CF" "$W")" ;;
+    a0) echo "GEN_TAG=_a0 EXTRA_GEN='--alpha 0' SYN_NAME=a0plus4_w30 SYN_SEG='$PLUS4' $native" ;;
+    full) local fb="SEEDS=$s ARMS=full $C/run_feedback.sh $(printf '%q %q' "$CF" "$W")"
+          # the plus4 job makes gen_sS and syn_sS (run_feedback.sh waits for them); otherwise make them here
+          if [[ " $ARMS " == *" plus4 "* ]]; then echo "$fb"; else echo "SYN_NAME=- $native && $fb"; fi ;;
+    t5) local n=$3
+        echo "GEN_TAG=_n$n EXTRA_GEN='--train-pairs $n' SYN_NAME=n${n}plus4_w30 SYN_SEG='$PLUS4' $native" ;;
+    *) echo "unknown arm '$a' (choices: real plus4 cutpaste fb a0 full t5)" >&2; return 1 ;;
+  esac
+}
+{
+  for s in $SEEDS; do
+    for a in $ARMS; do
+      [ "$a" = t5 ] || job "$a" "$s" || exit 1
+    done
+  done
+  if [[ " $ARMS " == *" t5 "* ]]; then  # last, smallest generator set first across seeds
+    for n in $T5_PAIRS; do for s in $T5_SEEDS; do job t5 "$s" "$n"; done; done
+  fi
+} | xargs -d '\n' -P 2 -I{} bash -c '{}'

@@ -5,7 +5,7 @@
 First the val choice: every seed-0 segmenter of the folder with its best val mIoU, the step and the val pixel
 AUROC there (RUN/logs/validation.csv). Then the test table for the arms of ARMS (run folders PREFIX_sS/), scored
 by `evaluate` on the test split at full size (RUN/eval/eval.json), with their best val mIoU and, per arm, the
-per-seed difference to real only; then the diffusion sets' free-lunch scores (syn_s*/summary.json).
+per-seed difference to real only; then the diffusion sets' free-lunch scores (syn*_s*/summary.json).
 A missing run is left out; n = the seeds that ran.
 """
 import csv
@@ -40,6 +40,9 @@ ARMS = (("real", "real only"),
         ("cutpaste", "real + cut-paste pairs (1/2 of each batch)"),
         ("plus4_w100", "real (16 crops, as real only) + 4 diffusion crops per step, w_syn 1"),
         ("plus4_w30", "real (16 crops, as real only) + 4 diffusion crops per step, w_syn 0.3"),
+        ("a0plus4_w30", "real (16 crops) + 4 diffusion crops per step, w_syn 0.3; generator at α = 0"),
+        ("n20plus4_w30", "real (16 crops) + 4 diffusion crops per step, w_syn 0.3; generator on 20 pairs (Table 5)"),
+        ("n50plus4_w30", "real (16 crops) + 4 diffusion crops per step, w_syn 0.3; generator on 50 pairs (Table 5)"),
         ("cpplus4_w100", "real (16 crops, as real only) + 4 cut-paste crops per step, w_syn 1"),
         ("cpplus4_w30", "real (16 crops, as real only) + 4 cut-paste crops per step, w_syn 0.3"),
         ("real12", "real only, 12 crops per step (control: the real crops of the 1/4 arm)"),
@@ -80,7 +83,7 @@ for folder in map(Path, sys.argv[1:] or ["runs/mt_unet"]):
             if gains:
                 print(f"| {folder.name} | ↳ minus real only, per seed | {len(gains)} | "
                       + " | ".join(["", "", "", ""]) + " | " + ", ".join(f"{g:+.1f}" for g in gains) + " |")
-    for s in sorted(folder.glob("syn_s*/summary.json")):
+    for s in sorted(folder.glob("syn*_s*/summary.json")):  # syn_sS, syn_a0_sS, syn_n20_sS, ...
         fl = json.loads(s.read_text())["scores"]["free_lunch"]
         print(f"<!-- {s.parent}: {json.loads(s.read_text())['kept']} pairs, free-lunch mean {fl['mean']:+.3f}, "
               f"{100 * fl['frac_positive']:.0f} % > 0 -->")

@@ -10,6 +10,9 @@
 #        REAL_NAME=real  SYN_NAME=synth (run folder prefixes)  SYN_SEG="" (extra flags of the real + synthetic
 #        segmenter only, e.g. SYN_NAME=plus4_w30 SYN_SEG="--batch-size 20 --synthetic-fraction 0.2
 #        --synthetic-weight 0.3": 16 real crops per step as real only, plus 4 synthetic ones at w_syn 0.3)
+#        GEN_TAG="" EXTRA_GEN="" (a generator variant in its own folders, W/gen${GEN_TAG}_sS and W/syn${GEN_TAG}_sS,
+#        e.g. GEN_TAG=_a0 EXTRA_GEN="--alpha 0", or GEN_TAG=_n20 EXTRA_GEN="--train-pairs 20" for Table 5)
+#        SYN_NAME=- makes the generator and its pairs only (for run_feedback.sh's full method)
 set -uo pipefail
 MT=${1:-../shared/datasets/magnetic-tile}
 W=${2:-runs/mt_native}
@@ -22,6 +25,8 @@ SEG_CONFIG=${SEG_CONFIG:-$C/segmenter_native.yaml}
 REAL_NAME=${REAL_NAME:-real}
 SYN_NAME=${SYN_NAME:-synth}
 SYN_SEG=${SYN_SEG:-}
+GEN_TAG=${GEN_TAG:-}
+EXTRA_GEN=${EXTRA_GEN:-}
 mkdir -p "$W/logs"
 seg() {  # seg OUT SEED [flags]
   local out=$1 s=$2; shift 2
@@ -36,19 +41,22 @@ seg() {  # seg OUT SEED [flags]
 }
 export OMP_NUM_THREADS=$(( $(nproc) / JOBS > 0 ? $(nproc) / JOBS : 1 ))
 syn() {  # syn SEED: generator on crops -> full-size synthetic pairs -> real + synthetic segmenter
-  local s=$1 g="$W/gen_s$1" y="$W/syn_s$1"
+  local s=$1 g="$W/gen${GEN_TAG}_s$1" y="$W/syn${GEN_TAG}_s$1"
   if [ ! -f "$g/generator.safetensors" ]; then
     local resume=""
     [ -d "$g/checkpoints" ] && resume="--resume latest"
-    $AN train-generator --config $C/generator_native.yaml --data "$MT" --out "$g" --seed "$s" $resume || return 1
+    $AN train-generator --config $C/generator_native.yaml --data "$MT" --out "$g" --seed "$s" $resume \
+      $EXTRA_GEN || return 1
   fi
   [ -f "$y/summary.json" ] || $AN generate --config $C/generate_native.yaml --generator "$g" --masks "$MT" \
     --normals "$MT" --out "$y" --seed "$s" || return 1
+  [ "$SYN_NAME" = - ] && return 0
   seg "$W/${SYN_NAME}_s$s" "$s" --synthetic "$y" $SYN_SEG
 }
 n=0
 for s in ${SYN_SEEDS:-}; do
-  syn "$s" > "$W/logs/${SYN_NAME}_s$s.log" 2>&1 &
+  log=$SYN_NAME; [ "$log" = - ] && log=gen$GEN_TAG
+  syn "$s" > "$W/logs/${log}_s$s.log" 2>&1 &
   n=$((n + 1))
   if [ "$n" -ge "$JOBS" ]; then wait -n; n=$((n - 1)); fi
 done
