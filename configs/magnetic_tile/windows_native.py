@@ -1,7 +1,7 @@
 """Figure for docs/results.md ("Native resolution"): generation windows of a full-size synthetic set, enlarged,
 each twice — with the conditioning mask's contour (red) and without — spread over the defect types.
 
-    python configs/magnetic_tile/windows_native.py runs/mt_v/syn_s0 docs/figures/mt_v_synthetic_windows.jpg [N]
+    python configs/magnetic_tile/windows_native.py runs/mt_v/syn_s0 docs/figures/mt_v_synthetic_windows.jpg [N] [OTHER_SET]
 
 Reads the set's metadata.jsonl (``window`` = top, left, side in the full-size image's pixels). ``window_pairs``
 is also what oracle_windows.py scores.
@@ -52,13 +52,23 @@ def spread_by_type(rows: list[dict], n: int) -> list[dict]:
 if __name__ == "__main__":
     syn, out = Path(sys.argv[1]), Path(sys.argv[2])
     n = int(sys.argv[3]) if len(sys.argv) > 3 else 12
+    # a 4th argument: another set made with the same seed and config (e.g. syn_a0_s0 beside syn_s0), whose
+    # window of the same record is added without a contour, so the two generators are seen on the same masks
+    other = Path(sys.argv[4]) if len(sys.argv) > 4 else None
     picked = spread_by_type(window_records(syn), n)
+    others = {r["index"]: r for r in window_records(other)} if other else {}
     tiles = []
     for r in picked:
         image, mask = window_pair(syn, r)
         scale = max(1, 128 // image.shape[0])
         tiles += [draw_contour(image, mask, scale=scale), draw_contour(image, np.zeros_like(mask), scale=scale)]
+        if other:
+            o = others.get(r["index"])
+            if o is None or o.get("window") != r.get("window"):
+                sys.exit(f"{other}: record {r['index']} is missing or placed elsewhere; make both sets with one seed and config")
+            image, _ = window_pair(other, o)
+            tiles.append(draw_contour(image, np.zeros_like(mask), scale=scale))
     side = 160  # one tile size (larger windows shrink, smaller ones were enlarged)
     tiles = [np.asarray(Image.fromarray(t).resize((side, side), Image.BILINEAR)) for t in tiles]
-    Image.fromarray(grid(tiles, columns=8)).save(out, quality=85)
-    print(f"{len(picked)} windows of {syn} -> {out}")
+    Image.fromarray(grid(tiles, columns=9 if other else 8)).save(out, quality=85)
+    print(f"{len(picked)} windows of {syn}{' and ' + str(other) if other else ''} -> {out}")
