@@ -25,15 +25,16 @@ C=configs/crackforest
 export CONFIGS=$C SEG_CONFIG=$C/segmenter_unet.yaml JOBS=2  # one seed per job: JOBS=2 only sets one thread each
 PLUS4="--batch-size 20 --synthetic-fraction 0.2 --synthetic-weight 0.3"  # the arm chosen on magnetic tile's val
 mkdir -p "$W"
+DIRS=$(printf '%q %q' "$CF" "$W")  # the two arguments of every script below, quoted for the queue
 job() {  # job ARM SEED: print the queue line of one arm and seed
-  local a=$1 s=$2 native="SEEDS=$2 ONLY_SYN=1 SYN_SEEDS=$2 $M/run_native.sh $(printf '%q %q' "$CF" "$W")"
+  local a=$1 s=$2 native="SEEDS=$2 ONLY_SYN=1 SYN_SEEDS=$2 $M/run_native.sh $DIRS"
   case $a in
-    real) echo "SEEDS=$s $M/run_native.sh $(printf '%q %q' "$CF" "$W")" ;;
+    real) echo "SEEDS=$s $M/run_native.sh $DIRS" ;;
     plus4) echo "SYN_NAME=plus4_w30 SYN_SEG='$PLUS4' $native" ;;
-    cutpaste) echo "SEEDS=$s SEG_NAME=cpplus4_w30 SYN_SEG='$PLUS4' $M/run_cutpaste.sh $(printf '%q %q' "$CF" "$W")" ;;
-    fb) echo "SEEDS=$s ARMS=fb $C/run_feedback.sh $(printf '%q %q' "$CF" "$W")" ;;
+    cutpaste) echo "SEEDS=$s SEG_NAME=cpplus4_w30 SYN_SEG='$PLUS4' $M/run_cutpaste.sh $DIRS" ;;
+    fb) echo "SEEDS=$s ARMS=fb $C/run_feedback.sh $DIRS" ;;
     a0) echo "GEN_TAG=_a0 EXTRA_GEN='--alpha 0' SYN_NAME=a0plus4_w30 SYN_SEG='$PLUS4' $native" ;;
-    full) local fb="SEEDS=$s ARMS=full $C/run_feedback.sh $(printf '%q %q' "$CF" "$W")"
+    full) local fb="SEEDS=$s ARMS=full $C/run_feedback.sh $DIRS"
           # the plus4 job makes gen_sS and syn_sS (run_feedback.sh waits for them); otherwise make them here
           if [[ " $ARMS " == *" plus4 "* ]]; then echo "$fb"; else echo "SYN_NAME=- $native && $fb"; fi ;;
     t5) local n=$3

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Generative Feedback on CrackForest (docs/results.md, "CrackForest"): per seed, the real-only recipe plus
 # L_fb through the seed's own generator (W/gen_sS, made by run.sh) -> W/fb_sS ("feedback only"), and with
-# FULL=1 also the real + diffusion arm plus L_fb -> W/full_sS ("full method"); ARMS="full" runs that one only. Feedback on 4 of the 16 real
-# crops, every 2nd step (--fb-rows 4, fb_every 2 in the config): ~1.8x the cost of a real-only step on the CPU;
+# FULL=1 also the real + diffusion arm plus L_fb -> W/full_sS ("full method"); ARMS="full" runs that one only.
+# Feedback on 4 of the 16 real crops, every 2nd step (--fb-rows 4, fb_every 2 in the config): ~1.8x the cost of a real-only step on the CPU;
 # all 16 crops every 2nd step cost ~4.6x (measured). Waits for a seed's generator if run.sh is still making it.
 #
 #   configs/crackforest/run_feedback.sh [CF_DIR] [WORK_DIR]    env: SEEDS="0 1 2"  FULL=""  ARMS="fb"  FB="--fb-rows 4"
