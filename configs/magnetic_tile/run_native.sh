@@ -12,7 +12,7 @@
 #        --synthetic-weight 0.3": 16 real crops per step as real only, plus 4 synthetic ones at w_syn 0.3)
 #        GEN_TAG="" EXTRA_GEN="" (a generator variant in its own folders, W/gen${GEN_TAG}_sS and W/syn${GEN_TAG}_sS,
 #        e.g. GEN_TAG=_a0 EXTRA_GEN="--alpha 0", or GEN_TAG=_n20 EXTRA_GEN="--train-pairs 20" for Table 5)
-#        SYN_NAME=- makes the generator and its pairs only (for run_feedback.sh's full method)
+#        SYN_NAME=- makes the generator and its pairs only (for configs/run_feedback.sh's full method)
 set -uo pipefail
 MT=${1:-../shared/datasets/magnetic-tile}
 W=${2:-runs/mt_native}

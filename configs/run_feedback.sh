@@ -1,18 +1,18 @@
 #!/usr/bin/env bash
-# Generative Feedback on CrackForest (docs/results.md, "CrackForest"): per seed, the real-only recipe plus
-# L_fb through the seed's own generator (W/gen_sS, made by run.sh) -> W/fb_sS ("feedback only"), and with
+# Generative Feedback at native resolution (docs/results.md), with the configs of CONFIGS: per seed, the
+# real-only recipe plus L_fb through the seed's own generator (W/gen_sS, made by run_arms.sh) -> W/fb_sS ("feedback only"), and with
 # FULL=1 also the real + diffusion arm plus L_fb -> W/full_sS ("full method"); ARMS="full" runs that one only.
 # Feedback on 4 of the 16 real crops, every 2nd step (--fb-rows 4, fb_every 2 in the config): ~1.8x the cost of a real-only step on the CPU;
 # all 16 crops every 2nd step cost ~4.6x (measured). Waits for a seed's generator if run.sh is still making it.
 #
-#   configs/crackforest/run_feedback.sh [CF_DIR] [WORK_DIR]    env: SEEDS="0 1 2"  FULL=""  ARMS="fb"  FB="--fb-rows 4"
+#   CONFIGS=configs/DATASET configs/run_feedback.sh DATA_DIR WORK_DIR    env: SEEDS="0 1 2"  FULL=""  ARMS="fb"  FB="--fb-rows 4"
 set -uo pipefail
-CF=${1:-../shared/datasets/crackforest}
-W=${2:-runs/cf}
+C=${CONFIGS:?set CONFIGS=configs/crackforest or configs/magnetic_tile}
+D=${1:?DATA_DIR}
+W=${2:?WORK_DIR}
 SEEDS=${SEEDS:-"0 1 2"}
 FB=${FB:-"--fb-rows 4"}
 ARMS=${ARMS:-fb${FULL:+ full}}
-C=configs/crackforest
 AN=${AN:-anomalign}
 export OMP_NUM_THREADS=1
 mkdir -p "$W/logs"
@@ -21,9 +21,9 @@ seg() {  # seg OUT SEED [flags]: train (resumable), then evaluate the best-val c
   if [ ! -f "$out/segmenter.safetensors" ]; then
     local resume=""
     [ -d "$out/checkpoints" ] && resume="--resume latest"
-    $AN train-segmenter --config $C/segmenter_unet.yaml --train "$CF" --out "$out" --seed "$s" $resume "$@" || return 1
+    $AN train-segmenter --config $C/segmenter_unet.yaml --train "$D" --out "$out" --seed "$s" $resume "$@" || return 1
   fi
-  [ -f "$out/eval/eval.json" ] || $AN evaluate --config $C/evaluate.yaml --segmenter "$out/best" --test "$CF" \
+  [ -f "$out/eval/eval.json" ] || $AN evaluate --config $C/evaluate.yaml --segmenter "$out/best" --test "$D" \
     --out "$out/eval"
 }
 for s in $SEEDS; do

@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# Every arm of the native-resolution study (docs/results.md) on one dataset, with the configs of CONFIGS
+# (configs/crackforest or configs/magnetic_tile; each has a run.sh that calls this), 3 seeds, resumable
+# (finished runs are skipped).
+#   real      real only                                    -> W/real_sS
+#   plus4     + 4 diffusion crops per step (α 0.7)         -> W/gen_sS (generator), W/syn_sS (300 pairs), W/plus4_w30_sS
+#   cutpaste  + 4 cut-paste crops per step                 -> W/cutpaste_syn_sS, W/cpplus4_w30_sS
+#   gen       the α 0.7 generator and its 300 pairs only  -> W/gen_sS, W/syn_sS (what fb and full use; added
+#             first automatically when fb or full is asked without plus4)
+#   fb        feedback only (run_feedback.sh)              -> W/fb_sS
+#   a0        + 4 diffusion crops, generator at α = 0      -> W/gen_a0_sS, W/syn_a0_sS, W/a0plus4_w30_sS
+#   full      full method: plus4 + feedback                -> W/full_sS (the seed's gen_sS and syn_sS)
+#   t5        Table 5: generators on 20 / 50 (T5_PAIRS) of the 71 training pairs, then as plus4 (seeds T5_SEEDS;
+#             the "all pairs" arm is plus4) -> W/gen_n20_sS, W/syn_n20_sS, W/n20plus4_w30_sS (and n50); queued last
+# One queue of single-seed jobs, two at a time (one CPU thread each), seed by seed in the order of ARMS; then
+# `python configs/magnetic_tile/collect_native.py W`.
+#
+#   CONFIGS=configs/DATASET configs/run_arms.sh DATA_DIR WORK_DIR
+#   env: DRY_RUN=1 (print the queue only)  SEEDS="0 1 2"  T5_SEEDS="0 1"  T5_PAIRS="20 50"  ARMS="real plus4 cutpaste fb a0 full t5"
+set -uo pipefail
+C=${CONFIGS:?set CONFIGS=configs/crackforest or configs/magnetic_tile}
+D=${1:?DATA_DIR}
+W=${2:?WORK_DIR}
+SEEDS=${SEEDS:-"0 1 2"}
+T5_SEEDS=${T5_SEEDS:-"0 1"}
+T5_PAIRS=${T5_PAIRS:-"20 50"}  # of the training pairs (CrackForest has 71); "all" is the plus4 arm
+ARMS=${ARMS:-"real plus4 cutpaste fb a0 full t5"}
+if [[ " $ARMS " =~ " "(fb|full)" " && ! " $ARMS " =~ " "(plus4|gen)" " ]]; then ARMS="gen $ARMS"; fi
+M=configs/magnetic_tile
+export CONFIGS=$C SEG_CONFIG=$C/segmenter_unet.yaml JOBS=2  # one seed per job: JOBS=2 only sets one thread each
+PLUS4="--batch-size 20 --synthetic-fraction 0.2 --synthetic-weight 0.3"  # the arm chosen on magnetic tile's val
+mkdir -p "$W"
+DIRS=$(printf '%q %q' "$D" "$W")  # the two arguments of every script below, quoted for the queue
+job() {  # job ARM SEED: print the queue line of one arm and seed
+  local a=$1 s=$2 native="SEEDS=$2 ONLY_SYN=1 SYN_SEEDS=$2 $M/run_native.sh $DIRS"
+  case $a in
+    real) echo "SEEDS=$s $M/run_native.sh $DIRS" ;;
+    plus4) echo "SYN_NAME=plus4_w30 SYN_SEG='$PLUS4' $native" ;;
+    cutpaste) echo "SEEDS=$s SEG_NAME=cpplus4_w30 SYN_SEG='$PLUS4' $M/run_cutpaste.sh $DIRS" ;;
+    fb) echo "SEEDS=$s ARMS=fb configs/run_feedback.sh $DIRS" ;;
+    a0) echo "GEN_TAG=_a0 EXTRA_GEN='--alpha 0' SYN_NAME=a0plus4_w30 SYN_SEG='$PLUS4' $native" ;;
+    gen) echo "SYN_NAME=- $native" ;;
+    full) echo "SEEDS=$s ARMS=full configs/run_feedback.sh $DIRS" ;;  # waits for the plus4 or gen job's gen_sS, syn_sS
+    t5) local n=$3
+        echo "GEN_TAG=_n$n EXTRA_GEN='--train-pairs $n' SYN_NAME=n${n}plus4_w30 SYN_SEG='$PLUS4' $native" ;;
+    *) echo "unknown arm '$a' (choices: real plus4 cutpaste gen fb a0 full t5)" >&2; return 1 ;;
+  esac
+}
+{
+  for s in $SEEDS; do
+    for a in $ARMS; do
+      [ "$a" = t5 ] || job "$a" "$s" || exit 1
+    done
+  done
+  if [[ " $ARMS " == *" t5 "* ]]; then  # last, smallest generator set first across seeds
+    for n in $T5_PAIRS; do for s in $T5_SEEDS; do job t5 "$s" "$n"; done; done
+  fi
+} | if [ -n "${DRY_RUN:-}" ]; then cat; else xargs -d '\n' -P 2 -I{} bash -c '{}'; fi
