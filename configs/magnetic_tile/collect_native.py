@@ -5,7 +5,8 @@
 First the val choice: every seed-0 segmenter of the folder with its best val mIoU, the step and the val pixel
 AUROC there (RUN/logs/validation.csv). Then the test table for the arms of ARMS (run folders PREFIX_sS/), scored
 by `evaluate` on the test split at full size (RUN/eval/eval.json), with their best val mIoU and, per arm, the
-per-seed difference to real only; then the diffusion sets' free-lunch scores (syn*_s*/summary.json).
+per-seed difference to real only; then the diffusion sets' free-lunch scores (syn*_s*/summary.json) and the feedback
+premise on the training images of every feedback run (RUN/premise.json).
 A missing run is left out; n = the seeds that ran.
 """
 import csv
@@ -87,3 +88,11 @@ for folder in map(Path, sys.argv[1:] or ["runs/mt_unet"]):
         fl = json.loads(s.read_text())["scores"]["free_lunch"]
         print(f"<!-- {s.parent}: {json.loads(s.read_text())['kept']} pairs, free-lunch mean {fl['mean']:+.3f}, "
               f"{100 * fl['frac_positive']:.0f} % > 0 -->")
+print("\nThe feedback premise on the training images (RUN/premise.json, printed by train-segmenter):\n")
+print("| run | images | true < moved (%) | true < empty (%) | true < both (%) |\n|---|---|---|---|---|")
+for folder in map(Path, sys.argv[1:] or ["runs/mt_unet"]):
+    for p in sorted(folder.glob("*_s*/premise.json")):
+        pr = json.loads(p.read_text())
+        if pr.get("images"):
+            print(f"| {p.parent} | {pr['images']} | {100 * pr['frac_true_lt_moved']:.0f} | "
+                  f"{100 * pr['frac_true_lt_empty']:.0f} | {100 * pr['frac_true_lt_both']:.0f} |")
