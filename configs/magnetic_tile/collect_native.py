@@ -56,7 +56,8 @@ def val_rows(run: Path):
     return list(csv.DictReader(path.open())) if path.is_file() else []
 
 
-for folder in map(Path, sys.argv[1:] or ["runs/mt_unet"]):
+FOLDERS = [Path(f) for f in sys.argv[1:] or ["runs/mt_unet"]]
+for folder in FOLDERS:
     print(f"\n{folder}: val choice, seed 0 (best val mIoU, step, val pixel AUROC there)\n")
     print("| run | best val mIoU | at step | val AUROC |\n|---|---|---|---|")
     for run in sorted(folder.glob("*_s0")):
@@ -67,7 +68,7 @@ for folder in map(Path, sys.argv[1:] or ["runs/mt_unet"]):
 print()
 print("| folder | arm | n | test mIoU | mDice | IoU | pixel AUROC | per seed test mIoU (best val) |")
 print("|---|---|---|---|---|---|---|---|")
-for folder in map(Path, sys.argv[1:] or ["runs/mt_unet"]):
+for folder in FOLDERS:
     real = {}
     for prefix, name in ARMS:
         runs, ev = arm(folder, prefix)
@@ -90,7 +91,7 @@ for folder in map(Path, sys.argv[1:] or ["runs/mt_unet"]):
               f"{100 * fl['frac_positive']:.0f} % > 0 -->")
 print("\nThe feedback premise on the training images (RUN/premise.json, printed by train-segmenter):\n")
 print("| run | images | true < moved (%) | true < empty (%) | true < both (%) |\n|---|---|---|---|---|")
-for folder in map(Path, sys.argv[1:] or ["runs/mt_unet"]):
+for folder in FOLDERS:
     for p in sorted(folder.glob("*_s*/premise.json")):
         pr = json.loads(p.read_text())
         if pr.get("images"):
