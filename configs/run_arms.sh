@@ -10,13 +10,17 @@
 #   fb        feedback only (run_feedback.sh)              -> W/fb_sS
 #   a0        + 4 diffusion crops, generator at α = 0      -> W/gen_a0_sS, W/syn_a0_sS, W/a0plus4_w30_sS
 #   full      full method: plus4 + feedback                -> W/full_sS (the seed's gen_sS and syn_sS)
+#   pretrain  two stages at real only's budget: PRE_STEPS on the seed's 300 diffusion pairs alone
+#             (--synthetic-fraction 1), then 2400 - PRE_STEPS real-only steps from those weights (--init-from)
+#             -> W/gen_sS, W/syn_sS, W/pre800_sS, W/pre800ft_sS (PRE_STEPS=800)
 #   t5        Table 5: generators on 20 / 50 (T5_PAIRS) of the 71 training pairs, then as plus4 (seeds T5_SEEDS;
 #             the "all pairs" arm is plus4) -> W/gen_n20_sS, W/syn_n20_sS, W/n20plus4_w30_sS (and n50); queued last
 # One queue of single-seed jobs, two at a time (one CPU thread each), seed by seed in the order of ARMS; then
 # `python configs/magnetic_tile/collect_native.py W`.
 #
 #   CONFIGS=configs/DATASET configs/run_arms.sh DATA_DIR WORK_DIR
-#   env: DRY_RUN=1 (print the queue only)  SEEDS="0 1 2"  T5_SEEDS="0 1"  T5_PAIRS="20 50"  ARMS="real plus4 cutpaste fb a0 full t5"
+#   env: DRY_RUN=1 (print the queue only)  SEEDS="0 1 2"  T5_SEEDS="0 1"  T5_PAIRS="20 50"  PRE_STEPS=800
+#        ARMS="real plus4 cutpaste fb a0 full t5" (pretrain: only when asked)
 set -uo pipefail
 C=${CONFIGS:?set CONFIGS=configs/crackforest or configs/magnetic_tile}
 D=${1:?DATA_DIR}
@@ -25,6 +29,7 @@ SEEDS=${SEEDS:-"0 1 2"}
 T5_SEEDS=${T5_SEEDS:-"0 1"}
 T5_PAIRS=${T5_PAIRS:-"20 50"}  # of the training pairs (CrackForest has 71); "all" is the plus4 arm
 ARMS=${ARMS:-"real plus4 cutpaste fb a0 full t5"}
+PRE_STEPS=${PRE_STEPS:-800}
 if [[ " $ARMS " =~ " "(fb|full)" " && ! " $ARMS " =~ " "(plus4|gen)" " ]]; then ARMS="gen $ARMS"; fi
 M=configs/magnetic_tile
 export CONFIGS=$C SEG_CONFIG=$C/segmenter_unet.yaml JOBS=2  # one seed per job: JOBS=2 only sets one thread each
@@ -41,9 +46,14 @@ job() {  # job ARM SEED: print the queue line of one arm and seed
     a0) echo "GEN_TAG=_a0 EXTRA_GEN='--alpha 0' SYN_NAME=a0plus4_w30 SYN_SEG='$PLUS4' $native" ;;
     gen) echo "SYN_NAME=- $native" ;;
     full) echo "SEEDS=$s ARMS=full configs/run_feedback.sh $DIRS" ;;  # waits for the plus4 or gen job's gen_sS, syn_sS
+    pretrain)  # stage 2 starts from stage 1's final weights; both are evaluated on test like every arm
+        local pre; printf -v pre %q "$W/pre${PRE_STEPS}_s$s"
+        echo "SYN_NAME=pre$PRE_STEPS SYN_SEG='--synthetic-fraction 1 --max-steps $PRE_STEPS' $native && SEEDS=$s" \
+             "REAL_NAME=pre${PRE_STEPS}ft EXTRA_SEG='--init-from $pre --max-steps $((2400 - PRE_STEPS))'" \
+             "$M/run_native.sh $DIRS" ;;
     t5) local n=$3
         echo "GEN_TAG=_n$n EXTRA_GEN='--train-pairs $n' SYN_NAME=n${n}plus4_w30 SYN_SEG='$PLUS4' $native" ;;
-    *) echo "unknown arm '$a' (choices: real plus4 cutpaste gen fb a0 full t5)" >&2; return 1 ;;
+    *) echo "unknown arm '$a' (choices: real plus4 cutpaste gen fb a0 full pretrain t5)" >&2; return 1 ;;
   esac
 }
 {

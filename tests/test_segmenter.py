@@ -233,3 +233,32 @@ def test_train_segmenter_unet_with_dice_and_photometric_jitter(tmp_path):
     assert Segmenter.load(out).preset == "unet-tiny"
     with pytest.raises(Exception, match="photometric must be in"):
         build_config(TrainSegmenterConfig, dict(train=str(real), out=str(tmp_path / "x"), photometric=2.0))
+
+
+def test_pretrain_on_synthetic_only_then_fine_tune_from_it(tmp_path, capsys):
+    """--synthetic-fraction 1 trains on synthetic rows only (still validated on the real val split), and
+    --init-from starts the next run from those weights instead of a fresh network."""
+    real, syn = tmp_path / "real", tmp_path / "syn"
+    write_paired(real, defects=("scratch",), n=6, normals=2)
+    write_paired(syn, defects=("stain",), n=6, normals=0)
+    common = dict(train=str(real), size=32, preset="unet-tiny", batch_size=4, validate_every=2, device="cpu")
+    pre_cfg = build_config(TrainSegmenterConfig, dict(common, out=str(tmp_path / "pre"), synthetic=[str(syn)],
+                                                      synthetic_fraction=1.0, max_steps=2))
+    pre = run_train_segmenter(pre_cfg, progress=False)
+    assert (pre / "best" / "segmenter.safetensors").is_file()
+    # one fine-tuning step at learning rate 0 leaves the pre-trained weights exactly as they were
+    ft_cfg = build_config(TrainSegmenterConfig, dict(common, out=str(tmp_path / "ft"), init_from=str(pre),
+                                                     preset="tiny", learning_rate=0.0, weight_decay=0.0,
+                                                     max_steps=1))
+    ft = run_train_segmenter(ft_cfg, progress=False)
+    assert "continuing its unet-tiny network" in capsys.readouterr().err
+    a, b = Segmenter.load(pre).net.state_dict(), Segmenter.load(ft).net.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    fresh = Segmenter("unet-tiny").net.state_dict()
+    assert not all(torch.equal(a[k], fresh[k]) for k in a)
+    with pytest.raises(Exception, match="synthetic pairs only: give them with --synthetic"):
+        build_config(TrainSegmenterConfig, dict(common, out=str(tmp_path / "x"), synthetic_fraction=1.0))
+    with pytest.raises(Exception, match="not both"):
+        build_config(TrainSegmenterConfig, dict(common, out=str(tmp_path / "x"), init_from=str(pre),
+                                                pretrained=str(pre)))
+

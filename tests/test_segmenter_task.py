@@ -138,3 +138,11 @@ def test_fb_rows_feeds_back_the_first_real_rows_only(pairs):
     one_row = segmenter_step(model, two, SegStepOptions(fb_rows=1), fb)["l_fb"].item()
     assert one_row == pytest.approx(segmenter_step(model, first, SegStepOptions(), fb)["l_fb"].item(), rel=1e-5)
     assert one_row != pytest.approx(segmenter_step(model, two, SegStepOptions(), fb)["l_fb"].item(), rel=1e-3)
+
+
+def test_synthetic_only_batches_have_no_real_rows(pairs):
+    """--synthetic-fraction 1 (a pre-training stage): every row synthetic, no feedback keys."""
+    real, syn = pairs
+    b = segmenter_batch(real, syn, 0, 4, 0, 0, 0, 1)
+    assert b["synthetic"].all() and b["keys"] == [] and b["image"].shape[0] == 4
+    assert torch.equal(b["image"], segmenter_batch(real, syn, 2, 4, 0, 0, 0, 1)["image"][2:])

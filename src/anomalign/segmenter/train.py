@@ -38,7 +38,9 @@ class TrainSegmenterConfig(DataOptions, CropOptions, LoopOptions):
                                           "such as nvidia/mit-b0 (downloaded once, then cached)")
     size: int = option(64, "input size: images and masks resized to size x size, or, for images much larger "
                            "than it (or with --crop-size), the crop size the network trains on")
-    synthetic_fraction: float = option(0.5, "share of each batch drawn from the synthetic sets")
+    synthetic_fraction: float = option(0.5, "share of each batch drawn from the synthetic sets (1 = synthetic "
+                                            "only: a pre-training stage for --init-from; the real val split "
+                                            "still picks best/)")
     synthetic_weight: float = option(1.0, "weight w_syn of the synthetic pairs' term in Eq. 6 (1 = the paper: "
                                           "real and synthetic count the same whatever --synthetic-fraction; "
                                           "< 1 makes imperfect synthetic pairs count less)")
@@ -60,6 +62,9 @@ class TrainSegmenterConfig(DataOptions, CropOptions, LoopOptions):
     fb_warmup_steps: int = option(0, "steps of plain L_ce before feedback starts")
     fb_rows: int = option(0, "real rows of each batch (per process) that get feedback: 0 = all (the paper); fewer "
                              "make a feedback step cheaper (the generator's backward pass dominates it)")
+    init_from: Path | None = option(None, "segmenter run folder (its final weights) or its best/, whose "
+                                          "weights start this run instead of a fresh --preset, e.g. one "
+                                          "pre-trained on synthetic pairs with --synthetic-fraction 1")
     augment: list[str] = option(default_factory=lambda: ["hflip", "vflip"],
                                 help=f"exact paired augmentations: any of {', '.join(DIHEDRAL_AUGMENTS)} (or none)")
 
@@ -83,8 +88,15 @@ class TrainSegmenterConfig(DataOptions, CropOptions, LoopOptions):
             raise ConfigError(f"photometric must be in [0, 1], got {self.photometric}")
         if self.dice_weight < 0:
             raise ConfigError(f"dice_weight must be >= 0, got {self.dice_weight}")
-        if not 0 <= self.synthetic_fraction < 1:
-            raise ConfigError("synthetic_fraction must be in [0, 1)")
+        if not 0 <= self.synthetic_fraction <= 1:
+            raise ConfigError(f"synthetic_fraction must be in [0, 1], got {self.synthetic_fraction}")
+        if self.synthetic_fraction == 1 and not self.synthetic:
+            raise ConfigError("synthetic_fraction 1 trains on synthetic pairs only: give them with --synthetic")
+        if self.synthetic_fraction == 1 and self.feedback_generator:
+            raise ConfigError("synthetic_fraction 1 leaves no real rows for Generative Feedback; use a fraction "
+                              "below 1 with --feedback-generator")
+        if self.init_from is not None and self.pretrained:
+            raise ConfigError("give --init-from (an anomalign segmenter) or --pretrained (a Segformer), not both")
         if self.synthetic_weight < 0:
             raise ConfigError(f"synthetic_weight must be >= 0, got {self.synthetic_weight}")
 
@@ -95,7 +107,7 @@ def run_train_segmenter(cfg: TrainSegmenterConfig, progress: bool = True) -> Pat
     acc = make_accelerator(cfg)
     out = check_run_folder(cfg.out, "train-segmenter", "segmenter.safetensors", cfg.resume)
     real, syn, val, skipped = training_sets(cfg)
-    model = Segmenter(cfg.preset, cfg.pretrained).to(acc.device)
+    model = start_model(cfg).to(acc.device)
     fb = None
     if cfg.feedback_generator:
         from anomalign.generator.model import MaskGenerator
@@ -144,6 +156,20 @@ MIN_VAL_ANOMALIES = 10  # below this, picking the best checkpoint by val mIoU is
 # wrong one. Below this share of training images (true mask beats the moved AND the empty mask), the
 # feedback gradient mostly carries noise: users are told before they pay for it.
 PREMISE_MIN = 0.7
+
+
+def start_model(cfg: TrainSegmenterConfig) -> Segmenter:
+    """A fresh ``--preset`` (or ``--pretrained`` Segformer), or the weights of ``--init-from``: a two-stage recipe
+    (pre-train on synthetic pairs, then fine-tune on real ones) continues the first stage's network, whose
+    shape wins over --preset."""
+    if cfg.init_from is None:
+        return Segmenter(cfg.preset, cfg.pretrained)
+    model = Segmenter.load(Path(cfg.init_from)).train()
+    if model.preset != cfg.preset:
+        print(f"--init-from {cfg.init_from}: continuing its {model.preset} network (--preset {cfg.preset} is "
+              "not used)", file=sys.stderr)
+    cfg.preset = model.preset  # the saved config then names the network actually trained
+    return model
 
 
 def feedback_premise(gen, real: SegPairs | CropPairs, cfg: TrainSegmenterConfig, n: int = 32) -> dict:
