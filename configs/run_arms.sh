@@ -10,17 +10,18 @@
 #   fb        feedback only (run_feedback.sh)              -> W/fb_sS
 #   a0        + 4 diffusion crops, generator at α = 0      -> W/gen_a0_sS, W/syn_a0_sS, W/a0plus4_w30_sS
 #   full      full method: plus4 + feedback                -> W/full_sS (the seed's gen_sS and syn_sS)
-#   pretrain  two stages at real only's budget: PRE_STEPS on the seed's 300 diffusion pairs alone
-#             (--synthetic-fraction 1), then 2400 - PRE_STEPS real-only steps from those weights (--init-from)
-#             -> W/gen_sS, W/syn_sS, W/pre800_sS, W/pre800ft_sS (PRE_STEPS=800)
+#   pretrain  two stages: PRE_STEPS on the seed's 300 diffusion pairs alone (--synthetic-fraction 1), then
+#             FT_STEPS real-only steps from those weights (--init-from)
+#             -> W/gen_sS, W/syn_sS, W/pre800_sS, W/pre800ft2400_sS (PRE_STEPS=800, FT_STEPS=2400)
+#   reallong  real only with REAL_STEPS steps: the control of the same budget as pretrain -> W/real3200_sS
 #   t5        Table 5: generators on 20 / 50 (T5_PAIRS) of the 71 training pairs, then as plus4 (seeds T5_SEEDS;
 #             the "all pairs" arm is plus4) -> W/gen_n20_sS, W/syn_n20_sS, W/n20plus4_w30_sS (and n50); queued last
 # One queue of single-seed jobs, two at a time (one CPU thread each), seed by seed in the order of ARMS; then
 # `python configs/magnetic_tile/collect_native.py W`.
 #
 #   CONFIGS=configs/DATASET configs/run_arms.sh DATA_DIR WORK_DIR
-#   env: DRY_RUN=1 (print the queue only)  SEEDS="0 1 2"  T5_SEEDS="0 1"  T5_PAIRS="20 50"  PRE_STEPS=800
-#        ARMS="real plus4 cutpaste fb a0 full t5" (pretrain: only when asked)
+#   env: DRY_RUN=1 (print the queue only)  SEEDS="0 1 2"  T5_SEEDS="0 1"  T5_PAIRS="20 50"  PRE_STEPS=800  FT_STEPS=2400
+#        REAL_STEPS=PRE_STEPS+FT_STEPS  ARMS="real plus4 cutpaste fb a0 full t5" (pretrain, reallong: only when asked)
 set -uo pipefail
 C=${CONFIGS:?set CONFIGS=configs/crackforest or configs/magnetic_tile}
 D=${1:?DATA_DIR}
@@ -30,6 +31,8 @@ T5_SEEDS=${T5_SEEDS:-"0 1"}
 T5_PAIRS=${T5_PAIRS:-"20 50"}  # of the training pairs (CrackForest has 71); "all" is the plus4 arm
 ARMS=${ARMS:-"real plus4 cutpaste fb a0 full t5"}
 PRE_STEPS=${PRE_STEPS:-800}
+FT_STEPS=${FT_STEPS:-2400}  # real only's 2 400: 2400 - PRE_STEPS keeps the two stages at real only's budget
+REAL_STEPS=${REAL_STEPS:-$((PRE_STEPS + FT_STEPS))}
 if [[ " $ARMS " =~ " "(fb|full)" " && ! " $ARMS " =~ " "(plus4|gen)" " ]]; then ARMS="gen $ARMS"; fi
 M=configs/magnetic_tile
 export CONFIGS=$C SEG_CONFIG=$C/segmenter_unet.yaml JOBS=2  # one seed per job: JOBS=2 only sets one thread each
@@ -49,11 +52,12 @@ job() {  # job ARM SEED: print the queue line of one arm and seed
     pretrain)  # stage 2 starts from stage 1's final weights; both are evaluated on test like every arm
         local pre; printf -v pre %q "$W/pre${PRE_STEPS}_s$s"
         echo "SYN_NAME=pre$PRE_STEPS SYN_SEG='--synthetic-fraction 1 --max-steps $PRE_STEPS' $native && SEEDS=$s" \
-             "REAL_NAME=pre${PRE_STEPS}ft EXTRA_SEG='--init-from $pre --max-steps $((2400 - PRE_STEPS))'" \
+             "REAL_NAME=pre${PRE_STEPS}ft$FT_STEPS EXTRA_SEG='--init-from $pre --max-steps $FT_STEPS'" \
              "$M/run_native.sh $DIRS" ;;
+    reallong) echo "SEEDS=$s REAL_NAME=real$REAL_STEPS EXTRA_SEG='--max-steps $REAL_STEPS' $M/run_native.sh $DIRS" ;;
     t5) local n=$3
         echo "GEN_TAG=_n$n EXTRA_GEN='--train-pairs $n' SYN_NAME=n${n}plus4_w30 SYN_SEG='$PLUS4' $native" ;;
-    *) echo "unknown arm '$a' (choices: real plus4 cutpaste gen fb a0 full pretrain t5)" >&2; return 1 ;;
+    *) echo "unknown arm '$a' (choices: real plus4 cutpaste gen fb a0 full pretrain reallong t5)" >&2; return 1 ;;
   esac
 }
 {
