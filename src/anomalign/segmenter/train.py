@@ -168,7 +168,8 @@ def start_model(cfg: TrainSegmenterConfig) -> Segmenter:
     if model.preset != cfg.preset:
         print(f"--init-from {cfg.init_from}: continuing its {model.preset} network (--preset {cfg.preset} is "
               "not used)", file=sys.stderr)
-    cfg.preset = model.preset  # the saved config then names the network actually trained
+    if model.preset in (*PRESETS, *UNET_PRESETS):  # the saved config then names the network actually trained
+        cfg.preset = model.preset
     return model
 
 
