@@ -31,7 +31,7 @@ T5_SEEDS=${T5_SEEDS:-"0 1"}
 T5_PAIRS=${T5_PAIRS:-"20 50"}  # of the training pairs (CrackForest has 71); "all" is the plus4 arm
 ARMS=${ARMS:-"real plus4 cutpaste fb a0 full t5"}
 PRE_STEPS=${PRE_STEPS:-800}
-FT_STEPS=${FT_STEPS:-2400}  # real only's 2 400: 2400 - PRE_STEPS keeps the two stages at real only's budget
+FT_STEPS=${FT_STEPS:-2400}  # real only's steps; FT_STEPS=$((2400 - PRE_STEPS)) puts both stages at real only's budget
 REAL_STEPS=${REAL_STEPS:-$((PRE_STEPS + FT_STEPS))}
 if [[ " $ARMS " =~ " "(fb|full)" " && ! " $ARMS " =~ " "(plus4|gen)" " ]]; then ARMS="gen $ARMS"; fi
 M=configs/magnetic_tile

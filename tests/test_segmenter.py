@@ -261,4 +261,3 @@ def test_pretrain_on_synthetic_only_then_fine_tune_from_it(tmp_path, capsys):
     with pytest.raises(Exception, match="not both"):
         build_config(TrainSegmenterConfig, dict(common, out=str(tmp_path / "x"), init_from=str(pre),
                                                 pretrained=str(pre)))
-
