@@ -14,6 +14,13 @@
 #             FT_STEPS real-only steps from those weights (--init-from)
 #             -> W/gen_sS, W/syn_sS, W/pre800_sS, W/pre800ft2400_sS (PRE_STEPS=800, FT_STEPS=2400)
 #   reallong  real only with REAL_STEPS steps: the control of the same budget as pretrain -> W/real3200_sS
+#   plus4long plus4 with REAL_STEPS steps: the same real crops, steps and schedule as reallong, plus 4 synthetic
+#             crops per step -> W/gen_sS, W/syn_sS, W/plus4_w30_3200_sS
+#   hosts     as plus4long, but the 300 pairs generated into the anomalous training tiles (--hosts anomalous)
+#             instead of the normal ones -> W/gen_sS, W/syn_hosts_sS, W/hostsplus4_w30_3200_sS
+#   realcopy  control of plus4long: the real training pairs themselves added as the "synthetic" set (magnetic
+#             tile: configs/magnetic_tile/real_as_synthetic.py) -> W/realcopy, W/plus4real_3200_sS
+#   gena0     the α 0 generator and its 300 pairs only (alignment measures)  -> W/gen_a0_sS, W/syn_a0_sS
 #   t5        Table 5: generators on 20 / 50 (T5_PAIRS) of the 71 training pairs, then as plus4 (seeds T5_SEEDS;
 #             the "all pairs" arm is plus4) -> W/gen_n20_sS, W/syn_n20_sS, W/n20plus4_w30_sS (and n50); queued last
 # One queue of single-seed jobs, two at a time (one CPU thread each), seed by seed in the order of ARMS; then
@@ -21,7 +28,7 @@
 #
 #   CONFIGS=configs/DATASET configs/run_arms.sh DATA_DIR WORK_DIR
 #   env: DRY_RUN=1 (print the queue only)  SEEDS="0 1 2"  T5_SEEDS="0 1"  T5_PAIRS="20 50"  PRE_STEPS=800  FT_STEPS=2400
-#        REAL_STEPS=PRE_STEPS+FT_STEPS  ARMS="real plus4 cutpaste fb a0 full t5" (pretrain, reallong: only when asked)
+#        REAL_STEPS=PRE_STEPS+FT_STEPS  ARMS="real plus4 cutpaste fb a0 full t5" (pretrain, reallong, plus4long, hosts, realcopy, gena0: only when asked)
 set -uo pipefail
 C=${CONFIGS:?set CONFIGS=configs/crackforest or configs/magnetic_tile}
 D=${1:?DATA_DIR}
@@ -54,10 +61,17 @@ job() {  # job ARM SEED: print the queue line of one arm and seed
         echo "SYN_NAME=pre$PRE_STEPS SYN_SEG='--synthetic-fraction 1 --max-steps $PRE_STEPS' $native && SEEDS=$s" \
              "REAL_NAME=pre${PRE_STEPS}ft$FT_STEPS EXTRA_SEG='--init-from $pre --max-steps $FT_STEPS'" \
              "$M/run_native.sh $DIRS" ;;
+    plus4long) echo "SYN_NAME=plus4_w30_$REAL_STEPS SYN_SEG='$PLUS4 --max-steps $REAL_STEPS' $native" ;;
+    hosts) echo "SYN_TAG=_hosts EXTRA_SYN='--hosts anomalous' SYN_NAME=hostsplus4_w30_$REAL_STEPS" \
+                "SYN_SEG='$PLUS4 --max-steps $REAL_STEPS' $native" ;;
+    realcopy) local rc; printf -v rc %q "$W/realcopy"
+        echo "python $M/real_as_synthetic.py $DIRS/realcopy && SEEDS=$s REAL_NAME=plus4real_$REAL_STEPS" \
+             "EXTRA_SEG='--synthetic $rc $PLUS4 --max-steps $REAL_STEPS' $M/run_native.sh $DIRS" ;;
+    gena0) echo "GEN_TAG=_a0 EXTRA_GEN='--alpha 0' SYN_NAME=- $native" ;;
     reallong) echo "SEEDS=$s REAL_NAME=real$REAL_STEPS EXTRA_SEG='--max-steps $REAL_STEPS' $M/run_native.sh $DIRS" ;;
     t5) local n=$3
         echo "GEN_TAG=_n$n EXTRA_GEN='--train-pairs $n' SYN_NAME=n${n}plus4_w30 SYN_SEG='$PLUS4' $native" ;;
-    *) echo "unknown arm '$a' (choices: real plus4 cutpaste gen fb a0 full pretrain reallong t5)" >&2; return 1 ;;
+    *) echo "unknown arm '$a' (choices: real plus4 cutpaste gen fb a0 full pretrain reallong plus4long hosts realcopy gena0 t5)" >&2; return 1 ;;
   esac
 }
 {

@@ -5,7 +5,7 @@
 First the val choice: every seed-0 segmenter of the folder with its best val mIoU, the step and the val pixel
 AUROC there (RUN/logs/validation.csv). Then the test table for the arms of ARMS (run folders PREFIX_sS/), scored
 by `evaluate` on the test split at full size (RUN/eval/eval.json), with their best val mIoU and, per arm, the
-per-seed difference to real only; then the diffusion sets' free-lunch scores (syn*_s*/summary.json) and the feedback
+per-seed difference to real only (at 3 200 steps for the arms named *_3200); then the diffusion sets' free-lunch scores (syn*_s*/summary.json) and the feedback
 premise on the training images of every feedback run (RUN/premise.json).
 A missing run is left out; n = the seeds that ran.
 """
@@ -49,6 +49,11 @@ ARMS = (("real", "real only"),
         ("pre800ft1600", "pre-trained 800 steps on diffusion pairs, then 1 600 real-only steps (2 400 in all)"),
         ("pre800ft2400", "pre-trained 800 steps on diffusion pairs, then 2 400 real-only steps (3 200 in all)"),
         ("real3200", "real only, 3 200 steps (the control of the same budget)"),
+        ("plus4_w30_3200", "real (16 crops, as real3200) + 4 diffusion crops per step, w_syn 0.3, 3 200 steps"),
+        ("plus4real_3200", "control: real (16 crops) + 4 crops of the real training pairs themselves, through the "
+                           "synthetic path, w_syn 0.3, 3 200 steps"),
+        ("hostsplus4_w30_3200", "real (16 crops) + 4 diffusion crops per step, w_syn 0.3, 3 200 steps; defects "
+                                "generated into the anomalous training tiles (--hosts anomalous)"),
         ("cpplus4_w100", "real (16 crops, as real only) + 4 cut-paste crops per step, w_syn 1"),
         ("cpplus4_w30", "real (16 crops, as real only) + 4 cut-paste crops per step, w_syn 0.3"),
         ("real12", "real only, 12 crops per step (control: the real crops of the 1/4 arm)"),
@@ -74,7 +79,7 @@ print()
 print("| folder | arm | n | test mIoU | mDice | IoU | pixel AUROC | per seed test mIoU (best val) |")
 print("|---|---|---|---|---|---|---|---|")
 for folder in FOLDERS:
-    real = {}
+    base = {}
     for prefix, name in ARMS:
         runs, ev = arm(folder, prefix)
         if not runs:
@@ -83,12 +88,14 @@ for folder in FOLDERS:
                           for p, e in zip(runs, ev))
         print(f"| {folder.name} | {name} | {len(runs)} | {ms([e['mIoU'] for e in ev])} | {ms([e['mDice'] for e in ev])} | "
               f"{ms([e['IoU'] for e in ev])} | {ms([e['AUROC'] for e in ev])} | {seeds} |")
-        if prefix == "real":
-            real = {p.name.split("_s")[-1]: e["mIoU"] for p, e in zip(runs, ev)}
-        else:
+        if prefix in ("real", "real3200"):
+            base[prefix] = {p.name.split("_s")[-1]: e["mIoU"] for p, e in zip(runs, ev)}
+        else:  # 3 200-step arms against real only at 3 200 steps, the rest against real only at 2 400
+            b = "real3200" if prefix.endswith("_3200") else "real"
+            real = base.get(b, {})
             gains = [100 * (e["mIoU"] - real[p.name.split("_s")[-1]]) for p, e in zip(runs, ev) if p.name.split("_s")[-1] in real]
             if gains:
-                print(f"| {folder.name} | ↳ minus real only, per seed | {len(gains)} | "
+                print(f"| {folder.name} | ↳ minus {'real only' if b == 'real' else b}, per seed | {len(gains)} | "
                       + " | ".join(["", "", "", ""]) + " | " + ", ".join(f"{g:+.1f}" for g in gains) + " |")
     for s in sorted(folder.glob("syn*_s*/summary.json")):  # syn_sS, syn_a0_sS, syn_n20_sS, ...
         fl = json.loads(s.read_text())["scores"]["free_lunch"]

@@ -13,6 +13,8 @@
 #        GEN_TAG="" EXTRA_GEN="" (a generator variant in its own folders, W/gen${GEN_TAG}_sS and W/syn${GEN_TAG}_sS,
 #        e.g. GEN_TAG=_a0 EXTRA_GEN="--alpha 0", or GEN_TAG=_n20 EXTRA_GEN="--train-pairs 20" for Table 5)
 #        SYN_NAME=- makes the generator and its pairs only (for configs/run_feedback.sh's full method)
+#        SYN_TAG=$GEN_TAG EXTRA_SYN="" (a variant of the synthetic pairs in W/syn${SYN_TAG}_sS, e.g.
+#        SYN_TAG=_hosts EXTRA_SYN="--hosts anomalous": the defects generated into the anomalous training tiles)
 set -uo pipefail
 MT=${1:-../shared/datasets/magnetic-tile}
 W=${2:-runs/mt_native}
@@ -27,6 +29,8 @@ SYN_NAME=${SYN_NAME:-synth}
 SYN_SEG=${SYN_SEG:-}
 GEN_TAG=${GEN_TAG:-}
 EXTRA_GEN=${EXTRA_GEN:-}
+SYN_TAG=${SYN_TAG:-$GEN_TAG}
+EXTRA_SYN=${EXTRA_SYN:-}
 mkdir -p "$W/logs"
 seg() {  # seg OUT SEED [flags]
   local out=$1 s=$2; shift 2
@@ -41,7 +45,7 @@ seg() {  # seg OUT SEED [flags]
 }
 export OMP_NUM_THREADS=$(( $(nproc) / JOBS > 0 ? $(nproc) / JOBS : 1 ))
 syn() {  # syn SEED: generator on crops -> full-size synthetic pairs -> real + synthetic segmenter
-  local s=$1 g="$W/gen${GEN_TAG}_s$1" y="$W/syn${GEN_TAG}_s$1"
+  local s=$1 g="$W/gen${GEN_TAG}_s$1" y="$W/syn${SYN_TAG}_s$1"
   if [ ! -f "$g/generator.safetensors" ]; then
     local resume=""
     [ -d "$g/checkpoints" ] && resume="--resume latest"
@@ -49,13 +53,13 @@ syn() {  # syn SEED: generator on crops -> full-size synthetic pairs -> real + s
       $EXTRA_GEN || return 1
   fi
   [ -f "$y/summary.json" ] || $AN generate --config $C/generate_native.yaml --generator "$g" --masks "$MT" \
-    --normals "$MT" --out "$y" --seed "$s" || return 1
+    --normals "$MT" --out "$y" --seed "$s" $EXTRA_SYN || return 1
   [ "$SYN_NAME" = - ] && return 0
   seg "$W/${SYN_NAME}_s$s" "$s" --synthetic "$y" $SYN_SEG
 }
 n=0
 for s in ${SYN_SEEDS:-}; do
-  log=$SYN_NAME; [ "$log" = - ] && log=gen$GEN_TAG
+  log=$SYN_NAME; [ "$log" = - ] && log=gen$SYN_TAG
   syn "$s" > "$W/logs/${log}_s$s.log" 2>&1 &
   n=$((n + 1))
   if [ "$n" -ge "$JOBS" ]; then wait -n; n=$((n - 1)); fi
