@@ -3,20 +3,24 @@
 pairs. Whatever this arm changes against real only is the mechanism (4 more crops per step, drawn apart),
 not the content of generated pairs.
 
-    python configs/magnetic_tile/real_as_synthetic.py MT_DIR OUT_DIR
+    python configs/magnetic_tile/real_as_synthetic.py MT_DIR OUT_DIR [SEG_CONFIG]
 
 Writes OUT_DIR/images/<defect>/<stem>.jpg and masks/<defect>/<stem>.png as symbolic links to the train
-split's anomalous pairs (split_seed 0, 10 % val, 30 % test: segmenter_unet.yaml's split).
+split's anomalous pairs, split as the segmenter's config splits them (default segmenter_unet.yaml).
 """
 import sys
 from pathlib import Path
+
+import yaml
 
 from anomalign.config import build_config
 from anomalign.data.folders import DataOptions
 from anomalign.data.validate import load_dataset
 
 data, out = Path(sys.argv[1]).resolve(), Path(sys.argv[2])
-opts = build_config(DataOptions, dict(layout="same-folder", split_seed=0, val_fraction=0.1, test_fraction=0.3))
+config = Path(sys.argv[3]) if len(sys.argv) > 3 else Path(__file__).with_name("segmenter_unet.yaml")
+seg = yaml.safe_load(config.read_text())
+opts = build_config(DataOptions, {k: seg[k] for k in ("layout", "split_seed", "val_fraction", "test_fraction")})
 train = [s for s in load_dataset(data, opts, announce=False).split("train") if not s.normal]
 for s in train:
     for sub, src in (("images", s.image), ("masks", s.mask)):
