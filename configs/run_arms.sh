@@ -18,6 +18,11 @@
 #             crops per step -> W/gen_sS, W/syn_sS, W/plus4_w30_3200_sS
 #   hosts     as plus4long, but the 300 pairs generated into the anomalous training tiles (--hosts anomalous)
 #             instead of the normal ones -> W/gen_sS, W/syn_hosts_sS, W/hostsplus4_w30_3200_sS
+#   filtered  as plus4long, but only pairs whose generation window the seed's real-only segmenter (W/real${REAL_STEPS}_sS,
+#             the reallong arm) segments at IoU >= MIN_ORACLE with their mask (generate --oracle --min-alignment)
+#             -> W/gen_sS, W/syn_orc_sS, W/orcplus4_w30_$REAL_STEPS_sS
+#   fbwarm    feedback search on the val split: reallong's recipe plus L_fb through the seed's gen_sS, started
+#             after REAL_STEPS/2 plain steps (L_ce converged), λ 0.1 -> W/fbwarm_$REAL_STEPS_sS
 #   realcopy  control of plus4long: the real training pairs themselves added as the "synthetic" set (magnetic
 #             tile: configs/magnetic_tile/real_as_synthetic.py) -> W/realcopy, W/plus4real_3200_sS
 #   gena0     the α 0 generator and its 300 pairs only (alignment measures)  -> W/gen_a0_sS, W/syn_a0_sS
@@ -28,7 +33,7 @@
 #
 #   CONFIGS=configs/DATASET configs/run_arms.sh DATA_DIR WORK_DIR
 #   env: DRY_RUN=1 (print the queue only)  SEEDS="0 1 2"  T5_SEEDS="0 1"  T5_PAIRS="20 50"  PRE_STEPS=800  FT_STEPS=2400
-#        REAL_STEPS=PRE_STEPS+FT_STEPS  ARMS="real plus4 cutpaste fb a0 full t5" (pretrain, reallong, plus4long, hosts, realcopy, gena0: only when asked)
+#        REAL_STEPS=PRE_STEPS+FT_STEPS  MIN_ORACLE=0.3  ARMS="real plus4 cutpaste fb a0 full t5" (pretrain, reallong, plus4long, hosts, filtered, fbwarm, realcopy, gena0: only when asked)
 set -uo pipefail
 C=${CONFIGS:?set CONFIGS=configs/crackforest or configs/magnetic_tile}
 D=${1:?DATA_DIR}
@@ -40,6 +45,7 @@ ARMS=${ARMS:-"real plus4 cutpaste fb a0 full t5"}
 PRE_STEPS=${PRE_STEPS:-800}
 FT_STEPS=${FT_STEPS:-2400}  # real only's steps; FT_STEPS=$((2400 - PRE_STEPS)) puts both stages at real only's budget
 REAL_STEPS=${REAL_STEPS:-$((PRE_STEPS + FT_STEPS))}
+MIN_ORACLE=${MIN_ORACLE:-0.3}  # the filtered arm's threshold (docs/synthesis.md's example)
 if [[ " $ARMS " =~ " "(fb|full)" " && ! " $ARMS " =~ " "(plus4|gen)" " ]]; then ARMS="gen $ARMS"; fi
 M=configs/magnetic_tile
 export CONFIGS=$C SEG_CONFIG=$C/segmenter_unet.yaml JOBS=2  # one seed per job: JOBS=2 only sets one thread each
@@ -64,6 +70,13 @@ job() {  # job ARM SEED: print the queue line of one arm and seed
     plus4long) echo "SYN_NAME=plus4_w30_$REAL_STEPS SYN_SEG='$PLUS4 --max-steps $REAL_STEPS' $native" ;;
     hosts) echo "SYN_TAG=_hosts EXTRA_SYN='--hosts anomalous' SYN_NAME=hostsplus4_w30_$REAL_STEPS" \
                 "SYN_SEG='$PLUS4 --max-steps $REAL_STEPS' $native" ;;
+    filtered) local o; printf -v o %q "$W/real${REAL_STEPS}_s$s/best"
+        echo "SYN_TAG=_orc EXTRA_SYN='--oracle $o --min-alignment $MIN_ORACLE' SYN_NAME=orcplus4_w30_$REAL_STEPS" \
+             "SYN_SEG='$PLUS4 --max-steps $REAL_STEPS' $native" ;;
+    fbwarm) local g; printf -v g %q "$W/gen_s$s"
+        echo "until [ -f $g/generator.safetensors ]; do sleep 30; done; SEEDS=$s REAL_NAME=fbwarm_$REAL_STEPS" \
+             "EXTRA_SEG='--feedback-generator $g --fb-rows 4 --fb-warmup-steps $((REAL_STEPS / 2)) --temperature 0.1" \
+             "--max-steps $REAL_STEPS' $M/run_native.sh $DIRS" ;;
     realcopy) local rc; printf -v rc %q "$W/realcopy"
         echo "python $M/real_as_synthetic.py $DIRS/realcopy && SEEDS=$s REAL_NAME=plus4real_$REAL_STEPS" \
              "EXTRA_SEG='--synthetic $rc $PLUS4 --max-steps $REAL_STEPS' $M/run_native.sh $DIRS" ;;
@@ -71,7 +84,7 @@ job() {  # job ARM SEED: print the queue line of one arm and seed
     reallong) echo "SEEDS=$s REAL_NAME=real$REAL_STEPS EXTRA_SEG='--max-steps $REAL_STEPS' $M/run_native.sh $DIRS" ;;
     t5) local n=$3
         echo "GEN_TAG=_n$n EXTRA_GEN='--train-pairs $n' SYN_NAME=n${n}plus4_w30 SYN_SEG='$PLUS4' $native" ;;
-    *) echo "unknown arm '$a' (choices: real plus4 cutpaste gen fb a0 full pretrain reallong plus4long hosts realcopy gena0 t5)" >&2; return 1 ;;
+    *) echo "unknown arm '$a' (choices: real plus4 cutpaste gen fb a0 full pretrain reallong plus4long hosts filtered fbwarm realcopy gena0 t5)" >&2; return 1 ;;
   esac
 }
 {

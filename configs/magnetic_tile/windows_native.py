@@ -2,6 +2,10 @@
 each twice — with the conditioning mask's contour (red) and without — spread over the defect types.
 
     python configs/magnetic_tile/windows_native.py runs/mt_v/syn_s0 docs/figures/mt_v_synthetic_windows.jpg [N] [OTHER_SET]
+    python configs/magnetic_tile/windows_native.py runs/mt_v/syn_s0 OUT.jpg [N] --rejected-by runs/mt_v/syn_orc_s0
+
+``--rejected-by FILTERED``: only the windows that FILTERED (the same seed and config made with
+``--min-alignment``) dropped; an unfiltered set holds them, since attempt i draws the same pair in both.
 
 Reads the set's metadata.jsonl (``window`` = top, left, side in the full-size image's pixels). ``window_pairs``
 is also what oracle_windows.py scores.
@@ -50,12 +54,23 @@ def spread_by_type(rows: list[dict], n: int) -> list[dict]:
 
 
 if __name__ == "__main__":
+    rejected_by = None
+    if "--rejected-by" in sys.argv:
+        k = sys.argv.index("--rejected-by")
+        rejected_by = Path(sys.argv[k + 1])
+        del sys.argv[k:k + 2]
     syn, out = Path(sys.argv[1]), Path(sys.argv[2])
     n = int(sys.argv[3]) if len(sys.argv) > 3 else 12
     # a 4th argument: another set made with the same seed and config (e.g. syn_a0_s0 beside syn_s0), whose
     # window of the same record is added without a contour, so the two generators are seen on the same masks
     other = Path(sys.argv[4]) if len(sys.argv) > 4 else None
-    picked = spread_by_type(window_records(syn), n)
+    rows = window_records(syn)
+    if rejected_by is not None:
+        dropped = {json.loads(line)["index"]: json.loads(line)["scores"]
+                   for line in (rejected_by / "rejected.jsonl").read_text().splitlines() if line.strip()}
+        rows = [r for r in rows if r["index"] in dropped]
+        print(f"{len(rows)} of {len(dropped)} attempts dropped by {rejected_by} are in {syn}")
+    picked = spread_by_type(rows, n)
     others = {r["index"]: r for r in window_records(other)} if other else {}
     tiles = []
     for r in picked:
