@@ -172,3 +172,30 @@ def test_max_defect_size_needs_normals(tmp_path):
     with pytest.raises(ConfigError, match="max_defect_size"):
         GenerateConfig(synthesizer="cutpaste", masks=tmp_path, out=tmp_path / "o", num=1, background=tmp_path,
                        resolution=32, max_defect_size=16).validate()
+
+
+def test_oracle_scores_the_window_and_the_filter_keeps_the_unfiltered_pairs(gen_dir, tmp_path):
+    class Everything:  # marks every pixel it sees: its IoU with a mask is the mask's share of that input
+        def predict_proba(self, images):
+            return torch.ones(images.shape[0], 1, *images.shape[-2:])
+
+    data = tmp_path / "data"
+    write_paired(data, defects=("scratch",), n=3, normals=0)
+    normals_with_objects(tmp_path / "normals")
+    cfg = dict(generator=gen_dir, masks=data, num=6, split="all", steps=2, batch_size=3, augment=["flip"],
+               device="cpu", normals=tmp_path / "normals", scores=["none"])  # the oracle object adds its score
+    run_generate(GenerateConfig(out=tmp_path / "all", **cfg), progress=False, oracle=Everything())
+    rows = [json.loads(r) for r in (tmp_path / "all" / "metadata.jsonl").read_text().splitlines()]
+    for r in rows:  # the oracle saw the generation window (side 32 at native scale), not the whole image
+        mask = np.asarray(Image.open(tmp_path / "all" / r["mask_file_name"])) > 127
+        top, left, side = r["window"]
+        assert r["scores"]["oracle_iou"] == pytest.approx(mask[top:top + side, left:left + side].mean(), abs=0.02)
+        assert r["scores"]["oracle_iou"] > 2 * mask.mean()
+    thr = float(np.median([r["scores"]["oracle_iou"] for r in rows]))
+    run_generate(GenerateConfig(out=tmp_path / "f", min_alignment=thr, **(cfg | {"num": 2})), progress=False,
+                 oracle=Everything())
+    kept = [json.loads(r) for r in (tmp_path / "f" / "metadata.jsonl").read_text().splitlines()]
+    assert [r["index"] for r in kept] == [r["index"] for r in rows if r["scores"]["oracle_iou"] >= thr][:2]
+    for r in kept:  # attempt i draws the same pair with or without the filter
+        same = np.asarray(Image.open(tmp_path / "all" / r["file_name"])).astype(int)
+        assert np.abs(np.asarray(Image.open(tmp_path / "f" / r["file_name"])).astype(int) - same).max() == 0
