@@ -23,6 +23,8 @@
 #             -> W/gen_sS, W/syn_orc_sS, W/orcplus4_w30_$REAL_STEPS_sS
 #   fbwarm    feedback search on the val split: reallong's recipe plus L_fb through the seed's gen_sS, started
 #             after REAL_STEPS/2 plain steps (L_ce converged), λ 0.1 -> W/fbwarm_$REAL_STEPS_sS
+#   fullorc   the full method with both findings: the filtered arm's pairs (W/syn_orc_sS, made first by ARMS=filtered)
+#             + fbwarm's feedback -> W/fullorc_$REAL_STEPS_sS
 #   realcopy  control of plus4long: the real training pairs themselves added as the "synthetic" set (magnetic
 #             tile: configs/magnetic_tile/real_as_synthetic.py) -> W/realcopy, W/plus4real_3200_sS
 #   gena0     the α 0 generator and its 300 pairs only (alignment measures)  -> W/gen_a0_sS, W/syn_a0_sS
@@ -33,7 +35,7 @@
 #
 #   CONFIGS=configs/DATASET configs/run_arms.sh DATA_DIR WORK_DIR
 #   env: DRY_RUN=1 (print the queue only)  SEEDS="0 1 2"  T5_SEEDS="0 1"  T5_PAIRS="20 50"  PRE_STEPS=800  FT_STEPS=2400
-#        REAL_STEPS=PRE_STEPS+FT_STEPS  MIN_ORACLE=0.3  ARMS="real plus4 cutpaste fb a0 full t5" (pretrain, reallong, plus4long, hosts, filtered, fbwarm, realcopy, gena0: only when asked)
+#        REAL_STEPS=PRE_STEPS+FT_STEPS  MIN_ORACLE=0.3  ARMS="real plus4 cutpaste fb a0 full t5" (pretrain, reallong, plus4long, hosts, filtered, fbwarm, fullorc, realcopy, gena0: only when asked)
 set -uo pipefail
 C=${CONFIGS:?set CONFIGS=configs/crackforest or configs/magnetic_tile}
 D=${1:?DATA_DIR}
@@ -77,6 +79,10 @@ job() {  # job ARM SEED: print the queue line of one arm and seed
         echo "until [ -f $g/generator.safetensors ]; do sleep 30; done; SEEDS=$s REAL_NAME=fbwarm_$REAL_STEPS" \
              "EXTRA_SEG='--feedback-generator $g --fb-rows 4 --fb-warmup-steps $((REAL_STEPS / 2)) --temperature 0.1" \
              "--max-steps $REAL_STEPS' $M/run_native.sh $DIRS" ;;
+    fullorc) local g y; printf -v g %q "$W/gen_s$s"; printf -v y %q "$W/syn_orc_s$s"
+        echo "until [ -f $y/summary.json ]; do sleep 30; done; SEEDS=$s REAL_NAME=fullorc_$REAL_STEPS" \
+             "EXTRA_SEG='--synthetic $y $PLUS4 --feedback-generator $g --fb-rows 4 --fb-warmup-steps $((REAL_STEPS / 2))" \
+             "--temperature 0.1 --max-steps $REAL_STEPS' $M/run_native.sh $DIRS" ;;
     realcopy) local rc; printf -v rc %q "$W/realcopy"
         echo "python $M/real_as_synthetic.py $DIRS/realcopy && SEEDS=$s REAL_NAME=plus4real_$REAL_STEPS" \
              "EXTRA_SEG='--synthetic $rc $PLUS4 --max-steps $REAL_STEPS' $M/run_native.sh $DIRS" ;;
@@ -84,7 +90,7 @@ job() {  # job ARM SEED: print the queue line of one arm and seed
     reallong) echo "SEEDS=$s REAL_NAME=real$REAL_STEPS EXTRA_SEG='--max-steps $REAL_STEPS' $M/run_native.sh $DIRS" ;;
     t5) local n=$3
         echo "GEN_TAG=_n$n EXTRA_GEN='--train-pairs $n' SYN_NAME=n${n}plus4_w30 SYN_SEG='$PLUS4' $native" ;;
-    *) echo "unknown arm '$a' (choices: real plus4 cutpaste gen fb a0 full pretrain reallong plus4long hosts filtered fbwarm realcopy gena0 t5)" >&2; return 1 ;;
+    *) echo "unknown arm '$a' (choices: real plus4 cutpaste gen fb a0 full pretrain reallong plus4long hosts filtered fbwarm fullorc realcopy gena0 t5)" >&2; return 1 ;;
   esac
 }
 {

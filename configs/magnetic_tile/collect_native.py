@@ -58,6 +58,8 @@ ARMS = (("real", "real only"),
                               "seed's real3200 segmenter finds at IoU >= 0.3 (generate --oracle --min-alignment 0.3)"),
         ("fbwarm_3200", "real only, 3 200 steps, + Generative Feedback from step 1 600 (λ 0.1; 4 of the 16 real crops, "
                         "every 2nd step; the feedback search's val choice)"),
+        ("fullorc_3200", "full method with both findings: the oracle-filtered arm + feedback from step 1 600 (λ 0.1), "
+                         "3 200 steps"),
         ("cpplus4_w100", "real (16 crops, as real only) + 4 cut-paste crops per step, w_syn 1"),
         ("cpplus4_w30", "real (16 crops, as real only) + 4 cut-paste crops per step, w_syn 0.3"),
         ("real12", "real only, 12 crops per step (control: the real crops of the 1/4 arm)"),
