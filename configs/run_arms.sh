@@ -52,6 +52,7 @@ if [[ " $ARMS " =~ " "(fb|full)" " && ! " $ARMS " =~ " "(plus4|gen)" " ]]; then 
 M=configs/magnetic_tile
 export CONFIGS=$C SEG_CONFIG=$C/segmenter_unet.yaml JOBS=2  # one seed per job: JOBS=2 only sets one thread each
 PLUS4="--batch-size 20 --synthetic-fraction 0.2 --synthetic-weight 0.3"  # the arm chosen on magnetic tile's val
+FBWARM="--fb-rows 4 --fb-warmup-steps $((REAL_STEPS / 2)) --temperature 0.1"  # the feedback search's val choice
 mkdir -p "$W"
 DIRS=$(printf '%q %q' "$D" "$W")  # the two arguments of every script below, quoted for the queue
 job() {  # job ARM SEED: print the queue line of one arm and seed
@@ -77,12 +78,11 @@ job() {  # job ARM SEED: print the queue line of one arm and seed
              "SYN_SEG='$PLUS4 --max-steps $REAL_STEPS' $native" ;;
     fbwarm) local g; printf -v g %q "$W/gen_s$s"
         echo "until [ -f $g/generator.safetensors ]; do sleep 30; done; SEEDS=$s REAL_NAME=fbwarm_$REAL_STEPS" \
-             "EXTRA_SEG='--feedback-generator $g --fb-rows 4 --fb-warmup-steps $((REAL_STEPS / 2)) --temperature 0.1" \
-             "--max-steps $REAL_STEPS' $M/run_native.sh $DIRS" ;;
+             "EXTRA_SEG='--feedback-generator $g $FBWARM --max-steps $REAL_STEPS' $M/run_native.sh $DIRS" ;;
     fullorc) local g y; printf -v g %q "$W/gen_s$s"; printf -v y %q "$W/syn_orc_s$s"
         echo "until [ -f $y/summary.json ]; do sleep 30; done; SEEDS=$s REAL_NAME=fullorc_$REAL_STEPS" \
-             "EXTRA_SEG='--synthetic $y $PLUS4 --feedback-generator $g --fb-rows 4 --fb-warmup-steps $((REAL_STEPS / 2))" \
-             "--temperature 0.1 --max-steps $REAL_STEPS' $M/run_native.sh $DIRS" ;;
+             "EXTRA_SEG='--synthetic $y $PLUS4 --feedback-generator $g $FBWARM --max-steps $REAL_STEPS'" \
+             "$M/run_native.sh $DIRS" ;;
     realcopy) local rc; printf -v rc %q "$W/realcopy"
         echo "python $M/real_as_synthetic.py $DIRS/realcopy && SEEDS=$s REAL_NAME=plus4real_$REAL_STEPS" \
              "EXTRA_SEG='--synthetic $rc $PLUS4 --max-steps $REAL_STEPS' $M/run_native.sh $DIRS" ;;

@@ -66,7 +66,7 @@ if __name__ == "__main__":
     other = Path(sys.argv[4]) if len(sys.argv) > 4 else None
     rows = window_records(syn)
     if rejected_by is not None:
-        dropped = {json.loads(line)["index"]: json.loads(line)["scores"]
+        dropped = {json.loads(line)["index"]
                    for line in (rejected_by / "rejected.jsonl").read_text().splitlines() if line.strip()}
         rows = [r for r in rows if r["index"] in dropped]
         print(f"{len(rows)} of {len(dropped)} attempts dropped by {rejected_by} are in {syn}")
