@@ -67,6 +67,11 @@ ARMS = (("real", "real only"),
         ("full", "full method: the w_syn 0.3 diffusion arm + Generative Feedback as above"))
 
 
+def seed_of(run: Path) -> str:
+    """The seed of a run folder PREFIX_sS, as written in its name."""
+    return run.name.split("_s")[-1]
+
+
 def val_rows(run: Path):
     path = run / "logs" / "validation.csv"
     return list(csv.DictReader(path.open())) if path.is_file() else []
@@ -90,16 +95,16 @@ for folder in FOLDERS:
         runs, ev = arm(folder, prefix)
         if not runs:
             continue
-        seeds = ", ".join(f"{p.name.split('_s')[-1]}: {100 * e['mIoU']:.1f} ({100 * (best_val(p) or float('nan')):.1f})"
+        seeds = ", ".join(f"{seed_of(p)}: {100 * e['mIoU']:.1f} ({100 * (best_val(p) or float('nan')):.1f})"
                           for p, e in zip(runs, ev))
         print(f"| {folder.name} | {name} | {len(runs)} | {ms([e['mIoU'] for e in ev])} | {ms([e['mDice'] for e in ev])} | "
               f"{ms([e['IoU'] for e in ev])} | {ms([e['AUROC'] for e in ev])} | {seeds} |")
         if prefix in ("real", "real3200"):
-            base[prefix] = {p.name.split("_s")[-1]: e["mIoU"] for p, e in zip(runs, ev)}
+            base[prefix] = {seed_of(p): e["mIoU"] for p, e in zip(runs, ev)}
         else:  # 3 200-step arms against real only at 3 200 steps, the rest against real only at 2 400
             b = "real3200" if prefix.endswith("_3200") else "real"
             real = base.get(b, {})
-            gains = [100 * (e["mIoU"] - real[p.name.split("_s")[-1]]) for p, e in zip(runs, ev) if p.name.split("_s")[-1] in real]
+            gains = [100 * (e["mIoU"] - real[seed_of(p)]) for p, e in zip(runs, ev) if seed_of(p) in real]
             if gains:
                 print(f"| {folder.name} | ↳ minus {'real only' if b == 'real' else b}, per seed | {len(gains)} | "
                       + " | ".join(["", "", "", ""]) + " | " + ", ".join(f"{g:+.1f}" for g in gains) + " |")
