@@ -29,7 +29,7 @@ from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
 from anomalign.config import option
-from anomalign.devices import use_cpu
+from anomalign.devices import make_accelerator as _make_accelerator
 from anomalign.errors import AnomalignError
 
 
@@ -49,7 +49,9 @@ class LoopOptions:
     weight_decay: float = option(1e-2, "AdamW weight decay")
     max_grad_norm: float = option(1.0, "gradient clipping norm (0: off)")
     gradient_accumulation_steps: int = option(1, "micro-batches per optimizer step")
-    mixed_precision: Literal["no", "fp16", "bf16"] = option("no", "autocast precision (accelerate)")
+    mixed_precision: Literal["no", "fp16", "bf16", "auto"] = option(
+        "no", "autocast precision (accelerate); fp16 scales the loss and skips overflow steps; auto: bf16 on a GPU "
+              "that has it, else fp16 on a GPU, no on the CPU")
     gradient_checkpointing: bool = option(False, "trade compute for memory in the UNet")
     ema_decay: float = option(0.0, "EMA decay of the trained weights (0: off); the EMA weights are saved")
     checkpoint_every: int = option(200, "save a resumable checkpoint every N steps")
@@ -167,7 +169,9 @@ def find_checkpoint(out_dir: Path, resume: str) -> Path | None:
 class TrainTask:
     """What a trainer plugs into the loop.
 
-    ``params``: parameters the optimizer trains. ``get_batch(micro_step, rank, world)``: this rank's
+    ``params``: parameters the optimizer trains (all of them: clipping, EMA, checkpoints). ``param_groups``:
+    optional AdamW groups over the same parameters, each {"params": [...], "lr": peak lr} (e.g. the generator's
+    zero-initialised mask channels at their own rate); None = one group at ``--learning-rate``. ``get_batch(micro_step, rank, world)``: this rank's
     share of global micro-batch k. ``step_fn(batch, generator)``: returns {"loss": scalar, ...} (the
     other entries are logged). ``state_fn()`` / ``load_state_fn(state)``: trainable weights for
     checkpoints. ``save_fn(folder)``: writes the final artifact. ``validate_fn(step, folder)``: optional,
@@ -182,11 +186,12 @@ class TrainTask:
     save_fn: Callable[[Path], None]
     validate_fn: Callable[[int, Path], dict[str, float]] | None = None
     best_metric: str | None = None  # a key of validate_fn's result, higher is better
+    param_groups: list[dict] | None = None
 
 
 def make_accelerator(opts: LoopOptions):
-    from accelerate import Accelerator
-    return Accelerator(mixed_precision=opts.mixed_precision, cpu=use_cpu(opts.device))
+    """The run's Accelerator (precision and device from ``opts``; ``devices.make_accelerator``)."""
+    return _make_accelerator(opts.mixed_precision, opts.device)
 
 
 def train_loop(task: TrainTask, opts: LoopOptions, out_dir: Path, accelerator=None,
@@ -195,13 +200,16 @@ def train_loop(task: TrainTask, opts: LoopOptions, out_dir: Path, accelerator=No
     out_dir = Path(out_dir)
     acc = accelerator or make_accelerator(opts)
     rank, world = acc.process_index, acc.num_processes
-    opt = torch.optim.AdamW(task.params, lr=opts.learning_rate, weight_decay=opts.weight_decay)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(opts))
+    opt = torch.optim.AdamW(task.param_groups or task.params, lr=opts.learning_rate, weight_decay=opts.weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(opts))  # one lambda scales every group's peak lr
+    # The accelerator's optimizer: with fp16 its step goes through the accelerator's grad scaler (skipped when a
+    # gradient overflowed, scale adapted); without a scaler it is the plain AdamW step.
+    opt = acc.prepare(opt)
     ema = EMA(task.params, opts.ema_decay) if opts.ema_decay > 0 else None
     start, best = 0, None
     ckpt = find_checkpoint(out_dir, opts.resume) if opts.resume else None
     if ckpt is not None:
-        start, best = _load_checkpoint(ckpt, task, opt, sched, ema)
+        start, best = _load_checkpoint(ckpt, task, opt, sched, ema, acc.scaler)
         if acc.is_main_process:
             print(f"resumed from {ckpt} at step {start}")
     if acc.is_main_process:  # rows logged after the checkpoint (or by a run killed before its first one) are redone
@@ -240,7 +248,7 @@ def train_loop(task: TrainTask, opts: LoopOptions, out_dir: Path, accelerator=No
             if task.validate_fn is not None and opts.validate_every and done % opts.validate_every == 0:
                 best = _validate(task, ema, acc, done, out_dir, best)
             if done % opts.checkpoint_every == 0 and done < opts.max_steps and acc.is_main_process:
-                _save_checkpoint(out_dir, done, task, opt, sched, ema, best, opts.keep_checkpoints)
+                _save_checkpoint(out_dir, done, task, opt, sched, ema, best, opts.keep_checkpoints, acc.scaler)
         best = _finish(task, opts, acc, out_dir, opt, sched, ema, best)
     finally:
         bar.close()
@@ -250,7 +258,8 @@ def train_loop(task: TrainTask, opts: LoopOptions, out_dir: Path, accelerator=No
     return {"last": last, "best": best, "steps": opts.max_steps}
 
 
-def _load_checkpoint(ckpt: Path, task: TrainTask, opt, sched, ema: EMA | None) -> tuple[int, dict | None]:
+def _load_checkpoint(ckpt: Path, task: TrainTask, opt, sched, ema: EMA | None, scaler=None
+                     ) -> tuple[int, dict | None]:
     """Restore weights, optimizer, schedule and EMA from ``ckpt``; returns (step, best). A damaged file gives
     an error naming it (nothing is unpickled: safetensors and JSON only)."""
     def tensors(name: str) -> dict[str, torch.Tensor]:
@@ -282,6 +291,8 @@ def _load_checkpoint(ckpt: Path, task: TrainTask, opt, sched, ema: EMA | None) -
         ema.shadow = [shadow[str(i)].to(p.device) for i, p in enumerate(task.params)]
     if (ckpt / "rng.safetensors").is_file():
         _set_rng_state(tensors("rng.safetensors"))
+    if scaler is not None and info.get("grad_scaler"):
+        scaler.load_state_dict(info["grad_scaler"])
     return step, info.get("best")
 
 
@@ -334,9 +345,13 @@ def _optimizer_step(task: TrainTask, opts: LoopOptions, acc, opt, sched, ema: EM
                 p.grad = acc.reduce(p.grad, reduction="mean")
         totals = {k: float(acc.reduce(torch.tensor(v, device=acc.device), reduction="mean"))
                   for k, v in totals.items()}
+    if acc.scaler is not None:  # fp16: gradients are multiplied by the loss scale; clip the true ones
+        acc.scaler.unscale_(opt.optimizer)
     if opts.max_grad_norm > 0:
         torch.nn.utils.clip_grad_norm_(task.params, opts.max_grad_norm)
-    opt.step()
+    opt.step()  # with a scaler: skipped when a gradient is inf/NaN (fp16 overflow), and the scale is adapted
+    if acc.scaler is not None:  # a column in every row (the CSV header is written once), 1 on skipped steps
+        totals = dict(totals, skipped_step=float(opt.step_was_skipped))
     sched.step()
     opt.zero_grad(set_to_none=True)
     if ema is not None:
@@ -383,7 +398,7 @@ def _finish(task: TrainTask, opts: LoopOptions, acc, out_dir: Path, opt, sched, 
         task.save_fn(out_dir)
         if ema is not None:
             ema.swap()
-        _save_checkpoint(out_dir, opts.max_steps, task, opt, sched, ema, best, opts.keep_checkpoints)
+        _save_checkpoint(out_dir, opts.max_steps, task, opt, sched, ema, best, opts.keep_checkpoints, acc.scaler)
     return best
 
 
@@ -405,7 +420,8 @@ def _validate(task: TrainTask, ema: EMA | None, acc, step: int, out_dir: Path, b
     return best
 
 
-def _save_checkpoint(out_dir: Path, step: int, task: TrainTask, opt, sched, ema: EMA | None, best, keep: int) -> Path:
+def _save_checkpoint(out_dir: Path, step: int, task: TrainTask, opt, sched, ema: EMA | None, best, keep: int,
+                     scaler=None) -> Path:
     root = out_dir / "checkpoints"
     final = root / f"step-{step:07d}"
     tmp = root / f"step-{step:07d}.tmp"
@@ -425,7 +441,10 @@ def _save_checkpoint(out_dir: Path, step: int, task: TrainTask, opt, sched, ema:
     save_file(_rng_state(), str(tmp / "rng.safetensors"))
     (tmp / "trainer.json").write_text(json.dumps({"step": step, "optimizer": meta, "best": best,
                                                   "lr_scheduler": sched.state_dict(),
-                                                  "max_abs_weight": _max_abs(task.params)}, default=float))
+                                                  "max_abs_weight": _max_abs(task.params),
+                                                  # fp16: the loss scale reached, so a resume does not relearn it
+                                                  "grad_scaler": scaler.state_dict() if scaler is not None else None},
+                                                 default=float))
     if final.exists():
         shutil.rmtree(final)
     tmp.replace(final)
