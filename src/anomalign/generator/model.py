@@ -179,9 +179,38 @@ class MaskGenerator(nn.Module):
         conv = {k[len("unet.conv_in."):]: v for k, v in state.items() if k.startswith("unet.conv_in.")}
         _load_strict(self.unet.conv_in, conv, f"{where} (conv_in)")
         lora = {k[len("unet."):]: v for k, v in state.items() if k.startswith("unet.") and "lora" in k}
-        if lora:
-            from peft.utils import set_peft_model_state_dict
-            set_peft_model_state_dict(self.unet, lora)
+        stray = [k for k in state if not k.startswith("unet.conv_in.") and not (k.startswith("unet.") and "lora" in k)]
+        _load_lora_strict(self.unet, lora, "lora" in self.spec, stray, where)
+
+
+def _names(keys: list[str], limit: int = 5) -> str:
+    keys = sorted(keys)
+    return ", ".join(keys[:limit]) + (f" and {len(keys) - limit} more" if len(keys) > limit else "")
+
+
+def _load_lora_strict(unet: nn.Module, lora: dict[str, torch.Tensor], expected: bool, stray: list[str],
+                      where: str) -> None:
+    """Load LoRA adapter weights, raising on any key that does not fit. peft's loader ignores missing and
+    unexpected keys, so a file whose adapters were renamed (another peft version, other --lora-targets) would
+    load as the plain base: the generator would sample without its fine-tuning and nobody would know."""
+    if stray:
+        raise AnomalignError(f"{where}: unexpected weights for an sd generator (only LoRA and conv_in are saved): "
+                             f"{_names(stray)}")
+    if expected and not lora:
+        raise AnomalignError(f"{where}: the spec says this generator has LoRA adapters but the file holds no LoRA "
+                             "weights: it would load as the plain base")
+    if lora and not expected:
+        raise AnomalignError(f"{where}: LoRA weights found ({_names(list(lora))}) but the spec has no 'lora' entry")
+    if not lora:
+        return
+    from peft.utils import set_peft_model_state_dict
+    result = set_peft_model_state_dict(unet, lora)
+    missing = [k for k in result.missing_keys if "lora_" in k]
+    if missing or result.unexpected_keys:
+        raise AnomalignError(f"{where}: LoRA weights do not fit the model's adapters" +
+                             (f"; missing: {_names(missing)}" if missing else "") +
+                             (f"; unexpected: {_names(result.unexpected_keys)}" if result.unexpected_keys else "") +
+                             " (saved by another peft version, or with other --lora-targets?)")
 
 
 def _load_strict(module: nn.Module, state: dict, where: str) -> None:
@@ -214,7 +243,13 @@ def build_generator(spec: dict[str, Any], base: str | None = None) -> MaskGenera
             gen.add_lora(**spec["lora"])
         return gen
     if backend == "sd":
-        gen = sd_generator(base or spec["base"], encoding, spec)
+        try:
+            gen = sd_generator(base or spec["base"], encoding, spec)
+        except AnomalignError as e:
+            if base:
+                raise
+            raise AnomalignError(f"{e} — this generator's stored base; give its current location with --base"
+                                 ) from None
         if "lora" in spec:
             gen.add_lora(**spec["lora"])
         return gen
@@ -224,12 +259,22 @@ def build_generator(spec: dict[str, Any], base: str | None = None) -> MaskGenera
 def sd_generator(base: str, encoding: MaskEncoding, spec: dict[str, Any], resolution: int | None = None
                  ) -> MaskGenerator:
     """A Stable Diffusion base (folder or hub id) with conv_in widened for the mask and the codec and text
-    encoder frozen; ``spec`` is completed with the base and the resolution (default: the UNet's)."""
-    from anomalign.generator.sd import load_sd_components
-    vae, unet, prompt, scheduler = load_sd_components(base)
+    encoder frozen; ``spec`` is completed with the base and the resolution (default: the UNet's).
+
+    The spec stores the base as an absolute path (a relative one would name another folder, or be taken for
+    a hub id, when the generator is used from elsewhere) and a fingerprint of its weights; a spec that already
+    has a fingerprint (a saved generator, perhaps loaded with ``--base`` elsewhere) must match it."""
+    from anomalign.generator.sd import base_fingerprint, load_sd_components, resolve_base
+    source = resolve_base(base)
+    vae, unet, prompt, scheduler = load_sd_components(source)
+    fingerprint = base_fingerprint(vae, unet, prompt.text_encoder)
+    if spec.get("base_fingerprint") not in (None, fingerprint):
+        raise AnomalignError(f"{source}: not the base this generator was trained on (fingerprint {fingerprint}, "
+                             f"expected {spec['base_fingerprint']} of {spec.get('base')}); its LoRA and conv_in "
+                             "weights only mean something on that base — point --base to a copy of it")
     for m in (vae, prompt):
         m.requires_grad_(False)
-    spec = dict(spec, backend="sd", base=base)
+    spec = dict(spec, backend="sd", base=source, base_fingerprint=fingerprint)
     gen = MaskGenerator(vae, unet, prompt, scheduler, "none", spec)
     gen.add_mask_condition(encoding)
     if resolution is not None or "resolution" not in spec:

@@ -43,6 +43,26 @@ def check_sd_folder(base: str) -> None:
                              "(convert single-file checkpoints with diffusers' convert scripts first)")
 
 
+def resolve_base(base: str) -> str:
+    """A local base folder as an absolute path (what a generator stores, so it can be used from any folder);
+    a hub id unchanged."""
+    return base if is_hub_id(base) else str(Path(base).expanduser().resolve())
+
+
+@torch.no_grad()
+def base_fingerprint(vae: nn.Module, unet: nn.Module, text_encoder: nn.Module) -> str:
+    """A short hash of a base's weights (before conv_in is widened): UNet conv_in/conv_out, the VAE's outer
+    convolutions and the first rows of CLIP's token embedding, rounded to fp16 so that an fp16 copy of the
+    same base matches. It tells "the same base at another path" from "another base"."""
+    import hashlib
+    h = hashlib.sha256()
+    parts = [unet.conv_in.weight, unet.conv_out.weight, vae.encoder.conv_in.weight, vae.decoder.conv_out.weight,
+             text_encoder.get_input_embeddings().weight[:4096]]
+    for p in parts:
+        h.update(p.detach().to("cpu", torch.float16).contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
 def load_sd_components(base: str, local_files_only: bool = False):
     """(vae, unet, prompt encoder, scheduler) of an SD 1.x/2.x model; errors name the base and the problem."""
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
