@@ -11,7 +11,9 @@ from anomalign.config import build_config
 from anomalign.errors import AnomalignError
 from anomalign.generator.model import MaskGenerator, sd_generator
 from anomalign.generator.task import GenStepOptions, LatentPairs, generator_task
-from anomalign.generator.train import TrainGeneratorConfig, trainable_parameters
+from anomalign.generator.conditioning import MaskConvIn
+from anomalign.generator.losses import add_noise
+from anomalign.generator.train import TrainGeneratorConfig, parameter_groups, trainable_parameters
 from anomalign.training import LoopOptions, train_loop
 from dummy_data import write_paired
 from tiny_models import save_dummy_sd
@@ -35,31 +37,37 @@ def gen_config(data, out, **kw):
     return build_config(TrainGeneratorConfig, values | kw)
 
 
-def random_pairs(n=4, size=32, seed=0):
+def random_pairs(n=8, size=32, seed=0):
+    """Flat grey images with a bright 10-px square defect where the mask says: the image is a function of the
+    mask, so a generator that follows the mask denoises them better with the true mask than with a moved one."""
     g = torch.Generator().manual_seed(seed)
-    x = torch.rand(n, 3, size, size, generator=g) * 2 - 1
     m = torch.zeros(n, 1, size, size)
-    for i in range(n):  # a square defect per image, brighter inside
-        r, c = 4 + 4 * i, 20 - 4 * i
-        m[i, :, r:r + 8, c:c + 8] = 1
-    return x.clamp(-1, 1), m, ["a photo of a surface with a scratch defect"] * n
+    for i in range(n):
+        r, c = torch.randint(0, size - 10, (2,), generator=g).tolist()
+        m[i, :, r:r + 10, c:c + 10] = 1
+    x = torch.where(m.bool().expand(-1, 3, -1, -1), torch.tensor(0.8), torch.tensor(-0.5))
+    return x, m, ["a photo of a surface with a scratch defect"] * n
 
 
-def train_in_memory(base, out, data, steps=3, lr=1e-2, step_opts=None, **cfg_kw):
-    """An sd generator fine-tuned ``steps`` steps in this process (the in-memory model), saved to ``out``."""
-    cfg = gen_config(data, out, **cfg_kw)
+def train_in_memory(base, out, data, steps=3, lr=1e-2, step_opts=None, unit_latents=False, **cfg_kw):
+    """An sd generator fine-tuned ``steps`` steps (batch 4) in this process (the in-memory model), saved to ``out``.
+    ``unit_latents``: scale the random VAE's latents to unit variance, as SD's scaling factor does for SD's VAE
+    (the random one's latents have std 0.04: the image would be invisible under the noise)."""
+    cfg = gen_config(data, out, learning_rate=lr, **cfg_kw)
     gen = sd_generator(str(base), cfg.mask_encoding, {}, 32)
-    groups = trainable_parameters(gen, cfg)
-    params = [p for g in groups for p in g["params"]] if isinstance(groups[0], dict) else groups
+    params = trainable_parameters(gen, cfg)
     x, m, prompts = random_pairs()
+    if unit_latents:
+        with torch.no_grad():
+            gen.vae.register_to_config(scaling_factor=float(1 / gen.vae.encode(x).latent_dist.mean.std()))
     pairs = LatentPairs(gen, x, m, prompts)
-    opts = LoopOptions(max_steps=steps, batch_size=2, learning_rate=lr, checkpoint_every=100, log_every=1,
+    opts = LoopOptions(max_steps=steps, batch_size=4, learning_rate=lr, checkpoint_every=1000, log_every=1000,
                        device="cpu", weight_decay=0.0)
-    task = generator_task(gen, pairs, params, 2, 0, step_opts or GenStepOptions(alpha=0.0), gen.save)
-    if isinstance(groups[0], dict):
-        task.param_groups = groups
+    task = generator_task(gen, pairs, params, 4, 0, step_opts or GenStepOptions(alpha=0.0), gen.save)
+    task.param_groups = parameter_groups(gen, params, cfg)
     gen.unet.train()
     train_loop(task, opts, out, progress=False)
+    gen.pairs = pairs
     return gen.eval()
 
 
@@ -118,3 +126,55 @@ def test_base_is_stored_resolved_with_a_fingerprint_and_base_overrides_it(sd_bas
     other = save_dummy_sd(tmp_path / "other", seed=1)
     with pytest.raises(AnomalignError, match="not the base this generator was trained on"):
         MaskGenerator.load(tmp_path / "run", base=str(other))
+
+
+@torch.no_grad()
+def moved_mask_gap(gen, pairs):
+    """Denoising loss with the masks moved by half the width minus the loss with the true masks, on the training
+    pairs, at t = 100, 350, 600, 850 (the same ε for both): > 0 when the generator follows its mask."""
+    z0, _ = pairs.latents([(i, 0) for i in range(len(pairs))])
+    emb, g, gap = gen.encode_prompts(pairs.prompts), torch.Generator().manual_seed(1), 0.0
+    for t0 in (100, 350, 600, 850):
+        t = torch.full((len(z0),), t0)
+        noise = torch.randn(z0.shape, generator=g)
+        z_t = add_noise(gen.scheduler, z0, noise, t)
+        for sign, m in ((-1, pairs.masks), (1, torch.roll(pairs.masks, 16, -1))):
+            gap += sign * float(((gen.predict_noise(z_t, t, emb, gen.condition(m)) - noise) ** 2).mean()) / 4
+    return gap
+
+
+def test_mask_channels_train_at_their_own_rate_and_the_mask_is_followed(sd_base, data, tmp_path):
+    """The README's SD settings (LoRA at lr 1e-5, batch 4) for 60 steps: with the mask channels at the default
+    --mask-learning-rate (1e-4) the generator follows the mask several times more than at the LoRA's rate."""
+    cfg = gen_config(data, tmp_path / "x", learning_rate=1e-5)
+    assert cfg.mask_learning_rate == 1e-4  # the sd default
+    shared = train_in_memory(sd_base, tmp_path / "shared", data, steps=60, lr=1e-5, mask_learning_rate=1e-5,
+                             unit_latents=True)
+    own = train_in_memory(sd_base, tmp_path / "own", data, steps=60, lr=1e-5, unit_latents=True)
+    assert isinstance(own.unet.conv_in, MaskConvIn) and not isinstance(shared.unet.conv_in, MaskConvIn)
+    gap_shared, gap_own = moved_mask_gap(shared, shared.pairs), moved_mask_gap(own, own.pairs)
+    assert gap_own > 0 and gap_own > 3 * gap_shared, (gap_own, gap_shared)  # measured: 0.0026 vs 0.0003
+
+
+def test_mask_parameter_group_has_its_own_learning_rate(sd_base, data):
+    cfg = gen_config(data, "out", learning_rate=1e-5, mask_learning_rate=3e-4)
+    gen = sd_generator(str(sd_base), cfg.mask_encoding, {}, 32)
+    params = trainable_parameters(gen, cfg)
+    groups = parameter_groups(gen, params, cfg)
+    conv = gen.unet.conv_in
+    assert [g["lr"] for g in groups] == [1e-5, 3e-4] and groups[1]["params"] == [conv.mask_weight]
+    assert conv.weight.requires_grad and all(p is not conv.mask_weight for p in groups[0]["params"])
+    assert sum(len(g["params"]) for g in groups) == len(params)
+    assert conv.mask_weight.shape[1] == 4 and (conv.mask_weight == 0).all()  # the zero-initialised mask channels
+    opt = torch.optim.AdamW(groups, lr=cfg.learning_rate)
+    assert [g["lr"] for g in opt.param_groups] == [1e-5, 3e-4]
+    tiny = gen_config(data, "out", backend="tiny", base=None)
+    assert tiny.mask_learning_rate is None  # tiny: one group at --learning-rate, as its results were measured
+    widened = torch.nn.Conv2d(8, 16, 3, padding=1)  # MaskConvIn computes and saves exactly the widened conv
+    split = MaskConvIn(widened, 4)
+    x = torch.randn(2, 8, 8, 8)
+    assert torch.allclose(split(x), widened(x), atol=1e-6)
+    assert all(torch.equal(a, b) for a, b in zip(split.state_dict().values(), widened.state_dict().values()))
+    fresh = MaskConvIn(torch.nn.Conv2d(8, 16, 3, padding=1), 4)
+    fresh.load_state_dict(widened.state_dict())
+    assert torch.allclose(fresh(x), widened(x), atol=1e-6)

@@ -76,3 +76,58 @@ def expand_conv_in(unet: nn.Module, extra_channels: int) -> None:
             new.bias.copy_(old.bias)
     unet.conv_in = new
     unet.register_to_config(in_channels=new.in_channels)
+
+
+class MaskConvIn(nn.Module):
+    """``conv_in`` with its mask channels held as a parameter of their own (``mask_weight``), so the optimizer can
+    give them their own learning rate: they start at zero and must learn the mask from a few dozen pairs, while
+    the pretrained latent channels (``weight``) and the LoRA adapters should move slowly. The forward pass and the
+    state dict are those of the plain Conv2d (one full-width ``weight``), so saved files do not change.
+    """
+
+    def __init__(self, conv: nn.Conv2d, latent_channels: int):
+        super().__init__()
+        self.latent_channels, self.stride, self.padding = latent_channels, conv.stride, conv.padding
+        self.in_channels, self.out_channels = conv.in_channels, conv.out_channels
+        self.weight = nn.Parameter(conv.weight.detach()[:, :latent_channels].clone(),
+                                   requires_grad=conv.weight.requires_grad)
+        self.mask_weight = nn.Parameter(conv.weight.detach()[:, latent_channels:].clone(),
+                                        requires_grad=conv.weight.requires_grad)
+        self.bias = conv.bias
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x [B, latent + mask channels, h, w] -> [B, out_channels, h, w], exactly the widened Conv2d."""
+        return F.conv2d(x, torch.cat([self.weight, self.mask_weight], dim=1), self.bias, self.stride, self.padding)
+
+    def _save_to_state_dict(self, destination, prefix, keep_vars):
+        weight = torch.cat([self.weight, self.mask_weight], dim=1)
+        destination[prefix + "weight"] = weight if keep_vars else weight.detach()
+        if self.bias is not None:
+            destination[prefix + "bias"] = self.bias if keep_vars else self.bias.detach()
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                              error_msgs):
+        names = ["weight"] + (["bias"] if self.bias is not None else [])
+        for name in names:
+            if prefix + name not in state_dict:
+                missing_keys.append(prefix + name)
+        unexpected_keys += [k for k in state_dict if k.startswith(prefix) and k[len(prefix):] not in names]
+        full = state_dict.get(prefix + "weight")
+        if full is not None:
+            want = (self.out_channels, self.in_channels, *self.weight.shape[2:])
+            if tuple(full.shape) != want:
+                error_msgs.append(f"size mismatch for {prefix}weight: {tuple(full.shape)} in the file, {want} here")
+                return
+            with torch.no_grad():
+                self.weight.copy_(full[:, : self.latent_channels])
+                self.mask_weight.copy_(full[:, self.latent_channels:])
+        if self.bias is not None and prefix + "bias" in state_dict:
+            with torch.no_grad():
+                self.bias.copy_(state_dict[prefix + "bias"])
+
+
+def split_mask_channels(unet: nn.Module, latent_channels: int) -> MaskConvIn:
+    """Replace ``unet.conv_in`` (a Conv2d over latent + mask channels) by the equivalent ``MaskConvIn``, in place."""
+    if not isinstance(unet.conv_in, MaskConvIn):
+        unet.conv_in = MaskConvIn(unet.conv_in, latent_channels)
+    return unet.conv_in

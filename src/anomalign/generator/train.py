@@ -15,6 +15,7 @@ from anomalign.data.folders import DataOptions
 from anomalign.data.transforms import DIHEDRAL_AUGMENTS, dihedral_variants, is_grey
 from anomalign.data.validate import load_dataset, load_normal_folder, skipped_records
 from anomalign.errors import AnomalignError, ConfigError
+from anomalign.generator.conditioning import MaskConvIn, split_mask_channels
 from anomalign.generator.model import LORA_TARGETS, MaskGenerator, sd_generator
 from anomalign.generator.task import GenStepOptions, LatentPairs, generator_task
 from anomalign.generator.tiny import words
@@ -22,6 +23,10 @@ from anomalign.runs import check_run_folder, start_run_folder
 from anomalign.training import LoopOptions, make_accelerator, train_loop
 
 TINY_BASE = Path(__file__).resolve().parent.parent / "assets" / "tiny_base.safetensors"
+
+# The mask channels of conv_in start at zero and must learn the mask from a few dozen pairs: at the LoRA's 1e-5
+# they barely move in a GPU budget (tests/test_sd_gpu_path.py measures the mask-loss gap on an SD-shaped model).
+SD_MASK_LEARNING_RATE = 1e-4
 
 PRESETS = {
     # The paper's recipe: Eq. 5 with α = 0.7, gradients through both branches of Eq. 4.
@@ -47,6 +52,18 @@ class TrainGeneratorConfig(DataOptions, CropOptions, LoopOptions):
                                                             "branches, as the paper), image or mask (detach that branch)")
     w_mask: float = option(0.0, "extra weight on ||ε - ε_h||² of the mask branch (not in the paper)")
     snr_gamma: float | None = option(None, "min-SNR-γ loss weighting (off by default, as in the paper)")
+    loss_space: Literal["epsilon", "model"] | None = option(
+        None, "space of the MSE of Eq. 1/4: epsilon (the paper's ε-MSE) or model (the UNet's own parameterisation: "
+              "the v-MSE for v-prediction bases such as SD 2.x-768, the same as epsilon for ε bases); default: model "
+              "for sd, epsilon for tiny (docs/generator.md)")
+    mask_learning_rate: float | None = option(
+        None, "peak learning rate of the zero-initialised mask channels of conv_in (their own AdamW group, same "
+              "schedule); default: 1e-4 for sd, --learning-rate for tiny")
+    encode_batch_size: int | None = option(None, "images per batch when encoding the training pairs with the frozen "
+                                                 "codec (default: 8 for sd, 64 for tiny; lower it on small GPUs)")
+    mixed_precision: Literal["no", "fp16", "bf16", "auto"] | None = option(
+        None, "autocast precision (accelerate); fp16 scales the loss and skips overflow steps; auto: bf16 on a GPU "
+              "that has it, else fp16 on a GPU, no on the CPU; default: auto for sd, no for tiny")
     mask_dropout: float = option(0.1, "probability of dropping the mask condition (needed for guidance)")
     prompt_dropout: float = option(0.1, "probability of dropping the prompt")
     finetune: Literal["full", "lora"] | None = option(None, "train the whole UNet (full) or LoRA adapters + conv_in "
@@ -85,6 +102,18 @@ class TrainGeneratorConfig(DataOptions, CropOptions, LoopOptions):
                 setattr(self, k, v)
         if self.finetune is None:
             self.finetune = "lora" if self.backend == "sd" else "full"
+        sd = self.backend == "sd"  # SD defaults for a GPU run; the tiny backend's stay what its results used
+        if self.loss_space is None:
+            self.loss_space = "model" if sd else "epsilon"
+        if self.mask_learning_rate is None and sd:  # tiny: None, the mask channels follow --learning-rate
+            self.mask_learning_rate = SD_MASK_LEARNING_RATE
+        if self.encode_batch_size is None:
+            self.encode_batch_size = 8 if sd else 64
+        if self.mixed_precision is None:
+            self.mixed_precision = "auto" if sd else "no"
+        if (self.mask_learning_rate is not None and self.mask_learning_rate <= 0) or self.encode_batch_size < 1:
+            raise ConfigError("mask_learning_rate must be > 0 and encode_batch_size >= 1, got "
+                              f"{self.mask_learning_rate} and {self.encode_batch_size}")
         if self.alpha < 0:
             raise ConfigError(f"alpha must be >= 0, got {self.alpha}")
         if self.backend == "sd" and not self.base:
@@ -111,8 +140,11 @@ def load_base(cfg: TrainGeneratorConfig) -> MaskGenerator:
 
 
 def trainable_parameters(gen: MaskGenerator, cfg: TrainGeneratorConfig) -> list[torch.nn.Parameter]:
-    """Freeze what the paper freezes (codec, text encoder) and return what trains."""
+    """Freeze what the paper freezes (codec, text encoder) and return what trains. With a mask learning rate
+    of its own, conv_in's mask channels become a parameter of their own first (``MaskConvIn``)."""
     gen.vae.requires_grad_(False)
+    if cfg.mask_learning_rate not in (None, cfg.learning_rate):
+        split_mask_channels(gen.unet, gen.latent_channels)
     if cfg.finetune == "lora":
         gen.unet.requires_grad_(False)
         gen.add_lora(cfg.lora_rank, cfg.lora_alpha, cfg.lora_targets)
@@ -123,6 +155,17 @@ def trainable_parameters(gen: MaskGenerator, cfg: TrainGeneratorConfig) -> list[
     # tiny: the prompt encoder learns the user's new words; SD's CLIP stays frozen
     gen.prompt_encoder.requires_grad_(cfg.backend == "tiny")
     return [p for p in gen.parameters() if p.requires_grad]
+
+
+def parameter_groups(gen: MaskGenerator, params: list[torch.nn.Parameter], cfg: TrainGeneratorConfig
+                     ) -> list[dict] | None:
+    """AdamW groups: conv_in's mask channels at ``--mask-learning-rate``, the rest at ``--learning-rate``; None
+    (one group, the loop's default) when both rates are the same, as for the tiny backend by default."""
+    conv = gen.unet.conv_in
+    if not isinstance(conv, MaskConvIn) or not conv.mask_weight.requires_grad:
+        return None
+    rest = [p for p in params if p is not conv.mask_weight]
+    return [{"params": rest, "lr": cfg.learning_rate}, {"params": [conv.mask_weight], "lr": cfg.mask_learning_rate}]
 
 
 def training_pairs(cfg: TrainGeneratorConfig, resolution: int):
@@ -190,7 +233,8 @@ def run_train_generator(cfg: TrainGeneratorConfig, progress: bool = True) -> Pat
     if cfg.gradient_checkpointing:
         gen.unet.enable_gradient_checkpointing()
     gen.to(acc.device)
-    pairs = LatentPairs(gen, images, masks, prompts, cfg.augment, cfg.seed, cfg.cache_latents)
+    pairs = LatentPairs(gen, images, masks, prompts, cfg.augment, cfg.seed, cfg.cache_latents,
+                        encode_batch=cfg.encode_batch_size)
     if acc.is_main_process:
         start_run_folder(out, "train-generator", cfg, skipped_records(skipped))
 
@@ -204,8 +248,9 @@ def run_train_generator(cfg: TrainGeneratorConfig, progress: bool = True) -> Pat
 
     step_opts = GenStepOptions(alpha=cfg.alpha, al_stop_grad=cfg.al_stop_grad, w_mask=cfg.w_mask,
                                snr_gamma=cfg.snr_gamma, mask_dropout=cfg.mask_dropout,
-                               prompt_dropout=cfg.prompt_dropout)
+                               prompt_dropout=cfg.prompt_dropout, loss_space=cfg.loss_space)
     task = generator_task(gen, pairs, params, cfg.batch_size, cfg.seed, step_opts, save_fn, validate_fn)
+    task.param_groups = parameter_groups(gen, params, cfg)
     gen.unet.train()
     summary = train_loop(task, cfg, out, acc, progress=progress)
     if acc.is_main_process:
