@@ -53,16 +53,21 @@ def soft_mask(logits: torch.Tensor, temperature: float) -> torch.Tensor:
 
 
 def loss_feedback(gen, z0: torch.Tensor, m_soft: torch.Tensor, prompt_emb: torch.Tensor, noise: torch.Tensor,
-                  t: torch.Tensor) -> torch.Tensor:
+                  t: torch.Tensor, region: torch.Tensor | None = None) -> torch.Tensor:
     """Eq. 10: L_fb = ||ε - ε_θ(z_t, t, τ(p), m̃)||² with the frozen generator conditioned on m̃.
 
     z0 = E(x) of the real images [B, C, h, w] (no gradient needed); m_soft [B, 1, H, W] at the
     generator's resolution; noise like z0; t [B]. The gradient reaches the segmenter through m̃ only.
+    ``region`` [B, 1, h, w] in [0, 1]: average the squared error over these latent cells only (a training crop
+    inside a larger generator window, ``segmenter.task.CropFeedback``); None = every cell, Eq. 10 as written.
     """
     from anomalign.generator.losses import add_noise
     z_t = add_noise(gen.scheduler, z0, noise, t)
     eps = gen.predict_noise(z_t, t, prompt_emb, gen.condition(m_soft))
-    return F.mse_loss(eps.float(), noise.float())
+    if region is None:
+        return F.mse_loss(eps.float(), noise.float())
+    per_cell = (eps.float() - noise.float()).pow(2).mean(dim=1, keepdim=True)
+    return (per_cell * region).sum() / region.sum().clamp_min(1e-8)
 
 
 def loss_seg(l_ce: torch.Tensor, l_fb: torch.Tensor, w_fb: float = 1.0) -> torch.Tensor:

@@ -31,10 +31,80 @@ class SegPairs(DihedralViews):
 
 
 def feedback_latents(gen, real: SegPairs, augment: list[str], seed: int) -> LatentPairs:
-    """z0 = E(x) of Eq. 10 for the real pairs' views: images [N, 3, S, S] resized to the frozen generator's
-    resolution R (masks too, nearest), encoded to [C, R/f, R/f] per (pair, view) on first use and cached."""
-    return LatentPairs(gen, resize_to(real.images, gen.resolution), resize_to(real.masks, gen.resolution, True),
-                       real.prompts, augment, seed)
+    """z0 = E(x) of Eq. 10 for the real pairs' views: the ORIGINAL images read at the frozen generator's
+    resolution R (not the segmenter-size tensors upsampled: the generator was tuned on sharp R-px images and
+    would see blurred latents unlike any it knows), encoded to [C, R/f, R/f] per (pair, view) on first use and
+    cached. The views are the segmenter's (same augment and seed), so key (pair, view) names the same flip."""
+    if real.images.shape[-1] == gen.resolution:
+        images, masks = real.images, real.masks
+    else:
+        images, masks = PairDataset(real.samples, size=gen.resolution).tensors()
+    # SD's VAE at 512 px holds ~1 GB of activations per image: a small encoding batch fits 24-GB GPUs
+    encode_batch = 8 if gen.spec.get("backend") == "sd" else 64
+    return LatentPairs(gen, images, masks, real.prompts, augment, seed, encode_batch=encode_batch)
+
+
+class CropFeedback:
+    """Generative Feedback for crops: the frozen generator sees each crop inside a window of ITS resolution R.
+
+    A c-px training crop (at ``--scale``) is smaller than R for SD (128-px crops, R = 512). Upsampling it to R
+    would blur it; instead the generator gets the R-px window of the same image at the same scale, centred on
+    the crop (reflected where it leaves the image), flipped/rotated by the crop's view. Its mask condition is
+    the segmenter's m̃ on the crop's square and the true mask around it, and L_fb is averaged over the latent
+    cells of the crop's square, where m̃ acts. When c >= R the crop itself is resized to R (a downsampling, no
+    blur) and L_fb covers it all, as before.
+    """
+
+    def __init__(self, gen, real: CropPairs):
+        self.gen, self.real = gen, real
+
+    def windows(self, keys: list, seeds: list[int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """For the crop rows (``keys`` (pair, None), ``seeds`` their draws): windows [n, 3, R, R] in [-1, 1], true
+        masks [n, 1, R, R] and the crop's square in each window [n, 1, R, R] (1 inside)."""
+        import random
+
+        from anomalign.data.transforms import dihedral_view, mask_to_tensor, to_model_range
+        sampler, size = self.real.sampler, self.gen.resolution
+        c = sampler.crop
+        xs, ms, inside = [], [], []
+        for (i, _), draw in zip(keys, seeds):
+            top, left = sampler.box(i, draw)  # the crop CropPairs.sample cut for this draw
+            before = (size - c) // 2
+            image, mask = (_window(a, top - before, left - before, size) for a in (sampler.images[i], sampler.masks[i]))
+            square = torch.zeros(1, size, size)
+            square[:, before:before + c, before:before + c] = 1
+            variant = self.real.variants[random.Random(draw).randrange(len(self.real.variants))]
+            x, m = dihedral_view(to_model_range(image), mask_to_tensor(mask), variant)
+            _, sq = dihedral_view(x, square, variant)
+            xs.append(x)
+            ms.append(m)
+            inside.append(sq)
+        return torch.stack(xs).contiguous(), torch.stack(ms).contiguous(), torch.stack(inside).contiguous()
+
+
+def crop_windows(gen, samples, crop: int, scale: float, seed: int, jitter: float, threshold: float
+                 ) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+    """One anomaly-centred crop of each sample as the feedback's generator sees it: images [N, 3, R, R] in
+    [-1, 1], true masks [N, 1, R, R] and prompts (the premise check). A crop smaller than the generator's
+    resolution R comes in its R-px window (``CropFeedback``); a larger one as cut ([N, 3, c, c]: the premise
+    resizes it to R, as the feedback does)."""
+    from anomalign.data.crops import crop_bank
+    if crop >= gen.resolution:
+        x, m, src = crop_bank(samples, crop, scale, 1, jitter, seed, threshold)
+        return x, m, [default_prompt(s) for s in src]
+    pairs = CropPairs(samples, crop, scale, (), seed, anomaly_fraction=1.0, jitter=jitter, threshold=threshold)
+    x, m, _ = CropFeedback(gen, pairs).windows([(i, None) for i in range(len(samples))],
+                                               [sample_seed(seed, 0, i) for i in range(len(samples))])
+    return x, m, pairs.prompts
+
+
+def _window(array, top: int, left: int, size: int):
+    """array [H, W, ...] cut to [size, size, ...] at (top, left), reflected (symmetric) where it leaves the array."""
+    import numpy as np
+    h, w = array.shape[:2]
+    sub = array[max(top, 0):min(top + size, h), max(left, 0):min(left + size, w)]
+    pad = [(max(0, -top), max(0, top + size - h)), (max(0, -left), max(0, left + size - w))]
+    return np.pad(sub, pad + [(0, 0)] * (array.ndim - 2), mode="symmetric") if any(sum(p) for p in pad) else sub
 
 
 @dataclass
@@ -90,7 +160,7 @@ def segmenter_step(model, batch: dict, o: SegStepOptions, fb=None) -> dict[str, 
     set) and Eq. 11.
 
     ``fb``: the frozen generator's cached latents of the real pairs (``feedback_latents``), or, when training
-    on crops, the frozen ``MaskGenerator`` itself (crops are encoded at each step); None without feedback.
+    on crops, a ``CropFeedback`` (windows encoded at each step); None without feedback.
     Returns {"loss", "l_ce", "l_fb"}; l_fb is NaN on steps without feedback (the log averages it over the
     steps where it ran).
     """
@@ -106,20 +176,37 @@ def segmenter_step(model, batch: dict, o: SegStepOptions, fb=None) -> dict[str, 
     if fb is None or k < o.fb_warmup_steps or k % o.fb_every or not batch["keys"]:
         return {"loss": l_ce, "l_ce": l_ce, "l_fb": torch.full((), float("nan"), device=l_ce.device)}
     n = len(batch["keys"]) if not o.fb_rows else min(o.fb_rows, len(batch["keys"]))  # rows are in random order
+    gen, region = getattr(fb, "gen", fb), None  # a bare MaskGenerator: crops resized to its input
+    m_soft = soft_mask(logits[:n], o.temperature)  # Eq. 8-9 on the REAL images
     if isinstance(fb, LatentPairs):
-        gen = fb.gen
         z0, _ = fb.latents(batch["keys"][:n])
-    else:  # crops: each is seen once, so it is encoded now instead of cached
-        gen = fb
+    elif isinstance(fb, CropFeedback) and m_soft.shape[-1] < gen.resolution:  # crops inside generator windows
+        windows, true_masks, square = fb.windows(batch["keys"][:n], batch["seeds"][:n])
+        with torch.no_grad():
+            z0 = gen.encode(windows).float()
+        m_soft = _paste(m_soft, true_masks.to(device), square.to(device))
+        region = F.avg_pool2d(square, gen.factor).to(device)  # share of each latent cell inside the crop
+    else:  # crops at least as large as the generator's input: resized down to it, each encoded when seen
         with torch.no_grad():
             z0 = gen.encode(resize_to(x[:n], gen.resolution)).float()
-    m_soft = soft_mask(logits[:n], o.temperature)  # Eq. 8-9 on the REAL images
     if m_soft.shape[-1] != gen.resolution:
         m_soft = F.interpolate(m_soft, size=(gen.resolution, gen.resolution), mode="area")
     _, t, noise = seeded_draws(batch["seeds"][:n], z0.shape[1:], o.fb_t_min, o.fb_t_max)
     emb = gen.encode_prompts(batch["prompts"][:n])
-    l_fb = loss_feedback(gen, z0.to(device), m_soft, emb, noise.to(device), t.to(device))
+    l_fb = loss_feedback(gen, z0.to(device), m_soft, emb, noise.to(device), t.to(device), region)
     return {"loss": loss_seg(l_ce, l_fb, o.w_fb), "l_ce": l_ce, "l_fb": l_fb}
+
+
+def _paste(m_soft: torch.Tensor, true_masks: torch.Tensor, square: torch.Tensor) -> torch.Tensor:
+    """The window's mask condition [n, 1, R, R]: m̃ [n, 1, c, c] on the crop's square, the true mask elsewhere
+    (differentiable in m̃)."""
+    c, out = m_soft.shape[-1], []
+    for j in range(len(m_soft)):
+        rows, cols = square[j, 0].amax(1).nonzero(), square[j, 0].amax(0).nonzero()
+        top, left = int(rows[0]), int(cols[0])
+        r = true_masks.shape[-1]
+        out.append(F.pad(m_soft[j], (left, r - c - left, top, r - c - top)))
+    return torch.stack(out) + true_masks.float() * (1 - square)
 
 
 def segmenter_task(model, real: SegPairs, syn: SegPairs | None, batch_size: int, synthetic_fraction: float,

@@ -17,7 +17,8 @@ from anomalign.data.validate import load_dataset, load_normal_folder, skipped_re
 from anomalign.errors import AnomalignError, ConfigError
 from anomalign.segmenter.evaluate import evaluate_native, evaluate_samples
 from anomalign.segmenter.model import PRESETS, UNET_PRESETS, Segmenter
-from anomalign.segmenter.task import SegPairs, SegStepOptions, feedback_latents, segmenter_task
+from anomalign.segmenter.task import (CropFeedback, SegPairs, SegStepOptions, crop_windows, feedback_latents,
+                                     segmenter_task)
 from anomalign.runs import check_run_folder, start_run_folder
 from anomalign.training import LoopOptions, make_accelerator, train_loop
 
@@ -31,6 +32,8 @@ class TrainSegmenterConfig(DataOptions, CropOptions, LoopOptions):
     synthetic: list[str] = option(default_factory=list, help="synthetic datasets (e.g. `anomalign generate` "
                                                              "outputs); all their pairs are used")
     feedback_generator: str | None = option(None, "generator run folder: enables Generative Feedback (Eq. 10)")
+    feedback_base: str | None = option(None, "sd feedback generator: its Stable Diffusion base folder or hub id, "
+                                             "overriding the path stored in the generator (moved or copied base)")
     preset: Literal[tuple(PRESETS) + tuple(UNET_PRESETS)] = option(
         "tiny", "network: a Segformer size (tiny, b0-b5: MiT shapes, random init) or a small convolutional "
                 "U-Net (unet-tiny, unet-small; better from scratch on few images, docs/segmenter.md)")
@@ -97,6 +100,9 @@ class TrainSegmenterConfig(DataOptions, CropOptions, LoopOptions):
                               "below 1 with --feedback-generator")
         if self.init_from is not None and self.pretrained:
             raise ConfigError("give --init-from (an anomalign segmenter) or --pretrained (a Segformer), not both")
+        if self.gradient_checkpointing and not self.feedback_generator:
+            raise ConfigError("--gradient-checkpointing applies to the feedback generator's UNet (the segmenters are "
+                              "small); without --feedback-generator there is nothing to checkpoint")
         if self.synthetic_weight < 0:
             raise ConfigError(f"synthetic_weight must be >= 0, got {self.synthetic_weight}")
 
@@ -111,10 +117,12 @@ def run_train_segmenter(cfg: TrainSegmenterConfig, progress: bool = True) -> Pat
     fb = None
     if cfg.feedback_generator:
         from anomalign.generator.model import MaskGenerator
-        gen = MaskGenerator.load(Path(cfg.feedback_generator), device=acc.device)
+        gen = MaskGenerator.load(Path(cfg.feedback_generator), base=cfg.feedback_base, device=acc.device)
         gen.requires_grad_(False).eval()  # frozen: L_fb only moves the segmenter
-        # crops are new at every step, so they are encoded when used; whole images are encoded once
-        fb = gen if cfg.crop_size else feedback_latents(gen, real, cfg.augment, cfg.seed)
+        if cfg.gradient_checkpointing:  # L_fb backpropagates through the UNet: its activations dominate memory
+            gen.unet.enable_gradient_checkpointing()
+        # crops are new at every step, so their windows are encoded when used; whole images are encoded once
+        fb = CropFeedback(gen, real) if cfg.crop_size else feedback_latents(gen, real, cfg.augment, cfg.seed)
 
     def save_fn(folder: Path) -> None:
         model.save(folder, {"size": cfg.size, "crop_size": cfg.crop_size or None, "scale": cfg.scale})
@@ -175,9 +183,8 @@ def start_model(cfg: TrainSegmenterConfig) -> Segmenter:
 
 def feedback_premise(gen, real: SegPairs | CropPairs, cfg: TrainSegmenterConfig, n: int = 32) -> dict:
     """The feedback's premise (``synthesis.scoring.premise``) on up to ``n`` anomalous training pairs spread
-    over the set, seen as the feedback sees them: whole images, or one anomaly-centred crop each."""
-    from anomalign.data.crops import crop_bank
-    from anomalign.data.dataset import default_prompt
+    over the set, seen as the feedback sees them: whole images read at the generator's resolution, or one
+    anomaly-centred window of the generator's size (at --scale) each."""
     from anomalign.synthesis.scoring import premise
 
     anomalous = [i for i, s in enumerate(real.samples) if not s.normal]
@@ -185,11 +192,12 @@ def feedback_premise(gen, real: SegPairs | CropPairs, cfg: TrainSegmenterConfig,
     if not picked:
         return {"images": 0}
     if cfg.crop_size:
-        x, m, src = crop_bank([real.samples[i] for i in picked], cfg.crop_size, cfg.scale, 1, cfg.crop_jitter,
-                              cfg.seed, cfg.mask_threshold)
-        prompts = [default_prompt(s) for s in src]
+        x, m, prompts = crop_windows(gen, [real.samples[i] for i in picked], cfg.crop_size, cfg.scale, cfg.seed,
+                                     cfg.crop_jitter, cfg.mask_threshold)
     else:
-        x, m, prompts = real.images[picked], real.masks[picked], [real.prompts[i] for i in picked]
+        from anomalign.data.dataset import PairDataset
+        x, m = PairDataset([real.samples[i] for i in picked], size=gen.resolution).tensors()
+        prompts = [real.prompts[i] for i in picked]
     return premise(gen, x, m, prompts, seed=cfg.seed) | {"threshold": PREMISE_MIN}
 
 
