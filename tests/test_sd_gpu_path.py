@@ -178,3 +178,100 @@ def test_mask_parameter_group_has_its_own_learning_rate(sd_base, data):
     fresh = MaskConvIn(torch.nn.Conv2d(8, 16, 3, padding=1), 4)
     fresh.load_state_dict(widened.state_dict())
     assert torch.allclose(fresh(x), widened(x), atol=1e-6)
+
+
+def test_v_prediction_fine_tunes_with_the_v_mse_by_hand(sd_base, data):
+    """SD 2.x-768 predicts v: with --loss-space model (the sd default) L_sd is the plain MSE between the UNet's
+    raw output and v = sqrt(ᾱ)·ε - sqrt(1-ᾱ)·z0, computed here by hand; the ε-MSE is ᾱ times it."""
+    from diffusers import DDPMScheduler
+
+    from anomalign.generator.losses import dual_branch_loss
+
+    assert gen_config(data, "o").loss_space == "model"
+    assert gen_config(data, "o", backend="tiny", base=None).loss_space == "epsilon"  # tiny: as its results were made
+    gen = sd_generator(str(sd_base), "unshuffle", {}, 32).eval()
+    gen.scheduler = DDPMScheduler.from_config(gen.scheduler.config, prediction_type="v_prediction")
+    g = torch.Generator().manual_seed(0)
+    z0, noise = torch.randn(3, 4, 16, 16, generator=g), torch.randn(3, 4, 16, 16, generator=g)
+    t = torch.tensor([5, 500, 990])
+    cond = gen.condition((torch.rand(3, 1, 32, 32, generator=g) > 0.7).float())
+    with torch.no_grad():  # the mask channels start at zero: give them weights so the condition matters
+        gen.unet.conv_in.weight[:, 4:] = 0.1 * torch.randn(gen.unet.conv_in.weight[:, 4:].shape, generator=g)
+        emb = gen.encode_prompts(["a surface", "b", ""])
+        out = dual_branch_loss(gen, z0, z0, cond, emb, alpha=0.0, noise=noise, t=t, loss_space="model")
+        eps_mse = dual_branch_loss(gen, z0, z0, cond, emb, alpha=0.0, noise=noise, t=t, loss_space="epsilon")
+        abar = gen.scheduler.alphas_cumprod[t].view(-1, 1, 1, 1)
+        z_t = abar.sqrt() * z0 + (1 - abar).sqrt() * noise
+        v_hat = gen.unet(torch.cat([z_t, cond], 1), t, encoder_hidden_states=emb).sample
+        v = abar.sqrt() * noise - (1 - abar).sqrt() * z0
+        per_sample = ((v_hat - v) ** 2).mean(dim=(1, 2, 3))
+    assert out["l_sd"].item() == pytest.approx(per_sample.mean().item(), rel=1e-4)
+    assert eps_mse["l_sd"].item() == pytest.approx((abar.view(-1) * per_sample).mean().item(), rel=1e-4)
+
+
+def test_bf16_autocast_training_step_on_cpu_is_finite_and_moves_the_weights(sd_base, data, tmp_path):
+    from anomalign.generator.train import run_train_generator
+    from anomalign.generator.model import sd_generator as fresh_base
+
+    out = run_train_generator(gen_config(data, tmp_path / "bf16", base=str(sd_base), mixed_precision="bf16",
+                                         max_steps=2, batch_size=2, learning_rate=1e-2, log_every=1,
+                                         validation_masks=2, validation_steps=2), progress=False)
+    rows = (out / "logs" / "train.csv").read_text().splitlines()[1:]
+    assert len(rows) == 2 and all(torch.isfinite(torch.tensor(float(r.split(",")[1]))) for r in rows)
+    trained, base = MaskGenerator.load(out), fresh_base(str(sd_base), "unshuffle", {}, 32)
+    assert not torch.equal(trained.unet.conv_in.weight, base.unet.conv_in.weight)  # the mask channels moved
+    assert (trained.unet.conv_in.weight[:, 4:] != 0).any()
+    from anomalign.devices import make_accelerator
+    assert make_accelerator("no", "cpu").mixed_precision == "no"  # a later run in the process gets its own precision
+
+
+def test_feedback_gradient_checkpointing_is_real_and_refused_without_feedback(sd_base, data, tmp_path, monkeypatch):
+    from anomalign.config import build_config as build
+    from anomalign.errors import ConfigError
+    from anomalign.segmenter.losses import loss_feedback
+    from anomalign.segmenter.train import TrainSegmenterConfig
+
+    with pytest.raises(ConfigError, match="nothing to checkpoint"):
+        build(TrainSegmenterConfig, dict(train=str(data), out=str(tmp_path / "s"), gradient_checkpointing=True))
+    gen = sd_generator(str(sd_base), "unshuffle", {}, 32).requires_grad_(False).eval()
+    with torch.no_grad():
+        gen.unet.conv_in.weight[:, 4:] = 0.1
+    g = torch.Generator().manual_seed(0)
+    z0, noise = torch.randn(2, 4, 16, 16, generator=g), torch.randn(2, 4, 16, 16, generator=g)
+    logits = torch.randn(2, 1, 32, 32, generator=g)
+
+    def grad():
+        m = logits.clone().requires_grad_(True)
+        loss_feedback(gen, z0, m.sigmoid(), gen.encode_prompts(["a", "b"]), noise, torch.tensor([100, 400])).backward()
+        return m.grad
+
+    plain = grad()
+    calls = []
+    gen.unet.enable_gradient_checkpointing()
+    checkpoint = torch.utils.checkpoint.checkpoint
+    monkeypatch.setattr(torch.utils.checkpoint, "checkpoint", lambda *a, **k: (calls.append(1), checkpoint(*a, **k))[1])
+    assert torch.allclose(grad(), plain, atol=1e-6) and calls  # the same gradient, through checkpointed blocks
+
+
+def test_generate_and_evaluate_generation_take_base(sd_base, data, tmp_path):
+    """`generate --base` loads an sd generator whose base moved; `--dtype fp16` keeps the codec in fp32."""
+    from anomalign.cli import build_parser
+    from anomalign.synthesis.generate import GenerateConfig, run_generate
+
+    copy = tmp_path / "sd"
+    shutil.copytree(sd_base, copy)
+    train_in_memory(copy, tmp_path / "gen", data, steps=1)
+    moved = tmp_path / "moved"
+    copy.rename(moved)
+    cfg = dict(generator=tmp_path / "gen", masks=data, out=tmp_path / "syn", num=2, split="all", steps=2,
+               device="cpu", scores=["none"])
+    with pytest.raises(AnomalignError, match="--base"):
+        run_generate(GenerateConfig(**cfg), progress=False)
+    summary = run_generate(GenerateConfig(**cfg, base=str(moved)), progress=False)
+    assert len(list((tmp_path / "syn" / "images").rglob("*.png"))) == 2, summary
+    half = MaskGenerator.load(tmp_path / "gen", base=str(moved)).cast(torch.float16)
+    assert half.unet.dtype == torch.float16 and half.vae.dtype == torch.float32
+    for command in (["evaluate-generation", "--generated", "g", "--real", "r"], ["train-segmenter", "--train", "t"]):
+        args = build_parser().parse_args(command + ["--out", "o", "--base" if command[0] != "train-segmenter"
+                                                    else "--feedback-base", "somewhere"])
+        assert "somewhere" in vars(args).values()

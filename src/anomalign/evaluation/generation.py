@@ -35,6 +35,8 @@ class EvaluateGenerationConfig(DataOptions):
     split: str = option("test", "split of the real dataset (train, val, test or all)")
     out: Path | None = option(None, "output folder (default: FIRST_GENERATED/eval)")
     generator: Path | None = option(None, "generator run: adds the t-SNE of encoded masks / real / generated")
+    base: str | None = option(None, "sd --generator: its Stable Diffusion base folder or hub id, overriding the path "
+                                    "stored in the generator")
     oracle: Path | None = option(None, "segmenter run (e.g. a real-only one): adds its mean IoU on each generated "
                                        "set with the conditioning mask and, as the control, with the mask moved "
                                        "by a quarter width")
@@ -159,14 +161,14 @@ def extra_metrics(real_u8: np.ndarray, fake_u8: np.ndarray) -> tuple[dict[str, f
 
 @torch.no_grad()
 def tsne_plot(generator: Path, groups: dict[str, np.ndarray], masks: np.ndarray, path: Path,
-              per_group: int = 150) -> Path:
+              per_group: int = 150, base: str | None = None) -> Path:
     """t-SNE of generator latents: E(real masks), E(real images) and E(each generated set) (paper Fig. 5).
     ``groups``: name -> uint8 images [N, H, W, 3]; ``masks``: bool real masks [N, H, W]."""
     from anomalign.data.transforms import to_model_range
     from anomalign.evaluation.tsne import scatter_png, tsne
     from anomalign.generator.model import MaskGenerator
 
-    gen = MaskGenerator.load(generator).eval()
+    gen = MaskGenerator.load(generator, base=base).eval()
     size = gen.resolution
 
     def encode(x: torch.Tensor, fn) -> np.ndarray:
@@ -207,7 +209,8 @@ def oracle_alignment(segmenter: Path, images: np.ndarray, masks: np.ndarray) -> 
 
 
 @torch.no_grad()
-def feedback_premise(generator: Path, real_u8: np.ndarray, real_m: np.ndarray, prompts: list[str]) -> dict:
+def feedback_premise(generator: Path, real_u8: np.ndarray, real_m: np.ndarray, prompts: list[str],
+                     base: str | None = None) -> dict:
     """The premise of Generative Feedback on real anomalous images (uint8 [B, H, W, 3], bool masks [B, H, W]):
     ``synthesis.scoring.premise`` with the generator of run folder ``generator``."""
     from anomalign.data.transforms import to_model_range
@@ -216,7 +219,7 @@ def feedback_premise(generator: Path, real_u8: np.ndarray, real_m: np.ndarray, p
 
     x = torch.stack([to_model_range(im) for im in real_u8])
     m = torch.from_numpy(real_m.astype(np.float32))[:, None]
-    return premise(MaskGenerator.load(generator).eval(), x, m, prompts)
+    return premise(MaskGenerator.load(generator, base=base).eval(), x, m, prompts)
 
 
 def premise_note(premise: dict, split: str) -> str:
@@ -266,8 +269,8 @@ def run_evaluate_generation(cfg: EvaluateGenerationConfig) -> dict:
     premise = None
     if cfg.generator is not None:
         groups = {"real images": real_u8} | {f"generated: {n}": s[0] for n, s in sets.items()}
-        figures["t-SNE"] = tsne_plot(cfg.generator, groups, real_m, out / "tsne.png").name
-        premise = feedback_premise(cfg.generator, real_u8, real_m, real_prompts)
+        figures["t-SNE"] = tsne_plot(cfg.generator, groups, real_m, out / "tsne.png", base=cfg.base).name
+        premise = feedback_premise(cfg.generator, real_u8, real_m, real_prompts, base=cfg.base)
         notes.append(premise_note(premise, cfg.split))
     payload = {"real": str(cfg.real), "split": cfg.split, "real_images": len(real_u8), "resolution": size,
                "sets": results, "premise": premise, "notes": notes, "figures": figures,

@@ -88,6 +88,14 @@ class MaskGenerator(nn.Module):
         out = self.unet(torch.cat([x_t.to(self.unet.dtype), cond], dim=1), t, encoder_hidden_states=prompt_emb).sample
         return to_epsilon(self.scheduler, out, x_t, t)
 
+    def cast(self, dtype: torch.dtype) -> "MaskGenerator":
+        """The UNet and prompt encoder in ``dtype`` for sampling; the codec stays float32: SD's VAE overflows in
+        fp16 at 512 px (NaN or black images), and it is a small part of the memory. Returns self."""
+        self.unet.to(dtype)
+        self.prompt_encoder.to(dtype)
+        self.vae.to(torch.float32)
+        return self
+
     @property
     def mask_free(self) -> bool:
         """True for a base without a mask input (pretrained like SD, prompt only)."""

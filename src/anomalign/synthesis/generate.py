@@ -47,6 +47,8 @@ class GenerateConfig(DataOptions):
 
     generator: Path | None = option(None, "generator run folder (from `anomalign train-generator`); not used by "
                                           "--synthesizer cutpaste")
+    base: str | None = option(None, "sd generator: its Stable Diffusion base folder or hub id, overriding the path "
+                                    "stored in the generator (a moved or copied base; its fingerprint must match)")
     synthesizer: Literal["diffusion", "cutpaste"] = option(
         "diffusion", "diffusion: the generator draws each defect; cutpaste: the baseline, real defect pixels "
                      "pasted with their (augmented) masks into --normals or --background images")
@@ -104,8 +106,9 @@ class GenerateConfig(DataOptions):
         "auto", "score --min-alignment applies to (auto: oracle if given, else free-lunch)")
     max_attempts: float = option(4.0, "with --min-alignment: stop after this many x --num attempts")
     device: Literal["auto", "cpu", "cuda"] = option("auto", "where to run")
-    dtype: Literal["fp32", "fp16", "bf16"] = option("fp32", "precision of the generator's weights and sampling "
-                                                             "(fp16/bf16: half the memory, faster on GPUs)")
+    dtype: Literal["fp32", "fp16", "bf16"] = option("fp32", "precision of the UNet and prompt encoder and of sampling "
+                                                             "(fp16/bf16: half the memory, faster on GPUs; bf16 is "
+                                                             "the safer one where the GPU has it); the codec stays fp32")
 
     def validate(self) -> None:
         DataOptions.validate(self)
@@ -319,7 +322,7 @@ def run_generate(cfg: GenerateConfig, progress: bool = True, oracle=None) -> dic
         if not weights.is_file():
             raise AnomalignError(f"{gen_dir}: not a generator run folder (no {WEIGHTS_NAME}); train one with "
                                  "`anomalign train-generator`")
-        gen = MaskGenerator.load(gen_dir, device=acc.device).to(DTYPES[cfg.dtype]).eval()
+        gen = MaskGenerator.load(gen_dir, base=cfg.base, device=acc.device).cast(DTYPES[cfg.dtype]).eval()
         size = cfg.resolution or gen.resolution
         step = gen.factor * 4
         if size % step:
