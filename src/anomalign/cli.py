@@ -6,6 +6,7 @@ Each subcommand is (config dataclass, run function). Flags are generated from th
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import sys
 from dataclasses import dataclass
@@ -177,3 +178,14 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("anomalign: interrupted", file=sys.stderr)
         return 130
+    except OSError as e:
+        if e.errno not in ENVIRONMENT_ERRNOS:
+            raise  # anything else is a bug: keep its traceback
+        where = f"{e.filename}: " if e.filename else ""
+        print(f"anomalign: error: {where}{e.strerror or e} (nothing partial was left under the output's real "
+              f"names; free space or pick a writable --out, then rerun: finished work is kept)", file=sys.stderr)
+        return 1
+
+
+# Failures of the machine, not of the input or of anomalign: one line and exit code 1, never a traceback.
+ENVIRONMENT_ERRNOS = {errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EPERM, errno.EDQUOT, errno.EFBIG, errno.EIO}

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import types
 import typing
 from pathlib import Path
@@ -75,9 +76,12 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
         if isinstance(value, bool):
             raise ConfigError(f"{where}: expected a number, got {value!r}")
         try:
-            return float(value)
+            number = float(value)
         except (TypeError, ValueError):
             raise ConfigError(f"{where}: expected a number, got {value!r}") from None
+        if not math.isfinite(number):  # 'nan' and 'inf' parse as floats and would flow silently into outputs
+            raise ConfigError(f"{where}: expected a finite number, got {value!r}")
+        return number
     if tp is Path:
         if not isinstance(value, (str, Path)):
             raise ConfigError(f"{where}: expected a path, got {value!r}")

@@ -76,3 +76,38 @@ def start_run_folder(out: Path, command: str, cfg: Any, skipped: list[dict] | No
     save_config(cfg, out / "config.yaml")
     if skipped:
         write_text_atomic(out / "skipped.json", json.dumps(skipped, indent=1) + "\n")
+
+
+def check_output_folder(out: Path, command: str, legacy=None) -> Path:
+    """Check, before anything is written, that ``out`` may receive the files of ``command`` (a command whose
+    output folder is rewritten on every run, such as ``evaluate`` and ``report``): a new or empty folder, or one
+    this command made (its ``run.json``; for folders from before ``run.json``, ``legacy(out)`` says). Refused, with
+    nothing changed: a file, or a folder holding anything else (the user's own files are never replaced)."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise AnomalignError(f"{out}: --out is a file, not a folder; nothing was changed. Choose a new --out.")
+    if not (out.is_dir() and _visible_entries(out)):
+        return out
+    marker = out / RUN_MARKER
+    owner = None
+    if marker.is_file():
+        try:
+            owner = json.loads(marker.read_text()).get("command")
+        except (json.JSONDecodeError, UnicodeDecodeError, AttributeError, OSError):
+            owner = None
+    elif legacy is not None and legacy(out):
+        owner = command
+    if owner != command:
+        made_by = f"was written by `anomalign {owner}`" if isinstance(owner, str) else f"was not written by `anomalign {command}`"
+        raise AnomalignError(f"{out}: folder is not empty and {made_by}; refusing to write into it (nothing was "
+                             "changed). Choose a new --out.")
+    return out
+
+
+def mark_output_folder(out: Path, command: str) -> None:
+    """Create ``out`` and mark it as ``command``'s (``run.json``), so a later run may rewrite it."""
+    from anomalign import __version__
+    from anomalign.files import write_text_atomic
+    out.mkdir(parents=True, exist_ok=True)
+    if not (out / RUN_MARKER).is_file():
+        write_text_atomic(out / RUN_MARKER, json.dumps({"command": command, "anomalign": __version__}) + "\n")

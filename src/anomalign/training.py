@@ -222,6 +222,8 @@ def train_loop(task: TrainTask, opts: LoopOptions, out_dir: Path, accelerator=No
                disable=not (progress and acc.is_main_process))
     last: dict[str, float] = {}
     window = _LogWindow(log_path, writer)
+    if ckpt is not None:  # the steps since the last log row: a resumed row averages the same steps as one run's
+        window.restore(_read_trainer_json(ckpt).get("log_window"))
     try:
         for step in range(start, opts.max_steps):
             micro_values: dict[str, list[float]] = {}
@@ -248,7 +250,8 @@ def train_loop(task: TrainTask, opts: LoopOptions, out_dir: Path, accelerator=No
             if task.validate_fn is not None and opts.validate_every and done % opts.validate_every == 0:
                 best = _validate(task, ema, acc, done, out_dir, best)
             if done % opts.checkpoint_every == 0 and done < opts.max_steps and acc.is_main_process:
-                _save_checkpoint(out_dir, done, task, opt, sched, ema, best, opts.keep_checkpoints, acc.scaler)
+                _save_checkpoint(out_dir, done, task, opt, sched, ema, best, opts.keep_checkpoints, acc.scaler,
+                                 log_window=window.state())
         best = _finish(task, opts, acc, out_dir, opt, sched, ema, best)
     finally:
         bar.close()
@@ -256,6 +259,11 @@ def train_loop(task: TrainTask, opts: LoopOptions, out_dir: Path, accelerator=No
             writer.close()
     acc.wait_for_everyone()
     return {"last": last, "best": best, "steps": opts.max_steps}
+
+
+def _read_trainer_json(ckpt: Path) -> dict:
+    """A checkpoint's trainer.json (read again after ``_load_checkpoint`` checked it)."""
+    return json.loads((ckpt / "trainer.json").read_text())
 
 
 def _load_checkpoint(ckpt: Path, task: TrainTask, opt, sched, ema: EMA | None, scaler=None
@@ -318,7 +326,8 @@ def _max_abs(params: list[nn.Parameter]) -> float:
 
 def _diverged_message(out_dir: Path, loss: float, step: int, scale0: float) -> str:
     """What the NaN stop tells the user about the latest checkpoint: only what was checked."""
-    msg = f"loss became {loss} at step {step}; stopped without saving these weights. "
+    # ``step`` counts from 0; checkpoint step-N holds the weights after N steps: the message counts like the files
+    msg = f"loss became {loss} in step {step + 1}; training stopped, and the weights of that step were not saved. "
     latest = find_checkpoint(out_dir, "latest")
     if latest is None:
         return msg + "No checkpoint was saved before it (lower the learning rate or use --mixed-precision no)"
@@ -327,7 +336,8 @@ def _diverged_message(out_dir: Path, loss: float, step: int, scale0: float) -> s
         scale = float(info["max_abs_weight"])
     except (OSError, json.JSONDecodeError, KeyError, TypeError, ValueError):
         scale = float("nan")
-    msg += (f"Latest checkpoint: {latest} (its weights are finite, largest |weight| {scale:.3g}; "
+    msg += (f"Latest checkpoint, from before that step: {latest} (its weights are finite, largest |weight| "
+            f"{scale:.3g}; "
             f"{scale0:.3g} when this run started)")
     if not scale <= 10 * max(scale0, 1e-12):
         msg += (". Its weights grew more than 10x: it is probably diverging already — resume from an earlier "
@@ -367,6 +377,14 @@ class _LogWindow:
         self.path, self.writer = path, writer
         self.values: dict[str, list[float]] = {}
         self.t_last, self.steps = time.perf_counter(), 0
+
+    def state(self) -> dict:
+        """The losses gathered since the last row (NaN as null), for a checkpoint."""
+        return {k: [v if math.isfinite(v) else None for v in vs] for k, vs in self.values.items()}
+
+    def restore(self, state: dict | None) -> None:
+        """Continue a window saved by ``state`` (a checkpoint taken between two log rows)."""
+        self.values = {k: [float("nan") if v is None else float(v) for v in vs] for k, vs in (state or {}).items()}
 
     def add(self, totals: dict[str, float]) -> None:
         for name, v in totals.items():
@@ -421,7 +439,7 @@ def _validate(task: TrainTask, ema: EMA | None, acc, step: int, out_dir: Path, b
 
 
 def _save_checkpoint(out_dir: Path, step: int, task: TrainTask, opt, sched, ema: EMA | None, best, keep: int,
-                     scaler=None) -> Path:
+                     scaler=None, log_window: dict | None = None) -> Path:
     root = out_dir / "checkpoints"
     final = root / f"step-{step:07d}"
     tmp = root / f"step-{step:07d}.tmp"
@@ -443,7 +461,8 @@ def _save_checkpoint(out_dir: Path, step: int, task: TrainTask, opt, sched, ema:
                                                   "lr_scheduler": sched.state_dict(),
                                                   "max_abs_weight": _max_abs(task.params),
                                                   # fp16: the loss scale reached, so a resume does not relearn it
-                                                  "grad_scaler": scaler.state_dict() if scaler is not None else None},
+                                                  "grad_scaler": scaler.state_dict() if scaler is not None else None,
+                                                  "log_window": log_window},
                                                  default=float))
     if final.exists():
         shutil.rmtree(final)

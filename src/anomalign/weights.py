@@ -10,18 +10,15 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, safe_open, save_file
 
 from anomalign.errors import AnomalignError
-from anomalign.files import temp_path
+from anomalign.files import atomic_target
 
 
 def write_weights(file: Path, state: dict[str, torch.Tensor], key: str, spec: dict[str, Any]) -> Path:
     """Write ``state`` with ``spec`` (JSON) under metadata ``key``; atomically (temp name, then rename)."""
-    file = Path(file)
-    file.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temp_path(file)
-    save_file({k: v.detach().cpu().contiguous() for k, v in state.items()}, str(tmp),
-              metadata={key: json.dumps(canonical_spec(spec), default=_json_default)})
-    tmp.replace(file)
-    return file
+    with atomic_target(file) as tmp:
+        save_file({k: v.detach().cpu().contiguous() for k, v in state.items()}, str(tmp),
+                  metadata={key: json.dumps(canonical_spec(spec), default=_json_default)})
+    return Path(file)
 
 
 def canonical_spec(spec: Any) -> Any:

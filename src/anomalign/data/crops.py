@@ -61,6 +61,15 @@ def rescale_pair(image: np.ndarray, mask: np.ndarray, scale: float) -> tuple[np.
     return img, msk
 
 
+def load_scaled_pair(sample, scale: float, threshold: float = 0.5) -> tuple[np.ndarray, np.ndarray]:
+    """A sample's image uint8 [H, W, 3] and mask bool [H, W] resampled by ``scale`` (``rescale_pair``); an
+    image whose resampled size is over the megapixel limit is refused before it is resampled."""
+    from anomalign.data.imageio import check_scaled_size
+    image, mask = load_pair(sample, None, threshold)
+    check_scaled_size(sample.image, image.shape[1], image.shape[0], scale)
+    return rescale_pair(image, mask, scale)
+
+
 def components(mask: np.ndarray) -> list[np.ndarray]:
     """8-connected components of a bool mask [H, W], each as an int array [n, 2] of (y, x) pixels."""
     seen = np.zeros(mask.shape, dtype=bool)
@@ -85,15 +94,15 @@ def components(mask: np.ndarray) -> list[np.ndarray]:
 
 
 def pad_to(array: np.ndarray, size: int) -> np.ndarray:
-    """Reflect-pad [H, W, ...] at the bottom/right up to ``size`` in each spatial direction (symmetric
-    reflection, repeated if the image is less than half the size)."""
+    """Pad [H, W, ...] at the bottom/right up to ``size`` in each spatial direction: one symmetric reflection
+    (at most the image's own size), then zeros. Never more than one reflection: repeated reflection tiles a
+    tiny image, and the one defect pixel of a 1 x 1 image would become a whole crop of label; zeros are
+    consistent for image and mask alike (a black border, no defect)."""
     h, w = array.shape[:2]
-    while h < size or w < size:
-        ph, pw = max(0, min(size - h, h)), max(0, min(size - w, w))
-        pad = [(0, ph), (0, pw)] + [(0, 0)] * (array.ndim - 2)
-        array = np.pad(array, pad, mode="symmetric")
-        h, w = array.shape[:2]
-    return array
+    ph, pw = max(0, min(size - h, h)), max(0, min(size - w, w))
+    array = np.pad(array, [(0, ph), (0, pw)] + [(0, 0)] * (array.ndim - 2), mode="symmetric")
+    h, w = array.shape[:2]
+    return np.pad(array, [(0, max(0, size - h)), (0, max(0, size - w))] + [(0, 0)] * (array.ndim - 2))
 
 
 class CropSampler:
@@ -112,7 +121,7 @@ class CropSampler:
             raise DataError(f"{name}: the largest image is {images[k].shape[1]}x{images[k].shape[0]} px at this scale, "
                             f"smaller than the crop of {crop} px; lower --crop-size or raise --scale")
         # Images narrower than the crop in one direction (a dataset of mixed sizes) are reflect-padded, image and
-        # mask together, so the pair stays consistent.
+        # mask together, so the pair stays consistent (``pad_to``: one reflection at most, then zeros).
         self.padded = sum(min(im.shape[:2]) < crop for im in images)
         self.images = [pad_to(im, crop) for im in images]
         self.masks = [pad_to(m, crop) for m in masks]
@@ -156,7 +165,7 @@ class CropPairs:
     def __init__(self, samples, crop: int, scale: float = 1.0, augment: list[str] = (), seed: int = 0,
                  anomaly_fraction: float = 0.5, jitter: float = 0.25, threshold: float = 0.5):
         self.samples = list(samples)
-        pairs = [rescale_pair(*load_pair(s, None, threshold), scale) for s in self.samples]
+        pairs = [load_scaled_pair(s, scale, threshold) for s in self.samples]
         self.sampler = CropSampler([p[0] for p in pairs], [p[1] for p in pairs], crop, anomaly_fraction, jitter,
                                    names=[s.image for s in self.samples])
         self.prompts = [default_prompt(s) for s in self.samples]
@@ -183,13 +192,21 @@ def median_image_side(samples, limit: int = 200) -> int:
     return int(np.median(sides)) if sides else 0
 
 
+def auto_crop_size(samples, size: int, scale: float = 1.0) -> tuple[int, int]:
+    """The crop rule of ``--crop-size`` left unset, shared by both trainers: (crop size, median shorter side
+    of the files). Crops of ``size`` px when the images, resampled by ``scale``, are at least twice ``size``
+    (resizing whole images would shrink their defects away), else 0 (whole images resized to ``size``)."""
+    side = median_image_side(samples)
+    return (size if side * scale >= 2 * size else 0), side
+
+
 def crop_bank(samples, crop: int, scale: float = 1.0, per_image: int = 8, jitter: float = 0.25, seed: int = 0,
               threshold: float = 0.5) -> tuple[torch.Tensor, torch.Tensor, list]:
     """A fixed set of crops to fine-tune a generator on (so their latents can be encoded once and cached):
     ``per_image`` anomaly-centred crops of every anomalous sample and one uniform crop of every normal one,
     at ``scale``. Returns images [N, 3, c, c] in [-1, 1], masks [N, 1, c, c] in {0, 1}, and the source sample
     of each crop. Deterministic in ``seed``."""
-    pairs = [rescale_pair(*load_pair(s, None, threshold), scale) for s in samples]
+    pairs = [load_scaled_pair(s, scale, threshold) for s in samples]
     sampler = CropSampler([p[0] for p in pairs], [p[1] for p in pairs], crop, anomaly_fraction=1.0, jitter=jitter,
                           names=[s.image for s in samples])
     images, masks, sources = [], [], []

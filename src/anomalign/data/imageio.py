@@ -61,10 +61,29 @@ def _too_large(path: Path, size: str) -> FileProblem:
                                                   "limit with --max-megapixels if the image is genuine)"))
 
 
-def open_image(path: Path) -> Image.Image:
+def check_scaled_size(path: Path, width: int, height: int, scale: float, flag: str = "--scale") -> None:
+    """Refuse an image whose size after resampling by ``scale`` is over the megapixel limit: the limit guards
+    the memory a command uses, and that is set by the resampled image, not by the file."""
+    pixels = width * scale * height * scale
+    if pixels > _max_pixels:
+        raise DataError(f"{path}: {width} x {height} px at {flag} {scale:g} is {round(width * scale)} x "
+                        f"{round(height * scale)} px ({pixels / 1e6:,.0f} MP), over the limit of "
+                        f"{_max_pixels / 1e6:g} MP; nothing was computed (lower {flag}, or raise --max-megapixels "
+                        "if the machine has the memory)")
+
+
+def header_size(path: Path) -> tuple[int, int]:
+    """(width, height) of an image from its header only, under the same checks and limit as ``open_image``
+    (a file that is no image, empty, or over the megapixel limit raises FileProblem); nothing is decoded."""
+    with open_image(path, decode=False) as im:
+        return im.size
+
+
+def open_image(path: Path, decode: bool = True) -> Image.Image:
     """Open and fully decode ``path`` (so truncation is detected here, not mid-training).
 
     Images over the size limit (``set_max_megapixels``) are refused from their header, before decoding.
+    ``decode=False``: the header only (the caller closes the image).
     """
     path = Path(path)
     try:
@@ -80,7 +99,8 @@ def open_image(path: Path) -> Image.Image:
             if im.width * im.height > _max_pixels:
                 im.close()
                 raise _too_large(path, f"{im.width} x {im.height} px ({im.width * im.height / 1e6:,.0f} MP)")
-            im.load()
+            if decode:
+                im.load()
     except Image.DecompressionBombError as e:  # PIL's own header check fired first (over 2x its limit)
         pixels = re.search(r"\((\d+) pixels\)", str(e))
         raise _too_large(path, f"{int(pixels[1]) / 1e6:,.0f} MP" if pixels else "its header claims more pixels than PIL allows") from None

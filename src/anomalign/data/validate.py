@@ -185,6 +185,27 @@ def skipped_records(skipped: list[Problem]) -> list[dict]:
     return [{"path": str(p.path), "kind": p.kind, "message": p.message} for p in skipped]
 
 
+def check_samples(samples: list[Sample], options: DataOptions, where: str, min_side: int = 0
+                  ) -> tuple[list[Sample], list[Problem]]:
+    """Decode-check images (and masks) that are read outside ``load_dataset`` (``--normal-images``, the hosts and
+    backgrounds of ``generate``), under ``options.policy``: fail raises DataError listing every problem, skip
+    returns the usable samples and the problems (printed). ``min_side``: images whose shorter side is below it
+    are a problem too (too small for what the command does with them)."""
+    report = check_dataset(DatasetIndex(Path(where), "files", samples), options.mask_threshold)
+    problems = [p for st in report.stats for p in st.problems if p.severity == "error"]
+    if min_side:
+        problems += [Problem(s.image, "too-small", f"image is {st.size[0]}x{st.size[1]} px, smaller than {min_side} "
+                             "px on a side: too small to receive a defect")
+                     for s, st in zip(samples, report.stats) if st.size is not None and min(st.size) < min_side]
+    bad = {p.path for p in problems}
+    usable = [s for s in samples if s.image not in bad and s.mask not in bad]
+    if problems and options.policy == "fail":
+        raise DataError(f"{where}: {len(problems)} problem(s) (use --policy skip to leave these files out)", problems)
+    if problems:
+        print(format_skipped(Path(where), problems), file=sys.stderr)
+    return usable, problems
+
+
 def load_normal_folder(folder: Path, options: DataOptions | None = None) -> DatasetIndex:
     """Defect-free images kept in a folder of their own (``--normal-images DIR``): every image under it, as
     normal training samples without masks, decode-checked under the same policy as a dataset."""
@@ -199,10 +220,5 @@ def load_normal_folder(folder: Path, options: DataOptions | None = None) -> Data
                for f in walk_files(folder) if is_image(f)]
     if not samples:
         raise DataError(f"{folder}: no images found for --normal-images")
-    report = check_dataset(DatasetIndex(folder, "normal-folder", samples), opts.mask_threshold)
-    errors = report.errors
-    if errors and opts.policy == "fail":
-        raise DataError(f"{folder}: {len(errors)} problem(s) in --normal-images (use policy 'skip')", errors)
-    if errors:
-        print(format_skipped(folder, errors), file=sys.stderr)
-    return DatasetIndex(folder, "normal-folder", report.usable(), report.problems, skipped=errors)
+    usable, errors = check_samples(samples, opts, f"{folder} (--normal-images)")
+    return DatasetIndex(folder, "normal-folder", usable, errors, skipped=errors)

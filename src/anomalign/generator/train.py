@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from anomalign.config import option, save_config
-from anomalign.data.crops import CropOptions, crop_bank, median_image_side
+from anomalign.data.crops import CropOptions, auto_crop_size, crop_bank
 from anomalign.data.dataset import PairDataset, default_prompt
 from anomalign.data.folders import DataOptions
 from anomalign.data.transforms import DIHEDRAL_AUGMENTS, dihedral_variants, is_grey
@@ -193,8 +193,7 @@ def training_pairs(cfg: TrainGeneratorConfig, resolution: int):
     normals = normals[: cfg.normals]
     val = ([s for s in index.split("val") if not s.normal] or train)[: cfg.validation_masks]
     if cfg.crop_size is None:
-        side = median_image_side(train)
-        cfg.crop_size = resolution if side >= 2 * resolution * cfg.scale else 0
+        cfg.crop_size, side = auto_crop_size(train, resolution, cfg.scale)
         if cfg.crop_size:
             print(f"images are large (median shorter side {side} px) for resolution {resolution}: fine-tuning on "
                   f"{resolution}-px crops at native resolution (--crop-size 0 resizes whole images instead)")

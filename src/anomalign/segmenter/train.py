@@ -9,7 +9,7 @@ from typing import Literal
 import torch
 
 from anomalign.config import option, save_config
-from anomalign.data.crops import CropOptions, CropPairs, median_image_side
+from anomalign.data.crops import CropOptions, CropPairs, auto_crop_size
 from anomalign.data.dataset import PairDataset
 from anomalign.data.folders import DataOptions
 from anomalign.data.transforms import DIHEDRAL_AUGMENTS, dihedral_variants
@@ -257,9 +257,9 @@ def choose_crops(cfg: TrainSegmenterConfig, samples: list) -> None:
     that size (their defects would shrink away if the whole image were resized), else whole images resized."""
     if cfg.crop_size is not None:
         return
-    side = median_image_side(samples)
-    cfg.crop_size = cfg.size if side >= 2 * cfg.size * cfg.scale else 0
+    cfg.crop_size, side = auto_crop_size(samples, cfg.size, cfg.scale)
     if cfg.crop_size:
-        print(f"images are large (median shorter side {side} px) for --size {cfg.size}: training on "
+        print(f"images are large (median shorter side {side} px, {side * cfg.scale:g} px at --scale {cfg.scale:g}) "
+              f"for --size {cfg.size}: training on "
               f"{cfg.size}-px crops at native resolution, predicting with sliding windows "
               "(--crop-size 0 resizes whole images instead)")
