@@ -199,8 +199,8 @@ def test_filtering_with_an_oracle_object(gen_dir, data, tmp_path):
 
 
 def test_too_strict_threshold_stops_at_the_cap(gen_dir, data, tmp_path):
-    with pytest.raises(AnomalignError, match="only 0 of 4 attempts"):
-        run_generate(cfg(gen_dir, data, tmp_path / "o", num=2, min_alignment=10.0, max_attempts=2), progress=False)
+    with pytest.raises(AnomalignError, match="only 0 of 4 attempts were kept .4 scored below --min-alignment"):
+        run_generate(cfg(gen_dir, data, tmp_path / "o", num=2, min_alignment=0.999, max_attempts=2), progress=False)
 
 
 def test_mask_folder_input_and_defect_names(gen_dir, data, tmp_path):

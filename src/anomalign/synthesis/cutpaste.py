@@ -82,7 +82,7 @@ class CutPaste:
 
     @torch.no_grad()
     def run(self, attempts: list[int]) -> list[tuple[dict, np.ndarray | None, np.ndarray | None]]:
-        from anomalign.synthesis.fullsize import defect_box, piece_rng, plan
+        from anomalign.synthesis.fullsize import defect_box, piece_rng, plan, unplaceable_record
         cfg, out = self.cfg, []
         for i in attempts:
             k, mask, image, ops = self.conditioning(i)
@@ -95,7 +95,11 @@ class CutPaste:
             if self.normals is not None:
                 y0, x0, y1, x1 = defect_box(m, cfg.max_defect_size, piece_rng(cfg.seed, i))
                 defect, box = m[y0:y1, x0:x1], pix[y0:y1, x0:x1]
-                p, fitted = plan(i, cfg.seed, defect, self.normals, max(defect.shape))
+                placed = plan(i, cfg.seed, defect, self.normals, max(defect.shape))
+                if placed is None:
+                    out.append((unplaceable_record(i, src, defect.shape), None, None))
+                    continue
+                p, fitted = placed
                 if fitted.shape != defect.shape:  # scaled down to fit: the pixels follow the mask
                     box = _resize_u8(box, fitted.shape)
                 normal, _ = self.normals.get(p.normal)

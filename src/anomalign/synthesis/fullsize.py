@@ -90,13 +90,13 @@ class NormalImages:
             raise DataError(f"{self.host_masks[j][0]}: mask is {existing.shape[1]}x{existing.shape[0]} but the "
                             f"image is {image.shape[1]}x{image.shape[0]}")
         if self.foreground_dir is not None:
-            found = sorted(Path(self.foreground_dir).glob(self.files[j].stem + ".*"))
-            if not found:
+            found = foreground_file(self.files[j], self.foreground_dir)
+            if found is None:  # checked before the run starts (foreground_problems); kept for direct use
                 raise DataError(f"{self.files[j]}: no foreground mask named {self.files[j].stem}.* in "
                                 f"{self.foreground_dir}")
-            fg = load_mask(found[0])
+            fg = load_mask(found)
             if fg.shape != image.shape[:2]:
-                raise DataError(f"{found[0]}: foreground mask is {fg.shape[1]}x{fg.shape[0]} but the image is "
+                raise DataError(f"{found}: foreground mask is {fg.shape[1]}x{fg.shape[0]} but the image is "
                                 f"{image.shape[1]}x{image.shape[0]}")
         else:
             fg = estimate_foreground(image, ignore=existing)
@@ -175,31 +175,31 @@ def fit_defect(defect: np.ndarray, side: int) -> tuple[np.ndarray, float]:
     scale = side / max(h, w)
     out = np.asarray(Image.fromarray(defect.astype(np.uint8) * 255).resize(
         (max(1, int(w * scale)), max(1, int(h * scale))), Image.NEAREST)) > 127
-    return (out if out.any() else defect[:side, :side]), scale
+    return out, scale  # may have no pixel left (a thin defect shrunk a lot): then it does not fit
 
 
 def plan(i: int, seed: int, defect: np.ndarray, normals: NormalImages, size: int, tries: int = 200,
-         normals_to_try: int = 10) -> tuple[Placement, np.ndarray]:
+         normals_to_try: int = 10) -> tuple[Placement, np.ndarray] | None:
     """Placement of attempt i: normal image i mod N (or one of the next ones if the defect does not fit
     on its foreground), a location drawn from ``(seed, i)``, and the generation window; also the defect as
     placed: scaled down when longer than the image's shorter side, and to a half or a quarter of that side
-    when it fits no foreground otherwise (``Placement.shrink`` records the scale)."""
+    when it fits no foreground otherwise (``Placement.shrink`` records the scale). None when it fits on none
+    of the images tried: the attempt is skipped and counted, the run goes on."""
     rng = random.Random(f"{seed}:{i}:placement")
     for extra in (1.0, 0.5, 0.25):  # a defect covering most of an image may only fit the foreground smaller
         for step in range(min(normals_to_try, len(normals))):
             j = (i + step) % len(normals)
             image, fg = normals.get(j)
             fitted, shrink = fit_defect(defect, int(min(image.shape[:2]) * extra))
+            if not fitted.any():
+                continue
             spot = place(fitted, fg, rng, tries)
             if spot is not None:
                 y, x = spot
                 h, w = fitted.shape
                 top, left, side = window_around(y, x, h, w, size, *image.shape[:2], rng)
                 return Placement(j, y, x, h, w, top, left, side, shrink), fitted
-    h, w = defect.shape
-    raise DataError(f"a {w}x{h}-px defect fits on the foreground of none of normal images "
-                    f"{[normals.files[(i + s) % len(normals)].name for s in range(min(normals_to_try, len(normals)))]}; "
-                    "use larger normal images, --foreground masks, or smaller source masks")
+    return None
 
 
 def window_inputs(p: Placement, defect: np.ndarray, normals: NormalImages, size: int
@@ -233,3 +233,40 @@ def compose(p: Placement, defect: np.ndarray, window_u8: np.ndarray, region: tor
         window_u8 = np.repeat(grey_u8(window_u8)[..., None], 3, axis=2)
     full = paste(image, window_u8, alpha[0].numpy(), p.top, p.left)
     return (full[..., 0] if grey else full), normals.full_mask(p, defect)
+
+
+def unplaceable_record(i: int, source, shape: tuple[int, int]) -> dict:
+    """The record of attempt i whose defect (bool [h, w] of ``shape``) fits on no host image: not kept, with the
+    reason, so the run's summary can count such attempts instead of stopping at the first one."""
+    return {"index": i, "kept": False, "reason": "unplaceable", "defect": source.defect,
+            "category": source.category, "prompt": source.prompt, "normal": False,
+            "source_mask": str(Path(source.mask).resolve()), "defect_size": [int(shape[0]), int(shape[1])],
+            "scores": {}}
+
+
+def foreground_file(image: Path, folder: Path) -> Path | None:
+    """The ``--foreground`` mask of a host image: ``folder/<stem>.*`` (the first by name), or None."""
+    found = sorted(Path(folder).glob(Path(image).stem + ".*"))
+    return found[0] if found else None
+
+
+def foreground_problems(images: list[Path], folder: Path) -> list:
+    """Problems (``data.sample.Problem``) of the ``--foreground`` masks of host images, from headers only: a
+    missing mask, or one whose size differs from its image's."""
+    from anomalign.data.imageio import FileProblem, header_size
+    from anomalign.data.sample import Problem
+    problems = []
+    for image in images:
+        fg = foreground_file(image, folder)
+        if fg is None:
+            problems.append(Problem(image, "no-foreground", f"no foreground mask named {Path(image).stem}.* in {folder}"))
+            continue
+        try:
+            size, want = header_size(fg), header_size(image)
+        except FileProblem as e:
+            problems.append(e.problem)
+            continue
+        if size != want:
+            problems.append(Problem(fg, "size-mismatch", f"foreground mask is {size[0]}x{size[1]} but the image "
+                                                         f"{Path(image).name} is {want[0]}x{want[1]}"))
+    return problems

@@ -34,7 +34,8 @@ from anomalign.errors import AnomalignError, ConfigError, DataError
 from anomalign.files import write_text_atomic
 from anomalign.synthesis.sources import (MaskSource, host_files, load_masks, normal_files, read_backgrounds,
                                         read_mask_sources)
-from anomalign.synthesis.store import file_sha256, prepare_out, read_record, write_attempt
+from anomalign.files import file_sha256
+from anomalign.synthesis.store import prepare_out, read_record, write_attempt
 from anomalign.synthesis.augment import MASK_AUGMENTS, augment_mask
 from anomalign.training import sample_seed
 
@@ -120,6 +121,10 @@ class GenerateConfig(DataOptions):
             raise ConfigError(f"x0_clip must be >= 0 (0 = no bound), got {self.x0_clip}")
         if self.steps is None:
             self.steps = 50 if self.scheduler == "ddim" else 20
+        if self.steps < 1:
+            raise ConfigError(f"steps must be >= 1, got {self.steps}")
+        if self.guidance < 0:
+            raise ConfigError(f"guidance must be >= 0 (1 = off), got {self.guidance}")
         if self.synthesizer == "diffusion" and self.generator is None:
             raise ConfigError("--generator is required (or --synthesizer cutpaste)")
         if self.synthesizer == "cutpaste":
@@ -169,6 +174,13 @@ class GenerateConfig(DataOptions):
             raise ConfigError("score 'oracle' needs --oracle SEGMENTER_RUN")
         if self.min_alignment is not None and self.filter_score(has_oracle) not in self.scores:
             self.scores.append(self.filter_score(has_oracle))
+        if self.min_alignment is not None:  # a threshold no sample can reach would run every attempt, then fail
+            score = self.filter_score(has_oracle)
+            if score == "oracle" and not 0 <= self.min_alignment <= 1:
+                raise ConfigError(f"min_alignment {self.min_alignment:g} is outside the oracle IoU's range [0, 1]")
+            if score == "free-lunch" and not self.min_alignment < 1:
+                raise ConfigError(f"min_alignment {self.min_alignment:g} cannot be reached: the free-lunch score "
+                                  "is below 1 (0.05 = the true mask's loss 5 % lower)")
 
     def filter_score(self, has_oracle: bool) -> str:
         """The score --min-alignment applies to."""
@@ -211,12 +223,34 @@ class Synthesizer:
         Batched network calls can differ from unbatched ones by float rounding (kernels sum in another
         order); ``batch_invariant`` trades speed for bit-identical results.
         """
+        plans, skipped = {}, []
+        if self.normals is not None:  # full size: where each defect goes, and which fit nowhere
+            plans = self.placements(attempts)
+            skipped = [i for i in attempts if plans[i][0] is None]
+            attempts = [i for i in attempts if plans[i][0] is not None]
         if self.cfg.batch_invariant:
-            return [r for i in attempts for r in self._run(attempts=[i])]
-        return self._run(attempts)
+            made = [r for i in attempts for r in self._run([i], plans)]
+        else:
+            made = self._run(attempts, plans) if attempts else []
+        if skipped:
+            from anomalign.synthesis.fullsize import unplaceable_record
+            made += [(unplaceable_record(i, self.sources[self.conditioning(i)[0]], plans[i][1].shape), None, None)
+                     for i in skipped]
+        return sorted(made, key=lambda r: r[0]["index"])
+
+    def placements(self, attempts: list[int]) -> dict[int, tuple]:
+        """{attempt: (Placement or None when the defect fits on no host, the defect bool [h, w] as placed)}."""
+        from anomalign.synthesis.fullsize import defect_shape, piece_rng, plan
+        cfg = self.cfg
+        size = self.gen.resolution if cfg.resolution is None else cfg.resolution
+        out = {}
+        for i in attempts:
+            defect = defect_shape(self.conditioning(i)[1], cfg.max_defect_size, piece_rng(cfg.seed, i))
+            out[i] = plan(i, cfg.seed, defect, self.normals, size) or (None, defect)
+        return out
 
     @torch.no_grad()
-    def _run(self, attempts: list[int]) -> list[tuple[dict, np.ndarray | None, np.ndarray | None]]:
+    def _run(self, attempts: list[int], plans: dict) -> list[tuple[dict, np.ndarray | None, np.ndarray | None]]:
         from anomalign.data.transforms import from_model_range, grey_u8
         from anomalign.generator.sampler import sample
         from anomalign.synthesis.scoring import free_lunch, oracle_scores
@@ -227,12 +261,9 @@ class Synthesizer:
         seeds = [sample_seed(cfg.seed, i, 0) for i in attempts]
         bg = region = placed = None
         if self.normals is not None:  # full size: a window of each normal image around the defect's location
-            from anomalign.synthesis.fullsize import defect_shape, piece_rng, plan, window_inputs
+            from anomalign.synthesis.fullsize import window_inputs
             size = gen.resolution if cfg.resolution is None else cfg.resolution
-            defects = [defect_shape(m, cfg.max_defect_size, piece_rng(cfg.seed, i))
-                       for i, (_, m, _) in zip(attempts, cond)]
-            placed, defects = map(list, zip(*(plan(i, cfg.seed, d, self.normals, size)
-                                               for i, d in zip(attempts, defects))))
+            placed, defects = [plans[i][0] for i in attempts], [plans[i][1] for i in attempts]
             bg, masks = map(torch.stack, zip(*(window_inputs(p, d, self.normals, size)
                                                for p, d in zip(placed, defects))))
             region = dilate(masks, cfg.dilate)
@@ -333,11 +364,14 @@ def run_generate(cfg: GenerateConfig, progress: bool = True, oracle=None) -> dic
     from anomalign.data.validate import skipped_records
     set_max_megapixels(cfg.max_megapixels)  # mask folders and backgrounds are read without load_dataset
     sources, skipped = read_mask_sources(cfg)
+    skipped = list(skipped)
     normals = None
     if cfg.normals is not None:  # full size: masks stay at their own resolution, defects go into the normals
         from anomalign.data.imageio import load_mask
         from anomalign.synthesis.fullsize import NormalImages
         files, host_masks = host_files(cfg, Path(cfg.normals), cfg.split, cfg.hosts)
+        files, host_masks, problems = usable_hosts(cfg, files, host_masks)
+        skipped += problems
         normals = NormalImages(files, cfg.foreground, host_masks=host_masks, host_gap=cfg.host_gap,
                                mask_threshold=cfg.mask_threshold)
         masks = [torch.from_numpy(load_mask(s.mask, cfg.mask_threshold, s.mask_ids).astype(np.float32))[None]
@@ -352,7 +386,10 @@ def run_generate(cfg: GenerateConfig, progress: bool = True, oracle=None) -> dic
         where = "" if normals is not None else f" left at {size}x{size}"  # full size: the masks were empty
         print(f"warning: {len(vanished)} mask(s) have no anomaly pixel{where} and are skipped "
               f"(e.g. {vanished[0]})", file=sys.stderr)
-    backgrounds = read_backgrounds(cfg, size) if cfg.background is not None else None
+    backgrounds = None
+    if cfg.background is not None:
+        backgrounds, problems = read_backgrounds(cfg, size)
+        skipped += problems
     if oracle is None and cfg.oracle is not None:
         raise ConfigError("--oracle: pass the loaded segmenter as run_generate(..., oracle=...); the `generate` "
                           "command loads it (synthesis sits below the segmenter and does not import it)")
@@ -372,6 +409,35 @@ def run_generate(cfg: GenerateConfig, progress: bool = True, oracle=None) -> dic
     return finish_run(cfg, out, acc, attempts, made, time.perf_counter() - t0)
 
 
+MIN_HOST_SIDE = 16  # px: a smaller host image cannot receive a defect that still has pixels
+
+
+def usable_hosts(cfg: GenerateConfig, files: list[Path], host_masks: list) -> tuple[list[Path], list, list]:
+    """The ``--normals`` images (and anomalous hosts' masks) that can be used, checked before anything is
+    written: decodable, at least MIN_HOST_SIDE px, with a matching ``--foreground`` mask when given. Under
+    ``--policy fail`` a problem stops the run with every file named; under ``skip`` those hosts are left out
+    (returned as problems for skipped.json)."""
+    from anomalign.data.sample import Sample
+    from anomalign.data.validate import check_samples
+    from anomalign.synthesis.fullsize import foreground_problems
+    samples = [Sample(image=f, mask=m[0] if m else None, defect="host", normal=m is None,
+                      mask_ids=m[1] if m else None) for f, m in zip(files, host_masks)]
+    usable, problems = check_samples(samples, cfg, f"{cfg.normals} (--normals)", min_side=MIN_HOST_SIDE)
+    if cfg.foreground is not None:
+        more = foreground_problems([s.image for s in usable], Path(cfg.foreground))
+        if more and cfg.policy == "fail":
+            raise DataError(f"{cfg.foreground}: {len(more)} problem(s) with --foreground (use --policy skip to "
+                            "leave those images out)", more)
+        bad = {p.path for p in more}
+        usable = [s for s in usable if s.image not in bad]
+        problems += more
+    if not usable:
+        raise DataError(f"{cfg.normals}: no usable host image left for --normals", problems)
+    keep = {s.image for s in usable}
+    picked = [(f, m) for f, m in zip(files, host_masks) if f in keep]
+    return [f for f, _ in picked], [m for _, m in picked], problems
+
+
 def generate_rounds(synth: Synthesizer, out: Path, acc, progress: bool) -> tuple[int, int]:
     """Attempts in rounds of batch_size x processes (each process its share, skipping recorded ones) until
     ``num`` are kept or the attempt cap is reached; returns (attempts made so far in all, made by this call)."""
@@ -379,29 +445,34 @@ def generate_rounds(synth: Synthesizer, out: Path, acc, progress: bool) -> tuple
 
     cfg, main = synth.cfg, acc.is_main_process
     rank, world = acc.process_index, acc.num_processes
-    cap = math.ceil(cfg.num * cfg.max_attempts) if cfg.min_alignment is not None else cfg.num
+    # Attempts can be rejected by the filter or, at full size, skipped when their defect fits on no host: then
+    # more than --num attempts are needed, up to --max-attempts x --num.
+    may_reject = cfg.min_alignment is not None or cfg.normals is not None
+    cap = math.ceil(cfg.num * cfg.max_attempts) if may_reject else cfg.num
     round_size = cfg.batch_size * world
     kept_so_far, start, made = 0, 0, 0
     bar = tqdm(total=cfg.num, unit="img", disable=not (progress and main), desc="generate", dynamic_ncols=True)
     while start < cap and kept_so_far < cfg.num:
-        mine = [start + j for j in range(rank, round_size, world) if start + j < cap]
-        todo = [i for i in mine if read_record(out, i) is None]
+        end = min(start + round_size, cap)
+        if cfg.min_alignment is None:  # every placed attempt is kept: a round asks only for what is missing
+            end = min(end, start + cfg.num - kept_so_far)
+        todo = [i for i in range(start + rank, end, world) if read_record(out, i) is None]
         for b in range(0, len(todo), cfg.batch_size):
             for rec, image, mask in synth.run(todo[b:b + cfg.batch_size]):
                 write_attempt(out, rec, image, mask)
                 made += 1
         acc.wait_for_everyone()
-        done = [read_record(out, i) for i in range(start, min(start + round_size, cap))]
+        done = [read_record(out, i) for i in range(start, end)]
         if any(r is None for r in done):
             raise AnomalignError(f"{out}: records missing after a round; do all processes share this folder?")
         new_kept = sum(r["kept"] for r in done)
         bar.update(min(new_kept, cfg.num - kept_so_far))
         kept_so_far += new_kept
-        start += round_size
+        start = end
         if made and main:
-            bar.set_postfix(kept=f"{kept_so_far}/{min(start, cap)}")
+            bar.set_postfix(kept=f"{kept_so_far}/{start}")
     bar.close()
-    return min(start, cap), made
+    return start, made
 
 
 def finish_run(cfg: GenerateConfig, out: Path, acc, attempts: int, made: int, seconds: float) -> dict:
@@ -410,7 +481,12 @@ def finish_run(cfg: GenerateConfig, out: Path, acc, attempts: int, made: int, se
     acc.wait_for_everyone()
     records = [read_record(out, i) for i in range(attempts)]
     kept = [r for r in records if r is not None and r["kept"]]
-    summary = summarize(kept[: cfg.num], attempts)
+    # The result is the first --num kept attempts; attempts after the last of them (the over-shoot of the last
+    # round) are not part of it, so they count neither as tried nor as rejected.
+    used = kept[cfg.num - 1]["index"] + 1 if len(kept) >= cfg.num else attempts
+    counted = [r for r in records[:used] if r is not None]
+    summary = summarize(kept[: cfg.num], used)
+    summary["unplaceable"] = sum(r.get("reason") == "unplaceable" for r in counted)
     summary["images_per_s"] = made / seconds if made else None
     summary["generated_now"] = made
     if acc.is_main_process:
@@ -418,21 +494,29 @@ def finish_run(cfg: GenerateConfig, out: Path, acc, attempts: int, made: int, se
             for key in ("file_name", "mask_file_name"):
                 (out / r[key]).unlink(missing_ok=True)
         write_text_atomic(out / "metadata.jsonl", "".join(json.dumps(r) + "\n" for r in kept[: cfg.num]))
-        write_text_atomic(out / "rejected.jsonl", "".join(json.dumps(r) + "\n" for r in records
-                                                     if r is not None and not r["kept"]))
+        write_text_atomic(out / "rejected.jsonl", "".join(json.dumps(r) + "\n" for r in counted if not r["kept"]))
         write_text_atomic(out / "summary.json", json.dumps(summary, indent=1))
         print(format_summary(summary, out, cfg.num))
     acc.wait_for_everyone()
     if len(kept) < cfg.num:
-        raise AnomalignError(f"{out}: only {len(kept)} of {attempts} attempts reached --min-alignment "
-                             f"{cfg.min_alignment} (cap {cfg.max_attempts} x --num); the kept ones are written. "
-                             "Lower the threshold or raise --max-attempts")
+        why = []
+        if summary["unplaceable"]:
+            why.append(f"{summary['unplaceable']} had a defect that fits on no host image (larger or more "
+                       "normal images, or --foreground masks, help)")
+        low = sum(not r["kept"] and r.get("reason") != "unplaceable" for r in counted)
+        if low:
+            why.append(f"{low} scored below --min-alignment {cfg.min_alignment} (lower the threshold)")
+        raise AnomalignError(f"{out}: only {len(kept)} of {attempts} attempts were kept ({'; '.join(why)}; cap "
+                             f"{cfg.max_attempts} x --num, raise --max-attempts); the kept ones are written")
     return summary
 
 
 def format_summary(summary: dict, out: Path, num: int) -> str:
     lines = [f"wrote {min(summary['kept'], num)} pairs to {out} ({summary['attempts']} attempts, "
              f"{100 * summary['acceptance']:.0f}% kept)"]
+    if summary.get("unplaceable"):
+        lines.append(f"{summary['unplaceable']} attempt(s) skipped: their defect fits on no host image "
+                     "(listed in rejected.jsonl with reason 'unplaceable')")
     if summary.get("images_per_s"):
         lines.append(f"speed: {summary['images_per_s']:.2f} images/s ({summary['generated_now']} generated now)")
     for name, s in summary["scores"].items():

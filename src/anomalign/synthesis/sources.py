@@ -81,14 +81,22 @@ def load_masks(sources: list[MaskSource], size: int, threshold: float) -> tuple[
     return torch.stack(tensors), vanished
 
 
-def read_backgrounds(cfg: "GenerateConfig", size: int) -> tuple[list[Path], torch.Tensor]:
-    """Normal images for inpainting, [N, 3, size, size] in [-1, 1]."""
+def read_backgrounds(cfg: "GenerateConfig", size: int) -> tuple[tuple[list[Path], torch.Tensor], list]:
+    """Normal images for inpainting, (files, [N, 3, size, size] in [-1, 1]), decode-checked under ``--policy``;
+    also the problems of the files skip left out."""
     from anomalign.data.imageio import read_image
+    from anomalign.data.sample import Sample
     from anomalign.data.transforms import to_model_range
+    from anomalign.data.validate import check_samples
 
     files = normal_files(cfg, Path(cfg.background), "--background")
+    usable, problems = check_samples([Sample(image=f, mask=None, defect="good", normal=True) for f in files], cfg,
+                                     f"{cfg.background} (--background)")
+    if not usable:
+        raise DataError(f"{cfg.background}: no usable image left for --background", problems)
+    files = [s.image for s in usable]
     arrays = [np.asarray(Image.fromarray(read_image(f)).resize((size, size), Image.BICUBIC)) for f in files]
-    return files, torch.stack([to_model_range(a) for a in arrays])
+    return (files, torch.stack([to_model_range(a) for a in arrays])), problems
 
 
 def is_dataset(root: Path) -> bool:

@@ -6,7 +6,6 @@ every option that changes which files are written, plus the generator weights' S
 """
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import asdict
 from pathlib import Path
@@ -20,14 +19,6 @@ from anomalign.files import save_png, write_text_atomic
 RECORDS = ".records"
 # Options that do not change which files a run writes: a rerun may change them and still resume.
 RESUMABLE = ("num", "out", "batch_size", "batch_invariant", "device", "max_attempts")
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _identity(cfg, generator_sha: str) -> dict:
@@ -60,7 +51,9 @@ def prepare_out(cfg, generator_sha: str, main: bool, skipped: list[dict] | None 
             raise AnomalignError(f"{run_file}: not the record of an `anomalign generate` run ({type(e).__name__}: "
                                  f"{e}); refusing to write into {out} (nothing was changed). Choose a new --out.") from None
         diff = sorted(k for k in set(prev) | set(ident) if prev.get(k) != ident.get(k))
-        if diff:
+        # A run that stopped before its first attempt (an input error found late) holds no result: a corrected
+        # rerun with other options may take the folder over instead of being refused by the stub.
+        if diff and any((out / RECORDS).glob("*.json")):
             raise AnomalignError(f"{out}: holds another generation run (different {', '.join(diff)}); nothing was "
                                  "changed. Choose a new --out, or rerun with that run's options to resume it.")
     if main:
