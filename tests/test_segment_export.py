@@ -23,14 +23,14 @@ def test_segment_writes_full_size_masks_and_overlays(seg_dir, tmp_path):
     out = run_segment(SegmentConfig(images=[imgs], segmenter=seg_dir, out=tmp_path / "o", threshold=0.5,
                                     save_probabilities=True, device="cpu"), progress=False)
     model = Segmenter.load(seg_dir)
-    from anomalign.segmenter.infer import predict_full_size
+    from anomalign.segmenter.infer import predict_images
     for i, (h, w) in enumerate(sizes):
         m = np.asarray(Image.open(out / "masks" / "sub" / f"x{i}.png"))
         o = np.asarray(Image.open(out / "overlays" / "sub" / f"x{i}.png"))
         p = np.asarray(Image.open(out / "probabilities" / "sub" / f"x{i}.png"))
         assert m.shape == (h, w) and o.shape == (h, w, 3) and p.shape == (h, w)
         image = np.asarray(Image.open(imgs / "sub" / f"x{i}.jpg").convert("RGB"))
-        prob = predict_full_size(model, [image], 32, "cpu")[0]
+        prob = predict_images(model, [image], 32, "cpu")[0]
         assert np.array_equal(m > 127, prob >= 0.5)
     rows = [json.loads(x) for x in (out / "predictions.jsonl").read_text().splitlines()]
     assert len(rows) == 3 and (out / "segment.yaml").is_file()
@@ -77,3 +77,26 @@ def test_export_onnx_of_a_unet_matches_pytorch(tmp_path):
     seg.save(tmp_path / "u", {"size": 32})
     res = run_export(ExportConfig(segmenter=tmp_path / "u", out=tmp_path / "u.onnx"))
     assert res["checked"] and res["max_abs_diff"] < 1e-4
+
+
+@pytest.mark.parametrize("crop", [None, 16])
+def test_segment_writes_the_masks_evaluate_scores(tmp_path, crop):
+    """One predictor for both: the IoU of segment's written mask against the ground truth is evaluate's IoU."""
+    from anomalign.data.imageio import load_mask
+    from dummy_data import write_paired
+    torch.manual_seed(3)
+    seg = tmp_path / "seg"
+    Segmenter("unet-tiny").save(seg, {"size": 16, "crop_size": crop, "scale": 1.0})
+    data = tmp_path / "data"
+    write_paired(data, defects=("scratch",), n=1, normals=0, splits=("train", "test"), image_ext=".png")
+    image = data / "test" / "images" / "scratch" / "000.png"
+    run_segment(SegmentConfig(images=[image], segmenter=seg, out=tmp_path / "o", threshold=0.45, device="cpu"),
+                progress=False)
+    pred = np.asarray(Image.open(tmp_path / "o" / "masks" / "000.png")) > 127
+    truth = load_mask(data / "test" / "masks" / "scratch" / "000.png")
+    assert pred.any() and not pred.all()  # a threshold where the random network's mask is informative
+    iou = (pred & truth).sum() / (pred | truth).sum()
+    assert main(["evaluate", "--segmenter", str(seg), "--test", str(data), "--out", str(tmp_path / "ev"),
+                 "--full-size", "--threshold", "0.45"]) == 0
+    payload = json.loads((tmp_path / "ev" / "eval.json").read_text())
+    assert payload["sets"]["data"]["IoU"] == pytest.approx(iou, abs=1e-6)

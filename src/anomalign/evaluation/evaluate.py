@@ -13,6 +13,8 @@ from anomalign.config import option
 from anomalign.data.folders import DataOptions
 from anomalign.data.validate import load_dataset, skipped_records
 from anomalign.errors import AnomalignError
+from anomalign.files import write_text_atomic
+from anomalign.runs import check_output_folder, mark_output_folder
 from anomalign.segmenter.evaluate import evaluate_run_style
 
 COLUMNS = ("mDice", "mIoU", "Dice", "IoU", "AUROC")
@@ -55,7 +57,10 @@ def test_sets(path: Path, opts: DataOptions, skipped: list | None = None, split:
 
 @torch.no_grad()
 def run_evaluate(cfg: EvaluateConfig) -> dict:
+    from anomalign.segmenter.infer import check_size
     from anomalign.segmenter.model import Segmenter
+    check_size(cfg.size)
+    out = check_output_folder(Path(cfg.out) if cfg.out else Path(cfg.segmenter) / "eval", "evaluate", _legacy_eval)
     model = Segmenter.load(cfg.segmenter)
     size = cfg.size or model.size or 256
     results: dict[str, dict] = {}
@@ -68,8 +73,7 @@ def run_evaluate(cfg: EvaluateConfig) -> dict:
                                               mask_threshold=cfg.mask_threshold, batch_size=cfg.batch_size,
                                               full_size=cfg.full_size)
     average = {c: sum(r[c] for r in results.values()) / len(results) for c in COLUMNS}
-    out = Path(cfg.out) if cfg.out else Path(cfg.segmenter) / "eval"
-    out.mkdir(parents=True, exist_ok=True)
+    mark_output_folder(out, "evaluate")
     payload = {"segmenter": str(cfg.segmenter), "split": cfg.split, "size": size, "threshold": cfg.threshold,
                "resolution": (f"native, {model.crop_size}-px sliding windows at scale {model.scale:g}"
                               if model.crop_size else f"predicted at {size} px, scored at full size"
@@ -77,11 +81,21 @@ def run_evaluate(cfg: EvaluateConfig) -> dict:
                "sets": results, "average": average}
     if skipped:  # metrics over fewer images than the test set holds: say which were left out
         payload["skipped"] = skipped_records(skipped)
-    (out / "eval.json").write_text(json.dumps(payload, indent=1))
-    (out / "eval.md").write_text(format_table(results, average))
+    write_text_atomic(out / "eval.json", json.dumps(payload, indent=1))
+    write_text_atomic(out / "eval.md", format_table(results, average))
     print(format_table(results, average))
     print(f"written to {out / 'eval.json'} and {out / 'eval.md'}")
     return payload
+
+
+def _legacy_eval(out: Path) -> bool:
+    """An eval folder from before ``run.json``: only eval.json / eval.md, and eval.json is ours."""
+    names = {p.name for p in out.iterdir() if not p.name.startswith(".")}
+    try:
+        ours = {"segmenter", "sets", "average"} <= set(json.loads((out / "eval.json").read_text()))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, TypeError):
+        return False
+    return ours and names <= {"eval.json", "eval.md"}
 
 
 def format_table(results: dict[str, dict], average: dict[str, float]) -> str:

@@ -19,6 +19,7 @@ from pathlib import Path
 from anomalign.config import option
 from anomalign.errors import AnomalignError
 from anomalign.files import write_text_atomic
+from anomalign.runs import check_output_folder, mark_output_folder
 
 CSS = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:24px auto;padding:0 16px;color:#222}
 table{border-collapse:collapse;margin:8px 0 18px}td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}
@@ -84,8 +85,16 @@ class _Page:
         page = ("<!doctype html><html><head><meta charset='utf-8'><title>anomalign report</title>"
                 f"<style>{CSS}</style><script>{SCRIPT}</script></head><body>" + "\n".join(self.parts) + "</body></html>")
         write_text_atomic(self.out / "index.html", page)
-        (self.out / "summary.md").write_text("\n".join(self.md) + "\n")
+        write_text_atomic(self.out / "summary.md", "\n".join(self.md) + "\n")
         return self.out / "index.html"
+
+
+def _legacy_report(out: Path) -> bool:
+    """A report folder from before ``run.json``: its index.html is a page this command wrote."""
+    try:
+        return "<title>anomalign report</title>" in (out / "index.html").read_text(errors="replace")[:2000]
+    except OSError:
+        return False
 
 
 def _label(path: Path, roots: list[Path]) -> str:
@@ -119,7 +128,18 @@ def run_report(cfg: ReportConfig) -> Path:
     for r in roots:
         if not r.is_dir():
             raise AnomalignError(f"{r}: not a folder")
-    out = Path(cfg.out)
+    out = check_output_folder(Path(cfg.out), "report", _legacy_report)
+    existed = out.exists()
+    try:
+        return _write_report(cfg, roots, out)
+    except AnomalignError:
+        if not existed:  # nothing to report: leave no empty report folder behind
+            shutil.rmtree(out, ignore_errors=True)
+        raise
+
+
+def _write_report(cfg: ReportConfig, roots: list[Path], out: Path) -> Path:
+    mark_output_folder(out, "report")
     page = _Page(out, cfg.title)
     found = 0
     for root in roots:

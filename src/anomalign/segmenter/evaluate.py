@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from anomalign.data.dataset import PairDataset, load_pair
 from anomalign.data.transforms import mask_to_tensor, to_model_range
 from anomalign.metrics import SegmentationMeter
-from anomalign.segmenter.sliding import predict_native
+from anomalign.segmenter.sliding import predict_full_size, predict_native
 
 
 @torch.no_grad()
@@ -46,10 +46,8 @@ def evaluate_native(model, samples: list, crop: int, scale: float = 1.0, device=
         for s in samples:
             image, mask = load_pair(s, None, mask_threshold)
             x = to_model_range(image).to(device)
-            if whole_image:
-                small = F.interpolate(x[None], size=(crop, crop), mode="bilinear", antialias=True, align_corners=False)
-                prob = F.interpolate(model.predict_proba(small), size=image.shape[:2], mode="bilinear",
-                                     align_corners=False)[0]
+            if whole_image:  # what `segment` writes for this model: the same function
+                prob = predict_full_size(model, x, crop)
             else:
                 prob = predict_native(model.predict_proba, x, crop, scale, overlap, batch_size)
             stride = math.ceil(math.sqrt(mask.size * len(samples) / auroc_pixels))

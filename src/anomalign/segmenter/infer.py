@@ -9,7 +9,6 @@ image's own size, so masks always match their image pixel for pixel.
 from __future__ import annotations
 
 import json
-import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +23,7 @@ from anomalign.config import option, save_config
 from anomalign.data.folders import is_image, walk_files
 from anomalign.devices import pick_device
 from anomalign.errors import AnomalignError, ConfigError, DataError
-from anomalign.files import save_png, temp_path
+from anomalign.files import atomic_target, file_sha256, save_png
 
 
 @dataclass(kw_only=True)
@@ -33,19 +32,35 @@ class SegmentConfig:
 
     images: list[Path] = option(help="image files and/or folders (searched recursively)", positional=True)
     segmenter: Path = option(help="segmenter run folder (from `anomalign train-segmenter`)")
-    out: Path = option(help="output folder: masks/, overlays/ (and probabilities/ with --save-probabilities)")
+    out: Path = option(help="output folder: masks/, overlays/ (and probabilities/ with --save-probabilities); "
+                            "rerun with the same options to continue an interrupted run")
     threshold: float = option(0.5, "anomaly probability at or above which a pixel is anomalous")
-    size: int | None = option(None, "input size for the network (default: the size it was trained at)")
-    batch_size: int = option(16, "images per forward pass")
+    size: int | None = option(None, "input size for a segmenter trained on whole resized images (default: the "
+                                    "size it was trained at); crop-trained segmenters predict at native resolution")
+    batch_size: int = option(16, "sliding windows per forward pass")
     save_probabilities: bool = option(False, "also write the probability map as an 8-bit PNG")
+    policy: Literal["fail", "skip"] = option("fail", "an unreadable or too large image: fail = stop with its name "
+                                                     "(finished images are kept), skip = leave it out, list it in "
+                                                     "skipped.json and go on")
     device: Literal["auto", "cpu", "cuda"] = option("auto", "where to run")
-    max_megapixels: float = option(100.0, "largest input image, in megapixels (refused from its header)")
+    max_megapixels: float = option(100.0, "largest input image, in megapixels, after the segmenter's own "
+                                          "resampling (refused from its header)")
 
     def validate(self) -> None:
         if not self.max_megapixels > 0:
             raise ConfigError(f"max_megapixels must be > 0, got {self.max_megapixels}")
         if not 0 < self.threshold < 1:
             raise ConfigError(f"threshold must be in (0, 1), got {self.threshold}")
+        check_size(self.size)
+        if self.batch_size < 1:
+            raise ConfigError(f"batch_size must be >= 1, got {self.batch_size}")
+
+
+def check_size(size: int | None) -> None:
+    """``--size`` of segment/evaluate/export: None (the trained size) or a side the networks can take."""
+    from anomalign.segmenter.model import MAX_SIDE
+    if size is not None and not 8 <= size <= MAX_SIDE:
+        raise ConfigError(f"size must be between 8 and {MAX_SIDE} pixels, got {size}")
 
 
 def list_images(inputs: list[Path]) -> list[tuple[Path, Path]]:
@@ -82,58 +97,170 @@ def overlay(image: np.ndarray, mask: np.ndarray, alpha: float = 0.45) -> np.ndar
 
 
 @torch.no_grad()
-def predict_full_size(model, images: list[np.ndarray], size: int, device) -> list[np.ndarray]:
-    """Anomaly probability float32 [H_i, W_i] for uint8 images [H_i, W_i, 3] of any sizes: with sliding
-    windows at native resolution for a segmenter trained on crops, else from the image resized to ``size``."""
+def predict_images(model, images: list[np.ndarray], size: int | None, device) -> list[np.ndarray]:
+    """Anomaly probability float32 [H_i, W_i] for uint8 images [H_i, W_i, 3] of any sizes
+    (``segmenter.sliding.predict_full_size``, the predictor ``evaluate`` scores)."""
     from anomalign.data.transforms import to_model_range
-    if getattr(model, "crop_size", None):
-        from anomalign.segmenter.sliding import predict_native
-        return [predict_native(model.predict_proba, to_model_range(im).to(device), model.crop_size, model.scale)[0]
-                .cpu().numpy() for im in images]
-    x = torch.stack([to_model_range(np.asarray(Image.fromarray(im).resize((size, size), Image.BICUBIC)))
-                     for im in images]).to(device)
-    prob = model.predict_proba(x)
-    return [F.interpolate(p[None].float(), size=im.shape[:2], mode="bilinear", align_corners=False)[0, 0].cpu().numpy()
-            for p, im in zip(prob, images)]
+    from anomalign.segmenter.sliding import predict_full_size
+    return [predict_full_size(model, to_model_range(im).to(device), size)[0].cpu().numpy() for im in images]
+
+
+SEGMENT_MARKER = "run.json"
+INDEX = "predictions.jsonl"
+WINDOW_PROGRESS = 64  # images cut into more windows than this get a progress bar of their own
+
+
+def segment_identity(cfg: SegmentConfig, model_sha: str, size: int | None) -> dict:
+    """What decides the files of a segment run: the segmenter's weights and the options that change masks."""
+    return {"segmenter_sha256": model_sha, "threshold": cfg.threshold, "size": size,
+            "save_probabilities": cfg.save_probabilities}
+
+
+def prepare_segment_out(out: Path, identity: dict) -> list[dict]:
+    """Check ``out`` may receive this segment run (nothing is written): new, empty, or an earlier run with the
+    same identity (whose finished rows are returned, to be skipped). A foreign folder, a file, or a run with
+    other options is refused."""
+    if out.exists() and not out.is_dir():
+        raise AnomalignError(f"{out}: --out is a file, not a folder; nothing was changed. Choose a new --out.")
+    if not (out.is_dir() and any(out.iterdir())):
+        return []
+    marker = out / SEGMENT_MARKER
+    if not (out / "segment.yaml").is_file():
+        raise AnomalignError(f"{out}: folder is not empty and was not written by `anomalign segment`; refusing "
+                             "to write into it (nothing was changed). Choose a new --out.")
+    try:
+        prev = json.loads(marker.read_text())["identity"] if marker.is_file() else None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError):
+        prev = "unreadable"
+    if prev is None:
+        return []  # a run from before resumable segment: redone from the start, as it always was
+    if prev != identity:
+        diff = (sorted(k for k in set(prev) | set(identity) if prev.get(k) != identity.get(k))
+                if isinstance(prev, dict) else ["run.json"])
+        raise AnomalignError(f"{out}: holds the masks of another segment run (different {', '.join(diff)}); nothing "
+                             "was changed. Choose a new --out, or rerun with that run's options to continue it.")
+    return read_index(out / INDEX)
+
+
+def read_index(path: Path) -> list[dict]:
+    """The finished rows of an index written line by line; a last line cut by a kill or a full disk is dropped."""
+    if not path.is_file():
+        return []
+    rows = []
+    for line in path.read_text(errors="replace").splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            break
+        if isinstance(row, dict) and "mask" in row:
+            rows.append(row)
+    return rows
 
 
 def run_segment(cfg: SegmentConfig, progress: bool = True) -> Path:
-    """Write masks/ and overlays/ for every input image into ``cfg.out``; returns it."""
+    """Write masks/ and overlays/ for every input image into ``cfg.out``, and the index ``predictions.jsonl``
+    (one row per image, appended as each image is finished: a killed or failed run continues where it stopped
+    when rerun with the same options); returns ``cfg.out``."""
     from tqdm.auto import tqdm
 
-    from anomalign.data.imageio import read_image, set_max_megapixels
-    from anomalign.segmenter.model import Segmenter
+    from anomalign.data.imageio import FileProblem, check_scaled_size, header_size, read_image, set_max_megapixels
+    from anomalign.data.validate import format_skipped, skipped_records
+    from anomalign.files import write_text_atomic
+    from anomalign.segmenter.model import WEIGHTS_NAME, Segmenter
+    from anomalign.weights import weights_file
 
     cfg.validate()
     set_max_megapixels(cfg.max_megapixels)
     device = pick_device(cfg.device)
     model = Segmenter.load(cfg.segmenter, device=device)
-    size = cfg.size or model.size or 64
+    if model.crop_size and cfg.size is not None:
+        raise ConfigError(f"--size {cfg.size} does not apply: {cfg.segmenter} was trained on {model.crop_size}-px "
+                          f"crops at scale {model.scale:g} and predicts each image at its own resolution with "
+                          "sliding windows; drop --size")
+    size = None if model.crop_size else (cfg.size or model.size or 64)
     items = list_images(cfg.images)
     out = Path(cfg.out)
-    if out.exists() and not out.is_dir():
-        raise AnomalignError(f"{out}: --out is a file, not a folder; nothing was changed. Choose a new --out.")
-    if out.is_dir() and any(out.iterdir()) and not (out / "segment.yaml").is_file():
-        raise AnomalignError(f"{out}: folder is not empty and was not written by `anomalign segment`; refusing "
-                             "to write into it (nothing was changed). Choose a new --out.")
+    identity = segment_identity(cfg, file_sha256(weights_file(cfg.segmenter, WEIGHTS_NAME)), size)
+    done = {row["image"]: row for row in prepare_segment_out(out, identity)}
+    # Every header first (cheap): a file that is no image or is too large stops the run before any work.
+    skipped, todo = [], []
+    for f, name in items:
+        if str(f) in done:
+            continue
+        try:
+            w, h = header_size(f)
+            if model.crop_size:
+                check_scaled_size(f, w, h, model.scale, "the segmenter's scale")
+            todo.append((f, name))
+        except FileProblem as e:
+            if cfg.policy == "fail":
+                raise DataError(f"{f}: {e.problem.message} (--policy skip leaves such images out)") from None
+            skipped.append(e.problem)
+        except DataError as e:
+            if cfg.policy == "fail":
+                raise
+            from anomalign.data.sample import Problem
+            skipped.append(Problem(f, "too-large", str(e).split(": ", 1)[-1]))
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out / "segment.yaml")
-    rows = []
-    for b in tqdm(range(0, len(items), cfg.batch_size), disable=not progress, desc="segment", unit="batch"):
-        batch = items[b:b + cfg.batch_size]
-        images = [read_image(f) for f, _ in batch]
-        for (f, name), im, prob in zip(batch, images, predict_full_size(model, images, size, device)):
+    write_text_atomic(out / SEGMENT_MARKER, json.dumps({"command": "segment", "identity": identity}, indent=1) + "\n")
+    if done:
+        print(f"{out}: continuing: {len(done)} of {len(items)} images are already segmented")
+    index = out / INDEX
+    write_text_atomic(index, "".join(json.dumps(r) + "\n" for r in done.values()))  # drop a cut last line
+    bar = tqdm(todo, disable=not progress, desc="segment", unit="img", dynamic_ncols=True)
+    with index.open("a") as log:
+        for f, name in bar:
+            try:
+                image = read_image(f)
+            except DataError as e:
+                if cfg.policy == "fail":
+                    raise
+                skipped.append(e.problem if isinstance(e, FileProblem) else e)
+                continue
+            prob = predict_one(model, image, size, device, progress)
             mask = prob >= cfg.threshold
             save_png(mask.astype(np.uint8) * 255, out / "masks" / name)
-            save_png(overlay(im, mask), out / "overlays" / name)
+            save_png(overlay(image, mask), out / "overlays" / name)
             if cfg.save_probabilities:
                 save_png((prob * 255).round().astype(np.uint8), out / "probabilities" / name)
-            rows.append({"image": str(f), "mask": f"masks/{name.as_posix()}", "anomalous_pixels": int(mask.sum()),
-                         "anomaly_fraction": float(mask.mean()), "max_probability": float(prob.max())})
-    (out / "predictions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+            row = {"image": str(f), "mask": f"masks/{name.as_posix()}", "anomalous_pixels": int(mask.sum()),
+                   "anomaly_fraction": float(mask.mean()), "max_probability": float(prob.max())}
+            done[str(f)] = row
+            log.write(json.dumps(row) + "\n")  # after the image's files: a row means the image is finished
+            log.flush()
+    order = {str(f): k for k, (f, _) in enumerate(items)}
+    rows = sorted(done.values(), key=lambda r: order.get(r["image"], len(order)))
+    write_text_atomic(index, "".join(json.dumps(r) + "\n" for r in rows))  # input order, as one run writes it
+    if skipped:
+        write_text_atomic(out / "skipped.json", json.dumps(skipped_records(skipped), indent=1) + "\n")
+        print(format_skipped(Path(", ".join(map(str, cfg.images))), skipped), file=sys.stderr)
     flagged = sum(r["anomalous_pixels"] > 0 for r in rows)
     print(f"segmented {len(rows)} images into {out} ({flagged} with anomalous pixels at threshold {cfg.threshold})")
     return out
+
+
+def predict_one(model, image: np.ndarray, size: int | None, device, progress: bool) -> np.ndarray:
+    """Probability float32 [H, W] of one uint8 image [H, W, 3]; a progress bar over its windows when it is cut
+    into many (a 6000 x 6000 image is thousands of windows)."""
+    from anomalign.data.transforms import to_model_range
+    from anomalign.segmenter.sliding import predict_full_size
+    bar = None
+
+    def on_windows(n: int, total: int) -> None:
+        nonlocal bar
+        if total <= WINDOW_PROGRESS or not progress:
+            return
+        if bar is None:
+            from tqdm.auto import tqdm
+            bar = tqdm(total=total, desc="  windows", unit="win", leave=False, dynamic_ncols=True)
+        bar.update(n - bar.n)
+
+    try:
+        return predict_full_size(model, to_model_range(image).to(device), size, on_windows=on_windows)[0].cpu().numpy()
+    finally:
+        if bar is not None:
+            bar.close()
 
 
 @dataclass(kw_only=True)
@@ -148,17 +275,39 @@ class ExportConfig:
     check: bool = option(True, "compare ONNX and PyTorch outputs with onnxruntime (when installed)")
 
 
+EXPORT_MARK = "producer"
+
+
+def check_export_target(out: Path) -> None:
+    """``export --out``: a new file, or an ONNX file an earlier ``anomalign export`` wrote (then replaced).
+    A folder or any other file (the user's) is refused before anything is written."""
+    if out.is_dir():
+        raise AnomalignError(f"{out}: --out is a folder; give the file to write, e.g. {out / 'segmenter.onnx'}")
+    if not out.exists():
+        return
+    try:
+        import onnx
+        props = {p.key: p.value for p in onnx.load(str(out), load_external_data=False).metadata_props}
+    except Exception:  # not ONNX at all (DecodeError, OSError, ...): the user's file
+        props = {}
+    if props.get(EXPORT_MARK) != "anomalign export":
+        raise AnomalignError(f"{out}: file exists and was not written by `anomalign export`; refusing to replace "
+                             "it (nothing was changed). Choose another --out.")
+
+
 def run_export(cfg: ExportConfig) -> dict:
     """Export images [B, 3, S, S] in [-1, 1] -> anomaly probability [B, 1, S, S] (dynamic batch)."""
     from anomalign.segmenter.model import Segmenter
 
+    check_size(cfg.size)
     model = Segmenter.load(cfg.segmenter, device="cpu")
     size = cfg.size or model.crop_size or model.size or 64
     out = Path(cfg.out) if cfg.out else Path(cfg.segmenter) / "segmenter.onnx"
     try:
-        import onnx  # noqa: F401  (torch's exporter needs it)
+        import onnx  # torch's exporter needs it
     except ImportError:
         raise AnomalignError("ONNX export needs the onnx package: pip install 'anomalign[export]'") from None
+    check_export_target(out)
 
     class Probability(torch.nn.Module):
         def __init__(self, seg):
@@ -170,13 +319,13 @@ def run_export(cfg: ExportConfig) -> dict:
 
     wrapped = Probability(model).eval()
     x = torch.rand(2, 3, size, size, generator=torch.Generator().manual_seed(0)) * 2 - 1
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temp_path(out)
-    with torch.no_grad():
+    with atomic_target(out) as tmp, torch.no_grad():
         torch.onnx.export(wrapped, (x,), str(tmp), input_names=["images"], output_names=["anomaly_probability"],
                           dynamic_axes={"images": {0: "batch"}, "anomaly_probability": {0: "batch"}},
                           opset_version=cfg.opset, dynamo=False)
-    os.replace(tmp, out)
+        graph = onnx.load(str(tmp))
+        onnx.helper.set_model_props(graph, {EXPORT_MARK: "anomalign export", "segmenter": str(cfg.segmenter)})
+        onnx.save(graph, str(tmp))  # marked as ours: a later export may replace it, nothing else is replaced
     result = {"file": str(out), "size": size, "opset": cfg.opset, "checked": False}
     if model.crop_size:  # the graph is the patch model; the tiling stays outside it (docs/segmenter.md)
         result["tiling"] = {"window": model.crop_size, "scale": model.scale, "overlap": 0.5, "blend": "gaussian"}

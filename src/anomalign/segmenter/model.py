@@ -105,6 +105,46 @@ SPEC_KEY = "anomalign_segmenter"
 _MEAN, _STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
+# Bounds on what a segmenter file may ask for. A file is user input: a damaged or tampered spec (a scale of
+# 1000, widths of 1e5) must be refused by name, not tried with allocations of hundreds of GB.
+MAX_SIDE = 8192
+MAX_SCALE = 64.0
+MAX_WIDTH = 4096
+
+
+def check_spec(spec: dict, file: Path) -> None:
+    """Raise AnomalignError naming ``file`` when its spec holds a value no trained segmenter has."""
+    def bad(what: str, value) -> AnomalignError:
+        return AnomalignError(f"{file}: invalid segmenter file: {what} is {value!r}; the file is damaged or was "
+                              "not written by `anomalign train-segmenter` (train the segmenter again)")
+
+    def side(name: str) -> None:
+        v = spec.get(name)
+        if v is not None and not (isinstance(v, int) and not isinstance(v, bool) and 8 <= v <= MAX_SIDE):
+            if not (name == "crop_size" and v == 0):
+                raise bad(name, v)
+
+    if not isinstance(spec, dict) or not isinstance(spec.get("config"), dict):
+        raise bad("config", spec.get("config") if isinstance(spec, dict) else spec)
+    side("size")
+    side("crop_size")
+    scale = spec.get("scale", 1.0)
+    if not (isinstance(scale, (int, float)) and not isinstance(scale, bool) and 0 < scale <= MAX_SCALE):
+        raise bad("scale", scale)  # also NaN: it fails 0 < scale
+    config = spec["config"]
+    if config.get("arch") == "unet":
+        widths, stem = config.get("widths"), config.get("stem", 1)
+        if not (isinstance(widths, list) and 1 <= len(widths) <= 8
+                and all(isinstance(w, int) and not isinstance(w, bool) and 1 <= w <= MAX_WIDTH for w in widths)):
+            raise bad("widths", widths)
+        if stem not in (1, 2, 4):
+            raise bad("stem", stem)
+    else:
+        sizes = config.get("hidden_sizes", [])
+        if not (isinstance(sizes, list) and all(isinstance(w, int) and 1 <= w <= MAX_WIDTH for w in sizes)):
+            raise bad("hidden_sizes", sizes)
+
+
 class Segmenter(nn.Module):
     """images [B, 3, H, W] in [-1, 1] -> logits [B, 2, H, W] (upsampled from Segformer's 1/4 grid)."""
 
@@ -155,6 +195,7 @@ class Segmenter(nn.Module):
         from transformers import SegformerConfig, SegformerForSemanticSegmentation
         spec, state, file = read_weights(source, WEIGHTS_NAME, SPEC_KEY,
                                          "not a segmenter folder; train one with `anomalign train-segmenter`")
+        check_spec(spec, file)
         if spec["config"].get("arch") == "unet":
             net = UNet(spec["config"]["widths"], spec["config"].get("stem", 1))
         else:

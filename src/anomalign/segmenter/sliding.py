@@ -44,12 +44,13 @@ def blend_weight(patch: int, sigma_fraction: float = 0.25) -> torch.Tensor:
 
 
 @torch.no_grad()
-def sliding_window_proba(predict, image: torch.Tensor, patch: int, overlap: float = 0.5, batch_size: int = 16
-                         ) -> torch.Tensor:
+def sliding_window_proba(predict, image: torch.Tensor, patch: int, overlap: float = 0.5, batch_size: int = 16,
+                         on_windows=None) -> torch.Tensor:
     """Anomaly probability [1, H, W] of one image [3, H, W] (model range), through ``predict``.
 
     ``predict``: images [B, 3, patch, patch] -> probabilities [B, 1, patch, patch] (e.g. a Segmenter's
-    ``predict_proba``). ``overlap`` in [0, 1): the share of a window its neighbour covers.
+    ``predict_proba``). ``overlap`` in [0, 1): the share of a window its neighbour covers. ``on_windows``:
+    called as ``on_windows(done, total)`` after each batch of windows (progress for very large images).
     """
     if not 0 <= overlap < 1:
         raise ValueError(f"overlap must be in [0, 1), got {overlap}")
@@ -68,11 +69,13 @@ def sliding_window_proba(predict, image: torch.Tensor, patch: int, overlap: floa
         for (y, x), p in zip(chunk, prob):
             total[:, y:y + patch, x:x + patch] += p * weight
             norm[:, y:y + patch, x:x + patch] += weight
+        if on_windows is not None:
+            on_windows(s + len(chunk), len(boxes))
     return (total / norm)[:, :h, :w]
 
 
 def predict_native(predict, image: torch.Tensor, patch: int, scale: float = 1.0, overlap: float = 0.5,
-                   batch_size: int = 16) -> torch.Tensor:
+                   batch_size: int = 16, on_windows=None) -> torch.Tensor:
     """Probability [1, H, W] at the size of ``image`` [3, H, W]: resampled by ``scale`` (the scale the model
     was trained at), sliding windows there, and the probability resampled back (bilinear)."""
     _, h, w = image.shape
@@ -80,7 +83,29 @@ def predict_native(predict, image: torch.Tensor, patch: int, scale: float = 1.0,
     if scale != 1:
         size = (max(1, round(h * scale)), max(1, round(w * scale)))
         x = F.interpolate(image[None], size=size, mode="bilinear", antialias=scale < 1, align_corners=False)[0]
-    prob = sliding_window_proba(predict, x, patch, overlap, batch_size)
+    prob = sliding_window_proba(predict, x, patch, overlap, batch_size, on_windows)
     if prob.shape[-2:] != (h, w):
         prob = F.interpolate(prob[None], size=(h, w), mode="bilinear", align_corners=False)[0]
     return prob.clamp(0, 1)
+
+
+@torch.no_grad()
+def predict_full_size(model, image: torch.Tensor, size: int | None = None, overlap: float = 0.5,
+                      batch_size: int = 16, on_windows=None) -> torch.Tensor:
+    """Anomaly probability [1, H, W] of one image [3, H, W] (model range, on the model's device) at the image's
+    own size: the one predictor behind ``segment``, ``evaluate`` and validation, so the masks a user gets are
+    the masks that were scored.
+
+    A segmenter trained on crops (``model.crop_size``) sees the image resampled by ``model.scale`` through
+    sliding windows (``predict_native``); one trained on whole resized images sees it resized to ``size``
+    (bilinear, antialiased), and its probability is resized back (bilinear).
+    """
+    crop = getattr(model, "crop_size", None)
+    if crop:
+        return predict_native(model.predict_proba, image, crop, getattr(model, "scale", 1.0) or 1.0, overlap,
+                              batch_size, on_windows)
+    if not size:
+        raise ValueError("a segmenter trained on whole resized images needs the size to resize to")
+    small = F.interpolate(image[None], size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+    prob = model.predict_proba(small.clamp(-1, 1))
+    return F.interpolate(prob.float(), size=image.shape[-2:], mode="bilinear", align_corners=False)[0].clamp(0, 1)
