@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 from safetensors.torch import load_file
 
 from anomalign.cli import main
@@ -299,7 +300,7 @@ def test_nan_stop_flags_a_checkpoint_whose_weights_exploded(tmp_path):
     w = torch.nn.Parameter(torch.ones(3))
     opts = LoopOptions(max_steps=6, checkpoint_every=1, device="cpu", log_every=1, learning_rate=1e6,
                        max_grad_norm=0)
-    with pytest.raises(TrainingDiverged, match=r"step 3.*Latest checkpoint: .*step-0000003 \(its weights are "
+    with pytest.raises(TrainingDiverged, match=r"in step 4; .*Latest checkpoint, from before that step: .*step-0000003 \(its weights are "
                                                r"finite, largest \|weight\| [0-9.]+e\+\d+; 1 when this run started\)"
                                                r".*grew more than 10x"):
         train_loop(tiny_task(w, nan_at=3), opts, tmp_path, progress=False)
@@ -367,3 +368,347 @@ def test_killed_segmenter_resumes_to_the_same_weights(tmp_path, feedback, mode):
     rows = [np.array([[float(v) for v in r.split(",")[:-2]] for r in log.splitlines()[1:]]) for log in logs]
     assert rows[0].shape == (6, 4) and np.allclose(rows[0], rows[1], equal_nan=True, **tol)  # without lr, it/s
     assert not list(killed.rglob("*.tmp"))
+
+
+# ============================================================================================================
+# Second sweep (issue 39): the native-resolution features. One test per item; each fails on the code before it.
+# ============================================================================================================
+
+
+def unet_segmenter(folder: Path, **spec) -> Path:
+    """A random unet-tiny segmenter file with a chosen spec (crop_size, scale, ...), as training writes one."""
+    torch.manual_seed(0)
+    Segmenter("unet-tiny").save(folder, {"size": 32, "crop_size": None, "scale": 1.0} | spec)
+    return folder
+
+
+# 1. the automatic crop rule compares the scaled image with twice the crop ----------------------------------
+
+
+@pytest.mark.parametrize("scale,crop", [(3.0, 32), (0.2, 0)])
+def test_automatic_crop_rule_uses_the_scaled_side(tmp_path, capsys, scale, crop):
+    import yaml
+    data = tmp_path / "data"
+    write_paired(data, defects=("scratch",), n=3, normals=0)  # 24 x 32 images
+    if scale < 1:  # large images that --scale shrinks below twice the crop: whole images, not crops
+        for f in sorted((data / "images").rglob("*.jpg")):
+            save(f, np.asarray(Image.open(f).resize((320, 240))))
+            save(data / "masks" / f.relative_to(data / "images").with_suffix(".png"),
+                 np.asarray(Image.open(data / "masks" / f.relative_to(data / "images").with_suffix(".png"))
+                            .resize((320, 240), Image.NEAREST)))
+    code, text = run_cli(capsys, "train-segmenter", "--train", data, "--out", tmp_path / "s", "--size", 32,
+                         "--scale", scale, "--max-steps", 1, "--batch-size", 2, "--validate-every", 0,
+                         "--device", "cpu", "--val-fraction", 0, "--test-fraction", 0)
+    assert code == 0, text
+    assert yaml.safe_load((tmp_path / "s" / "config.yaml").read_text())["crop_size"] == crop
+
+
+# 2. --scale cannot bypass the memory limit ---------------------------------------------------------------
+
+
+def test_scale_is_held_to_the_megapixel_limit(tmp_path, capsys):
+    data = tmp_path / "data"
+    write_paired(data, defects=("scratch",), n=3, normals=0)
+    code, text = run_cli(capsys, "train-segmenter", "--train", data, "--out", tmp_path / "s", "--crop-size", 64,
+                         "--scale", 100, "--max-megapixels", 1, "--max-steps", 1, "--device", "cpu")
+    assert code == 2 and "Traceback" not in text and "at --scale 100 is 3200 x 2400 px" in text
+    assert "over the limit of 1 MP" in text and not (tmp_path / "s" / "checkpoints").exists()
+    # prediction: a segmenter whose scale makes the image too large is refused from the header, before decoding
+    seg = unet_segmenter(tmp_path / "seg", crop_size=16, scale=50.0)
+    img = save(tmp_path / "a.png", pair(0)[0])
+    code, text = run_cli(capsys, "segment", img, "--segmenter", seg, "--out", tmp_path / "p", "--max-megapixels", 1)
+    assert code == 2 and "the segmenter's scale 50" in text and "Traceback" not in text
+
+
+# 3. user files are never replaced --------------------------------------------------------------------------
+
+
+def test_export_evaluate_and_report_never_replace_user_files(tmp_path, capsys):
+    seg = unet_segmenter(tmp_path / "seg")
+    precious = tmp_path / "precious.txt"
+    precious.write_text("mine")
+    code, text = run_cli(capsys, "export", "--segmenter", seg, "--out", precious)
+    assert code == 2 and "not written by `anomalign export`" in text and precious.read_text() == "mine"
+    assert run_cli(capsys, "export", "--segmenter", seg, "--out", tmp_path / "m.onnx")[0] == 0
+    assert run_cli(capsys, "export", "--segmenter", seg, "--out", tmp_path / "m.onnx")[0] == 0  # ours: replaced
+    data = tmp_path / "data"
+    write_paired(data, defects=("scratch",), n=4, normals=0, splits=("train", "test"))
+    assert run_cli(capsys, "evaluate", "--segmenter", seg, "--test", data)[0] == 0  # seg/eval: something to report
+    for command, name, args in (("evaluate", "eval.json", ["--segmenter", seg, "--test", data]),
+                                ("report", "index.html", [tmp_path / "seg"])):
+        mine = tmp_path / f"mine_{command}"
+        mine.mkdir()
+        (mine / name).write_text("the user's own")
+        code, text = run_cli(capsys, command, *args, "--out", mine)
+        assert code == 2 and f"not written by `anomalign {command}`" in text, text
+        assert snapshot(mine) == {name: b"the user's own"}
+        ours = tmp_path / f"ours_{command}"
+        assert run_cli(capsys, command, *args, "--out", ours)[0] == 0
+        assert run_cli(capsys, command, *args, "--out", ours)[0] == 0  # its own folder: rewritten
+
+
+# 4./6. generate checks its inputs before writing anything; --policy skip covers hosts and backgrounds -------
+
+
+def test_generate_input_errors_write_nothing_and_skip_covers_hosts(tmp_path, capsys, gen_dir):
+    data = tmp_path / "data"
+    write_paired(data, defects=("scratch",), n=2, normals=0)
+    normals = tmp_path / "normals"
+    for i in range(3):
+        save(normals / f"n{i}.png", pair(60 + i, (40, 40), empty=True)[0])
+    (normals / "bad.png").write_bytes(noisy_png_bytes()[:200])  # truncated
+    base = ["generate", "--generator", gen_dir, "--masks", data, "--num", 2, "--steps", 2, "--device", "cpu"]
+    out = tmp_path / "out"
+    for extra, why in ((["--normals", normals], "bad.png"), (["--steps", 0], "steps must be >= 1"),
+                       (["--normals", normals, "--policy", "skip", "--foreground", tmp_path / "nofg"], "n0.png")):
+        code, text = run_cli(capsys, *base, "--out", out, *extra)
+        assert code == 2 and why in text and "Traceback" not in text, text
+        assert not out.exists()  # no stub that would refuse the corrected rerun
+    code, text = run_cli(capsys, *base, "--out", out, "--normals", normals, "--policy", "skip")
+    assert code == 0, text
+    assert [r["path"] for r in json.loads((out / "skipped.json").read_text())] == [str(normals / "bad.png")]
+    bg = tmp_path / "bg"
+    bg.mkdir()
+    for f in normals.iterdir():
+        (bg / f.name).write_bytes(f.read_bytes())
+    code, text = run_cli(capsys, *base, "--out", tmp_path / "out_bg", "--background", bg, "--policy", "skip")
+    assert code == 0 and "bad.png" in text, text
+    # a folder left by a run that failed before its first attempt is taken over by the corrected run
+    stub = tmp_path / "stub"
+    stub.mkdir()
+    (stub / "run.json").write_text(json.dumps({"identity": {"steps": 99}}))
+    (stub / "config.yaml").write_text("steps: 99\n")
+    assert run_cli(capsys, *base, "--out", stub)[0] == 0
+
+
+# 5./7. textures are all foreground; a defect that fits nowhere is skipped and counted; tiny hosts refused ------
+
+
+def test_builtin_textures_are_all_foreground():
+    from anomalign.data.procedural import MATERIALS, render_sample
+    from anomalign.synthesis.placement import estimate_foreground
+    for material in MATERIALS:  # the built-in normals: lighting gradients once passed for 5-17 % "objects"
+        for seed in range(4):
+            image, _ = render_sample(np.random.default_rng(seed), 64, material, None)
+            assert estimate_foreground(image).all(), (material, seed)
+
+
+def test_unplaceable_defects_are_skipped_and_counted(tmp_path, capsys, gen_dir):
+    data = tmp_path / "data"
+    image, _ = pair(1, (64, 64))
+    for name, box in (("small", (2, 2, 5, 5)), ("large", (4, 4, 60, 60))):
+        mask = np.zeros((64, 64), bool)
+        mask[box[0]:box[2], box[1]:box[3]] = True
+        save(data / "images" / "scratch" / f"{name}.png", image)
+        save(data / "masks" / "scratch" / f"{name}.png", mask)
+    hosts, fg = tmp_path / "hosts", tmp_path / "fg"
+    for i in range(2):
+        save(hosts / f"h{i}.png", pair(70 + i, (64, 64), empty=True)[0])
+        m = np.zeros((64, 64), bool)
+        m[20:30, 20:30] = True  # only a 10 x 10 patch may receive a defect
+        save(fg / f"h{i}.png", m)
+    code, text = run_cli(capsys, "generate", "--generator", gen_dir, "--masks", data, "--split", "all", "--num", 3,
+                         "--steps", 2, "--device", "cpu", "--normals", hosts, "--foreground", fg, "--out",
+                         tmp_path / "out", "--batch-size", 2)
+    assert code == 0 and "fits on no host image" in text, text
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    rejected = [json.loads(x) for x in (tmp_path / "out" / "rejected.jsonl").read_text().splitlines()]
+    assert summary["kept"] == 3 and summary["unplaceable"] == len(rejected) >= 2
+    assert {r["reason"] for r in rejected} == {"unplaceable"} and summary["attempts"] == 3 + len(rejected)
+    for r in map(json.loads, (tmp_path / "out" / "metadata.jsonl").read_text().splitlines()):
+        assert (np.asarray(Image.open(tmp_path / "out" / r["mask_file_name"])) > 127).any()  # never an empty mask
+    # a 1 x 1 host cannot receive a defect: refused by name (skip: left out)
+    save(hosts / "dot.png", np.full((1, 1, 3), 90, np.uint8))
+    save(fg / "dot.png", np.ones((1, 1), bool))
+    code, text = run_cli(capsys, "generate", "--generator", gen_dir, "--masks", data, "--split", "all", "--num", 1,
+                         "--steps", 2, "--device", "cpu", "--normals", hosts, "--out", tmp_path / "out2")
+    assert code == 2 and "dot.png: image is 1x1 px, smaller than 16 px" in text
+
+
+# 7. silent wrong output ------------------------------------------------------------------------------------
+
+
+def test_values_that_gave_silent_wrong_output_are_refused(tmp_path, capsys, gen_dir):
+    from anomalign.data.crops import pad_to
+    data = tmp_path / "data"
+    write_paired(data, defects=("scratch",), n=2, normals=0)
+    code, text = run_cli(capsys, "generate", "--generator", gen_dir, "--masks", data, "--num", 1, "--out",
+                         tmp_path / "g", "--guidance", "nan", "--device", "cpu")
+    assert code == 2 and "option 'guidance': expected a finite number, got 'nan'" in text and not (tmp_path / "g").exists()
+    crop_seg = unet_segmenter(tmp_path / "crop", crop_size=16)
+    img = save(tmp_path / "a.png", pair(0)[0])
+    code, text = run_cli(capsys, "segment", img, "--segmenter", crop_seg, "--out", tmp_path / "p", "--size", 64)
+    assert code == 2 and "--size 64 does not apply" in text and not (tmp_path / "p").exists()
+    # one defect pixel of a tiny training image is padded by one reflection, then zeros: not a whole crop of label
+    assert pad_to(np.ones((1, 1), bool), 16).sum() == 4 and pad_to(np.ones((16, 16), bool), 64).sum() == 32 * 32
+
+
+@pytest.mark.parametrize("key,value", [("scale", 0.0), ("scale", 1000.0), ("crop_size", -4), ("size", 10 ** 6),
+                                       ("widths", [100_000, 8])])
+def test_tampered_segmenter_files_are_refused_by_name(tmp_path, key, value):
+    from anomalign.segmenter.model import SPEC_KEY, WEIGHTS_NAME
+    from anomalign.weights import read_weights, write_weights
+    folder = unet_segmenter(tmp_path / "seg", crop_size=16)
+    spec, state, file = read_weights(folder, WEIGHTS_NAME, SPEC_KEY, "")
+    if key == "widths":
+        spec["config"]["widths"] = value
+    else:
+        spec[key] = value
+    write_weights(file, state, SPEC_KEY, spec)
+    with pytest.raises(AnomalignError, match=rf"segmenter.safetensors: invalid segmenter file: {key} is"):
+        Segmenter.load(folder)
+
+
+# 8. tracebacks: bad sizes, a folder as export target, read-only and full disks -----------------------------
+
+
+def test_bad_sizes_and_a_folder_as_export_target_are_one_line_errors(tmp_path, capsys, gen_dir):
+    seg = unet_segmenter(tmp_path / "seg")
+    img = save(tmp_path / "a.png", pair(0)[0])
+    data = tmp_path / "data"
+    write_paired(data, defects=("scratch",), n=4, normals=0, splits=("train", "test"))
+    for argv in (["segment", img, "--segmenter", seg, "--out", tmp_path / "p"],
+                 ["evaluate", "--segmenter", seg, "--test", data], ["export", "--segmenter", seg]):
+        code, text = run_cli(capsys, *argv, "--size", -4)
+        assert code == 2 and "size must be between 8 and" in text and "Traceback" not in text
+    folder = tmp_path / "exports"
+    folder.mkdir()
+    code, text = run_cli(capsys, "export", "--segmenter", seg, "--out", folder)
+    assert code == 2 and "--out is a folder" in text and not list(folder.iterdir())
+    assert not list(Path.cwd().glob(".*.tmp")) and not list(tmp_path.glob(".*.tmp"))
+
+
+def test_full_and_read_only_disks_give_one_line_and_exit_1(tmp_path, capsys, monkeypatch, gen_dir):
+    import errno
+    from PIL import Image as PILImage
+    seg = unet_segmenter(tmp_path / "seg")
+    images = tmp_path / "in"
+    for i in range(3):
+        save(images / f"x{i}.png", pair(i)[0])
+    real_save = PILImage.Image.save
+    calls = []
+
+    def full_disk(self, fp, *a, **k):
+        calls.append(fp)
+        if len(calls) > 3:  # the first image's files fit, then the disk is full
+            real_save(self, fp, *a, **k)
+            raise OSError(errno.ENOSPC, "No space left on device", str(fp))
+        return real_save(self, fp, *a, **k)
+    monkeypatch.setattr(PILImage.Image, "save", full_disk)
+    code, text = run_cli(capsys, "segment", images, "--segmenter", seg, "--out", tmp_path / "p")
+    assert code == 1 and "No space left on device" in text and "Traceback" not in text
+    assert not list((tmp_path / "p").rglob(".*.tmp"))  # the half-written temp file is removed
+    monkeypatch.setattr(PILImage.Image, "save", real_save)
+    assert run_cli(capsys, "segment", images, "--segmenter", seg, "--out", tmp_path / "p")[0] == 0  # continues
+    real_mkdir = Path.mkdir
+    ro = tmp_path / "ro"
+
+    def read_only(self, *a, **k):
+        if str(self).startswith(str(ro)):
+            raise OSError(errno.EROFS, "Read-only file system", str(self))
+        return real_mkdir(self, *a, **k)
+    monkeypatch.setattr(Path, "mkdir", read_only)
+    data = tmp_path / "data"
+    write_paired(data, defects=("scratch",), n=3, normals=0)
+    for argv in (["segment", images, "--segmenter", seg, "--out", ro / "p"],
+                 ["export", "--segmenter", seg, "--out", ro / "m.onnx"],
+                 ["train-segmenter", "--train", data, "--out", ro / "s", "--max-steps", 1, "--device", "cpu"],
+                 ["generate", "--generator", gen_dir, "--masks", data, "--num", 1, "--steps", 2, "--out", ro / "g",
+                  "--device", "cpu"]):
+        code, text = run_cli(capsys, *argv)
+        assert code == 1 and "Read-only file system" in text and "Traceback" not in text, (argv[0], text)
+
+
+# 9. segment: an index written as it goes, resume, --policy skip, progress over windows ----------------------
+
+
+SEGMENT_KILLER = textwrap.dedent("""
+    import os, signal, sys
+    sys.path.insert(0, {src!r})
+    import anomalign.files as files
+    real, n = files.save_png, [0]
+
+    def save_png(array, path):  # kill -9 after the 10th mask
+        out = real(array, path)
+        if "/masks/" in str(path):
+            n[0] += 1
+            if n[0] == 10:
+                os.kill(os.getpid(), signal.SIGKILL)
+        return out
+    files.save_png = save_png
+    import anomalign.segmenter.infer as infer
+    infer.save_png = save_png
+    from anomalign.cli import main
+    sys.exit(main(sys.argv[1:]))
+""")
+
+
+def test_segment_killed_halfway_continues_to_identical_masks(tmp_path, capsys):
+    seg = unet_segmenter(tmp_path / "seg")
+    images = tmp_path / "in"
+    for i in range(20):
+        save(images / f"x{i:02d}.png", pair(i)[0])
+    args = ["segment", str(images), "--segmenter", str(seg)]
+    assert main(args + ["--out", str(tmp_path / "whole")]) == 0
+    killed = tmp_path / "killed"
+    proc = subprocess.run([sys.executable, "-c", SEGMENT_KILLER.format(src=SRC), *args, "--out", str(killed)],
+                          capture_output=True, text=True)
+    assert proc.returncode == -9, proc.stderr[-2000:]
+    assert 9 <= len((killed / "predictions.jsonl").read_text().splitlines()) <= 10  # the index was written as it went
+    assert main(args + ["--out", str(killed)]) == 0
+    assert "continuing: 9 of 20 images are already segmented" in capsys.readouterr().out
+    assert snapshot(killed / "masks") == snapshot(tmp_path / "whole" / "masks")
+    assert (killed / "predictions.jsonl").read_text() == (tmp_path / "whole" / "predictions.jsonl").read_text()
+    code, text = run_cli(capsys, *args, "--out", killed, "--threshold", 0.3)
+    assert code == 2 and "holds the masks of another segment run (different threshold)" in text
+    # --policy skip leaves an undecodable image out and says so; fail names it and keeps the finished images
+    (images / "x05.png").write_bytes(noisy_png_bytes()[:300])
+    code, text = run_cli(capsys, *args, "--out", tmp_path / "skip", "--policy", "skip")
+    assert code == 0 and "x05.png" in text
+    assert len((tmp_path / "skip" / "predictions.jsonl").read_text().splitlines()) == 19
+    assert json.loads((tmp_path / "skip" / "skipped.json").read_text())[0]["path"] == str(images / "x05.png")
+    code, text = run_cli(capsys, *args, "--out", tmp_path / "fail")
+    assert code == 2 and "x05.png" in text
+
+
+def test_large_images_report_progress_over_their_windows():
+    from anomalign.segmenter.sliding import predict_native
+    seen = []
+    predict_native(lambda x: torch.full((x.shape[0], 1, *x.shape[-2:]), 0.5), torch.zeros(3, 200, 300), 32,
+                   batch_size=16, on_windows=lambda done, total: seen.append((done, total)))
+    assert seen[-1][0] == seen[-1][1] == 12 * 18 and len(seen) == 14
+
+
+# 10. filter accounting ------------------------------------------------------------------------------------
+
+
+def test_filter_threshold_range_and_acceptance_over_the_attempts_used(tmp_path, capsys, gen_dir):
+    data = tmp_path / "data"
+    write_paired(data, defects=("scratch",), n=2, normals=0)
+    seg = unet_segmenter(tmp_path / "seg")
+    base = ["generate", "--generator", gen_dir, "--masks", data, "--steps", 2, "--device", "cpu"]
+    code, text = run_cli(capsys, *base, "--num", 1, "--out", tmp_path / "o", "--oracle", seg, "--min-alignment", 1.5)
+    assert code == 2 and "outside the oracle IoU's range [0, 1]" in text and not (tmp_path / "o").exists()
+    assert run_cli(capsys, *base, "--num", 2, "--batch-size", 8, "--min-alignment", -100, "--out", tmp_path / "f")[0] == 0
+    summary = json.loads((tmp_path / "f" / "summary.json").read_text())
+    assert summary["attempts"] == 2 and summary["acceptance"] == 1.0  # not "25 % kept" of a round of 8
+    assert (tmp_path / "f" / "rejected.jsonl").read_text() == ""
+
+
+# 11. a resumed log row averages the same steps as an uninterrupted run's ------------------------------------
+
+
+def test_resumed_log_rows_equal_an_uninterrupted_run(tmp_path):
+    data = tmp_path / "data"
+    write_paired(data, defects=("scratch",), n=5, normals=1)
+    args = ["train-segmenter", "--train", str(data), "--size", "32", "--max-steps", "6", "--batch-size", "2",
+            "--validate-every", "0", "--checkpoint-every", "2", "--log-every", "3", "--device", "cpu"]
+    assert main(args + ["--out", str(tmp_path / "whole")]) == 0
+    killed = tmp_path / "killed"
+    proc = subprocess.run([sys.executable, "-c", KILLER.format(src=SRC), "after", "4", *args, "--out", str(killed)],
+                          capture_output=True, text=True)
+    assert proc.returncode == -9, proc.stderr[-2000:]
+    assert main(args + ["--out", str(killed), "--resume", "latest"]) == 0
+    logs = [(f / "logs" / "train.csv").read_text().splitlines() for f in (tmp_path / "whole", killed)]
+    rows = [[r.split(",")[:-2] for r in log[1:]] for log in logs]  # without lr, it/s
+    assert len(rows[0]) == 2 and rows[0] == rows[1]
