@@ -68,13 +68,20 @@ def test_a_crop_smaller_than_the_generator_is_seen_in_a_window_of_the_generators
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters())
 
 
-def test_a_window_leaving_the_image_is_reflected(samples, gen):
-    small = CropPairs(samples[:1], 8, 1.0, [], seed=0)
+def test_windows_are_real_regions_of_the_image_and_reflected_only_beyond_a_small_one(samples, gen):
+    small = CropPairs(samples[:1], 8, 1.0, [], seed=0)  # 8-px crops of a 48 x 64 image, 32-px windows
     fb = CropFeedback(gen, small)
-    image = small.sampler.images[0]
-    for draw in range(20):  # windows 12 px either side of the crop reach past the border on some draws
+    image = torch.from_numpy(small.sampler.images[0]).permute(2, 0, 1).float() / 127.5 - 1
+    for draw in range(20):  # crops near the border too: the window is shifted inside the image, not reflected
         top, left = small.sampler.box(0, draw)
         windows, _, square = fb.windows([(0, None)], [draw])
-        inside = square[0, 0].bool()
-        crop = torch.from_numpy(image[top:top + 8, left:left + 8]).permute(2, 0, 1).float() / 127.5 - 1
-        assert torch.allclose(windows[0][:, inside].view(3, 8, 8), crop, atol=1e-6)
+        rows, cols = square[0, 0].amax(1).nonzero(), square[0, 0].amax(0).nonzero()
+        wt, wl = top - int(rows[0]), left - int(cols[0])
+        assert 0 <= wt <= 48 - 32 and 0 <= wl <= 64 - 32
+        assert torch.allclose(windows[0], image[:, wt:wt + 32, wl:wl + 32], atol=1e-6)
+    big = dummy_tiny_generator().requires_grad_(False).eval()
+    big.spec["resolution"] = 96  # a window larger than the image: reflected beyond its border
+    windows, _, square = CropFeedback(big, small).windows([(0, None)], [3])
+    top, left = small.sampler.box(0, 3)
+    inside = square[0, 0].bool()
+    assert torch.allclose(windows[0][:, inside].view(3, 8, 8), image[:, top:top + 8, left:left + 8], atol=1e-6)

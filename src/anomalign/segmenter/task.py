@@ -48,11 +48,12 @@ class CropFeedback:
     """Generative Feedback for crops: the frozen generator sees each crop inside a window of ITS resolution R.
 
     A c-px training crop (at ``--scale``) is smaller than R for SD (128-px crops, R = 512). Upsampling it to R
-    would blur it; instead the generator gets the R-px window of the same image at the same scale, centred on
-    the crop (reflected where it leaves the image), flipped/rotated by the crop's view. Its mask condition is
-    the segmenter's m̃ on the crop's square and the true mask around it, and L_fb is averaged over the latent
-    cells of the crop's square, where m̃ acts. When c >= R the crop itself is resized to R (a downsampling, no
-    blur) and L_fb covers it all, as before.
+    would blur it; instead the generator gets an R-px window of the same image at the same scale that contains
+    the crop: centred on it, then shifted to lie inside the image where the image is large enough (so the
+    generator sees a real R-px region, as in its training; reflected beyond the border only where the image is
+    smaller than R), flipped/rotated by the crop's view. Its mask condition is the segmenter's m̃ on the crop's
+    square and the true mask around it, and L_fb is averaged over the latent cells of the crop's square, where
+    m̃ acts. When c >= R the crop itself is resized to R (a downsampling, no blur) and L_fb covers it all.
     """
 
     def __init__(self, gen, real: CropPairs):
@@ -69,10 +70,11 @@ class CropFeedback:
         xs, ms, inside = [], [], []
         for (i, _), draw in zip(keys, seeds):
             top, left = sampler.box(i, draw)  # the crop CropPairs.sample cut for this draw
-            before = (size - c) // 2
-            image, mask = (_window(a, top - before, left - before, size) for a in (sampler.images[i], sampler.masks[i]))
+            h, w = sampler.masks[i].shape
+            wt, wl = (_inside(p - (size - c) // 2, n, size) for p, n in ((top, h), (left, w)))
+            image, mask = (_window(a, wt, wl, size) for a in (sampler.images[i], sampler.masks[i]))
             square = torch.zeros(1, size, size)
-            square[:, before:before + c, before:before + c] = 1
+            square[:, top - wt:top - wt + c, left - wl:left - wl + c] = 1
             variant = self.real.variants[random.Random(draw).randrange(len(self.real.variants))]
             x, m = dihedral_view(to_model_range(image), mask_to_tensor(mask), variant)
             _, sq = dihedral_view(x, square, variant)
@@ -96,6 +98,12 @@ def crop_windows(gen, samples, crop: int, scale: float, seed: int, jitter: float
     x, m, _ = CropFeedback(gen, pairs).windows([(i, None) for i in range(len(samples))],
                                                [sample_seed(seed, 0, i) for i in range(len(samples))])
     return x, m, pairs.prompts
+
+
+def _inside(start: int, length: int, size: int) -> int:
+    """A window's start moved so that [start, start + size) lies within [0, length) when length >= size (the
+    crop it was centred on stays inside: the crop lies within the image)."""
+    return min(max(start, 0), length - size) if length >= size else start
 
 
 def _window(array, top: int, left: int, size: int):
