@@ -142,7 +142,7 @@ def main() -> None:
     oracle_dir = args.oracle or work / "oracle"
     if not (oracle_dir / "best").exists():
         run_train_segmenter(build_config(TrainSegmenterConfig, dict(
-            train=str(oracle_data), out=str(oracle_dir), size=size, max_steps=args.oracle_steps, batch_size=16,
+            recipe="paper", train=str(oracle_data), out=str(oracle_dir), size=size, max_steps=args.oracle_steps, batch_size=16,
             anomaly_weight=10.0, validate_every=500, checkpoint_every=100_000, log_every=50, device="cpu",
             **extra)), progress=False)
     oracle = Segmenter.load(oracle_dir / "best")

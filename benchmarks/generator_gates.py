@@ -100,7 +100,8 @@ def write_pairs(out: Path, images: torch.Tensor, masks: torch.Tensor, samples) -
 
 
 def seg_config(train: Path, out: Path, steps: int, synthetic=()) -> TrainSegmenterConfig:
-    return build_config(TrainSegmenterConfig, dict(train=str(train), out=str(out), synthetic=list(map(str, synthetic)),
+    return build_config(TrainSegmenterConfig, dict(recipe="paper",  # the recipe these gates were measured with
+                                                   train=str(train), out=str(out), synthetic=list(map(str, synthetic)),
                                                    size=SEG_SIZE, max_steps=steps, batch_size=16, validate_every=500,
                                                    anomaly_weight=10.0, crop_size=0,  # whole images at SEG_SIZE
                                                    checkpoint_every=10_000, log_every=50, device="cpu"))

@@ -65,3 +65,16 @@ def test_yaml_is_read_safely(tmp_path):
     y.write_text("path: !!python/object/apply:os.system ['echo pwned']\n")
     with pytest.raises(ConfigError, match="invalid YAML"):
         load_config(Cfg, y)
+
+
+def test_recipes_are_defaults_that_given_options_override():
+    from anomalign.segmenter.train import TrainSegmenterConfig
+    measured = build_config(TrainSegmenterConfig, dict(train="d", out="o"))
+    assert (measured.preset, measured.anomaly_weight, measured.dice_weight, measured.train_normals) == \
+        ("unet-tiny", 5.0, 1.0, False)
+    assert measured.fb_warmup_steps == measured.max_steps // 2 == 1600 and measured.temperature == 0.1
+    paper = build_config(TrainSegmenterConfig, dict(train="d", out="o", recipe="paper", anomaly_weight=3.0))
+    assert (paper.preset, paper.anomaly_weight, paper.dice_weight, paper.fb_warmup_steps, paper.temperature,
+            paper.fb_rows, paper.train_normals) == ("tiny", 3.0, 0.0, 0, 0.5, 0, True)
+    with pytest.raises(ConfigError, match="unknown recipe 'fast'; choose one of"):
+        build_config(TrainSegmenterConfig, dict(train="d", out="o", recipe="fast"))

@@ -172,6 +172,7 @@ def test_vae_mask_encoding_in_training_and_in_feedback(data, tmp_path):
     l_fb.backward()
     assert m_soft.grad is not None and m_soft.grad.abs().sum() > 0
     seg = run_train_segmenter(build_config(TrainSegmenterConfig, dict(
+        recipe="paper",  # feedback from step 0 on every row: both steps must feed back
         train=str(data), feedback_generator=str(out), out=str(tmp_path / "seg"), size=32, max_steps=2, batch_size=2,
         validate_every=0, log_every=1, device="cpu", val_fraction=0.0, test_fraction=0.0)), progress=False)
     with open(seg / "logs" / "train.csv") as fh:

@@ -60,8 +60,9 @@ def test_train_segmenter_with_synthetic_and_feedback(tmp_path):
     gen_dir = tmp_path / "gen"
     dummy_tiny_generator().save(gen_dir)
     cfg = build_config(TrainSegmenterConfig, dict(
-        train=str(real), synthetic=[str(syn)], feedback_generator=str(gen_dir), out=str(tmp_path / "seg"), size=32,
-        max_steps=4, batch_size=4, validate_every=2, checkpoint_every=2, log_every=1, device="cpu"))
+        recipe="paper", train=str(real), synthetic=[str(syn)], feedback_generator=str(gen_dir),
+        out=str(tmp_path / "seg"), size=32, max_steps=4, batch_size=4, validate_every=2, checkpoint_every=2,
+        log_every=1, device="cpu"))
     out = run_train_segmenter(cfg, progress=False)
     assert (out / "segmenter.safetensors").is_file() and (out / "best" / "segmenter.safetensors").is_file()
     rows = (out / "logs" / "train.csv").read_text().splitlines()

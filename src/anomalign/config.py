@@ -100,6 +100,7 @@ def build_config(cls: type, values: dict[str, Any], source: str = "config") -> A
     unknown = sorted(set(values) - names)
     if unknown:
         raise ConfigError(f"{source}: unknown option(s) {unknown}; valid options: {sorted(names)}")
+    values = apply_recipe(cls, values, source)
     kwargs = {k: _coerce(v, hints[k], f"{source}: option '{k}'") for k, v in values.items()}
     try:
         cfg = cls(**kwargs)
@@ -109,6 +110,18 @@ def build_config(cls: type, values: dict[str, Any], source: str = "config") -> A
     if check is not None:
         check()
     return cfg
+
+
+def apply_recipe(cls: type, values: dict[str, Any], source: str = "config") -> dict[str, Any]:
+    """``values`` completed by the recipe it names (``cls.RECIPES[values["recipe"]]``, or the class's default
+    recipe): a recipe is a set of defaults, so every option the user gave (flag or YAML) still wins."""
+    recipes = getattr(cls, "RECIPES", None)
+    if not recipes:
+        return values
+    name = values.get("recipe", next(f.default for f in dataclasses.fields(cls) if f.name == "recipe"))
+    if name not in recipes:
+        raise ConfigError(f"{source}: unknown recipe {name!r}; choose one of {list(recipes)}")
+    return {**recipes[name], **values}
 
 
 def read_yaml(path: Path) -> dict[str, Any]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import ClassVar, Literal
 
 import torch
 
@@ -34,36 +34,42 @@ class TrainSegmenterConfig(DataOptions, CropOptions, LoopOptions):
     feedback_generator: str | None = option(None, "generator run folder: enables Generative Feedback (Eq. 10)")
     feedback_base: str | None = option(None, "sd feedback generator: its Stable Diffusion base folder or hub id, "
                                              "overriding the path stored in the generator (moved or copied base)")
+    recipe: Literal["measured", "paper"] = option(
+        "measured", "the defaults of every option below: measured = the best settings this project measured "
+                    "without pretrained weights (docs/segmenter.md, 'Recipes'); paper = the paper's literal "
+                    "method (tiny Segformer, plain CE, feedback from step 0, λ 0.5) at the old CPU budget. "
+                    "Options you give still win")
     preset: Literal[tuple(PRESETS) + tuple(UNET_PRESETS)] = option(
-        "tiny", "network: a Segformer size (tiny, b0-b5: MiT shapes, random init) or a small convolutional "
-                "U-Net (unet-tiny, unet-small; better from scratch on few images, docs/segmenter.md)")
+        "unet-tiny", "network: a small convolutional U-Net (unet-tiny, unet-small; better from scratch on few "
+                     "images, docs/segmenter.md) or a Segformer size (tiny, b0-b5: MiT shapes, random init)")
     pretrained: str | None = option(None, "Segformer to start from instead of a preset: a local folder or a hub id "
                                           "such as nvidia/mit-b0 (downloaded once, then cached)")
-    size: int = option(64, "input size: images and masks resized to size x size, or, for images much larger "
+    size: int = option(128, "input size: images and masks resized to size x size, or, for images much larger "
                            "than it (or with --crop-size), the crop size the network trains on")
-    synthetic_fraction: float = option(0.5, "share of each batch drawn from the synthetic sets (1 = synthetic "
+    synthetic_fraction: float = option(0.2, "share of each batch drawn from the synthetic sets (1 = synthetic "
                                             "only: a pre-training stage for --init-from; the real val split "
                                             "still picks best/)")
-    synthetic_weight: float = option(1.0, "weight w_syn of the synthetic pairs' term in Eq. 6 (1 = the paper: "
+    synthetic_weight: float = option(0.3, "weight w_syn of the synthetic pairs' term in Eq. 6 (1 = the paper: "
                                           "real and synthetic count the same whatever --synthetic-fraction; "
                                           "< 1 makes imperfect synthetic pairs count less)")
     normal_images: Path | None = option(None, "a folder of extra defect-free training images (used with the "
                                               "dataset's own normals; implies --train-normals)")
-    train_normals: bool = option(True, "also train on the real train split's normal (defect-free) images; "
+    train_normals: bool = option(False, "also train on the real train split's normal (defect-free) images; "
                                        "off = anomalous pairs only, as the paper's segmenters")
-    anomaly_weight: float = option(1.0, "CE weight of anomaly pixels (1 = the paper's plain CE; raise it "
+    anomaly_weight: float = option(5.0, "CE weight of anomaly pixels (1 = the paper's plain CE; raise it "
                                         "for tiny defects on small data)")
-    dice_weight: float = option(0.0, "weight of a soft Dice term added to Eq. 6's CE (0 = the paper's plain CE; "
+    dice_weight: float = option(1.0, "weight of a soft Dice term added to Eq. 6's CE (0 = the paper's plain CE; "
                                      "helps defects that cover well under 1 %% of the pixels)")
-    photometric: float = option(0.0, "strength in [0, 1] of random brightness/contrast/gamma jitter of the "
+    photometric: float = option(0.5, "strength in [0, 1] of random brightness/contrast/gamma jitter of the "
                                      "training images (0 = off)")
-    temperature: float = option(0.5, "λ of Eq. 8 (softmax temperature, in (0, 1])")
+    temperature: float = option(0.1, "λ of Eq. 8 (softmax temperature, in (0, 1])")
     w_fb: float = option(1.0, "weight of L_fb in Eq. 11 (1 in the paper)")
     fb_t_min: int = option(0, "smallest diffusion timestep drawn for feedback")
     fb_t_max: int = option(500, "largest diffusion timestep drawn for feedback (exclusive)")
-    fb_every: int = option(1, "apply feedback every k steps")
-    fb_warmup_steps: int = option(0, "steps of plain L_ce before feedback starts")
-    fb_rows: int = option(0, "real rows of each batch (per process) that get feedback: 0 = all (the paper); fewer "
+    fb_every: int = option(2, "apply feedback every k steps")
+    fb_warmup_steps: int | None = option(None, "steps of plain L_ce before feedback starts (default: half of "
+                                               "--max-steps: once L_ce has converged, as measured)")
+    fb_rows: int = option(4, "real rows of each batch (per process) that get feedback: 0 = all (the paper); fewer "
                              "make a feedback step cheaper (the generator's backward pass dominates it)")
     init_from: Path | None = option(None, "segmenter run folder (its final weights) or its best/, whose "
                                           "weights start this run instead of a fresh --preset, e.g. one "
@@ -71,16 +77,33 @@ class TrainSegmenterConfig(DataOptions, CropOptions, LoopOptions):
     augment: list[str] = option(default_factory=lambda: ["hflip", "vflip"],
                                 help=f"exact paired augmentations: any of {', '.join(DIHEDRAL_AUGMENTS)} (or none)")
 
-    max_steps: int = option(800, "optimizer steps")
+    max_steps: int = option(3200, "optimizer steps")
     learning_rate: float = option(1e-3, "peak learning rate (AdamW)")
     lr_schedule: Literal["constant", "cosine", "linear"] = option("cosine", "learning-rate schedule")
-    validate_every: int = option(100, "validate (mIoU on the val split) every N steps; the best is kept")
+    validate_every: int = option(250, "validate (mIoU on the val split) every N steps; the best is kept")
+    checkpoint_every: int = option(500, "save a resumable checkpoint every N steps")
+
+    # The measured recipe is the dataclass defaults above; other recipes are sets of other defaults
+    # (``config.apply_recipe``). paper: what the paper specifies (Segformer, plain CE, every real row, feedback at
+    # every step from step 0, λ 0.5, w_syn 1, normals in the batch), at the budget the CPU defaults had before.
+    RECIPES: ClassVar[dict[str, dict]] = {
+        "measured": {},
+        "paper": dict(preset="tiny", size=64, max_steps=800, synthetic_fraction=0.5, synthetic_weight=1.0,
+                      train_normals=True, anomaly_weight=1.0, dice_weight=0.0, photometric=0.0, temperature=0.5,
+                      fb_every=1, fb_warmup_steps=0, fb_rows=0, validate_every=100, checkpoint_every=200),
+    }
 
     def validate(self) -> None:
         DataOptions.validate(self)
         self.validate_crops()
         self.augment = [a for a in self.augment if a != "none"]
         dihedral_variants(self.augment)  # unknown names: a clear error now, not after loading the data
+        if self.fb_warmup_steps is None:
+            self.fb_warmup_steps = self.max_steps // 2
+        if self.fb_warmup_steps < 0:
+            raise ConfigError(f"fb_warmup_steps must be >= 0, got {self.fb_warmup_steps}")
+        if self.size < 8:
+            raise ConfigError(f"size must be >= 8 pixels, got {self.size}")
         if not 0 < self.temperature <= 1:
             raise ConfigError(f"temperature must be in (0, 1], got {self.temperature}")
         if self.fb_rows < 0:
