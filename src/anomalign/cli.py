@@ -24,6 +24,7 @@ from anomalign.evaluation.generation import EvaluateGenerationConfig
 from anomalign.evaluation.report import ReportConfig
 from anomalign.generator.pretrain import PretrainBaseConfig
 from anomalign.generator.train import TrainGeneratorConfig
+from anomalign.pipeline import RunConfig
 from anomalign.segmenter.infer import ExportConfig, SegmentConfig
 from anomalign.segmenter.train import TrainSegmenterConfig
 from anomalign.synthesis.generate import GenerateConfig
@@ -114,6 +115,10 @@ def lazy(target: str, progress: bool = False) -> Callable[[Any], int]:
 
 
 COMMANDS: dict[str, Command] = {
+    "run": ("your folder to the best segmenter this project can make: check, plan (RUN/plan.yaml), a real-only "
+            "baseline, generator, filtered synthetic pairs, arms forked from the baseline, a validation-gated "
+            "choice, test numbers, report and ONNX (about 75 min on 2 CPU cores for 400 pairs; resumable)",
+            RunConfig, lazy("anomalign.pipeline:run_pipeline", progress=True)),
     "demo": ("the whole method end to end on the built-in dataset (about 8 min on 2 CPU cores), with an HTML "
              "report", DemoConfig, lazy("anomalign.demo:run_demo", progress=True)),
     "train-generator": ("fine-tune the mask-conditioned generator with dual-branch Alignment Regularization",

@@ -51,12 +51,17 @@ class DataOptions:
     visa_csv: str = option("1cls.csv", "VisA: split file in split_csv/")
     max_megapixels: float = option(100.0, "largest image decoded, in megapixels (larger files are refused "
                                           "from their header, as a problem of that file)")
+    train_pairs: int | None = option(None, "use only this many anomalous training pairs: a seeded random subset "
+                                           "(--split-seed), the same for every command and run; the others are "
+                                           "not used at all (the few-pairs regime; the paper's Table 5)")
 
     def validate(self) -> None:
         for name in ("val_fraction", "test_fraction", "mask_threshold", "mvtec_train_fraction"):
             v = getattr(self, name)
             if not 0.0 <= v <= 1.0:
                 raise ConfigError(f"option '{name}' must be in [0, 1], got {v}")
+        if self.train_pairs is not None and self.train_pairs < 1:
+            raise ConfigError(f"train_pairs must be >= 1, got {self.train_pairs}")
         if not self.max_megapixels > 0:
             raise ConfigError(f"option 'max_megapixels' must be > 0, got {self.max_megapixels}")
         if self.val_fraction + self.test_fraction >= 1.0:

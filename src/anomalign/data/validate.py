@@ -167,7 +167,21 @@ def load_dataset(root: Path, options: DataOptions | None = None, *, verify: bool
         raise DataError(f"{root}: no usable image/mask pairs found (layout {index.layout})", errors)
     if errors and announce:
         print(format_skipped(root, errors), file=sys.stderr)
+    if getattr(opts, "train_pairs", None) is not None:
+        samples = subset_train_pairs(samples, opts.train_pairs, opts.split_seed, root)
     return DatasetIndex(root=index.root, layout=index.layout, samples=samples, problems=problems, skipped=errors)
+
+
+def subset_train_pairs(samples: list[Sample], n: int, seed: int, root: Path) -> list[Sample]:
+    """``samples`` with only ``n`` of the anomalous train pairs: a random subset seeded by ``seed`` (the split
+    seed), so every command and every run of a study uses the same pairs."""
+    import torch
+    train = [i for i, s in enumerate(samples) if s.split == "train" and not s.normal]
+    if not 0 < n <= len(train):
+        raise DataError(f"{root}: --train-pairs {n}: the train split has {len(train)} anomalous pairs")
+    order = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed)).tolist()
+    dropped = {train[i] for i in order[n:]}
+    return [s for i, s in enumerate(samples) if i not in dropped]
 
 
 def format_skipped(root: Path, skipped: list[Problem], limit: int = 20) -> str:

@@ -52,7 +52,8 @@ def _md_table(header: list[str], rows: list[list[str]]) -> str:
                      + ["| " + " | ".join(map(str, r)) + " |" for r in rows])
 
 
-class _Page:
+class Page:
+    """An HTML page and its markdown twin, built section by section; images are copied into ``out/assets``."""
     def __init__(self, out: Path, title: str):
         self.out, self.parts, self.md = out, [f"<h1>{html.escape(title)}</h1>"], [f"# {title}"]
         (out / "assets").mkdir(parents=True, exist_ok=True)
@@ -77,6 +78,21 @@ class _Page:
         self.parts.append(f"<figure><img src='assets/{html.escape(name)}' alt='{html.escape(caption)}'>"
                           f"<figcaption>{html.escape(caption)}</figcaption></figure>")
         self.md.append(f"![{caption}](assets/{name})")
+
+    def image_table(self, header: list[str], rows: list[list[Path]]) -> None:
+        """A table of images with a caption per column (e.g. image | baseline | chosen), one row per example."""
+        cells = []
+        for row in rows:
+            tds = []
+            for src in row:
+                self.n_images += 1
+                name = f"{self.n_images:03d}_{src.name}"
+                shutil.copyfile(src, self.out / "assets" / name)
+                tds.append(f"<td><img src='assets/{html.escape(name)}' alt=''></td>")
+                self.md.append(f"![](assets/{name})")
+            cells.append("<tr>" + "".join(tds) + "</tr>")
+        head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+        self.parts.append(f"<table class='images'><tr>{head}</tr>{''.join(cells)}</table>")
 
     def pre(self, summary: str, text: str) -> None:
         self.parts.append(f"<details><summary>{html.escape(summary)}</summary><pre>{html.escape(text)}</pre></details>")
@@ -140,7 +156,7 @@ def run_report(cfg: ReportConfig) -> Path:
 
 def _write_report(cfg: ReportConfig, roots: list[Path], out: Path) -> Path:
     mark_output_folder(out, "report")
-    page = _Page(out, cfg.title)
+    page = Page(out, cfg.title)
     found = 0
     for root in roots:
         for demo in sorted(root.rglob("demo.json")):

@@ -81,8 +81,6 @@ class TrainGeneratorConfig(DataOptions, CropOptions, LoopOptions):
     normal_images: Path | None = option(None, "a folder of extra defect-free images to draw the --normals from "
                                               "(besides the dataset's own)")
     normals: int = option(16, "defect-free training images mixed in with empty masks (0: none)")
-    train_pairs: int | None = option(None, "use only this many anomalous training pairs: a seeded random subset "
-                                           "(--split-seed), the same for every run (the paper's Table 5)")
     cache_latents: bool = option(True, "encode each training pair once per augmentation variant")
     crops_per_image: int = option(8, "with crops: anomaly-centred crops cut from each anomalous training image "
                                      "(normals give one uniform crop each)")
@@ -179,11 +177,6 @@ def training_pairs(cfg: TrainGeneratorConfig, resolution: int):
     if not train:
         raise AnomalignError(f"{cfg.data}: no anomalous training pairs (split 'train'); "
                              f"run `anomalign data check {cfg.data}`")
-    if cfg.train_pairs is not None:
-        if not 0 < cfg.train_pairs <= len(train):
-            raise ConfigError(f"--train-pairs {cfg.train_pairs}: the train split has {len(train)} anomalous pairs")
-        order = torch.randperm(len(train), generator=torch.Generator().manual_seed(cfg.split_seed)).tolist()
-        train = [train[i] for i in sorted(order[: cfg.train_pairs])]
     normals = [s for s in index.split("train") if s.normal]
     skipped = list(index.skipped)
     if cfg.normal_images is not None:

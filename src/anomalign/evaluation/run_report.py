@@ -1,0 +1,129 @@
+"""The report of ``anomalign run``: what was decided and why, with the numbers and the pictures behind it.
+
+``RUN/report/index.html`` (+ ``summary.md``): the headline, the validation choice (per arm: val mIoU, paired
+gain, bootstrap bound), the test metrics of the baseline and the chosen segmenter, the feedback premise and
+the synthesis counts, generated pairs at full size, full-size segmentations of test images with column
+captions, and the plan, fingerprint and stage times.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from anomalign.evaluation.report import Page
+
+COLUMNS = ("mIoU", "mDice", "IoU", "Dice", "AUROC")
+
+
+def _pct(v) -> str:
+    return "–" if v is None or (isinstance(v, float) and not np.isfinite(v)) else f"{100 * v:.1f}"
+
+
+def write_run_report(out: Path, result: dict, index, cfg, examples: int = 6) -> Path:
+    """Write ``out/report/`` for the run whose ``result.json`` content is ``result``; returns the page."""
+    folder = out / "report"
+    shutil.rmtree(folder, ignore_errors=True)  # inside RUN: always ours, always rewritten whole
+    page = Page(folder, f"anomalign run: {Path(cfg.data).name}")
+    page.para(headline_text(result))
+    choice = result["choice"]
+    page.h2("Validation choice (final weights, paired per image)")
+    rows = [["baseline (real only)", _pct(choice["baseline"]), "", "", ""]]
+    rows += [[name, _pct(r["mIoU"]), f"{100 * r['gain']:+.1f}", f"{100 * r['bound']:+.1f}", "yes" if r["wins"] else "no"]
+             for name, r in choice["arms"].items()]
+    page.table(["run", "val mIoU", "gain (points)", f"{100 * choice['quantile']:g} % bound", "replaces baseline"],
+               rows)
+    page.para(f"Decision: {result['chosen']}. {result['reason']}")
+    page.h2("Test split (full size)")
+    page.table(["run", "images", *COLUMNS], [[name, str(r["images"]), *(_pct(r[c]) for c in COLUMNS)]
+                                            for name, r in result["test"].items()])
+    premise = result.get("premise")
+    if premise:
+        page.para(f"Generative Feedback premise on {premise.get('images', 0)} training images: the generator denoises "
+                  f"better with the true mask than with the moved and the empty one on "
+                  f"{100 * premise.get('frac_true_lt_both', 0):.0f} % (threshold "
+                  f"{100 * premise.get('threshold', 0.7):.0f} %): feedback {'run' if premise['holds'] else 'skipped'}.")
+    summary = out / "synthetic" / "summary.json"
+    if summary.is_file():
+        s = json.loads(summary.read_text())
+        page.para(f"Synthesis: {s['kept']} pairs kept of {s['attempts']} attempts ({100 * s['acceptance']:.0f} %; "
+                  f"{s.get('unplaceable', 0)} defects fit on no host).")
+        pairs = synthetic_examples(out / "synthetic", folder / "tiles", examples)
+        if pairs:
+            page.h2("Generated pairs at full size")
+            page.image_table(["synthetic image (mask contour in red)", "its mask"], pairs)
+    overlays = segmentation_examples(out, result, index, folder / "tiles", examples, cfg)
+    if overlays:
+        page.h2("Segmentations of test images at full size")
+        page.image_table(["image (ground truth in red)", "baseline", f"chosen: {result['chosen']}"
+                          if result["chosen"] != "baseline" else "chosen: baseline"], overlays)
+    page.h2("Plan, data and time")
+    plan = out / "plan.yaml"
+    if plan.is_file():
+        page.pre("plan.yaml (each value with its reason)", plan.read_text())
+    fp = out / "check" / "fingerprint.json"
+    if fp.is_file():
+        page.pre("fingerprint.json", fp.read_text())
+    page.table(["stage", "minutes"], [[k, f"{v / 60:.1f}"] for k, v in result.get("stage_s", {}).items()])
+    return page.write()
+
+
+def headline_text(result: dict) -> str:
+    test = result["test"]
+    base = test["baseline"]
+    line = f"Real pairs only: test mIoU {_pct(base['mIoU'])}, mDice {_pct(base['mDice'])}."
+    if result["chosen"] == "baseline":
+        return line + " Synthesis and feedback did not help on the validation split: the baseline is the result."
+    c = test[result["chosen"]]
+    return line + (f" '{result['chosen']}' helped on the validation split and is the result: test mIoU {_pct(c['mIoU'])}, "
+                   f"mDice {_pct(c['mDice'])}.")
+
+
+def synthetic_examples(folder: Path, tiles: Path, n: int) -> list[list[Path]]:
+    """Up to ``n`` kept synthetic pairs spread over the set: [image with mask contour, mask] file pairs."""
+    from PIL import Image
+
+    from anomalign.evaluation.generation import spread
+    from anomalign.figures import draw_contour, save_png
+    meta = folder / "metadata.jsonl"
+    if not meta.is_file():
+        return []
+    rows = [json.loads(x) for x in meta.read_text().splitlines() if x.strip()]
+    out = []
+    for k, i in enumerate(spread(len(rows), n)):
+        image = np.asarray(Image.open(folder / rows[i]["file_name"]).convert("RGB"))
+        mask = np.asarray(Image.open(folder / rows[i]["mask_file_name"]).convert("L")) > 127
+        a = save_png(draw_contour(image, mask), tiles / f"syn_{k}.png")
+        b = save_png(np.repeat(mask.astype(np.uint8)[..., None] * 255, 3, axis=2), tiles / f"syn_{k}_mask.png")
+        out.append([a, b])
+    return out
+
+
+@torch.no_grad()
+def segmentation_examples(out: Path, result: dict, index, tiles: Path, n: int, cfg) -> list[list[Path]]:
+    """Up to ``n`` anomalous test images: [ground truth contour, baseline overlay, chosen overlay] at full size,
+    predicted with ``segmenter.sliding.predict_full_size`` (what ``segment`` writes)."""
+    from anomalign.data.dataset import load_pair
+    from anomalign.data.transforms import to_model_range
+    from anomalign.evaluation.generation import spread
+    from anomalign.figures import draw_contour, save_png
+    from anomalign.segmenter.infer import overlay
+    from anomalign.segmenter.model import Segmenter
+    from anomalign.segmenter.sliding import predict_full_size
+    test = [s for s in index.split("test") if not s.normal]
+    if not test:
+        return []
+    names = ["baseline", result["chosen"]]
+    models = [Segmenter.load(Path(out) / ("baseline" if m == "baseline" else f"arm_{m}")) for m in names]
+    rows = []
+    for k, i in enumerate(spread(len(test), n)):
+        image, mask = load_pair(test[i], None, cfg.mask_threshold)
+        row = [save_png(draw_contour(image, mask), tiles / f"test_{k}.png")]
+        for name, model in zip(names, models):
+            prob = predict_full_size(model, to_model_range(image), model.size)[0].numpy()
+            row.append(save_png(overlay(image, prob >= 0.5), tiles / f"test_{k}_{name}.png"))
+        rows.append(row)
+    return rows

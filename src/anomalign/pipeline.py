@@ -1,0 +1,377 @@
+"""``anomalign run DATA --out RUN``: the whole method on a user's own folder, planned from the data and gated by
+its validation split. Every stage is a folder under RUN (the command a user could run by hand, with its
+config), finished stages are skipped on a rerun, and a killed stage resumes from its last checkpoint:
+
+  check/          data check, fingerprint.json               -> plan.yaml (edit it and rerun)
+  baseline/       train-segmenter, real pairs only (the measured recipe)
+  generator/      train-generator (tiny on CPU; --backend sd --base ... on a GPU)
+  synthetic/      generate: defects into the normals (or the anomalous images' free area), kept only where the
+                  baseline finds them (oracle IoU >= min_alignment)
+  arm_synthetic/  + synthetic pairs      } each forked from the baseline's half-way checkpoint, so every
+  arm_feedback/   + Generative Feedback  } comparison is paired (same real crops, same steps); feedback only
+  arm_both/       both                   } when its premise holds on the training images (premise.json)
+  choice.json     the val choice (evaluation/choice.py): an arm replaces the baseline only if it wins by more
+                  than the noise
+  test.json       test metrics of the baseline and the chosen segmenter (full size)
+  report/         index.html: the decision and why, numbers, generated pairs, full-size overlays
+  segmenter.onnx  the chosen segmenter's patch model (when onnx is installed)
+"""
+from __future__ import annotations
+
+import json
+import sys
+import time
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Literal
+
+from anomalign.config import build_config, option, save_config
+from anomalign.data.folders import DataOptions
+from anomalign.errors import AnomalignError, DataError
+from anomalign.files import write_text_atomic
+from anomalign.plan import ARMS, Plan, estimate_seconds, make_plan, read_plan, steps_note, write_plan
+
+
+@dataclass(kw_only=True)
+class RunConfig(DataOptions):
+    """Options of ``anomalign run``."""
+
+    data: Path = option(help="your dataset: any layout `anomalign data check` reads", positional=True)
+    out: Path = option(help="run folder (created; rerun the same command to continue it)")
+    normals: Path | None = option(None, "defect-free images kept elsewhere (a folder): they receive the synthetic "
+                                        "defects")
+    seed: int = option(0, "seed of every training stage (the data split has --split-seed)")
+    budget: float | None = option(None, "minutes the run may take on 2 CPU cores: steps and pairs are scaled "
+                                        "down to fit (never up; default: the measured recipe, no scaling)")
+    backend: Literal["tiny", "sd"] = option("tiny", "generator: tiny (CPU, shipped base) or sd (Stable Diffusion "
+                                                    "1.x/2.x, with --base, on a GPU)")
+    base: str | None = option(None, "generator base: sd folder or hub id (required for sd); tiny: another base")
+    plan: Path | None = option(None, "a plan file to use instead of planning from the data (e.g. another run's "
+                                     "plan.yaml, edited); RUN/plan.yaml is used when it exists")
+    arms: list[str] | None = option(None, f"arms to compare with the baseline (default: the plan's, "
+                                          f"{' '.join(ARMS)}; none: baseline only)")
+    export: bool = option(True, "export the chosen segmenter to ONNX (needs the onnx package)")
+    device: Literal["auto", "cpu", "cuda"] = option("auto", "where to run")
+
+    def validate(self) -> None:
+        DataOptions.validate(self)
+        if self.budget is not None and not self.budget > 0:
+            raise AnomalignError(f"budget must be > 0 minutes, got {self.budget}")
+        if self.arms is not None:
+            self.arms = [a for a in self.arms if a != "none"]
+            bad = [a for a in self.arms if a not in ARMS]
+            if bad:
+                raise AnomalignError(f"unknown arm(s) {bad}; choose from {list(ARMS)} or none")
+        if self.backend == "sd" and not self.base:
+            raise AnomalignError("--backend sd needs --base (a Stable Diffusion folder or hub id)")
+
+
+MIN_PAIRS = {"train": 2, "val": 1, "test": 1}
+
+
+class Progress:
+    """Prints each stage with the elapsed time and an estimate of the time left (from the plan's estimate,
+    corrected by how fast the finished stages really ran)."""
+
+    def __init__(self, estimates: dict[str, float]):
+        self.estimates, self.t0, self.spent, self.planned = dict(estimates), time.perf_counter(), 0.0, 0.0
+
+    def start(self, name: str, title: str, done: bool) -> None:
+        names = list(self.estimates)
+        k = names.index(name) + 1 if name in names else 0
+        elapsed = time.perf_counter() - self.t0
+        speed = self.spent / self.planned if self.planned > 30 else 1.0
+        left = sum(self.estimates[n] for n in names[max(0, k - 1):]) * speed
+        state = "done, skipped" if done else f"elapsed {_mmss(elapsed)}, about {_mmss(left)} left"
+        print(f"[{k}/{len(names)}] {title} — {state}", flush=True)
+
+    def finish(self, name: str, seconds: float) -> None:
+        if seconds > 1:  # a skipped stage says nothing about speed
+            self.spent += seconds
+            self.planned += self.estimates.get(name, 0.0)
+        self.estimates[name] = 0.0
+
+
+def _mmss(s: float) -> str:
+    return f"{int(s // 60)}:{int(s % 60):02d}"
+
+
+def data_values(cfg: RunConfig) -> dict:
+    """The DataOptions of ``cfg`` (layout, split, policy, ...), passed to every stage so all see one split."""
+    return {f.name: getattr(cfg, f.name) for f in fields(DataOptions)}
+
+
+def check_stage(cfg: RunConfig, out: Path):
+    """Load and check the data and apply the run's minimums (nothing is written); returns (index, fingerprint)."""
+    from anomalign.data.fingerprint import fingerprint
+    from anomalign.data.validate import load_dataset
+    index = load_dataset(cfg.data, cfg)
+    fp = fingerprint(index, cfg.mask_threshold)
+    short = []
+    for split, need in MIN_PAIRS.items():
+        if fp.pairs.get(split, 0) < need:
+            short.append(f"{split}: {fp.pairs.get(split, 0)} (needs {need})")
+    if short:
+        raise DataError(f"{cfg.data}: too few anomalous image/mask pairs with a non-empty mask ({'; '.join(short)}; "
+                        f"{fp.empty_masks} anomalous image(s) have an empty mask). A run trains on train, chooses on "
+                        "val and reports test: add pairs, or set --val-fraction / --test-fraction")
+    if fp.short_side["min"] < 16:
+        raise DataError(f"{cfg.data}: the smallest image is {fp.short_side['min']:.0f} px on a side; images under 16 px "
+                        "are too small to segment (run `anomalign data check` to find them)")
+    return index, fp
+
+
+def write_check(out: Path, index, fp) -> None:
+    """``check/``: the fingerprint and the files ``--policy skip`` left out."""
+    from anomalign.data.validate import skipped_records
+    write_text_atomic(out / "check" / "fingerprint.json", json.dumps(fp.to_dict(), indent=1))
+    if index.skipped:
+        write_text_atomic(out / "check" / "skipped.json", json.dumps(skipped_records(index.skipped), indent=1))
+
+
+class Stages:
+    """Each stage of a run as the command it runs, on the folders under RUN."""
+
+    def __init__(self, cfg: RunConfig, plan: Plan, out: Path, progress: bool):
+        self.cfg, self.plan, self.out, self.progress = cfg, plan, out, progress
+
+    def segmenter_values(self, folder: Path) -> dict:
+        p, cfg = self.plan, self.cfg
+        return {**data_values(cfg), "train": str(cfg.data), "out": str(folder), "preset": p.preset, "size": p.size,
+                "crop_size": p.crop_size, "scale": p.scale, "max_steps": p.seg_steps, "batch_size": p.batch_size,
+                "train_normals": p.train_normals, "seed": cfg.seed, "device": cfg.device,
+                "checkpoint_every": p.fork_step, "keep_checkpoints": 3, "validate_every": p.fork_step}
+
+    def train_segmenter(self, folder: Path, arm: str | None = None) -> None:
+        """The baseline (``arm`` None), or an arm forked from the baseline's half-way checkpoint."""
+        from anomalign.segmenter.train import TrainSegmenterConfig, run_train_segmenter
+        values = self.segmenter_values(folder)
+        fork = self.out / "baseline" / "checkpoints" / f"step-{self.plan.fork_step:07d}"
+        own = folder / "checkpoints"
+        resume = "latest" if own.is_dir() and any(own.glob("step-*[0-9]")) else None
+        if arm is not None:
+            resume = resume or str(fork)
+            if arm in ("synthetic", "both"):
+                values |= {"synthetic": [str(self.out / "synthetic")],
+                           "batch_size": self.plan.batch_size + self.plan.synthetic_per_step,
+                           "synthetic_fraction": self.plan.synthetic_per_step / (self.plan.batch_size
+                                                                                 + self.plan.synthetic_per_step)}
+            if arm in ("feedback", "both"):
+                # forked half-way: feedback starts at the fork, as the measured warm-up (no second warm-up)
+                values |= {"feedback_generator": str(self.out / "generator"), "fb_warmup_steps": 0}
+                if self.cfg.base and self.plan.backend == "sd":
+                    values["feedback_base"] = self.cfg.base
+        values["resume"] = resume
+        run_train_segmenter(build_config(TrainSegmenterConfig, values), progress=self.progress)
+
+    def train_generator(self) -> None:
+        from anomalign.generator.train import TrainGeneratorConfig, run_train_generator
+        p, cfg = self.plan, self.cfg
+        folder = self.out / "generator"
+        own = folder / "checkpoints"
+        run_train_generator(build_config(TrainGeneratorConfig, {
+            **data_values(cfg), "data": str(cfg.data), "out": str(folder), "backend": p.backend, "base": p.base,
+            "resolution": p.gen_resolution, "crop_size": p.gen_crop_size, "scale": p.scale,
+            "crops_per_image": 4, "max_steps": p.gen_steps, "batch_size": 16, "learning_rate": 1e-4,
+            "normals": 16, "checkpoint_every": max(1, p.gen_steps // 3), "validation_masks": 8,
+            "validation_steps": 25, "validation_guidance": p.guidance, "seed": cfg.seed, "device": cfg.device,
+            "resume": "latest" if own.is_dir() and any(own.glob("step-*[0-9]")) else None}), progress=self.progress)
+
+    def generate(self) -> dict:
+        from anomalign.segmenter.model import Segmenter
+        from anomalign.synthesis.generate import GenerateConfig, run_generate
+        p, cfg = self.plan, self.cfg
+        normals = cfg.normals or cfg.data
+        gen_cfg = build_config(GenerateConfig, {
+            **data_values(cfg), "generator": str(self.out / "generator"), "masks": str(cfg.data),
+            "out": str(self.out / "synthetic"), "split": "train", "num": p.synthetic,
+            "augment": ["flip"] if p.hosts == "normal" else ["flip", "rot90"], "scheduler": "ddim",
+            "steps": p.sample_steps, "guidance": p.guidance, "batch_size": 16, "seed": cfg.seed,
+            "normals": str(normals), "hosts": "normal" if cfg.normals else p.hosts,
+            "max_defect_size": p.max_defect_size, "oracle": str(self.out / "baseline"),
+            "min_alignment": p.min_alignment, "device": cfg.device, "base": cfg.base if p.backend == "sd" else None})
+        try:
+            return run_generate(gen_cfg, progress=self.progress, oracle=Segmenter.load(self.out / "baseline"))
+        except AnomalignError as e:  # fewer pairs than asked passed the filter: go on with those that did
+            summary = self.out / "synthetic" / "summary.json"
+            if not summary.is_file() or not json.loads(summary.read_text()).get("kept"):
+                raise
+            print(f"warning: {e}", file=sys.stderr)
+            return json.loads(summary.read_text())
+
+    def premise(self) -> dict:
+        """Generative Feedback's premise on the training images, as the feedback arm would see them."""
+        from anomalign.generator.model import MaskGenerator
+        from anomalign.segmenter.train import (PREMISE_MIN, TrainSegmenterConfig, feedback_premise,
+                                               training_sets)
+        values = self.segmenter_values(self.out / "arm_feedback") | {"feedback_generator": str(self.out / "generator")}
+        seg_cfg = build_config(TrainSegmenterConfig, values)
+        real = training_sets(seg_cfg)[0]
+        gen = MaskGenerator.load(self.out / "generator", **({"base": self.cfg.base} if self.plan.backend == "sd"
+                                                             else {}))
+        gen.requires_grad_(False).eval()
+        result = feedback_premise(gen, real, seg_cfg)
+        result["holds"] = bool(result.get("images") and result["frac_true_lt_both"] >= PREMISE_MIN)
+        return result
+
+
+def run_pipeline(cfg: RunConfig, progress: bool = True) -> dict:
+    """Run (or continue) every stage into ``cfg.out``; returns the result (also ``RUN/result.json``)."""
+    from anomalign.runs import check_output_folder, mark_output_folder
+    from anomalign.training import peak_rss_mb
+    cfg.validate()
+    out = check_output_folder(Path(cfg.out), "run")
+    t_start = time.perf_counter()
+    index, fp = check_stage(cfg, out)  # every input problem surfaces here, before anything is written
+    plan_file = out / "plan.yaml"
+    plan, write = decide_plan(cfg, fp, plan_file)
+    check_plan(plan, fp, Path(cfg.plan) if cfg.plan else plan_file)
+    mark_output_folder(out, "run")
+    save_config(cfg, out / "run.yaml")
+    write_check(out, index, fp)
+    if write:
+        write_plan(plan, plan_file, fp)
+    print(steps_note(plan))
+    arms = list(plan.arms)
+    prog = Progress(estimate_seconds(plan))
+    stages = Stages(cfg, plan, out, progress)
+    times: dict[str, float] = {}
+
+    def stage(name: str, title: str, fn, done: bool):
+        prog.start(name, title, done)
+        t = time.perf_counter()
+        result = None if done else fn()
+        times[name] = time.perf_counter() - t
+        prog.finish(name, times[name])
+        return result
+
+    stage("check", f"check the data ({sum(fp.pairs.values())} anomalous pairs)", lambda: None, True)
+    stage("baseline", f"baseline segmenter, real pairs only ({plan.seg_steps} steps)",
+          lambda: stages.train_segmenter(out / "baseline"), (out / "baseline" / "segmenter.safetensors").is_file())
+    if arms:
+        stage("generator", f"train the generator ({plan.backend}, {plan.gen_steps} steps)", stages.train_generator,
+              (out / "generator" / "generator.safetensors").is_file())
+    if "synthetic" in arms or "both" in arms:
+        stage("synthetic", f"generate {plan.synthetic} synthetic pairs, kept where the baseline finds the defect",
+              stages.generate, (out / "synthetic" / "summary.json").is_file())
+    premise = None
+    if "feedback" in arms or "both" in arms:
+        premise_file = out / "premise.json"
+        if not premise_file.is_file():
+            write_text_atomic(premise_file, json.dumps(stages.premise(), indent=1))
+        premise = json.loads(premise_file.read_text())
+        if not premise["holds"]:
+            print(f"Generative Feedback skipped: its premise holds on {100 * premise.get('frac_true_lt_both', 0):.0f} % "
+                  f"of the training images (needs {100 * premise.get('threshold', 0.7):.0f} %)")
+            arms = [a for a in arms if a == "synthetic"]
+    for arm in ARMS:
+        folder = out / f"arm_{arm}"
+        if arm in arms:
+            stage(f"arm_{arm}", f"arm '{arm}', forked from the baseline at step {plan.fork_step}",
+                  lambda arm=arm, folder=folder: stages.train_segmenter(folder, arm),
+                  (folder / "segmenter.safetensors").is_file())
+    choice = stage("choice", "choose on the validation split", lambda: choice_stage(cfg, out, arms), False)
+    test = stage("test", "evaluate the baseline and the choice on the test split",
+                 lambda: test_stage(cfg, out, choice["chosen"]), False)
+    result = {"chosen": choice["chosen"], "segmenter": str(out / run_folder(choice["chosen"])),
+              "reason": choice["reason"], "choice": choice, "test": test, "premise": premise,
+              "plan": str(plan_file), "stage_s": times, "wall_s": time.perf_counter() - t_start}
+    if cfg.export:
+        result["onnx"] = export_stage(out, choice["chosen"])
+    result["peak_rss_mb"] = peak_rss_mb()
+    write_text_atomic(out / "result.json", json.dumps(result, indent=1))
+    from anomalign.evaluation.run_report import write_run_report
+    stage("report", "write the report", lambda: write_run_report(out, result, index, cfg), False)
+    print(headline(result))
+    print(f"use it: anomalign segment IMAGES --segmenter {result['segmenter']} --out PREDICTIONS; "
+          f"report: {out / 'report' / 'index.html'}")
+    return result
+
+
+def decide_plan(cfg: RunConfig, fp, plan_file: Path) -> tuple[Plan, bool]:
+    """(the run's plan, whether RUN/plan.yaml must be written): ``--plan FILE``, else the run's own plan.yaml
+    (kept from an earlier start, maybe edited), else one planned from the fingerprint."""
+    if cfg.plan is not None:
+        plan = read_plan(Path(cfg.plan))
+        if plan_file.is_file() and read_plan(plan_file) != plan:
+            raise AnomalignError(f"{plan_file}: this run already has another plan; continue it without --plan, or "
+                                 "choose a new --out")
+        return plan, True
+    if plan_file.is_file():
+        print(f"{plan_file}: using this plan (delete it to plan again)")
+        return read_plan(plan_file), False
+    plan = make_plan(fp, backend=cfg.backend, base=cfg.base, has_normals=cfg.normals is not None,
+                     budget_minutes=cfg.budget)
+    if cfg.arms is not None:
+        plan.arms = list(cfg.arms)
+    return plan, True
+
+
+def check_plan(plan: Plan, fp, plan_file: Path) -> None:
+    """A plan (maybe edited) that cannot work on this data: stop before training, naming the setting."""
+    if plan.crop_size and plan.crop_size > fp.short_side["max"] * plan.scale:
+        raise DataError(f"{plan_file}: crop_size {plan.crop_size} is larger than every image at scale {plan.scale:g} "
+                        f"(the largest shorter side is {fp.short_side['max']:.0f} px); lower crop_size or set it to 0")
+
+
+def run_folder(name: str) -> str:
+    return "baseline" if name == "baseline" else f"arm_{name}"
+
+
+def choice_stage(cfg: RunConfig, out: Path, arms: list[str]) -> dict:
+    """Per-image val IoU of every run's final weights; the choice (``evaluation.choice.choose``)."""
+    from anomalign.data.validate import load_dataset
+    from anomalign.devices import pick_device
+    from anomalign.evaluation.choice import choose, per_image_iou
+    from anomalign.segmenter.model import Segmenter
+    plan = read_plan(out / "plan.yaml")
+    device = pick_device(cfg.device)
+    val = [s for s in load_dataset(cfg.data, cfg, announce=False).split("val") if not s.normal]
+    scores = {name: per_image_iou(Segmenter.load(out / run_folder(name), device=device), val, device,
+                                  mask_threshold=cfg.mask_threshold)
+              for name in ["baseline", *arms]}
+    result = choose(scores.pop("baseline"), scores, min_gain=plan.min_gain, seed=cfg.seed)
+    write_text_atomic(out / "choice.json", json.dumps(result, indent=1))
+    print(result["reason"])
+    return result
+
+
+def test_stage(cfg: RunConfig, out: Path, chosen: str) -> dict:
+    """Test metrics (full size) of the baseline and the chosen run."""
+    from anomalign.data.validate import load_dataset
+    from anomalign.devices import pick_device
+    from anomalign.segmenter.evaluate import evaluate_run_style
+    from anomalign.segmenter.model import Segmenter
+    device = pick_device(cfg.device)
+    test = load_dataset(cfg.data, cfg, announce=False).split("test")
+    result = {}
+    for name in dict.fromkeys(["baseline", chosen]):
+        model = Segmenter.load(out / run_folder(name), device=device)
+        result[name] = evaluate_run_style(model, test, model.size or 64, device, mask_threshold=cfg.mask_threshold,
+                                          full_size=True)
+    write_text_atomic(out / "test.json", json.dumps(result, indent=1))
+    return result
+
+
+def export_stage(out: Path, chosen: str) -> str | None:
+    """ONNX of the chosen segmenter as ``RUN/segmenter.onnx`` (a note instead when onnx is missing)."""
+    from anomalign.segmenter.infer import ExportConfig, run_export
+    try:
+        import onnx  # noqa: F401
+    except ImportError:
+        print("note: ONNX export skipped (pip install 'anomalign[export]')", file=sys.stderr)
+        return None
+    target = out / "segmenter.onnx"
+    run_export(ExportConfig(segmenter=out / run_folder(chosen), out=target))
+    return str(target)
+
+
+def headline(result: dict) -> str:
+    test = result["test"]
+    base = test["baseline"]
+    line = f"baseline (real only): test mIoU {100 * base['mIoU']:.1f}, mDice {100 * base['mDice']:.1f}"
+    if result["chosen"] == "baseline":
+        return f"{line}. Kept the baseline: {result['reason']}"
+    chosen = test[result["chosen"]]
+    return (f"{line}; chosen '{result['chosen']}': test mIoU {100 * chosen['mIoU']:.1f}, mDice "
+            f"{100 * chosen['mDice']:.1f}. {result['reason']}")

@@ -1,0 +1,193 @@
+"""``anomalign run``'s plan: a dataset fingerprint -> every setting of the run, each with the reason for it.
+
+The rules below are the project's measured recipe (docs/results.md, docs/run.md) written as functions of the
+fingerprint, never of a dataset's name: a plan for data this project has never seen is decided the same way.
+The plan is written to ``RUN/plan.yaml`` with a comment giving each value's reason; a user edits it and reruns
+(the file, when present, is read instead of planning again).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Literal
+
+import yaml
+
+from anomalign.config import config_to_dict, option
+from anomalign.data.fingerprint import Fingerprint
+from anomalign.errors import ConfigError
+
+CROP = 128            # px: the crop of the measured recipe (magnetic tile, CrackForest)
+SEG_STEPS = 3200      # real only reached 49.0 at 3 200 steps vs 41 at 2 400 on magnetic tile
+ARMS = ("synthetic", "feedback", "both")
+# Seconds per unit on a 2-core CPU (measured on this project's machines), for the time estimate and --budget:
+# a 128-px-crop segmenter step at batch 16, a 128-px tiny generator step at batch 16, one synthesis attempt
+# (DDIM-25 with guidance, placement, oracle), and the factors of the arms' steps.
+SEC_SEG_STEP, SEC_GEN_STEP, SEC_ATTEMPT = 0.32, 0.9, 0.55
+SYN_FACTOR, FB_FACTOR = 1.25, 1.8
+
+
+@dataclass(kw_only=True)
+class Plan:
+    """Every setting of ``anomalign run`` (see ``make_plan`` for the rules)."""
+
+    preset: str = option("unet-tiny", "segmenter network")
+    crop_size: int = option(CROP, "segmenter crop at native resolution (0: whole images resized to size)")
+    size: int = option(CROP, "segmenter input size (the crop, or the size whole images are resized to)")
+    scale: float = option(1.0, "resampling of the images before cropping")
+    seg_steps: int = option(SEG_STEPS, "segmenter steps of the baseline (arms fork from it half-way)")
+    batch_size: int = option(16, "real crops per segmenter step")
+    train_normals: bool = option(False, "normal images in the segmenter's batches")
+    backend: Literal["tiny", "sd"] = option("tiny", "generator backend")
+    base: str | None = option(None, "generator base (tiny: the shipped one; sd: a folder or hub id)")
+    gen_resolution: int = option(128, "generator resolution")
+    gen_crop_size: int = option(CROP, "generator crops at native resolution (0: whole images)")
+    gen_steps: int = option(150, "generator fine-tuning steps")
+    synthetic: int = option(300, "synthetic pairs kept")
+    hosts: Literal["normal", "anomalous"] = option("normal", "images that receive the synthetic defects")
+    max_defect_size: int | None = option(None, "long defects are cut to pieces of this size")
+    sample_steps: int = option(25, "DDIM steps per synthetic pair")
+    guidance: float = option(3.0, "classifier-free guidance of synthesis")
+    min_alignment: float = option(0.3, "oracle IoU below which a synthetic pair is dropped")
+    synthetic_per_step: int = option(4, "synthetic crops added to each step's real ones (w_syn 0.3)")
+    arms: list[str] = option(default_factory=lambda: list(ARMS), help="arms compared with the baseline")
+    min_gain: float = option(0.01, "val mIoU an arm must gain over the baseline (and its bootstrap bound > 0)")
+    reasons: dict[str, str] = field(default_factory=dict, metadata={"help": "why each value", "positional": False,
+                                                                    "aliases": ()})
+
+    def validate(self) -> None:
+        bad = [a for a in self.arms if a not in ARMS]
+        if bad:
+            raise ConfigError(f"unknown arm(s) {bad}; choose from {list(ARMS)}")
+        for name in ("seg_steps", "gen_steps", "synthetic", "batch_size", "sample_steps"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.seg_steps < 4:
+            raise ConfigError(f"seg_steps must be >= 4 (arms fork from the baseline half-way), got {self.seg_steps}")
+        if self.crop_size and self.crop_size < 16 or self.size < 16:
+            raise ConfigError(f"crop_size / size must be >= 16 px, got {self.crop_size} / {self.size}")
+
+    @property
+    def fork_step(self) -> int:
+        """The baseline step the arms start from (its checkpoint): half-way, where L_ce has converged."""
+        return self.seg_steps // 2
+
+
+def make_plan(fp: Fingerprint, *, backend: str = "tiny", base: str | None = None, has_normals: bool | None = None,
+              budget_minutes: float | None = None) -> Plan:
+    """The plan of a dataset from its fingerprint (``has_normals``: normal images given with ``--normals``)."""
+    why: dict[str, str] = {}
+    short, extent = fp.short_side["median"], fp.defect_extent["median"]
+    if short >= 2 * CROP:
+        crop, size = CROP, CROP
+        why["crop_size"] = (f"images are large (median shorter side {short:.0f} px >= 2 x {CROP}): native-resolution "
+                            f"{CROP}-px crops, predicted with sliding windows (small defects would vanish if "
+                            "whole images were shrunk)")
+    else:
+        crop, size = 0, max(32, min(CROP, int(short) // 16 * 16))
+        why["crop_size"] = (f"images are small (median shorter side {short:.0f} px < 2 x {CROP}): whole images "
+                            f"resized to {size} px")
+    why["size"] = why["crop_size"]
+    scale = 1.0
+    if crop and extent > crop:
+        scale = max(0.25, round(crop / extent, 3))
+        why["scale"] = (f"the median defect ({extent:.0f} px) is longer than the crop: images resampled by {scale:g} "
+                        "so a typical defect fits in a crop")
+    else:
+        why["scale"] = f"the median defect ({extent:.0f} px) fits in a crop: native pixels"
+    why["preset"] = ("a small U-Net: without pretrained weights it generalises from a few hundred crops where a "
+                     "random Segformer memorises them (magnetic tile 41-49 vs 7.9 test mIoU)")
+    why["seg_steps"] = f"{SEG_STEPS}: real only gained 8 mIoU from 2 400 to 3 200 steps on magnetic tile"
+    why["train_normals"] = ("anomalous pairs only: with the normals in the batch the anomaly class drowned on "
+                            "magnetic tile (val mIoU 0 for a whole run)")
+    train_normals = fp.normals.get("train", 0)
+    hosts = "normal" if (has_normals or train_normals >= 10) else "anomalous"
+    why["hosts"] = (f"{train_normals} normal training images{' (+ --normals)' if has_normals else ''}: defects go into "
+                    + ("normal images" if hosts == "normal" else "the anomalous images' free area (too few normals)"))
+    thin = fp.defect_elongation > 8 and fp.defect_extent["p90"] > CROP
+    max_defect = CROP if thin else None
+    why["max_defect_size"] = (f"long thin defects (median elongation {fp.defect_elongation:.0f}, p90 extent "
+                              f"{fp.defect_extent['p90']:.0f} px): pasted as {CROP}-px pieces at their native width"
+                              if thin else "defects are pasted whole (scaled down only when they do not fit)")
+    gen_crop = CROP if crop else 0
+    why["gen_crop_size"] = ("the generator fine-tunes on native crops of its resolution, so defects keep their real "
+                            "size" if gen_crop else "whole images resized to the generator's resolution")
+    gen_steps = 150 if gen_crop else 200
+    why["gen_steps"] = "the tiny base already follows masks; these steps adapt it to the data"
+    why["synthetic"] = "300 pairs, kept only where the baseline finds the defect (oracle IoU >= 0.3): 47.9 ± 1.8 " \
+                       "vs 40.2 ± 9.2 unfiltered on magnetic tile"
+    why["arms"] = ("forked from the baseline's half-way checkpoint, so each comparison is paired; feedback only when "
+                   "its premise holds on the training images")
+    why["min_gain"] = ("an arm replaces the baseline only if it gains >= 1 val mIoU point and the 5 % bootstrap bound "
+                       "of its paired per-image gain is > 0")
+    plan = Plan(crop_size=crop, size=size, scale=scale, backend=backend, base=base, gen_crop_size=gen_crop,
+                gen_steps=gen_steps, hosts=hosts, max_defect_size=max_defect, reasons=why)
+    if backend == "sd":
+        plan.gen_resolution = 512
+        why["gen_resolution"] = "Stable Diffusion's resolution"
+    if budget_minutes is not None:
+        fit_budget(plan, budget_minutes)
+    return plan
+
+
+def estimate_seconds(plan: Plan) -> dict[str, float]:
+    """Seconds per stage on a 2-core CPU (the constants above); an estimate for progress and --budget."""
+    pixels = (plan.crop_size or plan.size) ** 2 / CROP ** 2
+    seg = SEC_SEG_STEP * pixels * plan.batch_size / 16
+    half = plan.seg_steps - plan.fork_step
+    arms = {"synthetic": half * seg * SYN_FACTOR, "feedback": half * seg * FB_FACTOR,
+            "both": half * seg * SYN_FACTOR * FB_FACTOR}
+    out = {"check": 10.0, "baseline": plan.seg_steps * seg + 30, "generator": plan.gen_steps * SEC_GEN_STEP + 20,
+           "synthetic": 1.3 * plan.synthetic * SEC_ATTEMPT}
+    out |= {f"arm_{a}": arms[a] + 30 for a in plan.arms}
+    out |= {"choice": 30.0 * (1 + len(plan.arms)), "test": 60.0, "report": 20.0}
+    return out
+
+
+def fit_budget(plan: Plan, minutes: float) -> None:
+    """Scale the plan's steps and pairs so its estimate fits ``minutes`` (never up: the defaults are the
+    measured recipe); the reason says by how much."""
+    total = sum(estimate_seconds(plan).values())
+    factor = min(1.0, 60 * minutes / total)
+    if factor >= 1:
+        plan.reasons["budget"] = f"estimated {total / 60:.0f} min fits --budget {minutes:g} min: nothing scaled"
+        return
+    plan.seg_steps = max(8, int(plan.seg_steps * factor) // 2 * 2)
+    plan.gen_steps = max(4, int(plan.gen_steps * factor))
+    plan.synthetic = max(8, int(plan.synthetic * factor))
+    plan.reasons["budget"] = (f"estimated {total / 60:.0f} min for --budget {minutes:g} min: steps and pairs scaled by "
+                              f"{factor:.2f} (fewer steps than measured: expect lower scores)")
+
+
+def write_plan(plan: Plan, path: Path, fp: Fingerprint | None = None) -> None:
+    """``plan.yaml``: one ``key: value  # reason`` line per setting (comments are for people; edit values)."""
+    from anomalign.files import write_text_atomic
+    values = config_to_dict(plan)
+    reasons = values.pop("reasons")
+    lines = ["# anomalign run: the plan of this dataset. Edit a value and rerun `anomalign run` to use it;",
+             "# stages whose settings changed are not redone automatically: delete their folders first."]
+    for f in fields(Plan):
+        if f.name == "reasons":
+            continue
+        text = yaml.safe_dump({f.name: values[f.name]}, default_flow_style=True, width=1000).strip()
+        text = text[1:-1] if text.startswith("{") else text
+        lines.append(f"{text}" + (f"  # {reasons[f.name]}" if f.name in reasons else ""))
+    if "budget" in reasons:
+        lines.append(f"# budget: {reasons['budget']}")
+    write_text_atomic(path, "\n".join(lines) + "\n")
+
+
+def read_plan(path: Path) -> Plan:
+    """A ``plan.yaml`` (possibly edited by hand) as a checked Plan."""
+    from anomalign.config import load_config
+    return load_config(Plan, path)
+
+
+def steps_note(plan: Plan) -> str:
+    """One line: the plan's main numbers and the time estimate."""
+    total = sum(estimate_seconds(plan).values())
+    where = f"{plan.crop_size}-px crops" if plan.crop_size else f"whole images at {plan.size} px"
+    return (f"plan: {plan.preset} on {where} (scale {plan.scale:g}), {plan.seg_steps} steps; {plan.backend} generator "
+            f"{plan.gen_steps} steps; {plan.synthetic} synthetic pairs into {plan.hosts} images; arms "
+            f"{', '.join(plan.arms) or 'none'}; about {math.ceil(total / 60)} min on 2 CPU cores")

@@ -1,0 +1,187 @@
+"""`anomalign run`: the plan rules, the validation choice, the whole pipeline on tiny data, resume, bad input."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from anomalign.cli import main
+from anomalign.data.fingerprint import Fingerprint
+from anomalign.evaluation.choice import bootstrap_bound, choose
+from anomalign.plan import CROP, SEG_STEPS, fit_budget, make_plan
+from dummy_data import pair, save, write_paired
+from tiny_models import dummy_tiny_generator
+
+SRC = str(Path(__file__).resolve().parents[1] / "src")
+
+
+def fingerprint(short=257, long=359, extent=(11, 47, 262, 620), elongation=3.0, normals=667, grey=True):
+    return Fingerprint(pairs={"train": 270, "val": 40, "test": 78}, normals={"train": normals},
+                       short_side={"min": short / 2, "median": short, "max": short * 1.5},
+                       long_side={"min": long / 2, "median": long, "max": long * 1.5},
+                       defect_extent=dict(zip(("p10", "median", "p90", "max"), map(float, extent))),
+                       defect_share={"median": 0.005, "p90": 0.3}, defect_elongation=elongation,
+                       components_per_image=1.0, grey=grey)
+
+
+# the plan ------------------------------------------------------------------------------------------------
+
+
+def test_plan_rules_on_hand_written_fingerprints():
+    tile = make_plan(fingerprint())  # magnetic-tile-like: large grey images, small blobs, many normals
+    assert (tile.crop_size, tile.size, tile.scale, tile.seg_steps) == (CROP, CROP, 1.0, SEG_STEPS)
+    assert (tile.hosts, tile.max_defect_size, tile.gen_crop_size, tile.train_normals) == ("normal", None, CROP, False)
+    assert "median shorter side 257 px" in tile.reasons["crop_size"]
+    small = make_plan(fingerprint(short=64, long=64, extent=(5, 20, 36, 44)))  # the built-in dataset's size
+    assert (small.crop_size, small.size, small.gen_crop_size) == (0, 64, 0)
+    big = make_plan(fingerprint(short=900, long=900, extent=(50, 400, 700, 900)))  # large objects' large defects
+    assert big.crop_size == CROP and big.scale == pytest.approx(CROP / 400, abs=1e-3)
+    cracks = make_plan(fingerprint(short=320, long=480, extent=(2, 93, 479, 480), elongation=33, normals=0))
+    assert (cracks.hosts, cracks.max_defect_size, cracks.scale) == ("anomalous", CROP, 1.0)
+    assert make_plan(fingerprint(normals=0), has_normals=True).hosts == "normal"  # --normals given
+
+
+def test_budget_scales_steps_down_never_up():
+    plan = make_plan(fingerprint())
+    fit_budget(plan, 10_000)
+    assert plan.seg_steps == SEG_STEPS and "nothing scaled" in plan.reasons["budget"]
+    fit_budget(plan, 20)
+    assert plan.seg_steps < SEG_STEPS and plan.seg_steps % 2 == 0 and plan.synthetic < 300
+    assert "scaled by" in plan.reasons["budget"]
+
+
+# the choice -----------------------------------------------------------------------------------------------
+
+
+def test_bootstrap_bound_of_a_constant_gain_is_that_gain():
+    assert bootstrap_bound(np.full(7, 0.03)) == pytest.approx(0.03)
+    assert bootstrap_bound(np.array([0.0, 1.0]), quantile=0.0) == 0.0
+
+
+def test_choice_keeps_the_baseline_unless_an_arm_wins_by_more_than_the_noise():
+    rng = np.random.default_rng(0)
+    base = rng.uniform(0.2, 0.8, 40)
+    lower = choose(base, {"synthetic": base - 0.05})
+    assert lower["chosen"] == "baseline" and not lower["arms"]["synthetic"]["wins"]
+    tiny_gain = choose(base, {"synthetic": base + 0.005})  # consistent, but under 1 point
+    assert tiny_gain["chosen"] == "baseline" and tiny_gain["arms"]["synthetic"]["bound"] > 0
+    noisy = choose(base, {"feedback": base + np.tile([0.32, -0.28], 20)})  # +2 points on average, sd 0.3
+    assert noisy["chosen"] == "baseline" and noisy["arms"]["feedback"]["bound"] <= 0
+    clear = choose(base, {"synthetic": base + 0.005, "both": base + 0.03 + rng.normal(0, 0.01, 40)})
+    assert clear["chosen"] == "both" and "gains +3" in clear["reason"]
+    with pytest.raises(ValueError, match="scored on 3 images"):
+        choose(base, {"x": base[:3]})
+
+
+# the pipeline ----------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    """A tiny dataset, a 32-px random generator base and a plan that fits seconds."""
+    root = tmp_path_factory.mktemp("run")
+    write_paired(root / "data", defects=("scratch", "hole"), n=8, normals=6)
+    dummy_tiny_generator().save(root / "base")
+    plan = textwrap.dedent(f"""
+        crop_size: 0
+        size: 32
+        seg_steps: 8
+        batch_size: 4
+        base: {root / 'base'}
+        gen_resolution: 32
+        gen_crop_size: 0
+        gen_steps: 3
+        synthetic: 6
+        sample_steps: 2
+        min_alignment: 0.0
+        synthetic_per_step: 2
+    """)
+    (root / "plan.yaml").write_text(plan)
+    return root
+
+
+def run_args(root: Path, out: Path) -> list[str]:
+    return ["run", str(root / "data"), "--out", str(out), "--plan", str(root / "plan.yaml"), "--device", "cpu"]
+
+
+def test_run_end_to_end_on_tiny_data(tiny_run, capsys):
+    out = tiny_run / "whole"
+    assert main(run_args(tiny_run, out)) == 0
+    text = capsys.readouterr().out
+    assert "[2/10] baseline segmenter" in text and "left" in text and "use it: anomalign segment" in text
+    result = json.loads((out / "result.json").read_text())
+    choice = json.loads((out / "choice.json").read_text())
+    assert result["chosen"] == choice["chosen"] and set(choice["arms"]) <= {"synthetic", "feedback", "both"}
+    assert set(result["test"]) == {"baseline", result["chosen"]} and result["test"]["baseline"]["images"] > 0
+    assert (out / "segmenter.onnx").is_file() and (out / "report" / "index.html").is_file()
+    page = (out / "report" / "index.html").read_text()
+    assert "Validation choice" in page and "Segmentations of test images at full size" in page
+    assert "Generated pairs at full size" in page and "plan.yaml" in page
+    assert "step-0000004" in (out / "arm_synthetic" / "config.yaml").read_text()  # forked half-way
+    assert main(run_args(tiny_run, out)) == 0  # a finished run: every training stage is skipped
+    assert "baseline segmenter, real pairs only (8 steps) — done, skipped" in capsys.readouterr().out
+
+
+KILL_AFTER_SYNTHESIS = textwrap.dedent("""
+    import os, signal, sys
+    sys.path.insert(0, {src!r})
+    import anomalign.pipeline as pipeline
+    real = pipeline.Stages.generate
+
+    def generate(self):  # kill -9 right after the synthetic pairs are written
+        real(self)
+        os.kill(os.getpid(), signal.SIGKILL)
+    pipeline.Stages.generate = generate
+    from anomalign.cli import main
+    sys.exit(main(sys.argv[1:]))
+""")
+
+
+def test_run_killed_after_a_stage_resumes_to_the_same_result(tiny_run):
+    whole, killed = tiny_run / "whole2", tiny_run / "killed"
+    assert main(run_args(tiny_run, whole)) == 0
+    proc = subprocess.run([sys.executable, "-c", KILL_AFTER_SYNTHESIS.format(src=SRC), *run_args(tiny_run, killed)],
+                          capture_output=True, text=True, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert proc.returncode == -9, proc.stderr[-2000:]
+    assert (killed / "synthetic" / "summary.json").is_file() and not (killed / "arm_synthetic").exists()
+    assert main(run_args(tiny_run, killed)) == 0
+    a, b = (json.loads((f / name).read_text()) for f in (whole, killed) for name in ("choice.json",))
+    assert a == b
+    t1, t2 = (json.loads((f / "test.json").read_text()) for f in (whole, killed))
+    assert t1 == t2
+
+
+@pytest.mark.parametrize("case", ["no masks", "one pair", "empty masks", "smaller than the crop"])
+def test_bad_input_stops_before_training_with_exit_2(tmp_path, capsys, case):
+    data = tmp_path / "data"
+    if case == "no masks":
+        for i in range(4):
+            save(data / "images" / f"{i}.png", pair(i)[0])
+        want = "no mask for this image"
+    elif case == "one pair":
+        save(data / "images" / "a.png", pair(1)[0])
+        save(data / "masks" / "a.png", pair(1)[1])
+        want = "too few anomalous image/mask pairs"
+    elif case == "empty masks":
+        for i in range(6):
+            save(data / "images" / "scratch" / f"{i}.png", pair(i)[0])
+            save(data / "masks" / "scratch" / f"{i}.png", np.zeros((24, 32), bool))
+        want = "6 anomalous image(s) have an empty mask"
+    else:
+        write_paired(data, defects=("scratch",), n=8, normals=0)
+        (tmp_path / "plan.yaml").write_text("crop_size: 64\nsize: 64\n")
+        want = "crop_size 64 is larger than every image"
+    before = sorted(p for p in tmp_path.rglob("*"))
+    argv = ["run", str(data), "--out", str(tmp_path / "RUN")]
+    if case == "smaller than the crop":
+        argv += ["--plan", str(tmp_path / "plan.yaml")]
+    code = main(argv)
+    text = capsys.readouterr().err
+    assert code == 2 and want in text and "Traceback" not in text, text
+    assert sorted(p for p in tmp_path.rglob("*")) == before  # nothing written, RUN not even created
