@@ -25,7 +25,8 @@ CSS = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:24px auto
 table{border-collapse:collapse;margin:8px 0 18px}td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}
 th:first-child,td:first-child{text-align:left}img{max-width:100%;image-rendering:pixelated;border:1px solid #ddd}
 figure{display:inline-block;margin:8px;vertical-align:top}figcaption{font-size:13px;color:#555}
-pre{background:#f6f6f6;padding:8px;overflow:auto;font-size:12px}.note{color:#8a5300}"""
+pre{background:#f6f6f6;padding:8px;overflow:auto;font-size:12px}.note{color:#8a5300}
+table.images td{text-align:center;vertical-align:top}"""
 SCRIPT = """window.addEventListener('load',function(){var im=document.images,ok=0;
 for(var i=0;i<im.length;i++){if(im[i].complete&&im[i].naturalWidth>0)ok++;}
 document.body.setAttribute('data-images-loaded',ok+'/'+im.length);});"""

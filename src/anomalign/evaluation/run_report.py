@@ -36,7 +36,7 @@ def write_run_report(out: Path, result: dict, index, cfg, examples: int = 6) -> 
              for name, r in choice["arms"].items()]
     page.table(["run", "val mIoU", "gain (points)", f"{100 * choice['quantile']:g} % bound", "replaces baseline"],
                rows)
-    page.para(f"Decision: {result['chosen']}. {result['reason']}")
+    page.para(f"Decision: {result['chosen']} — {result['reason']}.")
     page.h2("Test split (full size)")
     page.table(["run", "images", *COLUMNS], [[name, str(r["images"]), *(_pct(r[c]) for c in COLUMNS)]
                                             for name, r in result["test"].items()])
@@ -49,8 +49,9 @@ def write_run_report(out: Path, result: dict, index, cfg, examples: int = 6) -> 
     summary = out / "synthetic" / "summary.json"
     if summary.is_file():
         s = json.loads(summary.read_text())
-        page.para(f"Synthesis: {s['kept']} pairs kept of {s['attempts']} attempts ({100 * s['acceptance']:.0f} %; "
-                  f"{s.get('unplaceable', 0)} defects fit on no host).")
+        skipped = s.get("unplaceable", 0)
+        page.para(f"Synthesis: {s['kept']} pairs kept of {s['attempts']} attempts ({100 * s['acceptance']:.0f} %)"
+                  + (f"; {skipped} skipped because their defect fit on no host image." if skipped else "."))
         pairs = synthetic_examples(out / "synthetic", folder / "tiles", examples)
         if pairs:
             page.h2("Generated pairs at full size")
@@ -82,6 +83,13 @@ def headline_text(result: dict) -> str:
                    f"mDice {_pct(c['mDice'])}.")
 
 
+def enlarge(image: np.ndarray, side: int = 160) -> np.ndarray:
+    """uint8 [H, W, 3] repeated (nearest) by an integer factor so its shorter side reaches about ``side`` px: a
+    small image stays readable in the report, a large one keeps its own pixels."""
+    k = max(1, side // max(1, min(image.shape[:2])))
+    return image.repeat(k, 0).repeat(k, 1) if k > 1 else image
+
+
 def synthetic_examples(folder: Path, tiles: Path, n: int) -> list[list[Path]]:
     """Up to ``n`` kept synthetic pairs spread over the set: [image with mask contour, mask] file pairs."""
     from PIL import Image
@@ -96,8 +104,8 @@ def synthetic_examples(folder: Path, tiles: Path, n: int) -> list[list[Path]]:
     for k, i in enumerate(spread(len(rows), n)):
         image = np.asarray(Image.open(folder / rows[i]["file_name"]).convert("RGB"))
         mask = np.asarray(Image.open(folder / rows[i]["mask_file_name"]).convert("L")) > 127
-        a = save_png(draw_contour(image, mask), tiles / f"syn_{k}.png")
-        b = save_png(np.repeat(mask.astype(np.uint8)[..., None] * 255, 3, axis=2), tiles / f"syn_{k}_mask.png")
+        a = save_png(enlarge(draw_contour(image, mask)), tiles / f"syn_{k}.png")
+        b = save_png(enlarge(np.repeat(mask.astype(np.uint8)[..., None] * 255, 3, axis=2)), tiles / f"syn_{k}_mask.png")
         out.append([a, b])
     return out
 
@@ -121,9 +129,9 @@ def segmentation_examples(out: Path, result: dict, index, tiles: Path, n: int, c
     rows = []
     for k, i in enumerate(spread(len(test), n)):
         image, mask = load_pair(test[i], None, cfg.mask_threshold)
-        row = [save_png(draw_contour(image, mask), tiles / f"test_{k}.png")]
+        row = [save_png(enlarge(draw_contour(image, mask)), tiles / f"test_{k}.png")]
         for name, model in zip(names, models):
             prob = predict_full_size(model, to_model_range(image), model.size)[0].numpy()
-            row.append(save_png(overlay(image, prob >= 0.5), tiles / f"test_{k}_{name}.png"))
+            row.append(save_png(enlarge(overlay(image, prob >= 0.5)), tiles / f"test_{k}_{name}.png"))
         rows.append(row)
     return rows
