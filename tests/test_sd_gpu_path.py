@@ -275,3 +275,23 @@ def test_generate_and_evaluate_generation_take_base(sd_base, data, tmp_path):
         args = build_parser().parse_args(command + ["--out", "o", "--base" if command[0] != "train-segmenter"
                                                     else "--feedback-base", "somewhere"])
         assert "somewhere" in vars(args).values()
+
+
+def test_sd_resume_with_the_mask_group_continues_with_the_same_losses(sd_base, data, tmp_path):
+    import csv
+
+    from anomalign.generator.train import run_train_generator
+
+    def run(out, steps, **kw):
+        return run_train_generator(gen_config(data, out, base=str(sd_base), max_steps=steps, batch_size=2,
+                                              learning_rate=1e-3, log_every=1, checkpoint_every=2,
+                                              validation_masks=2, validation_steps=2, **kw), progress=False)
+
+    def losses(out):
+        return [float(r["loss"]) for r in csv.DictReader(open(out / "logs" / "train.csv"))]
+
+    straight = run(tmp_path / "a", 4)
+    run(tmp_path / "b", 2)
+    resumed = run(tmp_path / "b", 4, resume="latest")
+    assert losses(resumed) == pytest.approx(losses(straight), rel=1e-5)
+    assert torch.allclose(predict(MaskGenerator.load(resumed)), predict(MaskGenerator.load(straight)), atol=1e-6)
