@@ -19,6 +19,7 @@ import json
 import math
 import shutil
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Literal
@@ -362,7 +363,9 @@ def _optimizer_step(task: TrainTask, opts: LoopOptions, acc, opt, sched, ema: EM
     opt.step()  # with a scaler: skipped when a gradient is inf/NaN (fp16 overflow), and the scale is adapted
     if acc.scaler is not None:  # a column in every row (the CSV header is written once), 1 on skipped steps
         totals = dict(totals, skipped_step=float(opt.step_was_skipped))
-    sched.step()
+    with warnings.catch_warnings():  # the schedule counts skipped steps too; torch's "step order" warning misleads
+        warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step", category=UserWarning)
+        sched.step()
     opt.zero_grad(set_to_none=True)
     if ema is not None:
         ema.update()
