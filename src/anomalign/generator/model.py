@@ -91,9 +91,11 @@ class MaskGenerator(nn.Module):
     def cast(self, dtype: torch.dtype) -> "MaskGenerator":
         """The UNet and prompt encoder in ``dtype`` for sampling; the codec stays float32: SD's VAE overflows in
         fp16 at 512 px (NaN or black images), and it is a small part of the memory. Returns self."""
-        self.unet.to(dtype)
-        self.prompt_encoder.to(dtype)
-        self.vae.to(torch.float32)
+        # torch's own .to(): diffusers' ModelMixin.to() logs a warning about modules kept in float32 (there are
+        # none in these models) on every call, i.e. on every `generate`
+        nn.Module.to(self.unet, dtype)
+        nn.Module.to(self.prompt_encoder, dtype)
+        nn.Module.to(self.vae, torch.float32)
         return self
 
     @property

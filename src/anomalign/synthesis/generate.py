@@ -31,10 +31,9 @@ from anomalign.config import option
 from anomalign.data.folders import DataOptions
 from anomalign.devices import DTYPES, use_cpu
 from anomalign.errors import AnomalignError, ConfigError, DataError
-from anomalign.files import write_text_atomic
+from anomalign.files import file_sha256, write_text_atomic
 from anomalign.synthesis.sources import (MaskSource, host_files, load_masks, normal_files, read_backgrounds,
-                                        read_mask_sources)
-from anomalign.files import file_sha256
+                                        read_mask_sources, usable_hosts)
 from anomalign.synthesis.store import prepare_out, read_record, write_attempt
 from anomalign.synthesis.augment import MASK_AUGMENTS, augment_mask
 from anomalign.training import sample_seed
@@ -407,35 +406,6 @@ def run_generate(cfg: GenerateConfig, progress: bool = True, oracle=None) -> dic
     t0 = time.perf_counter()
     attempts, made = generate_rounds(synth, out, acc, progress)
     return finish_run(cfg, out, acc, attempts, made, time.perf_counter() - t0)
-
-
-MIN_HOST_SIDE = 16  # px: a smaller host image cannot receive a defect that still has pixels
-
-
-def usable_hosts(cfg: GenerateConfig, files: list[Path], host_masks: list) -> tuple[list[Path], list, list]:
-    """The ``--normals`` images (and anomalous hosts' masks) that can be used, checked before anything is
-    written: decodable, at least MIN_HOST_SIDE px, with a matching ``--foreground`` mask when given. Under
-    ``--policy fail`` a problem stops the run with every file named; under ``skip`` those hosts are left out
-    (returned as problems for skipped.json)."""
-    from anomalign.data.sample import Sample
-    from anomalign.data.validate import check_samples
-    from anomalign.synthesis.fullsize import foreground_problems
-    samples = [Sample(image=f, mask=m[0] if m else None, defect="host", normal=m is None,
-                      mask_ids=m[1] if m else None) for f, m in zip(files, host_masks)]
-    usable, problems = check_samples(samples, cfg, f"{cfg.normals} (--normals)", min_side=MIN_HOST_SIDE)
-    if cfg.foreground is not None:
-        more = foreground_problems([s.image for s in usable], Path(cfg.foreground))
-        if more and cfg.policy == "fail":
-            raise DataError(f"{cfg.foreground}: {len(more)} problem(s) with --foreground (use --policy skip to "
-                            "leave those images out)", more)
-        bad = {p.path for p in more}
-        usable = [s for s in usable if s.image not in bad]
-        problems += more
-    if not usable:
-        raise DataError(f"{cfg.normals}: no usable host image left for --normals", problems)
-    keep = {s.image for s in usable}
-    picked = [(f, m) for f, m in zip(files, host_masks) if f in keep]
-    return [f for f, _ in picked], [m for _, m in picked], problems
 
 
 def generate_rounds(synth: Synthesizer, out: Path, acc, progress: bool) -> tuple[int, int]:

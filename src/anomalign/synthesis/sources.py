@@ -146,3 +146,32 @@ def host_files(cfg: "GenerateConfig", root: Path, split: str = "all", hosts: str
         raise DataError(f"{root}: no {hosts} images in split {split!r} for --normals")
     files, masks = map(list, zip(*picked))
     return files, masks
+
+
+MIN_HOST_SIDE = 16  # px: a smaller host image cannot receive a defect that still has pixels
+
+
+def usable_hosts(cfg: "GenerateConfig", files: list[Path], host_masks: list) -> tuple[list[Path], list, list]:
+    """The ``--normals`` images (and anomalous hosts' masks) that can be used, checked before anything is
+    written: decodable, at least MIN_HOST_SIDE px, with a matching ``--foreground`` mask when given. Under
+    ``--policy fail`` a problem stops the run with every file named; under ``skip`` those hosts are left out
+    (returned as problems for skipped.json)."""
+    from anomalign.data.sample import Sample
+    from anomalign.data.validate import check_samples
+    from anomalign.synthesis.fullsize import foreground_problems
+    samples = [Sample(image=f, mask=m[0] if m else None, defect="host", normal=m is None,
+                      mask_ids=m[1] if m else None) for f, m in zip(files, host_masks)]
+    usable, problems = check_samples(samples, cfg, f"{cfg.normals} (--normals)", min_side=MIN_HOST_SIDE)
+    if cfg.foreground is not None:
+        more = foreground_problems([s.image for s in usable], Path(cfg.foreground))
+        if more and cfg.policy == "fail":
+            raise DataError(f"{cfg.foreground}: {len(more)} problem(s) with --foreground (use --policy skip to "
+                            "leave those images out)", more)
+        bad = {p.path for p in more}
+        usable = [s for s in usable if s.image not in bad]
+        problems += more
+    if not usable:
+        raise DataError(f"{cfg.normals}: no usable host image left for --normals", problems)
+    keep = {s.image for s in usable}
+    picked = [(f, m) for f, m in zip(files, host_masks) if f in keep]
+    return [f for f, _ in picked], [m for _, m in picked], problems
