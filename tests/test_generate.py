@@ -66,7 +66,7 @@ def test_batch_size_does_not_change_the_images(gen_dir, data, tmp_path):
     rows = meta(tmp_path / "bs1")
     # sources cycle through the masks; each row says where it came from and how it was made
     assert {r["defect"] for r in rows} == {"scratch", "hole"}
-    assert all(r["scheduler"] == "ddim" and r["steps"] == 3 and r["guidance"] == 7.0 for r in rows)
+    assert all(r["scheduler"] == "ddim" and r["steps"] == 3 and r["guidance"] == 3.0 for r in rows)  # tiny default
     assert all(Path(r["source_mask"]).is_file() and "free_lunch" in r["scores"] for r in rows)
     # different seeds give different images
     assert len({files(tmp_path / "bs1")[r["file_name"]].tobytes() for r in rows}) == 6
@@ -237,7 +237,7 @@ def test_bad_input(gen_dir, data, tmp_path):
     run_generate(cfg(gen_dir, data, tmp_path / "run", num=2), progress=False)
     before = sorted(p.name for p in (tmp_path / "run").rglob("*"))
     with pytest.raises(AnomalignError, match="different guidance, seed"):
-        run_generate(cfg(gen_dir, data, tmp_path / "run", num=2, seed=1, guidance=3.0), progress=False)
+        run_generate(cfg(gen_dir, data, tmp_path / "run", num=2, seed=1, guidance=7.0), progress=False)
     assert sorted(p.name for p in (tmp_path / "run").rglob("*")) == before
 
 
