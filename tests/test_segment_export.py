@@ -100,3 +100,30 @@ def test_segment_writes_the_masks_evaluate_scores(tmp_path, crop):
                  "--full-size", "--threshold", "0.45"]) == 0
     payload = json.loads((tmp_path / "ev" / "eval.json").read_text())
     assert payload["sets"]["data"]["IoU"] == pytest.approx(iou, abs=1e-6)
+
+
+@pytest.mark.parametrize("crop", [None, 16])
+def test_segment_with_onnxruntime_gives_the_pytorch_masks(tmp_path, crop):
+    """`segment --runtime onnx` runs the exported graph with onnxruntime: the same probabilities within float
+    rounding, so the same masks except for pixels within 1e-4 of the threshold."""
+    pytest.importorskip("onnxruntime")
+    torch.manual_seed(5)
+    seg = tmp_path / "seg"
+    Segmenter("unet-tiny").save(seg, {"size": 32, "crop_size": crop, "scale": 1.0})
+    imgs = tmp_path / "in"
+    for i, hw in enumerate([(40, 56), (33, 21), (70, 90)]):
+        save(imgs / f"x{i}.png", pair(i, hw)[0])
+    outs = {}
+    for runtime in ("torch", "onnx"):
+        outs[runtime] = run_segment(SegmentConfig(images=[imgs], segmenter=seg, out=tmp_path / runtime, device="cpu",
+                                                  runtime=runtime, threshold=0.45, save_probabilities=True),
+                                    progress=False)
+    assert (seg / "segmenter.onnx").is_file()  # exported on first use
+    for i in range(3):
+        p = [np.asarray(Image.open(outs[r] / "probabilities" / f"x{i}.png")).astype(int) for r in ("torch", "onnx")]
+        m = [np.asarray(Image.open(outs[r] / "masks" / f"x{i}.png")) > 127 for r in ("torch", "onnx")]
+        assert np.abs(p[0] - p[1]).max() <= 1 and (m[0] != m[1]).mean() < 1e-3
+    model = Segmenter.load(seg)
+    from anomalign.segmenter.infer import OnnxSegmenter
+    x = torch.rand(4, 3, 32 if crop is None else crop, 32 if crop is None else crop) * 2 - 1
+    assert torch.allclose(OnnxSegmenter.of(model, seg).predict_proba(x), model.predict_proba(x), atol=1e-5)

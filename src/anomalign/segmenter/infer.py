@@ -39,6 +39,9 @@ class SegmentConfig:
                                     "size it was trained at); crop-trained segmenters predict at native resolution")
     batch_size: int = option(16, "sliding windows per forward pass")
     save_probabilities: bool = option(False, "also write the probability map as an 8-bit PNG")
+    runtime: Literal["torch", "onnx"] = option("torch", "torch, or onnx: the exported graph (SEGMENTER/segmenter.onnx, "
+                                                        "exported first when missing) run by onnxruntime, as a "
+                                                        "deployment would; the same masks within float rounding")
     policy: Literal["fail", "skip"] = option("fail", "an unreadable or too large image: fail = stop with its name "
                                                      "(finished images are kept), skip = leave it out, list it in "
                                                      "skipped.json and go on")
@@ -113,7 +116,7 @@ WINDOW_PROGRESS = 64  # images cut into more windows than this get a progress ba
 def segment_identity(cfg: SegmentConfig, model_sha: str, size: int | None) -> dict:
     """What decides the files of a segment run: the segmenter's weights and the options that change masks."""
     return {"segmenter_sha256": model_sha, "threshold": cfg.threshold, "size": size,
-            "save_probabilities": cfg.save_probabilities}
+            "save_probabilities": cfg.save_probabilities} | ({"runtime": "onnx"} if cfg.runtime == "onnx" else {})
 
 
 def prepare_segment_out(out: Path, identity: dict) -> list[dict]:
@@ -173,11 +176,16 @@ def run_segment(cfg: SegmentConfig, progress: bool = True) -> Path:
     set_max_megapixels(cfg.max_megapixels)
     device = pick_device(cfg.device)
     model = Segmenter.load(cfg.segmenter, device=device)
+    if cfg.runtime == "onnx":
+        model = OnnxSegmenter.of(model, Path(cfg.segmenter))
     if model.crop_size and cfg.size is not None:
         raise ConfigError(f"--size {cfg.size} does not apply: {cfg.segmenter} was trained on {model.crop_size}-px "
                           f"crops at scale {model.scale:g} and predicts each image at its own resolution with "
                           "sliding windows; drop --size")
     size = None if model.crop_size else (cfg.size or model.size or 64)
+    if cfg.runtime == "onnx" and size and model.side and size != model.side:
+        raise ConfigError(f"--size {size}: the exported graph {model.file} takes {model.side}-px inputs; drop --size "
+                          f"or export at that size (anomalign export --size {size} --out {model.file})")
     items = list_images(cfg.images)
     out = Path(cfg.out)
     identity = segment_identity(cfg, file_sha256(weights_file(cfg.segmenter, WEIGHTS_NAME)), size)
@@ -238,6 +246,42 @@ def run_segment(cfg: SegmentConfig, progress: bool = True) -> Path:
     flagged = sum(r["anomalous_pixels"] > 0 for r in rows)
     print(f"segmented {len(rows)} images into {out} ({flagged} with anomalous pixels at threshold {cfg.threshold})")
     return out
+
+
+class OnnxSegmenter:
+    """A segmenter's exported graph run by onnxruntime, usable wherever a Segmenter predicts
+    (``predict_proba`` on [B, 3, S, S] in [-1, 1] -> [B, 1, S, S]; ``crop_size``, ``scale``, ``size``): the
+    sliding windows and resizing stay in ``segmenter.sliding``, exactly as for the PyTorch model."""
+
+    def __init__(self, file: Path, crop_size, scale: float, size):
+        try:
+            import onnxruntime as ort
+        except ImportError:
+            raise AnomalignError("--runtime onnx needs onnxruntime: pip install 'anomalign[export]'") from None
+        self.session = ort.InferenceSession(str(file), providers=["CPUExecutionProvider"])
+        self.file, self.crop_size, self.scale, self.size = file, crop_size, scale, size
+        shape = self.session.get_inputs()[0].shape
+        self.side = int(shape[-1]) if isinstance(shape[-1], int) else None
+
+    @classmethod
+    def of(cls, model, segmenter: Path) -> "OnnxSegmenter":
+        """The graph of ``segmenter`` (its ``segmenter.onnx``, exported now when missing) for ``model``."""
+        file = segmenter / "segmenter.onnx" if segmenter.is_dir() else segmenter.with_suffix(".onnx")
+        if not file.is_file():
+            run_export(ExportConfig(segmenter=segmenter, out=file))
+        onnx_model = cls(file, model.crop_size, model.scale, model.size)
+        want = model.crop_size or model.size
+        if onnx_model.side is not None and want and onnx_model.side != want:
+            raise AnomalignError(f"{file}: graph input is {onnx_model.side} px but the segmenter predicts at {want} px; "
+                                 "export it again (anomalign export) or delete it")
+        return onnx_model
+
+    def eval(self) -> "OnnxSegmenter":
+        return self
+
+    def predict_proba(self, images: torch.Tensor) -> torch.Tensor:
+        out = self.session.run(None, {"images": images.detach().cpu().float().numpy()})[0]
+        return torch.from_numpy(out)
 
 
 def predict_one(model, image: np.ndarray, size: int | None, device, progress: bool) -> np.ndarray:
