@@ -21,11 +21,13 @@ from anomalign.errors import ConfigError
 CROP = 128            # px: the crop of the measured recipe (magnetic tile, CrackForest)
 SEG_STEPS = 3200      # real only reached 49.0 at 3 200 steps vs 41 at 2 400 on magnetic tile
 ARMS = ("synthetic", "feedback", "both")
-# Seconds per unit on a 2-core CPU (measured on this project's machines), for the time estimate and --budget:
-# a 128-px-crop segmenter step at batch 16, a 128-px tiny generator step at batch 16, one synthesis attempt
-# (DDIM-25 with guidance, placement, oracle), and the factors of the arms' steps.
-SEC_SEG_STEP, SEC_GEN_STEP, SEC_ATTEMPT = 0.32, 0.9, 0.55
-SYN_FACTOR, FB_FACTOR = 1.25, 1.8
+# Seconds per unit for the time estimate and --budget, measured in `anomalign run` on magnetic tile with one CPU
+# core per run (docs/run.md): a 128-px-crop segmenter step at batch 16 (0.27-0.34 s), a 128-px tiny generator
+# step at batch 16 with its crop bank (3.0-3.6 s), one synthesis attempt (DDIM-25 with guidance, placement,
+# free-lunch and oracle scores: 0.9-1.0 s), and the arms' steps relative to a baseline step (+ 4 synthetic
+# crops 1.25x, feedback on 4 rows every 2nd step 1.6x).
+SEC_SEG_STEP, SEC_GEN_STEP, SEC_ATTEMPT = 0.3, 3.3, 1.0
+SYN_FACTOR, FB_FACTOR = 1.25, 1.6
 
 
 @dataclass(kw_only=True)
@@ -132,7 +134,7 @@ def make_plan(fp: Fingerprint, *, backend: str = "tiny", base: str | None = None
 
 
 def estimate_seconds(plan: Plan) -> dict[str, float]:
-    """Seconds per stage on a 2-core CPU (the constants above); an estimate for progress and --budget."""
+    """Seconds per stage on one CPU core (the constants above); an estimate for progress and --budget."""
     pixels = (plan.crop_size or plan.size) ** 2 / CROP ** 2
     seg = SEC_SEG_STEP * pixels * plan.batch_size / 16
     half = plan.seg_steps - plan.fork_step
@@ -141,7 +143,7 @@ def estimate_seconds(plan: Plan) -> dict[str, float]:
     out = {"check": 10.0, "baseline": plan.seg_steps * seg + 30, "generator": plan.gen_steps * SEC_GEN_STEP + 20,
            "synthetic": 1.3 * plan.synthetic * SEC_ATTEMPT}
     out |= {f"arm_{a}": arms[a] + 30 for a in plan.arms}
-    out |= {"choice": 30.0 * (1 + len(plan.arms)), "test": 60.0, "report": 20.0}
+    out |= {"choice": 10.0 * (1 + len(plan.arms)), "test": 60.0, "report": 20.0}
     return out
 
 
@@ -190,4 +192,4 @@ def steps_note(plan: Plan) -> str:
     where = f"{plan.crop_size}-px crops" if plan.crop_size else f"whole images at {plan.size} px"
     return (f"plan: {plan.preset} on {where} (scale {plan.scale:g}), {plan.seg_steps} steps; {plan.backend} generator "
             f"{plan.gen_steps} steps; {plan.synthetic} synthetic pairs into {plan.hosts} images; arms "
-            f"{', '.join(plan.arms) or 'none'}; about {math.ceil(total / 60)} min on 2 CPU cores")
+            f"{', '.join(plan.arms) or 'none'}; about {math.ceil(total / 60)} min (estimated for one CPU core)")
