@@ -41,8 +41,8 @@ class RunConfig(DataOptions):
     normals: Path | None = option(None, "defect-free images kept elsewhere (a folder): they receive the synthetic "
                                         "defects")
     seed: int = option(0, "seed of every training stage (the data split has --split-seed)")
-    budget: float | None = option(None, "minutes the run may take (estimated for one CPU core): steps and pairs are scaled "
-                                        "down to fit (never up; default: the measured recipe, no scaling)")
+    budget: float | None = option(None, "minutes the run may take (estimated for one CPU core): steps and pairs "
+                                        "are scaled down to fit (never up; default: the measured recipe, no scaling)")
     backend: Literal["tiny", "sd"] = option("tiny", "generator: tiny (CPU, shipped base) or sd (Stable Diffusion "
                                                     "1.x/2.x, with --base, on a GPU)")
     base: str | None = option(None, "generator base: sd folder or hub id (required for sd); tiny: another base")
