@@ -117,7 +117,7 @@ def lazy(target: str, progress: bool = False) -> Callable[[Any], int]:
 COMMANDS: dict[str, Command] = {
     "run": ("your folder to the best segmenter this project can make: check, plan (RUN/plan.yaml), a real-only "
             "baseline, generator, filtered synthetic pairs, arms forked from the baseline, a validation-gated "
-            "choice, test numbers, report and ONNX (42-66 min on one CPU core for magnetic tile's 388 pairs; "
+            "choice, test numbers, report and ONNX (39-66 min on one CPU core for magnetic tile's 388 pairs; "
             "resumable)",
             RunConfig, lazy("anomalign.pipeline:run_pipeline", progress=True)),
     "demo": ("the whole method end to end on the built-in dataset (about 8 min on 2 CPU cores), with an HTML "
