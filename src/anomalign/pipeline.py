@@ -101,7 +101,7 @@ def data_values(cfg: RunConfig) -> dict:
     return {f.name: getattr(cfg, f.name) for f in fields(DataOptions)}
 
 
-def check_stage(cfg: RunConfig, out: Path):
+def check_stage(cfg: RunConfig):
     """Load and check the data and apply the run's minimums (nothing is written); returns (index, fingerprint)."""
     from anomalign.data.fingerprint import fingerprint
     from anomalign.data.validate import load_dataset
@@ -222,7 +222,7 @@ def run_pipeline(cfg: RunConfig, progress: bool = True) -> dict:
     cfg.validate()
     out = check_output_folder(Path(cfg.out), "run")
     t_start = time.perf_counter()
-    index, fp = check_stage(cfg, out)  # every input problem surfaces here, before anything is written
+    index, fp = check_stage(cfg)  # every input problem surfaces here, before anything is written
     plan_file = out / "plan.yaml"
     plan, write = decide_plan(cfg, fp, plan_file)
     check_plan(plan, fp, Path(cfg.plan) if cfg.plan else plan_file)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 
 from anomalign.data.dataset import PairDataset, load_pair
 from anomalign.data.transforms import mask_to_tensor, to_model_range

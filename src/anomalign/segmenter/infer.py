@@ -16,8 +16,6 @@ from typing import Literal
 
 import numpy as np
 import torch
-import torch.nn.functional as F
-from PIL import Image
 
 from anomalign.config import option, save_config
 from anomalign.data.folders import is_image, walk_files

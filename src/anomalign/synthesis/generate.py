@@ -32,7 +32,7 @@ from anomalign.data.folders import DataOptions
 from anomalign.devices import DTYPES, use_cpu
 from anomalign.errors import AnomalignError, ConfigError, DataError
 from anomalign.files import file_sha256, write_text_atomic
-from anomalign.synthesis.sources import (MaskSource, host_files, load_masks, normal_files, read_backgrounds,
+from anomalign.synthesis.sources import (MaskSource, host_files, load_masks, read_backgrounds,
                                         read_mask_sources, usable_hosts)
 from anomalign.synthesis.store import prepare_out, read_record, write_attempt
 from anomalign.synthesis.augment import MASK_AUGMENTS, augment_mask
