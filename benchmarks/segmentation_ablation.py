@@ -1,4 +1,5 @@
-"""The paper's Table 4 on the built-in dataset, over several seeds: `anomalign demo --ablation` per seed.
+"""The paper's Table 4 on the built-in dataset, over several seeds: the old demo's stages with --ablation per seed
+(ablation_stages.py; `anomalign demo` itself is now `anomalign run` on the built-in dataset).
 
     python benchmarks/segmentation_ablation.py --seeds 0 1 2 --work runs/ablation
 
@@ -19,7 +20,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import publish  # noqa: E402
 
-from anomalign.demo import DemoConfig, run_demo  # noqa: E402
+from ablation_stages import DemoConfig, run_demo  # noqa: E402
 
 ROWS = {"real only": "real only", "+ synthetic (α = 0)": "real + synthetic (α = 0)",
         "+ synthetic (α = 0.7)": "real + synthetic (α = 0.7)", "+ feedback only": "real + Generative Feedback only",

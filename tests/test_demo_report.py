@@ -20,27 +20,36 @@ def demo(tmp_path_factory):
     return out, summary
 
 
-def test_demo_runs_every_stage_and_keeps_their_folders(demo):
+def test_demo_is_a_run_on_the_built_in_dataset(demo):
     out, summary = demo
-    for stage in ("data", "generator", "synthetic", "seg_real", "seg_full", "generation", "report"):
+    for stage in ("data", "check", "baseline", "generator", "synthetic", "arm_synthetic", "generation", "report"):
         assert (out / stage).is_dir(), stage
-    assert (out / "generator" / "generator.safetensors").is_file()
-    assert (out / "synthetic" / "metadata.jsonl").is_file()
-    assert set(summary["segmentation"]) == {"real only", "real + synthetic + Generative Feedback (full method)"}
-    for row in summary["segmentation"].values():
-        assert 0 <= row["mIoU"] <= 1 and 0 <= row["mDice"] <= 1
-    o = summary["oracle"]["alpha=0.7"]
-    assert 0 <= o["iou"] <= 1 and 0 <= o["iou_moved"] <= 1
+    assert json.loads((out / "run.json").read_text())["command"] == "run"  # the same folder `anomalign run` writes
+    result = json.loads((out / "result.json").read_text())
+    assert result["chosen"] == summary["chosen"] and set(result["choice"]["arms"]) == {"synthetic"}
+    plan = (out / "plan.yaml").read_text()
+    assert "seg_steps: 4  # demo: --fast smoke run" in plan  # the demo's budgets, with their reasons
+    assert summary["segmentation"]["real only"] == result["test"]["baseline"]
+    assert summary["generation"]["synthetic"]["images"] == 4 and "oracle_iou_moved" in summary["generation"]["synthetic"]
     assert summary["peak_rss_mb"] > 0 and json.loads((out / "demo.json").read_text())["fast"] is True
-    assert (out / "report" / "index.html").is_file() and (out / "overlays.png").is_file()
+    html = (out / "report" / "index.html").read_text()
+    for section in ("Validation choice", "Generation quality", "FID", "Training", "Segmentations of test images"):
+        assert section in html, section
 
 
 def test_demo_rerun_skips_finished_stages(demo, capsys):
     out, first = demo
     again = run_demo(DemoConfig(out=out, fast=True, device="cpu"), progress=False)
     printed = capsys.readouterr().out
-    assert printed.count("already done, skipped") == 5  # data, generator, synthetic, two segmenters
-    assert again["segmentation"] == first["segmentation"]
+    assert printed.count("done, skipped") == 6  # data, check, baseline, generator, synthetic, the arm
+    assert again["segmentation"] == first["segmentation"] and again["chosen"] == first["chosen"]
+
+
+def test_demo_refuses_a_folder_it_did_not_make(tmp_path):
+    (tmp_path / "mine.txt").write_text("user file")
+    with pytest.raises(AnomalignError, match="refusing to write into it"):
+        run_demo(DemoConfig(out=tmp_path, fast=True, device="cpu"), progress=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mine.txt"]
 
 
 def test_report_tables_and_images(demo, tmp_path):
@@ -81,19 +90,16 @@ def test_demo_numbers_are_identical_on_a_second_run(demo, tmp_path):
     """Same seed, same machine: every reported number of a fresh demo run equals the first run's."""
     out, first = demo
     second = run_demo(DemoConfig(out=tmp_path / "again", fast=True, device="cpu"), progress=False)
-    for key in ("segmentation", "generation", "oracle", "premise", "headline", "notes"):
+    for key in ("segmentation", "val", "chosen", "generation", "premise", "headline"):
         assert second[key] == first[key], key
 
 
 def test_demo_fine_tunes_the_base_it_is_given(tmp_path):
     """`anomalign demo --base DIR`: the generator stage starts from that base, not the shipped one."""
-    from anomalign.demo import DemoStages
     from tiny_models import dummy_tiny_generator
 
     dummy_tiny_generator().save(tmp_path / "base")
-    cfg = DemoConfig(out=tmp_path / "d", fast=True, device="cpu", base=tmp_path / "base")
-    stages = DemoStages(cfg, cfg.out, progress=False)
-    stages.make_data()
-    stages.train_generator(cfg.out / "generator", 0.7)
-    spec = json.loads((cfg.out / "generator" / "generator.json").read_text())
+    run_demo(DemoConfig(out=tmp_path / "d", fast=True, device="cpu", base=tmp_path / "base"),
+             progress=False)
+    spec = json.loads((tmp_path / "d" / "generator" / "generator.json").read_text())
     assert spec["unet_config"]["block_out_channels"] == [16, 32]  # the dummy base's UNet, not the shipped one's

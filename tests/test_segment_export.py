@@ -30,7 +30,7 @@ def test_segment_writes_full_size_masks_and_overlays(seg_dir, tmp_path):
         p = np.asarray(Image.open(out / "probabilities" / "sub" / f"x{i}.png"))
         assert m.shape == (h, w) and o.shape == (h, w, 3) and p.shape == (h, w)
         image = np.asarray(Image.open(imgs / "sub" / f"x{i}.jpg").convert("RGB"))
-        prob = predict_images(model, [image], 32, "cpu")[0]
+        prob = predict_images(model, [image], 32)[0]
         assert np.array_equal(m > 127, prob >= 0.5)
     rows = [json.loads(x) for x in (out / "predictions.jsonl").read_text().splitlines()]
     assert len(rows) == 3 and (out / "segment.yaml").is_file()

@@ -12,7 +12,7 @@ import yaml
 
 from anomalign.config import build_config
 from anomalign.data.folders import DataOptions
-from anomalign.demo import segmentation_overlays
+from anomalign.evaluation.overlays import segmentation_overlays
 
 seed_dir, data, png = (Path(a) for a in sys.argv[1:4])
 options = build_config(DataOptions, yaml.safe_load((Path(__file__).parent / "evaluate.yaml").read_text()))

@@ -38,7 +38,7 @@ tiles = []
 for s in test:
     image, mask = load_pair(s, None)
     row = [draw_contour(image, mask)] + [overlay(image, p >= 0.5) for m in models
-                                         for p in predict_images(m, [image], m.size, "cpu")]
+                                         for p in predict_images(m, [image], m.size)]
     h, w = max(t.shape[0] for t in row), max(t.shape[1] for t in row)
     tiles += [np.pad(t, ((0, h - t.shape[0]), (0, w - t.shape[1]), (0, 0)), constant_values=255) for t in row]
 side = max(max(t.shape[:2]) for t in tiles)

@@ -128,7 +128,7 @@ def _pct(v) -> str:
     return "—" if v is None else f"{100 * v:.1f}"
 
 
-def _curve(csv_path: Path, png: Path, title: str) -> Path | None:
+def loss_curve(csv_path: Path, png: Path, title: str) -> Path | None:
     from anomalign.figures import line_plot
     with csv_path.open() as f:
         rows = list(csv.DictReader(f))
@@ -206,7 +206,7 @@ def _write_report(cfg: ReportConfig, roots: list[Path], out: Path) -> Path:
             page.h2("Training curves")
             for c in curves:
                 run = c.parent.parent
-                png = _curve(c, out / "assets" / f"curve_{_label(run, roots).replace('/', '_')}.png",
+                png = loss_curve(c, out / "assets" / f"curve_{_label(run, roots).replace('/', '_')}.png",
                              f"{_label(run, roots)}: losses (log scale)")
                 if png is not None:
                     page.image(png, f"{_label(run, roots)} training losses")

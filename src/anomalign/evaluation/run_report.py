@@ -56,11 +56,15 @@ def write_run_report(out: Path, result: dict, index, cfg, examples: int = 6) -> 
         if pairs:
             page.h2("Generated pairs at full size")
             page.image_table(["synthetic image (mask contour in red)", "its mask"], pairs)
+    generation = result.get("generation")
+    if generation:
+        generation_section(page, out / "generation", generation, folder)
     overlays = segmentation_examples(out, result, index, folder / "tiles", examples, cfg)
     if overlays:
         page.h2("Segmentations of test images at full size")
         page.image_table(["image (ground truth in red)", "baseline", f"chosen: {result['chosen']}"
                           if result["chosen"] != "baseline" else "chosen: baseline"], overlays)
+    training_section(page, out, folder / "tiles")
     page.h2("Plan, data and time")
     plan = out / "plan.yaml"
     if plan.is_file():
@@ -70,6 +74,37 @@ def write_run_report(out: Path, result: dict, index, cfg, examples: int = 6) -> 
         page.pre("fingerprint.json", fp.read_text())
     page.table(["stage", "minutes"], [[k, f"{v / 60:.1f}"] for k, v in result.get("stage_s", {}).items()])
     return page.write()
+
+
+def generation_section(page: Page, folder: Path, generation: dict, report: Path) -> None:
+    """Generation quality (``run --quality``): the evaluate-generation table and notes, the grids and the t-SNE."""
+    from anomalign.evaluation.generation import format_generation_table
+    page.h2(f"Generation quality (kept synthetic pairs vs {generation.get('real_images', '?')} real test anomalies)")
+    header, _, *body = format_generation_table(generation["sets"]).splitlines()
+    cells = lambda line: [c.strip() for c in line.strip().strip("|").split("|")]  # noqa: E731
+    page.table(cells(header), [cells(line) for line in body])
+    for note in generation.get("notes", []):
+        page.para(note)
+    for caption, name in generation.get("figures", {}).items():
+        if (folder / name).is_file():
+            page.image(folder / name, caption)
+
+
+def training_section(page: Page, out: Path, tiles: Path) -> None:
+    """The training losses of every segmenter run and the generator's last validation grid."""
+    from anomalign.evaluation.report import loss_curve
+    runs = [r for r in ["baseline", *(f"arm_{a}" for a in ("synthetic", "feedback", "both")), "generator"]
+            if (out / r / "logs" / "train.csv").is_file()]
+    grids = sorted((out / "generator" / "validation").glob("step-*.png"))
+    if not runs and not grids:
+        return
+    page.h2("Training")
+    for run in runs:
+        png = loss_curve(out / run / "logs" / "train.csv", tiles / f"curve_{run}.png", f"{run}: losses (log scale)")
+        if png is not None:
+            page.image(png, f"{run} training losses")
+    if grids:
+        page.image(grids[-1], f"generator validation at {grids[-1].stem} (real | generated, mask contour in red)")
 
 
 def headline_text(result: dict) -> str:

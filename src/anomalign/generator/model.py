@@ -141,6 +141,30 @@ class MaskGenerator(nn.Module):
         state |= {f"unet.conv_in.{k}": v for k, v in self.unet.conv_in.state_dict().items()}
         return state
 
+    @torch.no_grad()
+    def generate(self, masks, prompts: str | list[str], steps: int = 25, guidance: float = 3.0, seed: int = 0,
+                 scheduler: str = "ddim"):
+        """Images whose anomalies lie inside ``masks``: uint8 array [B, H, W, 3].
+
+        ``masks``: bool/0-1 array or tensor [B, H, W] (or [B, 1, H, W]), H and W multiples of the codec's factor
+        (the generator's resolution is what it was trained at); ``prompts``: one per mask, or one for all, e.g.
+        "a photo of a wood with a scratch defect". Image i uses seed ``seed + i`` (the sampler of ``generate``).
+        """
+        import numpy as np
+
+        from anomalign.data.transforms import from_model_range
+        from anomalign.generator.sampler import sample
+        m = torch.as_tensor(np.asarray(masks, dtype=np.float32) if not torch.is_tensor(masks) else masks).float()
+        m = m[:, None] if m.ndim == 3 else m
+        if m.ndim != 4 or m.shape[1] != 1 or m.shape[-1] % self.factor or m.shape[-2] % self.factor:
+            raise AnomalignError(f"masks must be [B, H, W] with H and W multiples of {self.factor}, got {list(m.shape)}")
+        prompts = [prompts] * m.shape[0] if isinstance(prompts, str) else list(prompts)
+        if len(prompts) != m.shape[0]:
+            raise AnomalignError(f"{len(prompts)} prompts for {m.shape[0]} masks")
+        images = sample(self.eval(), (m > 0.5).float(), prompts, [seed + i for i in range(m.shape[0])], scheduler,
+                        steps, guidance)
+        return from_model_range(images)
+
     def save(self, folder: Path, dtype: torch.dtype | None = None) -> Path:
         """Write ``generator.safetensors`` (+ ``generator.json``) into ``folder`` atomically."""
         folder = Path(folder)

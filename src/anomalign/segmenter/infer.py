@@ -98,12 +98,11 @@ def overlay(image: np.ndarray, mask: np.ndarray, alpha: float = 0.45) -> np.ndar
 
 
 @torch.no_grad()
-def predict_images(model, images: list[np.ndarray], size: int | None, device) -> list[np.ndarray]:
+def predict_images(model, images: list[np.ndarray], size: int | None) -> list[np.ndarray]:
     """Anomaly probability float32 [H_i, W_i] for uint8 images [H_i, W_i, 3] of any sizes
     (``segmenter.sliding.predict_full_size``, the predictor ``evaluate`` scores)."""
-    from anomalign.data.transforms import to_model_range
-    from anomalign.segmenter.sliding import predict_full_size
-    return [predict_full_size(model, to_model_range(im).to(device), size)[0].cpu().numpy() for im in images]
+    from anomalign.segmenter.sliding import image_probability
+    return [image_probability(model, im, size) for im in images]
 
 
 SEGMENT_MARKER = "run.json"
@@ -224,7 +223,7 @@ def run_segment(cfg: SegmentConfig, progress: bool = True) -> Path:
                     raise
                 skipped.append(e.problem if isinstance(e, FileProblem) else e)
                 continue
-            prob = predict_one(model, image, size, device, progress)
+            prob = predict_one(model, image, size, progress)
             mask = prob >= cfg.threshold
             save_png(mask.astype(np.uint8) * 255, out / "masks" / name)
             save_png(overlay(image, mask), out / "overlays" / name)
@@ -282,11 +281,10 @@ class OnnxSegmenter:
         return torch.from_numpy(out)
 
 
-def predict_one(model, image: np.ndarray, size: int | None, device, progress: bool) -> np.ndarray:
+def predict_one(model, image: np.ndarray, size: int | None, progress: bool) -> np.ndarray:
     """Probability float32 [H, W] of one uint8 image [H, W, 3]; a progress bar over its windows when it is cut
     into many (a 6000 x 6000 image is thousands of windows)."""
-    from anomalign.data.transforms import to_model_range
-    from anomalign.segmenter.sliding import predict_full_size
+    from anomalign.segmenter.sliding import image_probability
     bar = None
 
     def on_windows(n: int, total: int) -> None:
@@ -299,7 +297,7 @@ def predict_one(model, image: np.ndarray, size: int | None, device, progress: bo
         bar.update(n - bar.n)
 
     try:
-        return predict_full_size(model, to_model_range(image).to(device), size, on_windows=on_windows)[0].cpu().numpy()
+        return image_probability(model, image, size, on_windows=on_windows)
     finally:
         if bar is not None:
             bar.close()

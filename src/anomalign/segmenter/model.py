@@ -184,6 +184,26 @@ class Segmenter(nn.Module):
         """Anomaly probability [B, 1, H, W]."""
         return self(images).softmax(1)[:, 1:2]
 
+    def predict(self, image, threshold: float = 0.5, probability: bool = False):
+        """One image at its own size -> bool mask [H, W] (``probability=True``: float32 [H, W] in [0, 1]).
+
+        ``image``: a file path, a PIL image or a uint8 array [H, W, 3] (or [H, W] grey). Predicted as ``anomalign
+        segment`` does (sliding windows for a crop-trained segmenter, else resized to its size and back).
+        """
+        import numpy as np
+
+        from anomalign.data.imageio import read_image
+        from anomalign.segmenter.sliding import image_probability
+        if isinstance(image, (str, Path)):
+            image = read_image(Path(image))
+        a = np.asarray(image.convert("RGB") if hasattr(image, "convert") else image)
+        if a.ndim == 2:
+            a = np.repeat(a[..., None], 3, axis=2)
+        if a.dtype != np.uint8 or a.ndim != 3 or a.shape[2] != 3:
+            raise AnomalignError(f"predict needs a uint8 image [H, W, 3] or [H, W], got {a.dtype} {list(a.shape)}")
+        prob = image_probability(self, a)
+        return prob if probability else prob >= threshold
+
     def save(self, folder: Path, extra: dict | None = None) -> Path:
         config = self.net.config if isinstance(self.net, UNet) else self.net.config.to_dict()
         spec = {"preset": self.preset, "config": config, **(extra or {})}

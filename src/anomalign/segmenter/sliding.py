@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -109,3 +110,12 @@ def predict_full_size(model, image: torch.Tensor, size: int | None = None, overl
     small = F.interpolate(image[None], size=(size, size), mode="bilinear", antialias=True, align_corners=False)
     prob = model.predict_proba(small.clamp(-1, 1))
     return F.interpolate(prob.float(), size=image.shape[-2:], mode="bilinear", align_corners=False)[0].clamp(0, 1)
+
+
+def image_probability(model, image, size: int | None = None, on_windows=None) -> np.ndarray:
+    """Anomaly probability float32 [H, W] of one uint8 image [H, W, 3] at its own size, on the model's device
+    (``predict_full_size``): what ``Segmenter.predict``, ``segment`` and the reports use."""
+    from anomalign.data.transforms import to_model_range
+    device = next(iter(model.parameters())).device if hasattr(model, "parameters") else "cpu"
+    x = to_model_range(image).to(device)
+    return predict_full_size(model, x, size or getattr(model, "size", None), on_windows=on_windows)[0].cpu().numpy()
