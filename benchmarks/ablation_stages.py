@@ -166,11 +166,11 @@ class DemoStages:
         self.loop = dict(device=cfg.device, seed=cfg.seed, resume="latest")
 
     def make_data(self) -> None:
-        from anomalign.data.demo import MakeDemoConfig, make_demo_dataset
+        from anomalign.data.builtin import MakeDemoConfig, make_demo_dataset
         counts = dict(train_per_defect=2, val_per_defect=1, test_per_defect=2, normal_train=2, normal_val=1,
                       normal_test=2, size=32) if self.cfg.fast else {}
         if not self.cfg.fast:
-            from anomalign.generator.train import TINY_BASE
+            from anomalign.generator.model import TINY_BASE
             from anomalign.generator.model import SPEC_KEY, WEIGHTS_NAME
             from anomalign.weights import read_spec, weights_file
             base = weights_file(self.cfg.base or TINY_BASE, WEIGHTS_NAME)

@@ -34,14 +34,14 @@ import sys
 import time
 from pathlib import Path
 
-import torch
 from safetensors.torch import load_file
 
 from anomalign.config import build_config
+from anomalign.metrics import mean_sd
 from anomalign.data import load_dataset
 from anomalign.data.crops import crop_bank
 from anomalign.data.dataset import PairDataset, default_prompt
-from anomalign.data.demo import MakeDemoConfig, make_demo_dataset
+from anomalign.data.builtin import MakeDemoConfig, make_demo_dataset
 from anomalign.generator.model import MaskGenerator, build_generator
 from anomalign.generator.sampler import sample
 from anomalign.generator.train import TrainGeneratorConfig, run_train_generator
@@ -90,10 +90,8 @@ def score(gen: MaskGenerator, oracle: Segmenter, images, masks, prompts, guidanc
             "free_lunch_both": fl["frac_true_lt_both"], "free_lunch_score": float(fl["score"].mean())}
 
 
-def mean_sd(values: list[float]) -> str:
-    if len(values) < 2:
-        return f"{values[0]:.3f}" if values else "—"
-    return f"{statistics.mean(values):.3f} ± {statistics.stdev(values):.3f}"
+def mean_sd3(values: list[float]) -> str:
+    return mean_sd(values, fmt="{:.3f}")
 
 
 def main() -> None:
@@ -213,7 +211,7 @@ def report(args, results: dict, tag_extra: str, clip_tag: str, oracle_real: floa
             rs = [results[k] for k in keys if k in results]
             if not rs:
                 continue
-            col = lambda k: mean_sd([r[k] for r in rs])  # noqa: E731
+            col = lambda k: mean_sd3([r[k] for r in rs])  # noqa: E731
             lines.append(f"| {step} | {alpha:g} | {col('oracle_iou')} | {col('moved_iou')} | {col('free_lunch_both')} "
                          f"| {col('free_lunch_score')} | {statistics.mean(r['train_seconds'] for r in rs):.0f} |")
     print_and_append(args.doc, "\n".join(lines) + "\n")

@@ -25,7 +25,7 @@ from anomalign.data.dataset import PairDataset  # noqa: E402
 from anomalign.data.validate import load_dataset  # noqa: E402
 from anomalign.generator.model import MaskGenerator  # noqa: E402
 from anomalign.generator.taef2 import TAEF2  # noqa: E402
-from anomalign.generator.train import TINY_BASE  # noqa: E402
+from anomalign.generator.model import TINY_BASE  # noqa: E402
 
 
 def psnr(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

@@ -23,11 +23,10 @@ import argparse
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
-import torch.nn.functional as F
 
 from anomalign.config import build_config
+from anomalign.metrics import mean_sd
 from anomalign.data.crops import crop_bank
 from anomalign.data.dataset import default_prompt
 from anomalign.data.folders import DataOptions
@@ -115,9 +114,7 @@ def main() -> None:
                        args.draws, args.anomaly_weight, args.seed)
 
         def ms(key, scale=1.0):
-            v = np.array([r[key] for r in rows if r[key] == r[key]]) * scale
-            digits = 1 if scale != 1.0 else 3
-            return f"{v.mean():.{digits}f} ± {v.std(ddof=1):.{digits}f}" if len(v) > 1 else "n/a"
+            return mean_sd([r[key] for r in rows], scale, "{:.1f}" if scale != 1.0 else "{:.3f}", empty="n/a")
         lines.append(f"| {gen_dir} : {seg_dir} | {args.temperature:g} | [{args.t_min}, {args.t_max}) | {len(rows)} | "
                      f"{ms('cos')} | {ms('cos_moved')} | {ms('agree', 100)} | {ms('ratio')} | {ms('l_fb')} |")
         print(lines[-1], flush=True)

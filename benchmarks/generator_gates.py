@@ -34,14 +34,14 @@ import torch
 from anomalign.config import build_config
 from anomalign.data import load_dataset
 from anomalign.data.dataset import PairDataset, default_prompt
-from anomalign.data.demo import MakeDemoConfig, make_demo_dataset
+from anomalign.data.builtin import MakeDemoConfig, make_demo_dataset
 from anomalign.data.transforms import from_model_range, hflip, rot90, vflip
 from anomalign.evaluation.fid import colour_stats, frechet_distance, inception_features
 from anomalign.figures import draw_contour, grid, save_png
 from anomalign.generator.model import MaskGenerator
 from anomalign.generator.train import TrainGeneratorConfig, run_train_generator
 from anomalign.segmenter.model import Segmenter
-from anomalign.segmenter.evaluate import evaluate_samples
+from anomalign.segmenter.validation import evaluate_samples
 from anomalign.segmenter.train import TrainSegmenterConfig, run_train_segmenter
 from anomalign.generator.sampler import sample
 from anomalign.synthesis.scoring import free_lunch, oracle_scores, shift_masks
@@ -129,7 +129,7 @@ def main() -> None:
     args = ap.parse_args()
     global SIZE, SEG_SIZE
     from anomalign.generator.model import SPEC_KEY, WEIGHTS_NAME
-    from anomalign.generator.train import TINY_BASE
+    from anomalign.generator.model import TINY_BASE
     from anomalign.weights import read_spec, weights_file
     base_file = weights_file(args.base or TINY_BASE, WEIGHTS_NAME)
     SIZE = int(read_spec(base_file, SPEC_KEY).get("resolution", 64))

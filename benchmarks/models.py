@@ -60,6 +60,6 @@ def sd_generator(width: float = 1.0, lora: bool = True, seed: int = 0):
 def tiny_generator():
     """The shipped tiny base (64 px) and its prompt embedding dim."""
     from anomalign.generator.model import MaskGenerator
-    from anomalign.generator.train import TINY_BASE
+    from anomalign.generator.model import TINY_BASE
     gen = MaskGenerator.load(TINY_BASE)
     return gen, gen.prompt_encoder.dim

@@ -15,12 +15,13 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import publish  # noqa: E402
 
 from ablation_stages import DemoConfig, run_demo  # noqa: E402
+
+from anomalign.metrics import mean_sd  # noqa: E402
 
 ROWS = {"real only": "real only", "+ synthetic (α = 0)": "real + synthetic (α = 0)",
         "+ synthetic (α = 0.7)": "real + synthetic (α = 0.7)", "+ feedback only": "real + Generative Feedback only",
@@ -28,8 +29,7 @@ ROWS = {"real only": "real only", "+ synthetic (α = 0)": "real + synthetic (α 
 
 
 def ms(values: list[float], scale: float = 100, fmt: str = "{:.1f}") -> str:
-    v = np.array(values) * scale
-    return (fmt + " ± " + fmt).format(v.mean(), v.std(ddof=1)) if len(v) > 1 else fmt.format(v.mean())
+    return mean_sd(values, scale, fmt)
 
 
 def main() -> None:

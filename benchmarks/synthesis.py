@@ -22,7 +22,8 @@ from common import publish, interleaved, median, peak_rss_mb  # noqa: E402
 from anomalign.data.dataset import PairDataset, default_prompt  # noqa: E402
 from anomalign.data.validate import load_dataset  # noqa: E402
 from anomalign.generator.model import MaskGenerator  # noqa: E402
-from anomalign.generator.sampler import initial_noise, make_scheduler, sample  # noqa: E402
+from anomalign.generator.sampler import make_scheduler, sample  # noqa: E402
+from anomalign.seeding import seeded_noise  # noqa: E402
 from anomalign.synthesis.scoring import free_lunch  # noqa: E402
 
 
@@ -34,7 +35,7 @@ def reference_loop(gen, masks, prompts, seeds, scheduler: str, steps: int, guida
     sched.set_timesteps(steps, device=gen.device)
     f = gen.factor
     b, _, h, w = masks.shape
-    latents = initial_noise(seeds, (gen.latent_channels, h // f, w // f), gen.device, gen.unet.dtype)
+    latents = seeded_noise(seeds, (gen.latent_channels, h // f, w // f), gen.device, gen.unet.dtype)
     latents = latents * sched.init_noise_sigma
     cond = gen.condition(masks.to(gen.device))
     prompt_embeds = torch.cat([gen.encode_prompts([""] * b), gen.encode_prompts(list(prompts))])

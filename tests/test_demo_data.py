@@ -7,7 +7,7 @@ import pytest
 
 from anomalign.config import build_config
 from anomalign.data import load_dataset
-from anomalign.data.demo import MakeDemoConfig, make_demo_dataset
+from anomalign.data.builtin import MakeDemoConfig, make_demo_dataset
 from anomalign.data.procedural import DEFECTS, MATERIALS, render_material, render_sample
 from anomalign.errors import DataError
 

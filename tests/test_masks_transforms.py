@@ -156,3 +156,14 @@ def test_photometric_jitter_is_seeded_global_and_keeps_grey():
     # a global, monotone map: the order of pixel values is kept (nothing moves, no pixel-wise noise)
     order = grey[0].flatten().argsort()
     assert (a[0].flatten()[order].diff() >= -1e-6).all()
+
+
+def test_resize_images_is_antialiased_bilinear():
+    from anomalign.data.transforms import resize_images
+    x = torch.arange(16.0).view(1, 1, 4, 4)
+    # halving: a triangle filter twice as wide as bilinear's, weights 1 - d/2 at distances d = 0.5, 0.5, 1.5 from
+    # the output pixel's centre (renormalised at the border): row [0, 1, 2, 3] -> [5/7, 16/7]; x = 4 * row + col
+    a, b = 5 / 7, 16 / 7
+    expect = torch.tensor([[[[5 * a, 4 * a + b], [4 * b + a, 5 * b]]]])
+    assert torch.allclose(resize_images(x, 2), expect)  # plain bilinear would give [[2.5, 4.5], [10.5, 12.5]]
+    assert resize_images(torch.zeros(2, 3, 10, 8), (5, 4)).shape == (2, 3, 5, 4)

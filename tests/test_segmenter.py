@@ -73,7 +73,10 @@ def test_train_segmenter_with_synthetic_and_feedback(tmp_path):
     premise = json.loads((out / "premise.json").read_text())  # the feedback's premise, measured before training
     from anomalign.data import load_dataset
     n_train = sum(not s.normal for s in load_dataset(real).split("train"))
-    assert premise["images"] == n_train > 0 and 0 <= premise["frac_true_lt_both"] <= 1 and premise["threshold"] == 0.7
+    assert premise["images"] == n_train > 0 and premise["threshold"] == 0.7
+    both = premise["frac_true_lt_both"]  # a fraction of whole images, and "both" implies each of the two
+    assert both * n_train == pytest.approx(round(both * n_train), abs=1e-9)
+    assert both <= min(premise["frac_true_lt_moved"], premise["frac_true_lt_empty"])
 
 
 def test_a_weak_feedback_premise_is_a_warning_with_the_numbers(tmp_path, capsys):
@@ -148,9 +151,9 @@ def test_feedback_premise_with_a_trained_generator(tmp_path):
     """The paper's premise of Generative Feedback, with the shipped (trained) tiny base on fresh built-in
     images: the denoising loss with the true mask is lower than with a moved and with an empty mask on
     most real images. The fraction is printed (`pytest -s`) and must exceed 1/2."""
-    from anomalign.data.demo import MakeDemoConfig, make_demo_dataset
+    from anomalign.data.builtin import MakeDemoConfig, make_demo_dataset
     from anomalign.evaluation.generation import EvaluateGenerationConfig, feedback_premise, read_real
-    from anomalign.generator.train import TINY_BASE
+    from anomalign.generator.model import TINY_BASE
 
     data = make_demo_dataset(build_config(MakeDemoConfig, dict(
         out=tmp_path / "d", seed=7, train_per_defect=1, val_per_defect=1, test_per_defect=6, normal_train=1,

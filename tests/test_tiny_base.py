@@ -2,7 +2,7 @@
 import torch
 
 from anomalign.generator.model import MaskGenerator
-from anomalign.generator.train import TINY_BASE
+from anomalign.generator.model import TINY_BASE
 
 
 def test_shipped_base_loads_and_predicts():

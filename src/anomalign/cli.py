@@ -15,7 +15,7 @@ from typing import Any, Callable
 
 from anomalign import __version__
 from anomalign.config import add_config_arguments, config_from_args, option
-from anomalign.data.demo import MakeDemoConfig
+from anomalign.data.builtin import MakeDemoConfig
 from anomalign.demo import DemoConfig
 from anomalign.data.folders import DataOptions
 from anomalign.errors import AnomalignError
@@ -27,6 +27,7 @@ from anomalign.generator.train import TrainGeneratorConfig
 from anomalign.pipeline import RunConfig
 from anomalign.segmenter.infer import ExportConfig, SegmentConfig
 from anomalign.segmenter.train import TrainSegmenterConfig
+from anomalign.study import StudyConfig
 from anomalign.synthesis.generate import GenerateConfig
 
 
@@ -71,7 +72,7 @@ def run_data_check(cfg: DataCheckConfig) -> int:
 
 
 def run_make_demo(cfg: Any) -> int:
-    from anomalign.data.demo import make_demo_dataset
+    from anomalign.data.builtin import make_demo_dataset
 
     out = make_demo_dataset(cfg, progress=sys.stderr.isatty())
     print(f"built-in dataset written to {out}")
@@ -120,11 +121,11 @@ COMMANDS: dict[str, Command] = {
             "choice, test numbers, report and ONNX (39-66 min on one CPU core for magnetic tile's 388 pairs; "
             "resumable)",
             RunConfig, lazy("anomalign.pipeline:run_pipeline", progress=True)),
-    "demo": ("the whole method end to end on the built-in dataset (about 8 min on 2 CPU cores), with an HTML "
-             "report", DemoConfig, lazy("anomalign.demo:run_demo", progress=True)),
+    "demo": ("`anomalign run` on the built-in dataset, with generation quality (about 8 min on 2 CPU cores), "
+             "and its HTML report", DemoConfig, lazy("anomalign.demo:run_demo", progress=True)),
     "train-generator": ("fine-tune the mask-conditioned generator with dual-branch Alignment Regularization",
                         TrainGeneratorConfig, lazy("anomalign.generator.train:run_train_generator", progress=True)),
-    "train-segmenter": ("train the Segformer segmenter on real (+ synthetic) pairs, optionally with "
+    "train-segmenter": ("train the segmenter (a U-Net by default) on real (+ synthetic) pairs, optionally with "
                         "Generative Feedback from a frozen generator", TrainSegmenterConfig,
                         lazy("anomalign.segmenter.train:run_train_segmenter", progress=True)),
     "generate": ("synthesise aligned image/mask pairs from real (or augmented) masks, scored and resumable",
@@ -140,6 +141,9 @@ COMMANDS: dict[str, Command] = {
                 lazy("anomalign.segmenter.infer:run_segment", progress=True)),
     "export": ("export a trained segmenter to ONNX (checked against PyTorch with onnxruntime)",
                ExportConfig, lazy("anomalign.segmenter.infer:run_export")),
+    "study": ("run what is missing of a study file (studies/*.yaml: jobs, seeds, tables), resumable, "
+              "--dry-run lists the jobs; then print its tables (mean ± sd over seeds)", StudyConfig,
+              lambda cfg: __import__("anomalign.study", fromlist=["run_study"]).run_study(cfg)),
     "pretrain-base": ("train the tiny backend's base model from scratch on a procedural corpus",
                       PretrainBaseConfig, lazy("anomalign.generator.pretrain:run_pretrain_base", progress=True)),
 }

@@ -98,12 +98,12 @@ def run_demo(cfg: DemoConfig, progress: bool = True) -> dict:
 
 def make_data(cfg: DemoConfig, folder: Path) -> None:
     """The built-in dataset at the generator base's resolution (``--fast``: a few 32-px images)."""
-    from anomalign.data.demo import MakeDemoConfig, make_demo_dataset
+    from anomalign.data.builtin import MakeDemoConfig, make_demo_dataset
     counts = dict(train_per_defect=3, val_per_defect=1, test_per_defect=2, normal_train=2, normal_val=1,
                   normal_test=2, size=32) if cfg.fast else {}
     if not cfg.fast:
         from anomalign.generator.model import SPEC_KEY, WEIGHTS_NAME
-        from anomalign.generator.train import TINY_BASE
+        from anomalign.generator.model import TINY_BASE
         from anomalign.weights import read_spec, weights_file
         base = weights_file(cfg.base or TINY_BASE, WEIGHTS_NAME)
         counts["size"] = cfg.data_size or int(read_spec(base, SPEC_KEY).get("resolution", 64))

@@ -81,3 +81,14 @@ class SegmentationMeter:
             "AUROC": pixel_auroc(np.concatenate(self.scores), np.concatenate(self.labels)) if self.scores else float("nan"),
             "images": len(self.ious),
         }
+
+
+def mean_sd(values, scale: float = 1.0, fmt: str = "{:.1f}", empty: str = "—") -> str:
+    """"mean ± sd" of ``values`` × ``scale`` (sample sd, ddof 1; missing values (None, NaN) left out): how every
+    table of seeds in this project is written. One value prints alone; none prints ``empty``."""
+    v = np.array([float(x) for x in values if x is not None and x == x], dtype=np.float64) * scale
+    if len(v) == 0:
+        return empty
+    if len(v) == 1:
+        return fmt.format(v[0])
+    return f"{fmt.format(v.mean())} ± {fmt.format(v.std(ddof=1)).lstrip('+')}"

@@ -369,7 +369,7 @@ def test_stage(cfg: RunConfig, out: Path, chosen: str) -> dict:
     """Test metrics (full size) of the baseline and the chosen run."""
     from anomalign.data.validate import load_dataset
     from anomalign.devices import pick_device
-    from anomalign.segmenter.evaluate import evaluate_run_style
+    from anomalign.segmenter.validation import evaluate_run_style
     from anomalign.segmenter.model import Segmenter
     device = pick_device(cfg.device)
     test = load_dataset(cfg.data, cfg, announce=False).split("test")

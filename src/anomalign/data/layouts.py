@@ -6,7 +6,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Callable
 
-from anomalign.data.benchmarks import mvtec_categories, read_mvtec, read_realiad, read_visa
+from anomalign.data.public_datasets import mvtec_categories, read_mvtec, read_realiad, read_visa
 from anomalign.data.folders import (IMAGE_DIR_NAMES, LAYOUT_NAMES, MASK_DIR_NAMES, DataOptions, find_child,
                                     has_same_folder_pairs, paired_split_dirs, read_paired, read_pranet,
                                     read_same_folder)

@@ -20,6 +20,13 @@ from anomalign.errors import ConfigError
 Interp = Literal["bilinear", "bicubic"]
 
 
+def resize_images(x: torch.Tensor, size: int | tuple[int, int]) -> torch.Tensor:
+    """Images [B, C, H, W] (float) to ``size`` (side or (H, W)) by antialiased bilinear resampling: the one image
+    resize of the tensor code paths (masks take ``nearest`` / ``nearest-exact`` instead). Not clamped."""
+    hw = (size, size) if isinstance(size, int) else tuple(size)
+    return torch.nn.functional.interpolate(x, size=hw, mode="bilinear", antialias=True, align_corners=False)
+
+
 def to_model_range(image: np.ndarray | torch.Tensor) -> torch.Tensor:
     """uint8 [H, W, 3] (or [B, H, W, 3]) -> float32 [3, H, W] (or [B, 3, H, W]) in [-1, 1]."""
     a = np.asarray(image)

@@ -15,7 +15,7 @@ from anomalign.data.validate import load_dataset, skipped_records
 from anomalign.errors import AnomalignError
 from anomalign.files import write_text_atomic
 from anomalign.runs import check_output_folder, mark_output_folder
-from anomalign.segmenter.evaluate import evaluate_run_style
+from anomalign.segmenter.validation import evaluate_run_style
 
 COLUMNS = ("mDice", "mIoU", "Dice", "IoU", "AUROC")
 

@@ -20,6 +20,7 @@ from PIL import Image
 
 from anomalign.config import option, save_config
 from anomalign.data.folders import DataOptions
+from anomalign.data.transforms import resize_images
 from anomalign.errors import AnomalignError, ConfigError, DataError
 
 EXTRA_SIZE = 256  # IS / IC-LPIPS resolution, as AnomalyDiffusion and its peers report them
@@ -202,7 +203,7 @@ def oracle_alignment(segmenter: Path, images: np.ndarray, masks: np.ndarray) -> 
     x = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1
     m = torch.from_numpy(masks.astype(np.float32))[:, None]
     if model.size and model.size != x.shape[-1]:
-        x = torch.nn.functional.interpolate(x, size=(model.size,) * 2, mode="bilinear", antialias=True)
+        x = resize_images(x, model.size)
         m = torch.nn.functional.interpolate(m, size=(model.size,) * 2, mode="nearest")
     return {"oracle_iou": float(oracle_iou(model, x, m).mean()),
             "oracle_iou_moved": float(oracle_iou(model, x, shift_masks(m, m.shape[-1] // 4)).mean())}

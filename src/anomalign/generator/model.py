@@ -22,6 +22,8 @@ from anomalign.weights import canonical_spec, read_weights, write_weights
 WEIGHTS_NAME = "generator.safetensors"
 SPEC_KEY = "anomalign_spec"
 LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
+# The shipped tiny base (TAEF2 codec + a UNet pretrained with masks; `anomalign pretrain-base --install` makes it).
+TINY_BASE = Path(__file__).resolve().parent.parent / "assets" / "tiny_base.safetensors"
 CODECS = ("autoencoder_kl", "taef2")  # the tiny backend's E/D; spec["codec"], absent = autoencoder_kl
 
 

@@ -222,7 +222,7 @@ def run_pretrain_base(cfg: PretrainBaseConfig, progress: bool = True) -> Path:
     train_loop(task, cfg, out, progress=progress)
     result = out / "generator.safetensors"
     if cfg.install:
-        from anomalign.generator.train import TINY_BASE
+        from anomalign.generator.model import TINY_BASE
         TINY_BASE.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(result, TINY_BASE)
         print(f"installed as the shipped base: {TINY_BASE}")

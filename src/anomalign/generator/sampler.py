@@ -25,6 +25,8 @@ from typing import Literal
 
 import torch
 
+from anomalign.seeding import seeded_noise
+
 SchedulerName = Literal["ddim", "dpm++"]
 
 
@@ -63,12 +65,6 @@ def x0_bound_of(gen, x0_clip: float | None) -> float | None:
     return float(bound) if bound else None
 
 
-def initial_noise(seeds: list[int], shape: tuple[int, ...], device, dtype) -> torch.Tensor:
-    """[B, *shape] standard normal noise, row i drawn from its own generator seeded with seeds[i]."""
-    rows = [torch.randn(shape, generator=torch.Generator().manual_seed(int(s))) for s in seeds]
-    return torch.stack(rows).to(device=device, dtype=dtype)
-
-
 def feather(region: torch.Tensor, width: int) -> torch.Tensor:
     """Alpha [B, 1, H, W]: 1 deep inside ``region`` {0,1}, ramping to 0 over ``width`` px at its border, 0 outside."""
     if width <= 0:
@@ -85,7 +81,7 @@ def _renoise_one_step(sched, latents: torch.Tensor, t_prev: int, t: int, seeds: 
     a_t = ac[t]
     a_prev = ac[t_prev] if t_prev >= 0 else sched.final_alpha_cumprod
     ratio = (a_t / a_prev).to(latents.dtype)
-    noise = initial_noise([(s * 7_919 + salt) % 2**63 for s in seeds], latents.shape[1:], latents.device, latents.dtype)
+    noise = seeded_noise([(s * 7_919 + salt) % 2**63 for s in seeds], latents.shape[1:], latents.device, latents.dtype)
     return ratio.sqrt() * latents + (1 - ratio).sqrt() * noise
 
 
@@ -110,7 +106,7 @@ def sample(gen, masks: torch.Tensor, prompts: list[str], seeds: list[int], sched
     sched.set_timesteps(steps, device=gen.device)
     b, _, h, w = masks.shape
     f = gen.factor
-    latents = initial_noise(seeds, (gen.latent_channels, h // f, w // f), gen.device, gen.unet.dtype)
+    latents = seeded_noise(seeds, (gen.latent_channels, h // f, w // f), gen.device, gen.unet.dtype)
     latents = latents * sched.init_noise_sigma
     cond = gen.condition(masks.to(gen.device))
     emb = gen.encode_prompts(list(prompts))
@@ -121,7 +117,7 @@ def sample(gen, masks: torch.Tensor, prompts: list[str], seeds: list[int], sched
         from anomalign.generator.losses import add_noise
         bg = background.to(gen.device)
         z_bg = gen.encode(bg).to(latents.dtype)
-        bg_noise = initial_noise([(s * 7_919 + 1) % 2**63 for s in seeds], z_bg.shape[1:], gen.device, latents.dtype)
+        bg_noise = seeded_noise([(s * 7_919 + 1) % 2**63 for s in seeds], z_bg.shape[1:], gen.device, latents.dtype)
         # A latent cell is regenerated if any of its pixels is: the region never shrinks in latent space.
         keep_lat = 1 - torch.nn.functional.max_pool2d(region.to(gen.device, latents.dtype), f)
         timesteps = sched.timesteps.tolist()

@@ -9,6 +9,7 @@ import torch
 from anomalign.data.transforms import DihedralViews
 from anomalign.generator.losses import LossSpace, StopGrad, dual_branch_loss
 from anomalign.generator.model import MaskGenerator
+from anomalign.seeding import normal_rows, sample_generators
 from anomalign.training import TrainTask, batch_indices, sample_seed
 
 
@@ -105,15 +106,13 @@ def seeded_draws(seeds: list[int], shape: tuple[int, ...], t_low: int, t_high: i
     Both trainers seed by the sample's place in the GLOBAL batch (``training.sample_seed``), so the draws
     of a sample do not depend on the number of processes.
     """
-    u, t, noise = [], [], []
-    for seed in seeds:
-        g = torch.Generator().manual_seed(seed)
-        u.append(torch.stack([torch.rand((), generator=g) for _ in range(uniforms)]) if uniforms else torch.zeros(0))
-        t.append(torch.randint(t_low, t_high, (), generator=g))
-        noise.append(torch.randn(shape, generator=g))
     if not seeds:
         return torch.zeros(0, uniforms), torch.zeros(0, dtype=torch.long), torch.zeros(0, *shape)
-    return torch.stack(u), torch.stack(t), torch.stack(noise)
+    gens = sample_generators(seeds)  # each draws u, then t, then ε, in that order
+    u = torch.stack([torch.stack([torch.rand((), generator=g) for _ in range(uniforms)]) if uniforms
+                     else torch.zeros(0) for g in gens])
+    t = torch.stack([torch.randint(t_low, t_high, (), generator=g) for g in gens])
+    return u, t, normal_rows(gens, shape)
 
 
 def generator_step(gen: MaskGenerator, batch: dict, o: GenStepOptions) -> dict[str, torch.Tensor]:

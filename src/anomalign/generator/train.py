@@ -16,13 +16,11 @@ from anomalign.data.transforms import DIHEDRAL_AUGMENTS, dihedral_variants, is_g
 from anomalign.data.validate import load_dataset, load_normal_folder, skipped_records
 from anomalign.errors import AnomalignError, ConfigError
 from anomalign.generator.conditioning import MaskConvIn, split_mask_channels
-from anomalign.generator.model import LORA_TARGETS, MaskGenerator, sd_generator
+from anomalign.generator.model import LORA_TARGETS, TINY_BASE, MaskGenerator, sd_generator
 from anomalign.generator.task import GenStepOptions, LatentPairs, generator_task
 from anomalign.generator.tiny import words
 from anomalign.runs import check_run_folder, start_run_folder
 from anomalign.training import LoopOptions, make_accelerator, train_loop
-
-TINY_BASE = Path(__file__).resolve().parent.parent / "assets" / "tiny_base.safetensors"
 
 # The mask channels of conv_in start at zero and must learn the mask from a few dozen pairs: at the LoRA's 1e-5
 # they barely move in a GPU budget (tests/test_sd_gpu_path.py measures the mask-loss gap on an SD-shaped model).

@@ -1,10 +1,10 @@
-"""The segmenter: Segformer (transformers) with 2 classes (background, anomaly), logits upsampled to the input.
+"""The segmenter: a 2-class (background, anomaly) network, logits at the input's resolution.
 
-Presets give MiT b0…b5 shapes (random init) plus ``tiny`` for CPU; ``pretrained`` loads a Segformer
-from a local folder or the hub (e.g. ``nvidia/mit-b0``) and replaces its head with a 2-class one.
-The ``unet-*`` presets are a small convolutional U-Net instead (full-resolution logits): without
-pretrained weights (offline machines), a CNN's locality prior generalises from a few hundred crops where
-a randomly initialised Segformer memorises them (docs/segmenter.md, measured on magnetic tile).
+The default ``unet-tiny`` (and ``unet-*``) is a small convolutional U-Net: without pretrained weights
+(offline machines), a CNN's locality prior generalises from a few hundred crops where a randomly initialised
+Segformer memorises them (docs/segmenter.md, measured on magnetic tile). The Segformer presets (MiT b0…b5
+shapes and ``tiny``, random init; ``--recipe paper`` uses ``tiny``) follow the paper; ``pretrained`` loads a
+Segformer from a local folder or the hub (e.g. ``nvidia/mit-b0``) and replaces its head with a 2-class one.
 """
 from __future__ import annotations
 
@@ -146,7 +146,8 @@ def check_spec(spec: dict, file: Path) -> None:
 
 
 class Segmenter(nn.Module):
-    """images [B, 3, H, W] in [-1, 1] -> logits [B, 2, H, W] (upsampled from Segformer's 1/4 grid)."""
+    """images [B, 3, H, W] in [-1, 1] -> logits [B, 2, H, W] (a U-Net's own, or upsampled from a Segformer's 1/4
+    grid)."""
 
     def __init__(self, preset: str = "tiny", pretrained: str | None = None):
         super().__init__()

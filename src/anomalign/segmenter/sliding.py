@@ -16,6 +16,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from anomalign.data.transforms import resize_images
+
 
 def pad_bottom_right(x: torch.Tensor, ph: int, pw: int) -> torch.Tensor:
     """x [B, C, H, W] padded by ``ph`` rows at the bottom and ``pw`` columns at the right: reflection where
@@ -107,7 +109,7 @@ def predict_full_size(model, image: torch.Tensor, size: int | None = None, overl
                               batch_size, on_windows)
     if not size:
         raise ValueError("a segmenter trained on whole resized images needs the size to resize to")
-    small = F.interpolate(image[None], size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+    small = resize_images(image[None], size)
     prob = model.predict_proba(small.clamp(-1, 1))
     return F.interpolate(prob.float(), size=image.shape[-2:], mode="bilinear", align_corners=False)[0].clamp(0, 1)
 

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from anomalign.data.crops import CropPairs
 from anomalign.data.dataset import PairDataset, default_prompt
-from anomalign.data.transforms import DihedralViews, photometric_jitter
+from anomalign.data.transforms import DihedralViews, photometric_jitter, resize_images
 from anomalign.generator.task import LatentPairs, seeded_draws
 from anomalign.segmenter.losses import loss_ce, loss_dice, loss_feedback, loss_seg, soft_mask
 from anomalign.training import TrainTask, batch_indices, sample_seed
@@ -237,4 +237,4 @@ def resize_to(t: torch.Tensor, size: int, nearest: bool = False) -> torch.Tensor
         return t
     if nearest:
         return F.interpolate(t, size=(size, size), mode="nearest-exact")
-    return F.interpolate(t, size=(size, size), mode="bilinear", antialias=True, align_corners=False).clamp(-1, 1)
+    return resize_images(t, size).clamp(-1, 1)

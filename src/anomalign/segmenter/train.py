@@ -15,7 +15,7 @@ from anomalign.data.folders import DataOptions
 from anomalign.data.transforms import DIHEDRAL_AUGMENTS, dihedral_variants
 from anomalign.data.validate import load_dataset, load_normal_folder, skipped_records
 from anomalign.errors import AnomalignError, ConfigError
-from anomalign.segmenter.evaluate import evaluate_native, evaluate_samples
+from anomalign.segmenter.validation import evaluate_native, evaluate_samples
 from anomalign.segmenter.model import PRESETS, UNET_PRESETS, Segmenter
 from anomalign.segmenter.task import (CropFeedback, SegPairs, SegStepOptions, crop_windows, feedback_latents,
                                      segmenter_task)

@@ -18,9 +18,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
-from anomalign.data.transforms import from_model_range, grey_u8, is_grey, to_model_range
+from anomalign.data.transforms import from_model_range, grey_u8, is_grey, resize_images, to_model_range
 from anomalign.errors import DataError
 from anomalign.synthesis.augment import augment_pair
 from anomalign.training import sample_seed
@@ -37,8 +36,7 @@ def source_images(sources, masks, mask_threshold: float) -> list[torch.Tensor]:
                             "masks) as --masks")
         x = to_model_range(read_image(s.image))
         if x.shape[-2:] != m.shape[-2:]:
-            x = F.interpolate(x[None], size=tuple(m.shape[-2:]), mode="bilinear", antialias=True,
-                              align_corners=False)[0].clamp(-1, 1)
+            x = resize_images(x[None], tuple(m.shape[-2:]))[0].clamp(-1, 1)
         out.append(x)
     return out
 

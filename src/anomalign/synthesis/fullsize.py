@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from anomalign.data.transforms import grey_u8, is_grey
+from anomalign.data.transforms import grey_u8, is_grey, resize_images
 from anomalign.errors import DataError
 from anomalign.synthesis.placement import estimate_foreground, paste, place, window_around
 
@@ -213,7 +213,7 @@ def window_inputs(p: Placement, defect: np.ndarray, normals: NormalImages, size:
     mask[p.y - p.top:p.y - p.top + p.h, p.x - p.left:p.x - p.left + p.w] = defect
     x, m = to_model_range(window), torch.from_numpy(mask)[None]
     if p.side != size:
-        x = F.interpolate(x[None], size=(size, size), mode="bilinear", antialias=True, align_corners=False)[0]
+        x = resize_images(x[None], size)[0]
         m = F.interpolate(m[None], size=(size, size), mode="nearest-exact")[0]
     return x.clamp(-1, 1), m
 

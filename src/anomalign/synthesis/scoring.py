@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import torch
 
+from anomalign.data.transforms import resize_images
 from anomalign.generator.losses import add_noise
+from anomalign.seeding import seeded_noise
 
 DEFAULT_TIMESTEPS = (100, 250, 400, 600)
 
@@ -38,8 +40,8 @@ def denoising_losses(gen, images: torch.Tensor, masks: torch.Tensor, prompts: li
         emb = gen.encode_prompts(prompts[sl])
         total = torch.zeros(z0.shape[0], device=gen.device)
         for j, t_val in enumerate(timesteps):
-            noise = torch.stack([torch.randn(z0.shape[1:], generator=torch.Generator().manual_seed(
-                (int(noise_seeds[s + i]) * 101 + j) % 2**63)) for i in range(z0.shape[0])]).to(z0)
+            noise = seeded_noise([(int(noise_seeds[s + i]) * 101 + j) % 2**63 for i in range(z0.shape[0])],
+                                 z0.shape[1:]).to(z0)
             t = torch.full((z0.shape[0],), int(t_val), device=gen.device, dtype=torch.long)
             eps = gen.predict_noise(add_noise(gen.scheduler, z0, noise, t), t, emb, cond)
             total += (eps.float() - noise.float()).pow(2).mean(dim=(1, 2, 3))
@@ -92,7 +94,7 @@ def premise(gen, images: torch.Tensor, masks: torch.Tensor, prompts: list[str], 
     Returns {"images", "frac_true_lt_moved", "frac_true_lt_empty", "frac_true_lt_both", "free_lunch_mean"}."""
     res = gen.resolution
     if images.shape[-1] != res or images.shape[-2] != res:
-        images = torch.nn.functional.interpolate(images, size=(res, res), mode="bilinear", antialias=True).clamp(-1, 1)
+        images = resize_images(images, res).clamp(-1, 1)
         masks = torch.nn.functional.interpolate(masks.float(), size=(res, res), mode="nearest")
     fl = free_lunch(gen, images, masks, prompts, shift=max(1, res // 4), seed=seed)
     return {"images": len(images), **{k: v for k, v in fl.items() if k.startswith("frac")},
@@ -104,7 +106,7 @@ def oracle_scores(oracle, images: torch.Tensor, masks: torch.Tensor) -> list[flo
     training size when it has one (``size``), on the oracle's device."""
     size = getattr(oracle, "size", None)
     if size and (images.shape[-1] != size or images.shape[-2] != size):
-        images = torch.nn.functional.interpolate(images, size=(size, size), mode="bilinear", antialias=True)
+        images = resize_images(images, size)
         masks = torch.nn.functional.interpolate(masks.float(), size=(size, size), mode="nearest")
     dev = next(oracle.parameters()).device if hasattr(oracle, "parameters") else "cpu"
     return oracle_iou(oracle, images.to(dev), masks.to(dev)).cpu().tolist()

@@ -4,7 +4,7 @@ Used only to send the data to a GPU machine whose upload limit is below the orig
 resizes every image to 128 px anyway. Images: bicubic + JPEG quality 90; masks: bilinear (grey, as the
 anti-aliased originals) + PNG, binarized at 0.5 by the reader as usual.
 
-    python configs/magnetic_tile/shrink_copy.py ../shared/datasets/magnetic-tile .mt_small
+    python studies/scripts/shrink_copy.py ../shared/datasets/magnetic-tile .mt_small
 """
 import sys
 from pathlib import Path

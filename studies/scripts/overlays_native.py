@@ -1,11 +1,11 @@
 """Figure for docs/results.md ("Native resolution"): full-size test tiles, ground-truth contour, then the
 full-size sliding-window prediction of each segmenter (red fill), one row per tile spread over the test split.
 
-    python configs/magnetic_tile/overlays_native.py runs/mt_unet MT_DIR docs/figures/mt_native_overlays.jpg [SEED [ARMS]]
+    python studies/scripts/overlays_native.py runs/mt_unet MT_DIR docs/figures/mt_native_overlays.jpg [SEED [ARMS]]
 
 Columns: truth | real only | + diffusion pairs | + cut-paste pairs (those of the seed that exist; ARMS: other
 run-folder prefixes, comma-separated, e.g. real,plus4_w30,cpplus4_w30). Tiles are shown at their own
-resolution, padded to the tallest of their row. CONFIGS=configs/crackforest reads that folder's evaluate.yaml
+resolution, padded to the tallest of their row. SPLIT=studies/splits/crackforest.yaml reads that split file
 (the split) instead of this one's.
 """
 import os
@@ -28,8 +28,8 @@ from anomalign.segmenter.model import Segmenter
 work, data, out = (Path(a) for a in sys.argv[1:4])
 seed = sys.argv[4] if len(sys.argv) > 4 else "0"
 prefixes = sys.argv[5].split(",") if len(sys.argv) > 5 else ["real", "synth", "cutpaste"]
-configs = Path(os.environ.get("CONFIGS", Path(__file__).parent))
-options = build_config(DataOptions, yaml.safe_load((configs / "evaluate.yaml").read_text()))
+split = Path(os.environ.get("SPLIT", Path(__file__).resolve().parents[1] / "splits" / "magnetic_tile.yaml"))
+options = build_config(DataOptions, yaml.safe_load(split.read_text()))
 arms = [a for a in (f"{p}_s{seed}" for p in prefixes) if (work / a / "best").is_dir()]
 models = [Segmenter.load(work / a / "best") for a in arms]
 test = [s for s in load_dataset(data, options).split("test") if not s.normal]

@@ -1,6 +1,6 @@
 """How real do full-size synthetic defects look to a segmenter trained on real pairs only? (docs/results.md)
 
-    python configs/magnetic_tile/oracle_windows.py ORACLE_RUN MT_DIR SET [SET ...]
+    python studies/scripts/oracle_windows.py ORACLE_RUN MT_DIR SET [SET ...]
 
 For every pair of each synthetic set (``generate --normals``: metadata.jsonl holds each generation window
 = top, left, side), the oracle (e.g. runs/mt_unet/real_s0/best) segments the window; IoU with the

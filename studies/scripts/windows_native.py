@@ -1,8 +1,8 @@
 """Figure for docs/results.md ("Native resolution"): generation windows of a full-size synthetic set, enlarged,
 each twice — with the conditioning mask's contour (red) and without — spread over the defect types.
 
-    python configs/magnetic_tile/windows_native.py runs/mt_v/syn_s0 docs/figures/mt_v_synthetic_windows.jpg [N] [OTHER_SET]
-    python configs/magnetic_tile/windows_native.py runs/mt_v/syn_s0 OUT.jpg [N] --rejected-by runs/mt_v/syn_orc_s0
+    python studies/scripts/windows_native.py runs/mt_v/syn_s0 docs/figures/mt_v_synthetic_windows.jpg [N] [OTHER_SET]
+    python studies/scripts/windows_native.py runs/mt_v/syn_s0 OUT.jpg [N] --rejected-by runs/mt_v/syn_orc_s0
 
 ``--rejected-by FILTERED``: only the windows that FILTERED (the same seed and config made with
 ``--min-alignment``) dropped; an unfiltered set holds them, since attempt i draws the same pair in both.
