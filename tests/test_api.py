@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import re
-import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +10,7 @@ import pytest
 import anomalign
 from anomalign.errors import AnomalignError
 from dummy_data import write_paired
-from tiny_models import dummy_tiny_generator
+from tiny_models import dummy_tiny_generator, write_tiny_plan
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 
@@ -32,21 +31,7 @@ def test_readme_api_example_runs(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     write_paired(tmp_path / "my_data", defects=("scratch", "hole"), n=8, normals=6)
     dummy_tiny_generator().save(tmp_path / "base")
-    (tmp_path / "plan.yaml").write_text(textwrap.dedent(f"""
-        crop_size: 0
-        size: 32
-        seg_steps: 8
-        batch_size: 4
-        base: {tmp_path / 'base'}
-        gen_resolution: 32
-        gen_crop_size: 0
-        gen_steps: 3
-        synthetic: 6
-        sample_steps: 2
-        min_alignment: 0.0
-        synthetic_per_step: 2
-        arms: [synthetic]
-    """))
+    write_tiny_plan(tmp_path / "plan.yaml", tmp_path / "base", arms=["synthetic"])
     # the example's `run` plans from the data; here the plan is a seconds-long one
     monkeypatch.setattr(pipeline, "make_plan", lambda *a, **k: read_plan(tmp_path / "plan.yaml"))
     scope: dict = {}

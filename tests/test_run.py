@@ -16,7 +16,7 @@ from anomalign.data.fingerprint import Fingerprint
 from anomalign.evaluation.choice import bootstrap_bound, choose
 from anomalign.plan import CROP, SEG_STEPS, fit_budget, make_plan
 from dummy_data import pair, save, write_paired
-from tiny_models import dummy_tiny_generator
+from tiny_models import dummy_tiny_generator, write_tiny_plan
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 
@@ -88,21 +88,7 @@ def tiny_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("run")
     write_paired(root / "data", defects=("scratch", "hole"), n=8, normals=6)
     dummy_tiny_generator().save(root / "base")
-    plan = textwrap.dedent(f"""
-        crop_size: 0
-        size: 32
-        seg_steps: 8
-        batch_size: 4
-        base: {root / 'base'}
-        gen_resolution: 32
-        gen_crop_size: 0
-        gen_steps: 3
-        synthetic: 6
-        sample_steps: 2
-        min_alignment: 0.0
-        synthetic_per_step: 2
-    """)
-    (root / "plan.yaml").write_text(plan)
+    write_tiny_plan(root / "plan.yaml", root / "base")
     return root
 
 

@@ -54,3 +54,13 @@ def save_dummy_sd(folder: Path, seed: int = 0) -> Path:
                       ("scheduler", sched)):
         obj.save_pretrained(folder / name)
     return folder
+
+
+def write_tiny_plan(path: Path, base: Path, arms: list[str] | None = None) -> Path:
+    """A plan.yaml for `anomalign run` that fits seconds: 32-px whole images, 8 segmenter steps, 3 generator
+    steps on the tiny generator base ``base``, 6 unfiltered synthetic pairs (``arms``: default the plan's)."""
+    lines = ["crop_size: 0", "size: 32", "seg_steps: 8", "batch_size: 4", f"base: {base}", "gen_resolution: 32",
+             "gen_crop_size: 0", "gen_steps: 3", "synthetic: 6", "sample_steps: 2", "min_alignment: 0.0",
+             "synthetic_per_step: 2"] + ([f"arms: [{', '.join(arms)}]"] if arms is not None else [])
+    Path(path).write_text("\n".join(lines) + "\n")
+    return Path(path)
