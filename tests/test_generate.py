@@ -272,16 +272,18 @@ def test_output_loads_with_hugging_face_imagefolder(gen_dir, data, tmp_path):
 
 
 def test_dpm_solver_and_half_precision_end_to_end(gen_dir, data, tmp_path):
-    """DPM-Solver++ and bf16 sampling run through the whole command: pairs written and scored, images that
+    """DPM-Solver++, UniPC and bf16 sampling run through the whole command: pairs written and scored, images that
     differ from DDIM's (fp16 takes the same path; it needs a GPU to be fast)."""
     ddim = run_generate(cfg(gen_dir, data, tmp_path / "ddim", num=2), progress=False)
     dpm = run_generate(cfg(gen_dir, data, tmp_path / "dpm", num=2, scheduler="dpm++"), progress=False)
     bf16 = run_generate(cfg(gen_dir, data, tmp_path / "bf16", num=2, dtype="bf16"), progress=False)
-    for summary in (ddim, dpm, bf16):
+    unipc = run_generate(cfg(gen_dir, data, tmp_path / "unipc", num=2, scheduler="unipc"), progress=False)
+    for summary in (ddim, dpm, bf16, unipc):
         assert summary["kept"] == 2 and np.isfinite(summary["scores"]["free_lunch"]["mean"])
     a, b, c = files(tmp_path / "ddim"), files(tmp_path / "dpm"), files(tmp_path / "bf16")
-    assert a.keys() == b.keys() == c.keys()
-    assert any(not np.array_equal(a[k], b[k]) for k in a)
+    u = files(tmp_path / "unipc")
+    assert a.keys() == b.keys() == c.keys() == u.keys()
+    assert any(not np.array_equal(a[k], b[k]) for k in a) and any(not np.array_equal(u[k], b[k]) for k in a)
     assert all(np.abs(a[k].astype(int) - c[k].astype(int)).mean() < 40 for k in a)  # bf16: close to fp32
     assert "dtype" not in json.loads((tmp_path / "ddim" / "run.json").read_text())["identity"]  # old runs resume
     with pytest.raises(AnomalignError, match="different dtype"):

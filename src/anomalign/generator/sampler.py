@@ -27,12 +27,12 @@ import torch
 
 from anomalign.seeding import seeded_noise
 
-SchedulerName = Literal["ddim", "dpm++"]
+SchedulerName = Literal["ddim", "dpm++", "unipc"]
 
 
 def make_scheduler(train_scheduler, name: SchedulerName):
     """A sampling scheduler sharing the training noise schedule (betas, prediction type)."""
-    from diffusers import DDIMScheduler, DPMSolverMultistepScheduler
+    from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, UniPCMultistepScheduler
     # predict_noise always returns ε (v-prediction outputs are converted), so the sampler works in ε space.
     cfg = dict(train_scheduler.config, prediction_type="epsilon")
     if name == "ddim":
@@ -42,7 +42,9 @@ def make_scheduler(train_scheduler, name: SchedulerName):
         # Thresholding off + final sigma zero: no silent rescaling of outputs.
         return DPMSolverMultistepScheduler.from_config(cfg, algorithm_type="dpmsolver++", solver_order=2,
                                                        thresholding=False, final_sigmas_type="zero")
-    raise ValueError(f"unknown scheduler {name!r}; choose 'ddim' or 'dpm++'")
+    if name == "unipc":  # UniPC (bh2), 2nd order, the same no-rescaling choices as dpm++
+        return UniPCMultistepScheduler.from_config(cfg, solver_order=2, thresholding=False, final_sigmas_type="zero")
+    raise ValueError(f"unknown scheduler {name!r}; choose 'ddim', 'dpm++' or 'unipc'")
 
 
 def bound_x0(eps: torch.Tensor, latents: torch.Tensor, alpha_bar: torch.Tensor, bound: float) -> torch.Tensor:

@@ -66,8 +66,9 @@ class GenerateConfig(DataOptions):
                                       "(default: the dataset's prompt per sample)")
     category: str = option("", "category name for prompts when --masks is a mask folder")
     resolution: int | None = option(None, "generation size in pixels (default: the generator's)")
-    scheduler: Literal["ddim", "dpm++"] = option("ddim", "sampler: DDIM or DPM-Solver++ (2nd order)")
-    steps: int | None = option(None, "denoising steps (default 50 for ddim, 20 for dpm++)")
+    scheduler: Literal["ddim", "dpm++", "unipc"] = option("ddim", "sampler: DDIM, DPM-Solver++ (2M) or UniPC (2nd "
+                                                                  "order; both few-step samplers)")
+    steps: int | None = option(None, "denoising steps (default 50 for ddim, 20 for dpm++ and unipc)")
     guidance: float | None = option(None, "classifier-free guidance scale (1 = off; default: 3 for the tiny backend, "
                                           "where it aligns best, the paper's 7 for Stable Diffusion)")
     x0_clip: float | None = option(None, "bound on the denoised-latent estimate at every step (0 = none; default: "
