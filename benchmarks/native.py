@@ -30,7 +30,7 @@ from anomalign.segmenter.model import Segmenter  # noqa: E402
 from anomalign.segmenter.sliding import predict_native  # noqa: E402
 
 
-def speed(presets: list[str], device: str, repeats: int) -> list[str]:
+def speed(presets: list[str], device: str, repeats: int, onnx: bool = False) -> list[str]:
     torch.manual_seed(0)
     x = (torch.rand(3, 1000, 1000) * 2 - 1).to(device)
     fns = {}
@@ -43,6 +43,12 @@ def speed(presets: list[str], device: str, repeats: int) -> list[str]:
         fns |= {f"{preset}: sliding {p} px": (lambda p=p, model=model: predict_native(model.predict_proba, x, p))
                 for p in (64, 128)}
         fns |= {f"{preset}: one pass resized to {p} px": whole(p) for p in (64, 128)}
+        if onnx and preset.startswith("unet"):  # the same windows through the exported graph (segment --runtime onnx)
+            from anomalign.segmenter.infer import OnnxSegmenter
+            folder = Path(tempfile.mkdtemp()) / preset
+            model.save(folder, {"crop_size": 128, "size": 128})
+            graph = OnnxSegmenter.of(Segmenter.load(folder), folder)
+            fns[f"{preset}: onnxruntime, sliding 128 px"] = lambda g=graph: predict_native(g.predict_proba, x, 128)
     with torch.no_grad():
         times = interleaved(fns, repeats, device)
     rows = ["| preset: method (1000 x 1000 image) | median s | megapixels/s |", "|---|---|---|"]
@@ -81,10 +87,11 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--steps", type=int, default=300)
     ap.add_argument("--skip-accuracy", action="store_true")
+    ap.add_argument("--onnx", action="store_true", help="also the U-Nets' windows through onnxruntime")
     ap.add_argument("--no-doc", action="store_true", help="print only, do not append to docs/benchmarks.md")
     args = ap.parse_args()
     body = [f"Sliding-window inference, segmenter presets {', '.join(args.preset)}, {args.device}, "
-            f"{torch.get_num_threads()} threads:", "", *speed(args.preset, args.device, args.repeats)]
+            f"{torch.get_num_threads()} threads:", "", *speed(args.preset, args.device, args.repeats, args.onnx)]
     if not args.skip_accuracy:
         body += ["", f"Thin defect at 1 MP (tiny Segformer, {args.steps} steps, CPU):", "", *accuracy(args.steps)]
     publish("Native resolution: sliding windows", "\n".join(body), to_doc=not args.no_doc)

@@ -255,7 +255,9 @@ class OnnxSegmenter:
             import onnxruntime as ort
         except ImportError:
             raise AnomalignError("--runtime onnx needs onnxruntime: pip install 'anomalign[export]'") from None
-        self.session = ort.InferenceSession(str(file), providers=["CPUExecutionProvider"])
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = torch.get_num_threads()  # the threads torch was given (OMP_NUM_THREADS)
+        self.session = ort.InferenceSession(str(file), options, providers=["CPUExecutionProvider"])
         self.file, self.crop_size, self.scale, self.size = file, crop_size, scale, size
         shape = self.session.get_inputs()[0].shape
         self.side = int(shape[-1]) if isinstance(shape[-1], int) else None
