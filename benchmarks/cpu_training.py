@@ -1,0 +1,65 @@
+"""CPU training speed of the segmenter (issue 40, item 3): one training step of unet-tiny at batch 16 on 128-px
+crops (the measured recipe's step) in fp32, channels-last, bf16 autocast and both, interleaved in one run.
+
+    python benchmarks/cpu_training.py [--threads 2] [--repeats 6]
+
+bf16 autocast is what `train-segmenter --mixed-precision bf16` does on the CPU (accelerate's autocast); it pays
+off on CPUs with native bf16 (avx512_bf16 / amx_bf16 in /proc/cpuinfo). Appended to docs/benchmarks.md.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import interleaved, machine, median, publish  # noqa: E402
+
+from anomalign.segmenter.model import Segmenter  # noqa: E402
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--repeats", type=int, default=6)
+    ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--size", type=int, default=128)
+    ap.add_argument("--no-doc", action="store_true")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    x = torch.rand(args.batch_size, 3, args.size, args.size) * 2 - 1
+    y = (torch.rand(args.batch_size, args.size, args.size) > 0.95).long()
+    fns = {}
+    for name, channels_last, bf16 in [("fp32", False, False), ("channels-last", True, False),
+                                      ("bf16 autocast", False, True), ("bf16 autocast + channels-last", True, True)]:
+        model = Segmenter("unet-tiny").train()
+        if channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        opt = torch.optim.AdamW(model.parameters(), 1e-3)
+        xx = x.contiguous(memory_format=torch.channels_last) if channels_last else x
+
+        def step(model=model, opt=opt, xx=xx, bf16=bf16):
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                logits = model(xx)
+            loss = F.cross_entropy(logits.float(), y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        fns[name] = step
+    times = interleaved(fns, args.repeats, warmup=2)
+    base = median(times["fp32"])
+    rows = ["| step (unet-tiny, forward + backward + AdamW) | median s | vs fp32 |", "|---|---|---|"]
+    rows += [f"| {k} | {median(v):.3f} | {base / median(v):.2f}x |" for k, v in times.items()]
+    flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").is_file() else ""
+    native = [f for f in ("avx512_bf16", "amx_bf16") if f in flags]
+    publish("CPU training step: fp32, channels-last, bf16", "\n".join(rows) + (
+        f"\n\nBatch {args.batch_size}, {args.size}-px crops, {args.threads} threads, {args.repeats} interleaved repeats; "
+        f"native bf16: {', '.join(native) or 'none'}; {machine()}."), to_doc=not args.no_doc)
+
+
+if __name__ == "__main__":
+    main()
