@@ -85,7 +85,8 @@ def predict_native(predict, image: torch.Tensor, patch: int, scale: float = 1.0,
     x = image
     if scale != 1:
         size = (max(1, round(h * scale)), max(1, round(w * scale)))
-        x = F.interpolate(image[None], size=size, mode="bilinear", antialias=scale < 1, align_corners=False)[0]
+        x = (resize_images(image[None], size) if scale < 1  # shrinking: antialiased, as in training
+             else F.interpolate(image[None], size=size, mode="bilinear", align_corners=False))[0]
     prob = sliding_window_proba(predict, x, patch, overlap, batch_size, on_windows)
     if prob.shape[-2:] != (h, w):
         prob = F.interpolate(prob[None], size=(h, w), mode="bilinear", align_corners=False)[0]
