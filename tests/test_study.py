@@ -105,3 +105,15 @@ def test_bad_study_files_say_what_is_wrong(tmp_path):
     bad.write_text("jobs: {}\n")
     with pytest.raises(ConfigError, match="needs 'datasets' and 'jobs'"):
         load_study(bad)
+
+
+def test_a_table_reads_the_best_row_of_a_validation_log(tmp_path):
+    from anomalign.study import Job
+    folder = tmp_path / "real_s0"
+    (folder / "logs").mkdir(parents=True)
+    (folder / "logs" / "validation.csv").write_text("step,mIoU,AUROC\n250,0.20,0.80\n500,0.31,0.85\n750,0.28,0.90\n")
+    study = {"tables": [{"title": "val", "source": "logs/validation.csv", "key": "mIoU",
+                         "columns": ["mIoU", {"name": "step", "key": "step", "scale": 1, "fmt": "{:.0f}"}],
+                         "rows": ["real"]}]}
+    jobs = {"real_s0": Job("real", 0, folder, [], [])}
+    assert "| real | 1 | 31.0 | 500 | 0: 31.0 |" in format_tables(study, jobs, [0])

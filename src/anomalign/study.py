@@ -293,10 +293,17 @@ def dig(value, path: str):
 
 
 def read_value(folder: Path, source: str, key: str) -> dict | None:
-    """The dict at ``key`` ("a/b") of the JSON file ``folder/source`` (None when the file or the key is missing)."""
+    """The dict at ``key`` ("a/b") of the JSON file ``folder/source``; for a CSV log (``logs/validation.csv``), its
+    row with the largest ``key`` column (the best validation), numbers as floats. None when missing."""
     path = folder / source
     if not path.is_file():
         return None
+    if path.suffix == ".csv":
+        import csv
+        with path.open() as f:
+            rows = [{k: float(v) for k, v in r.items() if v not in ("", None)} for r in csv.DictReader(f)]
+        rows = [r for r in rows if key in r]
+        return max(rows, key=lambda r: r[key]) if rows else None
     value = dig(json.loads(path.read_text()), key)
     return value if isinstance(value, dict) else None
 
