@@ -296,7 +296,7 @@ def run_pipeline(cfg: RunConfig, progress: bool = True) -> dict:
               "plan": str(plan_file), "stage_s": times, "wall_s": time.perf_counter() - t_start}
     if cfg.quality and (out / "synthetic" / "summary.json").is_file():
         result["generation"] = stage("generation", "generation quality of the kept pairs (FID, oracle IoU, t-SNE)",
-                                     lambda: stages.generation_quality(), False)
+                                     stages.generation_quality, False)
         result["wall_s"] = time.perf_counter() - t_start
     if cfg.export:
         result["onnx"] = export_stage(out, choice["chosen"])

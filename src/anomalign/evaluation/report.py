@@ -72,6 +72,13 @@ class Page:
         self.parts.append(_table(header, rows))
         self.md.append(_md_table(header, rows) + "\n")
 
+    def markdown_table(self, md: str) -> None:
+        """A markdown table (e.g. generation.md's) as a table of the page."""
+        lines = [ln for ln in md.splitlines() if ln.startswith("|")]
+        if len(lines) >= 2:
+            split = lambda ln: [c.strip() for c in ln.strip().strip("|").split("|")]  # noqa: E731
+            self.table(split(lines[0]), [split(ln) for ln in lines[2:]])
+
     def image(self, src: Path, caption: str) -> None:
         self.n_images += 1
         name = f"{self.n_images:03d}_{src.name}"
@@ -187,8 +194,7 @@ def _write_report(cfg: ReportConfig, roots: list[Path], out: Path) -> Path:
             found += 1
             p = json.loads(g.read_text())
             page.h2(f"Generation quality: {_label(g.parent, roots)}")
-            page.parts.append(_md_to_html_table((g.parent / "generation.md").read_text()))
-            page.md.append((g.parent / "generation.md").read_text().split("\n\n")[0] + "\n")
+            page.markdown_table((g.parent / "generation.md").read_text())
             page.para(p.get("fid_note", ""))
             for note in p.get("notes", []):
                 page.para(note, "note")
@@ -231,10 +237,3 @@ def _write_report(cfg: ReportConfig, roots: list[Path], out: Path) -> Path:
     print(f"report written to {path} (open it in a browser; summary in {out / 'summary.md'})")
     return path
 
-
-def _md_to_html_table(md: str) -> str:
-    lines = [ln for ln in md.splitlines() if ln.startswith("|")]
-    if len(lines) < 2:
-        return ""
-    split = lambda ln: [c.strip() for c in ln.strip().strip("|").split("|")]  # noqa: E731
-    return _table(split(lines[0]), [split(ln) for ln in lines[2:]])

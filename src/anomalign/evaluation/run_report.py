@@ -80,9 +80,7 @@ def generation_section(page: Page, folder: Path, generation: dict, report: Path)
     """Generation quality (``run --quality``): the evaluate-generation table and notes, the grids and the t-SNE."""
     from anomalign.evaluation.generation import format_generation_table
     page.h2(f"Generation quality (kept synthetic pairs vs {generation.get('real_images', '?')} real test anomalies)")
-    header, _, *body = format_generation_table(generation["sets"]).splitlines()
-    cells = lambda line: [c.strip() for c in line.strip().strip("|").split("|")]  # noqa: E731
-    page.table(cells(header), [cells(line) for line in body])
+    page.markdown_table(format_generation_table(generation["sets"]))
     for note in generation.get("notes", []):
         page.para(note)
     for caption, name in generation.get("figures", {}).items():
@@ -148,14 +146,13 @@ def synthetic_examples(folder: Path, tiles: Path, n: int) -> list[list[Path]]:
 @torch.no_grad()
 def segmentation_examples(out: Path, result: dict, index, tiles: Path, n: int, cfg) -> list[list[Path]]:
     """Up to ``n`` anomalous test images: [ground truth contour, baseline overlay, chosen overlay] at full size,
-    predicted with ``segmenter.sliding.predict_full_size`` (what ``segment`` writes)."""
+    predicted with ``segmenter.sliding.image_probability`` (what ``segment`` writes)."""
     from anomalign.data.dataset import load_pair
-    from anomalign.data.transforms import to_model_range
     from anomalign.evaluation.generation import spread
     from anomalign.figures import draw_contour, save_png
     from anomalign.segmenter.infer import overlay
     from anomalign.segmenter.model import Segmenter
-    from anomalign.segmenter.sliding import predict_full_size
+    from anomalign.segmenter.sliding import image_probability
     test = [s for s in index.split("test") if not s.normal]
     if not test:
         return []
@@ -166,7 +163,7 @@ def segmentation_examples(out: Path, result: dict, index, tiles: Path, n: int, c
         image, mask = load_pair(test[i], None, cfg.mask_threshold)
         row = [save_png(enlarge(draw_contour(image, mask)), tiles / f"test_{k}.png")]
         for name, model in zip(names, models):
-            prob = predict_full_size(model, to_model_range(image), model.size)[0].numpy()
+            prob = image_probability(model, image)
             row.append(save_png(enlarge(overlay(image, prob >= 0.5)), tiles / f"test_{k}_{name}.png"))
         rows.append(row)
     return rows
