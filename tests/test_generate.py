@@ -144,6 +144,43 @@ def test_two_processes_equal_one(gen_dir, data, tmp_path):
     assert_same_run(tmp_path / "one", tmp_path / "two")
 
 
+def test_a_slower_process_never_sees_the_main_ones_half_written_folder(gen_dir, data, tmp_path, monkeypatch):
+    """CI once failed: under `torch.distributed.run` the second process checked --out after the main one had
+    created it but before run.json existed, and refused it as a stranger's folder. The main process pauses
+    mid-write here; the other one must have checked already (the barrier between checking and writing)."""
+    import threading
+
+    from anomalign.synthesis import store
+
+    mid_write, other_done, errors = threading.Event(), threading.Event(), []
+    real_write = store.write_text_atomic
+
+    def slow_write(path, text):
+        if Path(path).name == "run.json":
+            mid_write.set()
+            other_done.wait(5)
+        return real_write(path, text)
+
+    monkeypatch.setattr(store, "write_text_atomic", slow_write)
+    c = cfg(gen_dir, data, tmp_path / "out")
+    barrier = threading.Barrier(2, timeout=10)
+
+    def other():
+        mid_write.wait(1)  # with the barrier the main process cannot write yet: go on after the timeout
+        try:
+            store.prepare_out(c, "sha", False, barrier=barrier.wait)
+        except Exception as e:  # noqa: BLE001 - the assertion below shows it
+            errors.append(e)
+        other_done.set()
+
+    t = threading.Thread(target=other)
+    t.start()
+    store.prepare_out(c, "sha", True, barrier=barrier.wait)
+    t.join()
+    assert not errors, errors
+    assert (tmp_path / "out" / "run.json").is_file()
+
+
 def test_inpainting_keeps_pixels_outside_the_dilated_mask(gen_dir, data, tmp_path):
     out = tmp_path / "inp"
     run_generate(cfg(gen_dir, data, out, background=data, dilate=2, augment=[]), progress=False)

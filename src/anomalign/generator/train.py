@@ -206,6 +206,7 @@ def run_train_generator(cfg: TrainGeneratorConfig, progress: bool = True) -> Pat
     torch.manual_seed(cfg.seed)  # identical initialisation (LoRA, new words) in every process
     acc = make_accelerator(cfg)
     out = check_run_folder(cfg.out, "train-generator", "generator.safetensors", cfg.resume)
+    acc.wait_for_everyone()  # every process has checked before the main one writes into the folder
     gen = load_base(cfg)
     resolution = cfg.resolution or gen.resolution
     if resolution % (gen.factor * 4):

@@ -135,6 +135,7 @@ def run_train_segmenter(cfg: TrainSegmenterConfig, progress: bool = True) -> Pat
     torch.manual_seed(cfg.seed)
     acc = make_accelerator(cfg)
     out = check_run_folder(cfg.out, "train-segmenter", "segmenter.safetensors", cfg.resume)
+    acc.wait_for_everyone()  # every process has checked before the main one writes into the folder
     real, syn, val, skipped = training_sets(cfg)
     model = start_model(cfg).to(acc.device)
     fb = None

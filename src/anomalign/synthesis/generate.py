@@ -399,7 +399,7 @@ def run_generate(cfg: GenerateConfig, progress: bool = True, oracle=None) -> dic
                           "command loads it (synthesis sits below the segmenter and does not import it)")
     if isinstance(oracle, torch.nn.Module):
         oracle = oracle.to(acc.device)
-    out = prepare_out(cfg, sha, main, skipped_records(skipped))
+    out = prepare_out(cfg, sha, main, skipped_records(skipped), barrier=acc.wait_for_everyone)
     acc.wait_for_everyone()
     if cfg.synthesizer == "cutpaste":
         from anomalign.synthesis.cutpaste import CutPaste, source_images

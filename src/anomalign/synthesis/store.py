@@ -31,9 +31,13 @@ def _identity(cfg, generator_sha: str) -> dict:
     return json.loads(json.dumps(ident | {"generator_sha256": generator_sha}, default=str))
 
 
-def prepare_out(cfg, generator_sha: str, main: bool, skipped: list[dict] | None = None) -> Path:
+def prepare_out(cfg, generator_sha: str, main: bool, skipped: list[dict] | None = None,
+                barrier=lambda: None) -> Path:
     """Check that ``cfg.out`` is new or holds this same run; the main process records the run identity
-    (and ``skipped.json``: the source files ``--policy skip`` left out)."""
+    (and ``skipped.json``: the source files ``--policy skip`` left out).
+
+    Every process checks, then ``barrier()`` (the accelerator's ``wait_for_everyone``) runs before the main
+    process writes: a slower process must not see the main one's half-written folder as somebody else's."""
     out = Path(cfg.out)
     ident = _identity(cfg, generator_sha)
     run_file = out / "run.json"
@@ -56,6 +60,7 @@ def prepare_out(cfg, generator_sha: str, main: bool, skipped: list[dict] | None 
         if diff and any((out / RECORDS).glob("*.json")):
             raise AnomalignError(f"{out}: holds another generation run (different {', '.join(diff)}); nothing was "
                                  "changed. Choose a new --out, or rerun with that run's options to resume it.")
+    barrier()
     if main:
         (out / RECORDS).mkdir(parents=True, exist_ok=True)
         write_text_atomic(run_file, json.dumps({"identity": ident}, indent=1))
