@@ -15,6 +15,7 @@ from anomalign.data.validate import load_dataset, skipped_records
 from anomalign.errors import AnomalignError
 from anomalign.files import write_text_atomic
 from anomalign.runs import check_output_folder, mark_output_folder
+from anomalign.segmenter.sliding import uses_one_pass
 from anomalign.segmenter.validation import evaluate_run_style
 
 COLUMNS = ("mDice", "mIoU", "Dice", "IoU", "AUROC")
@@ -36,6 +37,8 @@ class EvaluateConfig(DataOptions):
     full_size: bool = option(False, "score a segmenter trained on resized images against the full-size masks "
                                     "(its prediction resized back, as `segment` delivers it); crop-trained "
                                     "segmenters are always scored at full size")
+    inference: Literal["auto", "windows", "one-pass"] = option(
+        "auto", "how a crop-trained segmenter predicts a whole image: auto = in one pass (1024-px tiles with 64 px of context) when its network has no spatial statistics (trained with --norm batch), else sliding windows of its crop size; windows or one-pass to force either (docs/segmenter.md)")
 
 
 def test_sets(path: Path, opts: DataOptions, skipped: list | None = None, split: str = "test") -> dict[str, list]:
@@ -71,11 +74,13 @@ def run_evaluate(cfg: EvaluateConfig) -> dict:
             # a segmenter trained on crops is scored at each image's own size (sliding windows), others at `size`
             results[key] = evaluate_run_style(model, samples, size, threshold=cfg.threshold,
                                               mask_threshold=cfg.mask_threshold, batch_size=cfg.batch_size,
-                                              full_size=cfg.full_size)
+                                              full_size=cfg.full_size, mode=cfg.inference)
     average = {c: sum(r[c] for r in results.values()) / len(results) for c in COLUMNS}
     mark_output_folder(out, "evaluate")
     payload = {"segmenter": str(cfg.segmenter), "split": cfg.split, "size": size, "threshold": cfg.threshold,
-               "resolution": (f"native, {model.crop_size}-px sliding windows at scale {model.scale:g}"
+               "resolution": (f"native, one pass in tiles at scale {model.scale:g}"
+                              if model.crop_size and uses_one_pass(model, cfg.inference)
+                              else f"native, {model.crop_size}-px sliding windows at scale {model.scale:g}"
                               if model.crop_size else f"predicted at {size} px, scored at full size"
                               if cfg.full_size else f"resized to {size} px"),
                "sets": results, "average": average}

@@ -36,6 +36,8 @@ class SegmentConfig:
     size: int | None = option(None, "input size for a segmenter trained on whole resized images (default: the "
                                     "size it was trained at); crop-trained segmenters predict at native resolution")
     batch_size: int = option(16, "sliding windows per forward pass")
+    inference: Literal["auto", "windows", "one-pass"] = option(
+        "auto", "how a crop-trained segmenter predicts a whole image: auto = in one pass (1024-px tiles with 64 px of context) when its network has no spatial statistics (trained with --norm batch), else sliding windows of its crop size; windows or one-pass to force either (docs/segmenter.md)")
     save_probabilities: bool = option(False, "also write the probability map as an 8-bit PNG")
     runtime: Literal["torch", "onnx"] = option("torch", "torch, or onnx: the exported graph (SEGMENTER/segmenter.onnx, "
                                                         "exported first when missing) run by onnxruntime, as a "
@@ -113,7 +115,8 @@ WINDOW_PROGRESS = 64  # images cut into more windows than this get a progress ba
 def segment_identity(cfg: SegmentConfig, model_sha: str, size: int | None) -> dict:
     """What decides the files of a segment run: the segmenter's weights and the options that change masks."""
     return {"segmenter_sha256": model_sha, "threshold": cfg.threshold, "size": size,
-            "save_probabilities": cfg.save_probabilities} | ({"runtime": "onnx"} if cfg.runtime == "onnx" else {})
+            "save_probabilities": cfg.save_probabilities} | ({"runtime": "onnx"} if cfg.runtime == "onnx" else {}) \
+        | ({"inference": cfg.inference} if cfg.inference != "auto" else {})
 
 
 def prepare_segment_out(out: Path, identity: dict) -> list[dict]:
@@ -174,6 +177,10 @@ def run_segment(cfg: SegmentConfig, progress: bool = True) -> Path:
     device = pick_device(cfg.device)
     model = Segmenter.load(cfg.segmenter, device=device)
     if cfg.runtime == "onnx":
+        from anomalign.segmenter.sliding import uses_one_pass
+        if model.crop_size and uses_one_pass(model, cfg.inference):
+            raise ConfigError(f"{cfg.segmenter}: predicts in one pass (--inference {cfg.inference}), but the exported "
+                              "graph takes fixed-size windows; use --runtime torch, or --inference windows")
         model = OnnxSegmenter.of(model, Path(cfg.segmenter))
     if model.crop_size and cfg.size is not None:
         raise ConfigError(f"--size {cfg.size} does not apply: {cfg.segmenter} was trained on {model.crop_size}-px "
@@ -223,7 +230,7 @@ def run_segment(cfg: SegmentConfig, progress: bool = True) -> Path:
                     raise
                 skipped.append(e.problem if isinstance(e, FileProblem) else e)
                 continue
-            prob = predict_one(model, image, size, progress)
+            prob = predict_one(model, image, size, progress, cfg.inference)
             mask = prob >= cfg.threshold
             save_png(mask.astype(np.uint8) * 255, out / "masks" / name)
             save_png(overlay(image, mask), out / "overlays" / name)
@@ -283,7 +290,7 @@ class OnnxSegmenter:
         return torch.from_numpy(out)
 
 
-def predict_one(model, image: np.ndarray, size: int | None, progress: bool) -> np.ndarray:
+def predict_one(model, image: np.ndarray, size: int | None, progress: bool, mode: str = "auto") -> np.ndarray:
     """Probability float32 [H, W] of one uint8 image [H, W, 3]; a progress bar over its windows when it is cut
     into many (a 6000 x 6000 image is thousands of windows)."""
     from anomalign.segmenter.sliding import image_probability
@@ -299,7 +306,7 @@ def predict_one(model, image: np.ndarray, size: int | None, progress: bool) -> n
         bar.update(n - bar.n)
 
     try:
-        return image_probability(model, image, size, on_windows=on_windows)
+        return image_probability(model, image, size, on_windows=on_windows, mode=mode)
     finally:
         if bar is not None:
             bar.close()

@@ -37,10 +37,25 @@ UNET_PRESETS: dict[str, dict] = {"unet-tiny": dict(widths=(16, 32, 64, 128), ste
                                  "unet-full": dict(widths=(16, 32, 64, 128), stem=1)}
 
 
-def _conv_block(cin: int, cout: int) -> nn.Sequential:
-    groups = min(8, cout)
-    return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.GroupNorm(groups, cout), nn.SiLU(),
-                         nn.Conv2d(cout, cout, 3, padding=1, bias=False), nn.GroupNorm(groups, cout), nn.SiLU())
+# The U-Net's normalisation. group: GroupNorm, statistics over each input's whole spatial extent, so a 128-px
+# window and a whole image are normalised differently and only sliding windows of the training crop size
+# predict as trained. batch: BatchNorm, batch statistics while training and fixed running statistics at
+# inference, so the network is a plain convolution there and predicts a whole image (or large tiles) in one
+# pass (segmenter.sliding.predict_native).
+NORMS = ("group", "batch")
+
+
+def _norm(kind: str, channels: int) -> nn.Module:
+    if kind == "group":
+        return nn.GroupNorm(min(8, channels), channels)
+    if kind == "batch":
+        return nn.BatchNorm2d(channels)
+    raise AnomalignError(f"unknown U-Net norm {kind!r}; choose one of {list(NORMS)}")
+
+
+def _conv_block(cin: int, cout: int, norm: str = "group") -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1, bias=False), _norm(norm, cout), nn.SiLU(),
+                         nn.Conv2d(cout, cout, 3, padding=1, bias=False), _norm(norm, cout), nn.SiLU())
 
 
 class UNet(nn.Module):
@@ -49,23 +64,26 @@ class UNet(nn.Module):
 
     A stride-``stem`` 3x3 conv, then an encoder of conv blocks with max-pooling between them; the decoder
     upsamples (bilinear 2x), concatenates the encoder's skip and applies a conv block; 1x1 head; logits
-    upsampled by ``stem`` at the end. GroupNorm (not BatchNorm) so a batch of one window predicts like a batch
-    of many. ``config`` plays the role of transformers' ``config.to_dict()`` for saving.
+    upsampled by ``stem`` at the end. ``norm`` (``NORMS``): GroupNorm by default (a batch of one window predicts
+    like a batch of many); BatchNorm makes the trained network independent of the input's extent, so it can
+    predict whole images in one pass. ``config`` plays the role of transformers' ``config.to_dict()`` for saving.
     """
 
-    def __init__(self, widths: tuple[int, ...] | list[int], stem: int = 2):
+    def __init__(self, widths: tuple[int, ...] | list[int], stem: int = 2, norm: str = "group"):
         super().__init__()
-        self.widths, self.stem_stride = tuple(int(w) for w in widths), int(stem)
+        self.widths, self.stem_stride, self.norm = tuple(int(w) for w in widths), int(stem), norm
         self.config = {"arch": "unet", "widths": list(self.widths), "stem": self.stem_stride}
+        if norm != "group":  # older files have no "norm": they are GroupNorm U-Nets
+            self.config["norm"] = norm
         w0 = self.widths[0]
         self.stem = nn.Sequential(nn.Conv2d(3, w0, 3, stride=self.stem_stride, padding=1, bias=False),
-                                  nn.GroupNorm(min(8, w0), w0), nn.SiLU())
+                                  _norm(norm, w0), nn.SiLU())
         self.down = nn.ModuleList()
         cin = w0
         for w in self.widths:
-            self.down.append(_conv_block(cin, w))
+            self.down.append(_conv_block(cin, w, norm))
             cin = w
-        self.up = nn.ModuleList(_conv_block(self.widths[i + 1] + self.widths[i], self.widths[i])
+        self.up = nn.ModuleList(_conv_block(self.widths[i + 1] + self.widths[i], self.widths[i], norm)
                                 for i in reversed(range(len(self.widths) - 1)))
         self.head = nn.Conv2d(self.widths[0], 2, 1)
 
@@ -89,10 +107,13 @@ class UNet(nn.Module):
         return logits[..., :h, :w]
 
 
-def build_net(preset: str) -> nn.Module:
-    """A randomly initialised network for a preset name (Segformer MiT shapes or a U-Net)."""
+def build_net(preset: str, norm: str = "group") -> nn.Module:
+    """A randomly initialised network for a preset name (Segformer MiT shapes or a U-Net with ``norm``)."""
     if preset in UNET_PRESETS:
-        return UNet(**UNET_PRESETS[preset])
+        return UNet(**UNET_PRESETS[preset], norm=norm)
+    if norm != "group":
+        raise AnomalignError(f"norm {norm!r} applies to the U-Net presets ({', '.join(UNET_PRESETS)}), not to "
+                             f"the Segformer {preset!r}")
     if preset not in PRESETS:
         raise AnomalignError(f"unknown segmenter preset {preset!r}; choose one of {list(PRESETS) + list(UNET_PRESETS)}")
     from transformers import SegformerConfig, SegformerForSemanticSegmentation
@@ -139,6 +160,8 @@ def check_spec(spec: dict, file: Path) -> None:
             raise bad("widths", widths)
         if stem not in (1, 2, 4):
             raise bad("stem", stem)
+        if config.get("norm", "group") not in NORMS:
+            raise bad("norm", config.get("norm"))
     else:
         sizes = config.get("hidden_sizes", [])
         if not (isinstance(sizes, list) and all(isinstance(w, int) and 1 <= w <= MAX_WIDTH for w in sizes)):
@@ -149,7 +172,7 @@ class Segmenter(nn.Module):
     """images [B, 3, H, W] in [-1, 1] -> logits [B, 2, H, W] (a U-Net's own, or upsampled from a Segformer's 1/4
     grid)."""
 
-    def __init__(self, preset: str = "tiny", pretrained: str | None = None):
+    def __init__(self, preset: str = "tiny", pretrained: str | None = None, norm: str = "group"):
         super().__init__()
         from transformers import SegformerForSemanticSegmentation
         self.preset, self.pretrained, self.size = preset, pretrained, None
@@ -169,7 +192,7 @@ class Segmenter(nn.Module):
                                      f"({type(e).__name__}: {text}); anomalign loads safetensors weights and never "
                                      "unpickles pytorch_model.bin files") from None
         else:
-            self.net = build_net(preset)
+            self.net = build_net(preset, norm)
         self.register_buffer("mean", torch.tensor(_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(_STD).view(1, 3, 1, 1), persistent=False)
 
@@ -179,6 +202,12 @@ class Segmenter(nn.Module):
             return self.net(x)
         logits = self.net(pixel_values=x).logits
         return F.interpolate(logits, size=images.shape[-2:], mode="bilinear", align_corners=False)
+
+    @property
+    def one_pass(self) -> bool:
+        """True when the network holds no statistic over the input's extent at inference (a BatchNorm U-Net in
+        eval mode): a whole image, or large tiles of it, predicts as its training crops did, without windows."""
+        return isinstance(self.net, UNet) and self.net.norm == "batch"
 
     @torch.no_grad()
     def predict_proba(self, images: torch.Tensor) -> torch.Tensor:
@@ -218,7 +247,7 @@ class Segmenter(nn.Module):
                                          "not a segmenter folder; train one with `anomalign train-segmenter`")
         check_spec(spec, file)
         if spec["config"].get("arch") == "unet":
-            net = UNet(spec["config"]["widths"], spec["config"].get("stem", 1))
+            net = UNet(spec["config"]["widths"], spec["config"].get("stem", 1), spec["config"].get("norm", "group"))
         else:
             config = SegformerConfig.from_dict(spec["config"])
             if config.num_labels != 2:

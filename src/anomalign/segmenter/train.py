@@ -42,6 +42,10 @@ class TrainSegmenterConfig(DataOptions, CropOptions, LoopOptions):
     preset: Literal[tuple(PRESETS) + tuple(UNET_PRESETS)] = option(
         "unet-tiny", "network: a small convolutional U-Net (unet-tiny, unet-small; better from scratch on few "
                      "images, docs/segmenter.md) or a Segformer size (tiny, b0-b5: MiT shapes, random init)")
+    norm: Literal["group", "batch"] = option(
+        "group", "the U-Net's normalisation: group (GroupNorm; predicts whole images with sliding windows of the "
+                 "crop size) or batch (BatchNorm: fixed statistics at inference, so `segment` predicts whole images "
+                 "in one pass, about 3x fewer pixels computed; docs/segmenter.md)")
     pretrained: str | None = option(None, "Segformer to start from instead of a preset: a local folder or a hub id "
                                           "such as nvidia/mit-b0 (downloaded once, then cached)")
     size: int = option(128, "input size: images and masks resized to size x size, or, for images much larger "
@@ -121,6 +125,9 @@ class TrainSegmenterConfig(DataOptions, CropOptions, LoopOptions):
         if self.synthetic_fraction == 1 and self.feedback_generator:
             raise ConfigError("synthetic_fraction 1 leaves no real rows for Generative Feedback; use a fraction "
                               "below 1 with --feedback-generator")
+        if self.norm != "group" and (self.pretrained or self.preset not in UNET_PRESETS):
+            raise ConfigError(f"--norm {self.norm} applies to the U-Net presets ({', '.join(UNET_PRESETS)}), not to a "
+                              "Segformer")
         if self.init_from is not None and self.pretrained:
             raise ConfigError("give --init-from (an anomalign segmenter) or --pretrained (a Segformer), not both")
         if self.gradient_checkpointing and not self.feedback_generator:
@@ -195,13 +202,14 @@ def start_model(cfg: TrainSegmenterConfig) -> Segmenter:
     (pre-train on synthetic pairs, then fine-tune on real ones) continues the first stage's network, whose
     shape wins over --preset."""
     if cfg.init_from is None:
-        return Segmenter(cfg.preset, cfg.pretrained)
+        return Segmenter(cfg.preset, cfg.pretrained, cfg.norm)
     model = Segmenter.load(Path(cfg.init_from)).train()
     if model.preset != cfg.preset:
         print(f"--init-from {cfg.init_from}: continuing its {model.preset} network (--preset {cfg.preset} is "
               "not used)", file=sys.stderr)
     if model.preset in (*PRESETS, *UNET_PRESETS):  # the saved config then names the network actually trained
         cfg.preset = model.preset
+    cfg.norm = getattr(model.net, "norm", "group")
     return model
 
 

@@ -9,7 +9,7 @@ import torch
 from anomalign.data.dataset import PairDataset, load_pair
 from anomalign.data.transforms import mask_to_tensor, to_model_range
 from anomalign.metrics import SegmentationMeter
-from anomalign.segmenter.sliding import predict_full_size, predict_native
+from anomalign.segmenter.sliding import predict_full_size, predict_native, uses_one_pass
 
 
 @torch.no_grad()
@@ -33,9 +33,10 @@ def evaluate_samples(model, dataset: PairDataset, device="cpu", batch_size: int 
 @torch.no_grad()
 def evaluate_native(model, samples: list, crop: int, scale: float = 1.0, device="cpu", threshold: float = 0.5,
                     mask_threshold: float = 0.5, overlap: float = 0.5, batch_size: int = 16,
-                    auroc_pixels: int = 2_000_000, whole_image: bool = False) -> dict[str, float]:
+                    auroc_pixels: int = 2_000_000, whole_image: bool = False, mode: str = "auto") -> dict[str, float]:
     """The same metrics at each image's own size: the probability from sliding ``crop``-px windows at
-    ``scale`` (``segmenter.sliding.predict_native``) — or, with ``whole_image``, from the image resized to
+    ``scale``, or in one pass where the model can (``mode``, ``segmenter.sliding.uses_one_pass``;
+    ``predict_native``) — or, with ``whole_image``, from the image resized to
     ``crop`` and the probability resized back — against the full-size mask [H, W] of every sample.
     Each image gives about the same number of pixels to the AUROC (at most ``auroc_pixels`` in all)."""
     was = model.training
@@ -48,7 +49,8 @@ def evaluate_native(model, samples: list, crop: int, scale: float = 1.0, device=
             if whole_image:  # what `segment` writes for this model: the same function
                 prob = predict_full_size(model, x, crop)
             else:
-                prob = predict_native(model.predict_proba, x, crop, scale, overlap, batch_size)
+                prob = predict_native(model.predict_proba, x, crop, scale, overlap, batch_size,
+                                      one_pass=uses_one_pass(model, mode))
             stride = math.ceil(math.sqrt(mask.size * len(samples) / auroc_pixels))
             meter.update(prob[None], mask_to_tensor(mask)[None].to(device), auroc_stride=stride)
     finally:
@@ -57,12 +59,14 @@ def evaluate_native(model, samples: list, crop: int, scale: float = 1.0, device=
 
 
 def evaluate_run_style(model, samples: list, size: int, device="cpu", threshold: float = 0.5,
-                       mask_threshold: float = 0.5, batch_size: int = 32, full_size: bool = False) -> dict[str, float]:
+                       mask_threshold: float = 0.5, batch_size: int = 32, full_size: bool = False,
+                       mode: str = "auto") -> dict[str, float]:
     """Metrics the way ``model`` was trained: at native resolution with sliding windows when it was trained on
     crops (``model.crop_size``), else on images resized to ``size`` — or, with ``full_size``, its prediction at
     ``size`` resized back to each image and scored against the full-size mask (what ``segment`` delivers)."""
     if getattr(model, "crop_size", None):
-        return evaluate_native(model, samples, model.crop_size, model.scale or 1.0, device, threshold, mask_threshold)
+        return evaluate_native(model, samples, model.crop_size, model.scale or 1.0, device, threshold, mask_threshold,
+                               mode=mode)
     if full_size:
         return evaluate_native(model, samples, size, device=device, threshold=threshold,
                                mask_threshold=mask_threshold, whole_image=True)
