@@ -28,9 +28,9 @@ def test_tiles_equal_one_pass_over_the_whole_image():
     logit = lambda x: model(x)[:, 1:2]  # noqa: E731 - the logit: softmax would flatten random weights' output
     image = torch.rand(3, 150, 230) * 2 - 1
     with torch.no_grad():
-        whole = tiled_proba(logit, image, tile=1024, margin=16)  # one input: the whole padded image
-        tiled = tiled_proba(logit, image, tile=64, margin=16)    # 5 x 8 tiles, 32 px kept of each
-        thin = tiled_proba(logit, image, tile=40, margin=4)      # too little context for the receptive field
+        whole = tiled_proba(logit, image, core=1024, margin=16)  # one input: the whole padded image
+        tiled = tiled_proba(logit, image, core=32, margin=16)    # 5 x 8 tiles, 32 px kept of each
+        thin = tiled_proba(logit, image, core=32, margin=4)      # too little context for the receptive field
     spread = float(whole.std())  # differences are measured against the output's own spread
     assert whole.shape == tiled.shape == (1, 150, 230) and spread > 0
     assert (whole - tiled).abs().max() < 1e-3 * spread  # float rounding only
@@ -40,7 +40,7 @@ def test_tiles_equal_one_pass_over_the_whole_image():
 def test_tiles_handle_images_smaller_than_the_margin():
     model = small_segmenter("batch")
     for h, w in [(1, 1), (5, 40), (33, 2)]:
-        p = tiled_proba(model.predict_proba, torch.rand(3, h, w) * 2 - 1, tile=64, margin=16)
+        p = tiled_proba(model.predict_proba, torch.rand(3, h, w) * 2 - 1, core=32, margin=16)
         assert p.shape == (1, h, w) and torch.isfinite(p).all()
 
 
@@ -54,7 +54,7 @@ def test_the_norm_decides_windows_or_one_pass():
         predict_full_size(model, torch.rand(3, 100, 140) * 2 - 1)
         seen[norm] = set(shapes)
     assert seen["group"] == {(32, 32)}                 # windows of the crop size
-    assert seen["batch"] == {(100 + 128, 140 + 128)}   # one input: the image with 64 px of context each side
+    assert seen["batch"] == {(128 + 128, 160 + 128)}   # one input: the image (to a multiple of 32) + 64 px each side
     gn = small_segmenter("group")
     assert not uses_one_pass(gn) and uses_one_pass(gn, "one-pass") and not uses_one_pass(small_segmenter("batch"), "windows")
     with pytest.raises(ValueError, match="inference mode"):
@@ -84,3 +84,14 @@ def test_a_file_with_an_unknown_norm_is_refused(tmp_path):
     model.save(tmp_path, {"size": 32, "crop_size": 32, "scale": 1.0})
     with pytest.raises(AnomalignError, match="norm is 'layer'"):
         Segmenter.load(tmp_path)
+
+
+def test_bf16_inference_stays_within_its_rounding():
+    for norm in ("group", "batch"):
+        model = small_segmenter(norm)
+        image = torch.rand(3, 90, 120) * 2 - 1
+        fp32, bf16 = predict_full_size(model, image), predict_full_size(model, image, precision="bf16")
+        assert bf16.dtype == torch.float32 and not torch.equal(fp32, bf16)  # bf16 did run
+        assert (fp32 - bf16).abs().max() < 0.02
+    with pytest.raises(ValueError, match="precision"):
+        predict_full_size(model, image, precision="fp16")

@@ -266,4 +266,6 @@ class Segmenter(nn.Module):
             raise AnomalignError(f"{file}: weights do not fit the model ({str(e).splitlines()[0]})") from None
         model.register_buffer("mean", torch.tensor(_MEAN).view(1, 3, 1, 1), persistent=False)
         model.register_buffer("std", torch.tensor(_STD).view(1, 3, 1, 1), persistent=False)
+        if isinstance(net, UNet):  # measured 1.4x faster on CPU (benchmarks/segment_speed.py); same arithmetic
+            model.net = model.net.to(memory_format=torch.channels_last)
         return model.to(device).eval()

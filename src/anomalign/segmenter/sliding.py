@@ -90,38 +90,46 @@ def sliding_window_proba(predict, image: torch.Tensor, patch: int, overlap: floa
     return (total / norm)[:, :h, :w]
 
 
-# One pass in tiles (a network without spatial statistics, Segmenter.one_pass): each TILE x TILE input keeps
-# its centre and drops MARGIN px of context on every side. 64 px holds the tiny U-Net's effective receptive
-# field at the crop sizes the plan picks; both are multiples of 32 so every tile sits on the network's
-# pooling grid. 1024-px tiles bound memory (about 0.3 GB for unet-tiny) whatever the image's size and cost
-# (1024 / 896)^2 = 1.3x the pixels, against about 4x for half-overlapping windows.
-TILE, MARGIN = 1024, 64
+# One pass in tiles (a network without spatial statistics, Segmenter.one_pass): each tile keeps at most
+# CORE x CORE px and sees MARGIN px of context on every side. 64 px holds the tiny U-Net's effective receptive
+# field at the crop sizes the plan picks; sides are multiples of 32 so every tile sits on the network's pooling
+# grid. Tiles of at most (1024 + 128)^2 px bound memory whatever the image's size; a 1-MP image is one tile
+# (1.27x its pixels computed, against about 4x for half-overlapping windows).
+CORE, MARGIN = 1024, 64
 MODES = ("auto", "windows", "one-pass")
+# fp32, or bf16 autocast: about 2x faster on CPUs with native bf16 (avx512_bf16, amx), probabilities within
+# bf16 rounding (docs/segmenter.md)
+PRECISIONS = ("fp32", "bf16")
 
 
-def tiled_proba(predict, image: torch.Tensor, tile: int = TILE, margin: int = MARGIN, batch_size: int = 1,
+def autocast(x: torch.Tensor, precision: str):
+    """The autocast context of ``precision`` for tensors like ``x`` (a no-op for fp32)."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown precision {precision!r}; choose one of {list(PRECISIONS)}")
+    return torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+
+
+def tiled_proba(predict, image: torch.Tensor, core: int = CORE, margin: int = MARGIN, batch_size: int = 1,
                 on_windows=None) -> torch.Tensor:
-    """Anomaly probability [1, H, W] of one image [3, H, W] from ``tile``-px inputs, each keeping its central
-    ``tile - 2 * margin`` px (the image is reflect-padded by ``margin`` so its border gets the same context).
-    Equal to one pass over the whole image wherever ``margin`` covers the network's receptive field, with
-    memory bounded by the tile whatever the image's size. An image that fits one tile is one input of its own
-    size plus the margins."""
-    if not 0 <= 2 * margin < tile:
-        raise ValueError(f"need 0 <= 2 * margin < tile, got margin {margin}, tile {tile}")
+    """Anomaly probability [1, H, W] of one image [3, H, W] from tiles that each keep at most ``core`` px per
+    side of their centre and see ``margin`` px of context around it (the image is reflect-padded by ``margin``
+    so its border gets context too). The image is split into as few tiles as ``core`` allows, of equal size
+    (a multiple of 32). Equal to one pass over the whole image wherever ``margin`` covers the network's
+    receptive field, with memory bounded by the tile whatever the image's size."""
+    if core < 1 or margin < 0:
+        raise ValueError(f"need core >= 1 and margin >= 0, got core {core}, margin {margin}")
     _, h, w = image.shape
-    core = tile - 2 * margin
     ny, nx = math.ceil(h / core), math.ceil(w / core)
-    tile_h, tile_w = (min(tile, h + 2 * margin) if ny == 1 else tile), (min(tile, w + 2 * margin) if nx == 1 else tile)
-    # pad: margin on the top/left, and on the bottom/right up to the last tile's end
-    need_h, need_w = (ny - 1) * core + tile_h, (nx - 1) * core + tile_w
-    x = reflect_pad(image[None], margin, need_w - w - margin, margin, need_h - h - margin)[0]
-    boxes = [(i * core, j * core) for i in range(ny) for j in range(nx)]
+    step_h, step_w = (32 * math.ceil(math.ceil(n / k) / 32) for n, k in ((h, ny), (w, nx)))  # kept px per tile
+    x = reflect_pad(image[None], margin, nx * step_w - w + margin, margin, ny * step_h - h + margin)[0]
+    boxes = [(i * step_h, j * step_w) for i in range(ny) for j in range(nx)]
     out = torch.zeros(1, h, w, device=image.device)
     for s in range(0, len(boxes), batch_size):
         chunk = boxes[s:s + batch_size]
-        prob = predict(torch.stack([x[:, y:y + tile_h, x0:x0 + tile_w] for y, x0 in chunk])).float()
+        prob = predict(torch.stack([x[:, y:y + step_h + 2 * margin, x0:x0 + step_w + 2 * margin]
+                                    for y, x0 in chunk])).float()
         for (y, x0), p in zip(chunk, prob):
-            ch, cw = min(core, h - y), min(core, w - x0)
+            ch, cw = min(step_h, h - y), min(step_w, w - x0)
             out[:, y:y + ch, x0:x0 + cw] = p[:, margin:margin + ch, margin:margin + cw]
         if on_windows is not None:
             on_windows(s + len(chunk), len(boxes))
@@ -129,20 +137,23 @@ def tiled_proba(predict, image: torch.Tensor, tile: int = TILE, margin: int = MA
 
 
 def predict_native(predict, image: torch.Tensor, patch: int, scale: float = 1.0, overlap: float = 0.5,
-                   batch_size: int = 16, on_windows=None, one_pass: bool = False) -> torch.Tensor:
+                   batch_size: int = 16, on_windows=None, one_pass: bool = False,
+                   precision: str = "fp32") -> torch.Tensor:
     """Probability [1, H, W] at the size of ``image`` [3, H, W]: resampled by ``scale`` (the scale the model
     was trained at), predicted there — sliding ``patch``-px windows, or with ``one_pass`` large tiles
-    (``tiled_proba``) — and the probability resampled back (bilinear)."""
+    (``tiled_proba``) — and the probability resampled back (bilinear). ``precision`` bf16: the network runs
+    under bf16 autocast (``PRECISIONS``)."""
     _, h, w = image.shape
     x = image
     if scale != 1:
         size = (max(1, round(h * scale)), max(1, round(w * scale)))
         x = (resize_images(image[None], size) if scale < 1  # shrinking: antialiased, as in training
              else F.interpolate(image[None], size=size, mode="bilinear", align_corners=False))[0]
-    if one_pass:
-        prob = tiled_proba(predict, x, on_windows=on_windows)
-    else:
-        prob = sliding_window_proba(predict, x, patch, overlap, batch_size, on_windows)
+    with autocast(x, precision):
+        if one_pass:
+            prob = tiled_proba(predict, x, on_windows=on_windows)
+        else:
+            prob = sliding_window_proba(predict, x, patch, overlap, batch_size, on_windows)
     if prob.shape[-2:] != (h, w):
         prob = F.interpolate(prob[None], size=(h, w), mode="bilinear", align_corners=False)[0]
     return prob.clamp(0, 1)
@@ -158,31 +169,34 @@ def uses_one_pass(model, mode: str = "auto") -> bool:
 
 @torch.no_grad()
 def predict_full_size(model, image: torch.Tensor, size: int | None = None, overlap: float = 0.5,
-                      batch_size: int = 16, on_windows=None, mode: str = "auto") -> torch.Tensor:
+                      batch_size: int = 16, on_windows=None, mode: str = "auto", precision: str = "fp32") -> torch.Tensor:
     """Anomaly probability [1, H, W] of one image [3, H, W] (model range, on the model's device) at the image's
     own size: the one predictor behind ``segment``, ``evaluate`` and validation, so the masks a user gets are
     the masks that were scored.
 
     A segmenter trained on crops (``model.crop_size``) sees the image resampled by ``model.scale`` through
-    sliding windows, or in one pass when it can (``uses_one_pass(model, mode)``; ``predict_native``); one trained on whole resized images sees it resized to ``size``
+    sliding windows, or in one pass when it can (``uses_one_pass(model, mode)``; ``predict_native``); one
+    trained on whole resized images sees it resized to ``size``
     (bilinear, antialiased), and its probability is resized back (bilinear).
     """
     crop = getattr(model, "crop_size", None)
     if crop:
         return predict_native(model.predict_proba, image, crop, getattr(model, "scale", 1.0) or 1.0, overlap,
-                              batch_size, on_windows, one_pass=uses_one_pass(model, mode))
+                              batch_size, on_windows, one_pass=uses_one_pass(model, mode), precision=precision)
     if not size:
         raise ValueError("a segmenter trained on whole resized images needs the size to resize to")
     small = resize_images(image[None], size)
-    prob = model.predict_proba(small.clamp(-1, 1))
+    with autocast(small, precision):
+        prob = model.predict_proba(small.clamp(-1, 1))
     return F.interpolate(prob.float(), size=image.shape[-2:], mode="bilinear", align_corners=False)[0].clamp(0, 1)
 
 
-def image_probability(model, image, size: int | None = None, on_windows=None, mode: str = "auto") -> np.ndarray:
+def image_probability(model, image, size: int | None = None, on_windows=None, mode: str = "auto",
+                      precision: str = "fp32") -> np.ndarray:
     """Anomaly probability float32 [H, W] of one uint8 image [H, W, 3] at its own size, on the model's device
     (``predict_full_size``): what ``Segmenter.predict``, ``segment`` and the reports use."""
     from anomalign.data.transforms import to_model_range
     device = next(iter(model.parameters())).device if hasattr(model, "parameters") else "cpu"
     x = to_model_range(image).to(device)
     return predict_full_size(model, x, size or getattr(model, "size", None), on_windows=on_windows,
-                             mode=mode)[0].cpu().numpy()
+                             mode=mode, precision=precision)[0].cpu().numpy()

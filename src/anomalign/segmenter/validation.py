@@ -33,7 +33,8 @@ def evaluate_samples(model, dataset: PairDataset, device="cpu", batch_size: int 
 @torch.no_grad()
 def evaluate_native(model, samples: list, crop: int, scale: float = 1.0, device="cpu", threshold: float = 0.5,
                     mask_threshold: float = 0.5, overlap: float = 0.5, batch_size: int = 16,
-                    auroc_pixels: int = 2_000_000, whole_image: bool = False, mode: str = "auto") -> dict[str, float]:
+                    auroc_pixels: int = 2_000_000, whole_image: bool = False, mode: str = "auto",
+                    precision: str = "fp32") -> dict[str, float]:
     """The same metrics at each image's own size: the probability from sliding ``crop``-px windows at
     ``scale``, or in one pass where the model can (``mode``, ``segmenter.sliding.uses_one_pass``;
     ``predict_native``) — or, with ``whole_image``, from the image resized to
@@ -47,10 +48,10 @@ def evaluate_native(model, samples: list, crop: int, scale: float = 1.0, device=
             image, mask = load_pair(s, None, mask_threshold)
             x = to_model_range(image).to(device)
             if whole_image:  # what `segment` writes for this model: the same function
-                prob = predict_full_size(model, x, crop)
+                prob = predict_full_size(model, x, crop, precision=precision)
             else:
                 prob = predict_native(model.predict_proba, x, crop, scale, overlap, batch_size,
-                                      one_pass=uses_one_pass(model, mode))
+                                      one_pass=uses_one_pass(model, mode), precision=precision)
             stride = math.ceil(math.sqrt(mask.size * len(samples) / auroc_pixels))
             meter.update(prob[None], mask_to_tensor(mask)[None].to(device), auroc_stride=stride)
     finally:
@@ -60,15 +61,15 @@ def evaluate_native(model, samples: list, crop: int, scale: float = 1.0, device=
 
 def evaluate_run_style(model, samples: list, size: int, device="cpu", threshold: float = 0.5,
                        mask_threshold: float = 0.5, batch_size: int = 32, full_size: bool = False,
-                       mode: str = "auto") -> dict[str, float]:
+                       mode: str = "auto", precision: str = "fp32") -> dict[str, float]:
     """Metrics the way ``model`` was trained: at native resolution with sliding windows when it was trained on
     crops (``model.crop_size``), else on images resized to ``size`` — or, with ``full_size``, its prediction at
     ``size`` resized back to each image and scored against the full-size mask (what ``segment`` delivers)."""
     if getattr(model, "crop_size", None):
         return evaluate_native(model, samples, model.crop_size, model.scale or 1.0, device, threshold, mask_threshold,
-                               mode=mode)
+                               mode=mode, precision=precision)
     if full_size:
         return evaluate_native(model, samples, size, device=device, threshold=threshold,
-                               mask_threshold=mask_threshold, whole_image=True)
+                               mask_threshold=mask_threshold, whole_image=True, precision=precision)
     ds = PairDataset(samples, size=size, cache=False, threshold=mask_threshold)
     return evaluate_samples(model, ds, device, batch_size, threshold)
