@@ -1,6 +1,7 @@
 """`anomalign study`: jobs from a study file, their order, resume, failures, --dry-run and the tables."""
 from __future__ import annotations
 
+import os
 import textwrap
 from pathlib import Path
 
@@ -12,7 +13,7 @@ from anomalign.study import StudyConfig, format_tables, load_study, plan_jobs
 
 REPO = Path(__file__).resolve().parents[1]
 
-STEP = """import json, sys, pathlib
+STEP = """import json, os, sys, pathlib
 out = pathlib.Path(sys.argv[1]); out.mkdir(parents=True, exist_ok=True)
 for need in sys.argv[3:]:
     assert (pathlib.Path(need) / "done.txt").is_file(), f"{need} not done before {out}"
@@ -23,6 +24,7 @@ if sys.argv[2] == "fail":
 with open(out.parent / "order.txt", "a") as f:
     f.write(out.name + "\\n")
 (out / "done.txt").write_text("ok")
+(out / "threads.txt").write_text(os.environ.get("OMP_NUM_THREADS", ""))
 """
 
 
@@ -59,6 +61,13 @@ def test_a_study_runs_its_jobs_after_what_they_need_then_prints_its_tables(tmp_p
     assert (tmp_path / "w" / "tables.md").read_text().startswith("### toy table")
     assert main(["study", str(path)]) == 0  # everything done: nothing reruns
     assert (tmp_path / "w" / "order.txt").read_text().split() == order
+    assert {(tmp_path / "w" / f"{j}_s0" / "threads.txt").read_text() for j in "abc"} == {str(max(1, os.cpu_count() // 2))}
+
+
+def test_threads_per_job_can_be_set(tmp_path):
+    path = write_study(tmp_path)
+    assert main(["study", str(path), "--jobs", "2", "--threads", "3", "--only", "a"]) == 0
+    assert (tmp_path / "w" / "a_s1" / "threads.txt").read_text() == "3"
 
 
 def test_a_failed_job_stops_its_dependents_only(tmp_path, capsys):

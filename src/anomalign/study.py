@@ -52,12 +52,16 @@ class StudyConfig:
     seeds: list[int] | None = option(None, "seeds (default: the file's)")
     only: list[str] | None = option(None, "run only these jobs (and the jobs they need)")
     jobs: int = option(2, "jobs at once; the CPU's threads are shared among them")
+    threads: int | None = option(None, "torch threads per job (default: the CPU's cores / --jobs; fewer when other "
+                                       "work shares the machine)")
     dry_run: bool = option(False, "list every job (done or to run) with its command line; run nothing")
     tables: bool = option(False, "print the tables from the run folders; run nothing")
 
     def validate(self) -> None:
         if self.jobs < 1:
             raise ConfigError(f"jobs must be >= 1, got {self.jobs}")
+        if self.threads is not None and self.threads < 1:
+            raise ConfigError(f"threads must be >= 1, got {self.threads}")
 
 
 @dataclass
@@ -224,10 +228,11 @@ def with_resume(job: Job, argv: list[str]) -> list[str]:
     return argv
 
 
-def run_jobs(jobs: dict[str, Job], keys: list[str], work: Path, parallel: int) -> list[str]:
-    """Run the jobs of ``keys`` that are not done, ``parallel`` at a time, each after the jobs it needs; returns
-    the keys that failed (their dependents are not run). Logs: WORK/logs/<key>.log."""
-    threads = max(1, (os.cpu_count() or 1) // parallel)
+def run_jobs(jobs: dict[str, Job], keys: list[str], work: Path, parallel: int, threads: int | None = None) -> list[str]:
+    """Run the jobs of ``keys`` that are not done, ``parallel`` at a time (``threads`` torch threads each: by
+    default the cores shared among them), each after the jobs it needs; returns the keys that failed (their
+    dependents are not run). Logs: WORK/logs/<key>.log."""
+    threads = threads or max(1, (os.cpu_count() or 1) // parallel)
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
     todo = [k for k in keys if not jobs[k].done()]
     failed: list[str] = []
@@ -375,7 +380,7 @@ def run_study(cfg: StudyConfig) -> int:
             for argv in job.commands:
                 print(f"  {command_line(job, argv)}")
         return 0
-    failed = [] if cfg.tables else run_jobs(jobs, keys, work, cfg.jobs)
+    failed = [] if cfg.tables else run_jobs(jobs, keys, work, cfg.jobs, cfg.threads)
     tables = format_tables(study, jobs, ds["seeds"])
     if tables:
         print("\n" + tables)
