@@ -102,14 +102,15 @@ def test_segment_writes_the_masks_evaluate_scores(tmp_path, crop):
     assert payload["sets"]["data"]["IoU"] == pytest.approx(iou, abs=1e-6)
 
 
-@pytest.mark.parametrize("crop", [None, 16])
-def test_segment_with_onnxruntime_gives_the_pytorch_masks(tmp_path, crop):
+@pytest.mark.parametrize("crop,norm", [(None, "group"), (16, "group"), (32, "batch")])
+def test_segment_with_onnxruntime_gives_the_pytorch_masks(tmp_path, crop, norm):
     """`segment --runtime onnx` runs the exported graph with onnxruntime: the same probabilities within float
-    rounding, so the same masks except for pixels within 1e-4 of the threshold."""
+    rounding, so the same masks except for pixels within 1e-4 of the threshold. A BatchNorm U-Net's graph
+    takes any side (a multiple of 16), so onnxruntime predicts in one pass too."""
     pytest.importorskip("onnxruntime")
     torch.manual_seed(5)
     seg = tmp_path / "seg"
-    Segmenter("unet-tiny").save(seg, {"size": 32, "crop_size": crop, "scale": 1.0})
+    Segmenter("unet-tiny", norm=norm).save(seg, {"size": 32, "crop_size": crop, "scale": 1.0})
     imgs = tmp_path / "in"
     for i, hw in enumerate([(40, 56), (33, 21), (70, 90)]):
         save(imgs / f"x{i}.png", pair(i, hw)[0])
@@ -126,4 +127,6 @@ def test_segment_with_onnxruntime_gives_the_pytorch_masks(tmp_path, crop):
     model = Segmenter.load(seg)
     from anomalign.segmenter.infer import OnnxSegmenter
     x = torch.rand(4, 3, 32 if crop is None else crop, 32 if crop is None else crop) * 2 - 1
-    assert torch.allclose(OnnxSegmenter.of(model, seg).predict_proba(x), model.predict_proba(x), atol=1e-5)
+    graph = OnnxSegmenter.of(model, seg)
+    assert torch.allclose(graph.predict_proba(x), model.predict_proba(x), atol=1e-5)
+    assert graph.side is None and graph.one_pass == (norm == "batch")  # U-Net graphs take any side

@@ -22,6 +22,7 @@ from anomalign.data.folders import is_image, walk_files
 from anomalign.devices import pick_device
 from anomalign.errors import AnomalignError, ConfigError, DataError
 from anomalign.files import atomic_target, file_sha256, save_png
+from anomalign.segmenter.sliding import CORE, MARGIN
 
 
 @dataclass(kw_only=True)
@@ -184,12 +185,15 @@ def run_segment(cfg: SegmentConfig, progress: bool = True) -> Path:
     model = Segmenter.load(cfg.segmenter, device=device)
     if cfg.runtime == "onnx":
         from anomalign.segmenter.sliding import uses_one_pass
-        if model.crop_size and uses_one_pass(model, cfg.inference):
-            raise ConfigError(f"{cfg.segmenter}: predicts in one pass (--inference {cfg.inference}), but the exported "
-                              "graph takes fixed-size windows; use --runtime torch, or --inference windows")
         if cfg.precision != "fp32":
             raise ConfigError("--precision bf16 applies to --runtime torch (the exported graph is fp32)")
-        model = OnnxSegmenter.of(model, Path(cfg.segmenter))
+        graph = OnnxSegmenter.of(model, Path(cfg.segmenter))
+        if model.crop_size and uses_one_pass(model, cfg.inference) and graph.side is not None:
+            raise ConfigError(f"{graph.file}: takes {graph.side}-px inputs only, so it cannot predict in one pass "
+                              f"(--inference {cfg.inference}); export it again (anomalign export) or use --inference "
+                              "windows")
+        graph.one_pass = bool(model.crop_size and uses_one_pass(model, cfg.inference))
+        model = graph
     if model.crop_size and cfg.size is not None:
         raise ConfigError(f"--size {cfg.size} does not apply: {cfg.segmenter} was trained on {model.crop_size}-px "
                           f"crops at scale {model.scale:g} and predicts each image at its own resolution with "
@@ -276,6 +280,7 @@ class OnnxSegmenter:
         self.file, self.crop_size, self.scale, self.size = file, crop_size, scale, size
         shape = self.session.get_inputs()[0].shape
         self.side = int(shape[-1]) if isinstance(shape[-1], int) else None
+        self.one_pass = False  # set by ``of`` when the graph takes any side and the segmenter predicts in one pass
 
     @classmethod
     def of(cls, model, segmenter: Path) -> "OnnxSegmenter":
@@ -284,6 +289,7 @@ class OnnxSegmenter:
         if not file.is_file():
             run_export(ExportConfig(segmenter=segmenter, out=file))
         onnx_model = cls(file, model.crop_size, model.scale, model.size)
+        onnx_model.one_pass = bool(model.one_pass and onnx_model.side is None)
         want = model.crop_size or model.size
         if onnx_model.side is not None and want and onnx_model.side != want:
             raise AnomalignError(f"{file}: graph input is {onnx_model.side} px but the segmenter predicts at {want} px; "
@@ -353,6 +359,13 @@ def check_export_target(out: Path) -> None:
                              "it (nothing was changed). Choose another --out.")
 
 
+def unet_step(model) -> int:
+    """The side multiple a U-Net segmenter's input needs no padding at (stem x 2^(levels - 1)); 0 for others."""
+    from anomalign.segmenter.model import UNet
+    net = getattr(model, "net", None)
+    return net.stem_stride * 2 ** (len(net.widths) - 1) if isinstance(net, UNet) else 0
+
+
 def run_export(cfg: ExportConfig) -> dict:
     """Export images [B, 3, S, S] in [-1, 1] -> anomaly probability [B, 1, S, S] (dynamic batch)."""
     from anomalign.segmenter.model import Segmenter
@@ -377,21 +390,33 @@ def run_export(cfg: ExportConfig) -> dict:
 
     wrapped = Probability(model).eval()
     x = torch.rand(2, 3, size, size, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    # A U-Net traced at a side that needs no padding takes any side that needs none: height and width stay
+    # dynamic (multiples of its downsampling), so the one-pass tiles run through the same graph.
+    step = unet_step(model)
+    dynamic = {0: "batch"} | ({2: "height", 3: "width"} if step and size % step == 0 else {})
     with atomic_target(out) as tmp, torch.no_grad():
         torch.onnx.export(wrapped, (x,), str(tmp), input_names=["images"], output_names=["anomaly_probability"],
-                          dynamic_axes={"images": {0: "batch"}, "anomaly_probability": {0: "batch"}},
+                          dynamic_axes={"images": dynamic, "anomaly_probability": dynamic},
                           opset_version=cfg.opset, dynamo=False)
         graph = onnx.load(str(tmp))
-        onnx.helper.set_model_props(graph, {EXPORT_MARK: "anomalign export", "segmenter": str(cfg.segmenter)})
+        onnx.helper.set_model_props(graph, {EXPORT_MARK: "anomalign export", "segmenter": str(cfg.segmenter),
+                                            "side_multiple": str(step if len(dynamic) > 1 else 0)})
         onnx.save(graph, str(tmp))  # marked as ours: a later export may replace it, nothing else is replaced
-    result = {"file": str(out), "size": size, "opset": cfg.opset, "checked": False}
-    if model.crop_size:  # the graph is the patch model; the tiling stays outside it (docs/segmenter.md)
+    result = {"file": str(out), "size": size, "opset": cfg.opset, "checked": False,
+              "dynamic_size": len(dynamic) > 1}
+    if model.crop_size and model.one_pass:
+        result["tiling"] = {"one_pass": True, "scale": model.scale, "core": CORE, "margin": MARGIN}
+        print(f"note: this segmenter predicts whole images in one pass: run the graph on tiles of the image "
+              f"resampled by {model.scale:g}, sides multiples of {step}, with {MARGIN} px of context around each "
+              "tile's kept core (anomalign.segmenter.sliding.tiled_proba, docs/segmenter.md)")
+    elif model.crop_size:  # the graph is the patch model; the tiling stays outside it (docs/segmenter.md)
         result["tiling"] = {"window": model.crop_size, "scale": model.scale, "overlap": 0.5, "blend": "gaussian"}
         print(f"note: this segmenter was trained on {model.crop_size}-px crops at scale {model.scale:g}: run the "
               f"graph on overlapping {model.crop_size}x{model.crop_size} windows of the image resampled by "
               f"{model.scale:g} and blend them (anomalign.segmenter.sliding, docs/segmenter.md)")
-    print(f"exported {out} (input 'images' [batch, 3, {size}, {size}] in [-1, 1] -> 'anomaly_probability' "
-          f"[batch, 1, {size}, {size}])")
+    side = f"H, W (multiples of {step})" if len(dynamic) > 1 else f"{size}, {size}"
+    print(f"exported {out} (input 'images' [batch, 3, {side}] in [-1, 1] -> 'anomaly_probability' "
+          f"[batch, 1, {side}])")
     if not cfg.check:
         return result
     try:
