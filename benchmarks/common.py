@@ -52,6 +52,13 @@ def median(xs: list[float]) -> float:
     return statistics.median(xs)
 
 
+def matmul_gflops(dtype, repeats: int = 5, n: int = 2048) -> float:
+    """The CPU's arithmetic limit as benchmarks quote it: GFLOP/s of an n x n matmul in ``dtype`` (median)."""
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+    t = median(interleaved({"mm": lambda: a @ b}, repeats)["mm"])
+    return 2 * n ** 3 / t / 1e9
+
+
 def publish(title: str, body: str, to_doc: bool = True) -> None:
     """Print a result and (unless told not to) append it to docs/benchmarks.md with the command line."""
     import sys

@@ -28,7 +28,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import interleaved, machine, median, peak_rss_mb, publish  # noqa: E402
+from common import interleaved, machine, matmul_gflops, median, peak_rss_mb, publish  # noqa: E402
 
 from anomalign.segmenter.model import Segmenter  # noqa: E402
 from anomalign.segmenter.sliding import predict_native  # noqa: E402
@@ -66,12 +66,6 @@ def path_fn(name: str, x: torch.Tensor):
         with torch.no_grad():
             return predict_native(model.predict_proba, x, 128, one_pass="one pass" in name, precision=precision)
     return run
-
-
-def matmul_gflops(dtype, repeats: int) -> float:
-    a, b = torch.randn(2048, 2048, dtype=dtype), torch.randn(2048, 2048, dtype=dtype)
-    t = median(interleaved({"mm": lambda: a @ b}, repeats)["mm"])
-    return 2 * 2048 ** 3 / t / 1e9
 
 
 def high_water_mb() -> float:
