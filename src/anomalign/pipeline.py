@@ -140,7 +140,7 @@ class Stages:
 
     def segmenter_values(self, folder: Path) -> dict:
         p, cfg = self.plan, self.cfg
-        return {**data_values(cfg), "train": str(cfg.data), "out": str(folder), "preset": p.preset, "size": p.size,
+        return {**data_values(cfg), "train": str(cfg.data), "out": str(folder), "preset": p.preset, "norm": p.norm, "size": p.size,
                 "crop_size": p.crop_size, "scale": p.scale, "max_steps": p.seg_steps, "batch_size": p.batch_size,
                 "train_normals": p.train_normals, "seed": cfg.seed, "device": cfg.device,
                 "checkpoint_every": p.fork_step, "keep_checkpoints": 3, "validate_every": p.fork_step}
