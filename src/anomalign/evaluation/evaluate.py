@@ -15,6 +15,7 @@ from anomalign.data.validate import load_dataset, skipped_records
 from anomalign.errors import AnomalignError
 from anomalign.files import write_text_atomic
 from anomalign.runs import check_output_folder, mark_output_folder
+from anomalign.segmenter.infer import PredictOptions
 from anomalign.segmenter.sliding import uses_one_pass
 from anomalign.segmenter.validation import evaluate_run_style
 
@@ -22,7 +23,7 @@ COLUMNS = ("mDice", "mIoU", "Dice", "IoU", "AUROC")
 
 
 @dataclass(kw_only=True)
-class EvaluateConfig(DataOptions):
+class EvaluateConfig(DataOptions, PredictOptions):
     """Options of ``anomalign evaluate``."""
 
     segmenter: Path = option(help="segmenter run folder (or its best/ sub-folder)")
@@ -37,13 +38,6 @@ class EvaluateConfig(DataOptions):
     full_size: bool = option(False, "score a segmenter trained on resized images against the full-size masks "
                                     "(its prediction resized back, as `segment` delivers it); crop-trained "
                                     "segmenters are always scored at full size")
-    precision: Literal["fp32", "bf16"] = option(
-        "fp32", "fp32, or bf16: the network under bf16 autocast, about 2x faster on CPUs with native bf16 "
-                "(avx512_bf16, amx) and slower on others; probabilities within bf16 rounding (docs/segmenter.md)")
-    inference: Literal["auto", "windows", "one-pass"] = option(
-        "auto", "how a crop-trained segmenter predicts a whole image: auto = in one pass (tiles of up to 1024 px "
-                "with 64 px of context) when its network has no spatial statistics (trained with --norm batch), "
-                "else sliding windows of its crop size; windows or one-pass to force either (docs/segmenter.md)")
 
 
 def test_sets(path: Path, opts: DataOptions, skipped: list | None = None, split: str = "test") -> dict[str, list]:

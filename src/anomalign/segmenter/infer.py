@@ -26,7 +26,20 @@ from anomalign.segmenter.sliding import CORE, MARGIN
 
 
 @dataclass(kw_only=True)
-class SegmentConfig:
+class PredictOptions:
+    """How a segmenter predicts a full-size image: the options ``segment`` and ``evaluate`` share."""
+
+    precision: Literal["fp32", "bf16"] = option(
+        "fp32", "fp32, or bf16: the network under bf16 autocast, about 2x faster on CPUs with native bf16 "
+                "(avx512_bf16, amx) and slower on others; probabilities within bf16 rounding (docs/segmenter.md)")
+    inference: Literal["auto", "windows", "one-pass"] = option(
+        "auto", "how a crop-trained segmenter predicts a whole image: auto = in one pass (tiles of up to 1024 px "
+                "with 64 px of context) when its network has no spatial statistics (trained with --norm batch), "
+                "else sliding windows of its crop size; windows or one-pass to force either (docs/segmenter.md)")
+
+
+@dataclass(kw_only=True)
+class SegmentConfig(PredictOptions):
     """Options of ``anomalign segment``."""
 
     images: list[Path] = option(help="image files and/or folders (searched recursively)", positional=True)
@@ -37,13 +50,6 @@ class SegmentConfig:
     size: int | None = option(None, "input size for a segmenter trained on whole resized images (default: the "
                                     "size it was trained at); crop-trained segmenters predict at native resolution")
     batch_size: int = option(16, "sliding windows per forward pass")
-    precision: Literal["fp32", "bf16"] = option(
-        "fp32", "fp32, or bf16: the network under bf16 autocast, about 2x faster on CPUs with native bf16 "
-                "(avx512_bf16, amx) and slower on others; probabilities within bf16 rounding (docs/segmenter.md)")
-    inference: Literal["auto", "windows", "one-pass"] = option(
-        "auto", "how a crop-trained segmenter predicts a whole image: auto = in one pass (tiles of up to 1024 px "
-                "with 64 px of context) when its network has no spatial statistics (trained with --norm batch), "
-                "else sliding windows of its crop size; windows or one-pass to force either (docs/segmenter.md)")
     save_probabilities: bool = option(False, "also write the probability map as an 8-bit PNG")
     runtime: Literal["torch", "onnx"] = option("torch", "torch, or onnx: the exported graph (SEGMENTER/segmenter.onnx, "
                                                         "exported first when missing) run by onnxruntime, as a "
