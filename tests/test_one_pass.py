@@ -90,8 +90,19 @@ def test_bf16_inference_stays_within_its_rounding():
     for norm in ("group", "batch"):
         model = small_segmenter(norm)
         image = torch.rand(3, 90, 120) * 2 - 1
-        fp32, bf16 = predict_full_size(model, image), predict_full_size(model, image, precision="bf16")
+        fp32, bf16 = (predict_full_size(model, image, precision=p) for p in ("fp32", "bf16"))
         assert bf16.dtype == torch.float32 and not torch.equal(fp32, bf16)  # bf16 did run
         assert (fp32 - bf16).abs().max() < 0.02
     with pytest.raises(ValueError, match="precision"):
         predict_full_size(model, image, precision="fp16")
+
+
+def test_auto_precision_is_bf16_only_where_the_hardware_has_it(monkeypatch):
+    from anomalign.segmenter import sliding
+    model, image = small_segmenter("batch"), torch.rand(3, 40, 50) * 2 - 1
+    for native in (True, False):
+        monkeypatch.setattr(sliding, "native_bf16", lambda device_type, native=native: native)
+        assert sliding.resolve_precision("auto") == ("bf16" if native else "fp32")
+        assert sliding.resolve_precision("fp32") == "fp32" and sliding.resolve_precision("bf16") == "bf16"
+        want = predict_full_size(model, image, precision="bf16" if native else "fp32")
+        assert torch.equal(predict_full_size(model, image), want)  # auto is the default
