@@ -7,7 +7,8 @@ side by side, interleaved (A B C A B C ...), medians:
 
 - sliding 128-px windows, overlap 0.5 (the GroupNorm U-Net): as before issue 40 (NCHW), channels-last (what
   `segment` loads now), and channels-last under bf16 autocast (`--precision bf16`);
-- the GroupNorm windows through onnxruntime (`segment --runtime onnx`), when it is installed;
+- the exported graph through onnxruntime (`segment --runtime onnx`) and OpenVINO (`--runtime openvino`, fp32
+  and bf16), when they are installed;
 - one pass in tiles of at most 1024 px with 64 px of context (the BatchNorm U-Net, `--norm batch`), fp32 and
   bf16.
 
@@ -36,7 +37,8 @@ from anomalign.segmenter.sliding import predict_native  # noqa: E402
 PATHS = ("windows, overlap 0.5 (GroupNorm; the path before issue 40)", "windows, overlap 0.5, channels-last (GroupNorm)",
          "windows, overlap 0.5, channels-last, bf16 (GroupNorm)", "onnxruntime windows, overlap 0.5 (GroupNorm)",
          "one pass, tiles of <= 1024 px + 64 px context, channels-last (BatchNorm)",
-         "one pass, tiles, channels-last, bf16 (BatchNorm)")
+         "one pass, tiles, channels-last, bf16 (BatchNorm)", "openvino windows, overlap 0.5, fp32 (GroupNorm)",
+         "openvino one pass, tiles, fp32 (BatchNorm)", "openvino one pass, tiles, bf16 (BatchNorm)")
 
 
 def segmenter(norm: str, channels_last: bool = True) -> Segmenter:
@@ -54,11 +56,12 @@ def segmenter(norm: str, channels_last: bool = True) -> Segmenter:
 
 def path_fn(name: str, x: torch.Tensor):
     """A call predicting the full-size probability of image x [3, H, W] along path ``name``."""
-    if "onnxruntime" in name:
+    if "onnxruntime" in name or "openvino" in name:
         from anomalign.segmenter.infer import OnnxSegmenter
-        model = segmenter("group")
-        graph = OnnxSegmenter.of(model, Path(model.saved_to))
-        return lambda: predict_native(graph.predict_proba, x, 128)
+        model = segmenter("batch" if "one pass" in name else "group")
+        graph = OnnxSegmenter.of(model, Path(model.saved_to), "openvino" if "openvino" in name else "onnx",
+                                 "bf16" if "bf16" in name else "fp32")
+        return lambda: predict_native(graph.predict_proba, x, 128, one_pass="one pass" in name)
     model = segmenter("batch" if "one pass" in name else "group", channels_last="channels-last" in name)
     precision = "bf16" if "bf16" in name else "fp32"
 
@@ -97,21 +100,22 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     if args.child:
         return child(args.child, args.big)
-    try:
-        import onnxruntime  # noqa: F401
-        paths = list(PATHS)
-    except ImportError:
-        paths = [p for p in PATHS if "onnxruntime" not in p]
+    import importlib.util
+    paths = [p for p in PATHS if all(importlib.util.find_spec(m) is not None
+                                     for m in (["onnxruntime"] if "onnxruntime" in p else [])
+                                     + (["openvino"] if "openvino" in p else []))]
     x = torch.rand(3, 1000, 1000, generator=torch.Generator().manual_seed(0)) * 2 - 1
     fns = {name: path_fn(name, x) for name in paths}
     flops = {}
     for name, fn in fns.items():
-        if "onnxruntime" in name:  # the same graph as the PyTorch windows
+        if "onnxruntime" in name or "openvino" in name:  # the same graph: the PyTorch path's count
             continue
         with FlopCounterMode(display=False) as counter:
             fn()
         flops[name] = counter.get_total_flops()
-    flops[PATHS[3]] = flops[PATHS[0]]
+    for name in paths:
+        if name not in flops:
+            flops[name] = flops[PATHS[4] if "one pass" in name else PATHS[0]]
     limit = {"fp32": matmul_gflops(torch.float32, args.repeats), "bf16": matmul_gflops(torch.bfloat16, args.repeats)}
     times = interleaved(fns, args.repeats)
     base = median(times[PATHS[0]])

@@ -102,12 +102,13 @@ def test_segment_writes_the_masks_evaluate_scores(tmp_path, crop):
     assert payload["sets"]["data"]["IoU"] == pytest.approx(iou, abs=1e-6)
 
 
-@pytest.mark.parametrize("crop,norm", [(None, "group"), (16, "group"), (32, "batch")])
-def test_segment_with_onnxruntime_gives_the_pytorch_masks(tmp_path, crop, norm):
-    """`segment --runtime onnx` runs the exported graph with onnxruntime: the same probabilities within float
-    rounding, so the same masks except for pixels within 1e-4 of the threshold. A BatchNorm U-Net's graph
-    takes any side (a multiple of 16), so onnxruntime predicts in one pass too."""
-    pytest.importorskip("onnxruntime")
+@pytest.mark.parametrize("crop,norm,runtime", [(None, "group", "onnx"), (16, "group", "onnx"), (32, "batch", "onnx"),
+                                               (16, "group", "openvino"), (32, "batch", "openvino")])
+def test_segment_with_onnxruntime_gives_the_pytorch_masks(tmp_path, crop, norm, runtime):
+    """`segment --runtime onnx` / `openvino` run the exported graph with onnxruntime / OpenVINO: the same
+    probabilities within float rounding, so the same masks except for pixels within 1e-4 of the threshold. A
+    BatchNorm U-Net's graph takes any side (a multiple of 16), so the runtimes predict in one pass too."""
+    pytest.importorskip("onnxruntime" if runtime == "onnx" else "openvino")
     torch.manual_seed(5)
     seg = tmp_path / "seg"
     Segmenter("unet-tiny", norm=norm).save(seg, {"size": 32, "crop_size": crop, "scale": 1.0})
@@ -115,19 +116,19 @@ def test_segment_with_onnxruntime_gives_the_pytorch_masks(tmp_path, crop, norm):
     for i, hw in enumerate([(40, 56), (33, 21), (70, 90)]):
         save(imgs / f"x{i}.png", pair(i, hw)[0])
     outs = {}
-    for runtime in ("torch", "onnx"):
-        outs[runtime] = run_segment(SegmentConfig(images=[imgs], segmenter=seg, out=tmp_path / runtime, device="cpu",
-                                                  runtime=runtime, threshold=0.45, save_probabilities=True,
-                                                  precision="fp32"),  # the graph computes in fp32
-                                    progress=False)
+    for r in ("torch", runtime):
+        outs[r] = run_segment(SegmentConfig(images=[imgs], segmenter=seg, out=tmp_path / r, device="cpu",
+                                            runtime=r, threshold=0.45, save_probabilities=True,
+                                            precision="fp32"),  # the graph computes in fp32
+                              progress=False)
     assert (seg / "segmenter.onnx").is_file()  # exported on first use
     for i in range(3):
-        p = [np.asarray(Image.open(outs[r] / "probabilities" / f"x{i}.png")).astype(int) for r in ("torch", "onnx")]
-        m = [np.asarray(Image.open(outs[r] / "masks" / f"x{i}.png")) > 127 for r in ("torch", "onnx")]
+        p = [np.asarray(Image.open(outs[r] / "probabilities" / f"x{i}.png")).astype(int) for r in ("torch", runtime)]
+        m = [np.asarray(Image.open(outs[r] / "masks" / f"x{i}.png")) > 127 for r in ("torch", runtime)]
         assert np.abs(p[0] - p[1]).max() <= 1 and (m[0] != m[1]).mean() < 1e-3
     model = Segmenter.load(seg)
     from anomalign.segmenter.infer import OnnxSegmenter
     x = torch.rand(4, 3, 32 if crop is None else crop, 32 if crop is None else crop) * 2 - 1
-    graph = OnnxSegmenter.of(model, seg)
+    graph = OnnxSegmenter.of(model, seg, runtime)
     assert torch.allclose(graph.predict_proba(x), model.predict_proba(x), atol=1e-5)
     assert graph.side is None and graph.one_pass == (norm == "batch")  # U-Net graphs take any side

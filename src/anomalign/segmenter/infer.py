@@ -52,9 +52,11 @@ class SegmentConfig(PredictOptions):
                                     "size it was trained at); crop-trained segmenters predict at native resolution")
     batch_size: int = option(16, "sliding windows per forward pass")
     save_probabilities: bool = option(False, "also write the probability map as an 8-bit PNG")
-    runtime: Literal["torch", "onnx"] = option("torch", "torch, or onnx: the exported graph (SEGMENTER/segmenter.onnx, "
-                                                        "exported first when missing) run by onnxruntime, as a "
-                                                        "deployment would; the same masks within float rounding")
+    runtime: Literal["torch", "onnx", "openvino"] = option(
+        "torch", "torch, or the exported graph (SEGMENTER/segmenter.onnx, exported first when missing) run as a "
+                 "deployment would: onnx = onnxruntime (fp32), openvino = OpenVINO's CPU plugin (bf16 with "
+                 "--precision auto where native; 1.5x PyTorch on this project's CPU); the same masks within float "
+                 "rounding (docs/segmenter.md)")
     policy: Literal["fail", "skip"] = option("fail", "an unreadable or too large image: fail = stop with its name "
                                                      "(finished images are kept), skip = leave it out, list it in "
                                                      "skipped.json and go on")
@@ -129,7 +131,7 @@ def segment_identity(cfg: SegmentConfig, model_sha: str, size: int | None, preci
     """What decides the files of a segment run: the segmenter's weights and the options that change masks
     (``precision``: the one the run computes in, auto resolved)."""
     return {"segmenter_sha256": model_sha, "threshold": cfg.threshold, "size": size,
-            "save_probabilities": cfg.save_probabilities} | ({"runtime": "onnx"} if cfg.runtime == "onnx" else {}) \
+            "save_probabilities": cfg.save_probabilities} | ({"runtime": cfg.runtime} if cfg.runtime != "torch" else {}) \
         | ({"inference": cfg.inference} if cfg.inference != "auto" else {}) \
         | ({"precision": precision} if precision != "fp32" else {})
 
@@ -191,11 +193,14 @@ def run_segment(cfg: SegmentConfig, progress: bool = True) -> Path:
     set_max_megapixels(cfg.max_megapixels)
     device = pick_device(cfg.device)
     model = Segmenter.load(cfg.segmenter, device=device)
-    if cfg.runtime == "onnx":
-        from anomalign.segmenter.sliding import uses_one_pass
-        if cfg.precision == "bf16":
-            raise ConfigError("--precision bf16 applies to --runtime torch (the exported graph is fp32)")
-        graph = OnnxSegmenter.of(model, Path(cfg.segmenter))
+    from anomalign.segmenter.sliding import resolve_precision, uses_one_pass
+    # the precision the network computes in: onnxruntime's CPU graph runs fp32 only
+    precision = "fp32" if cfg.runtime == "onnx" else resolve_precision(cfg.precision, torch.device(device).type)
+    if cfg.runtime != "torch":
+        if cfg.runtime == "onnx" and cfg.precision == "bf16":
+            raise ConfigError("--precision bf16 applies to --runtime torch or openvino (onnxruntime runs the graph "
+                              "in fp32)")
+        graph = OnnxSegmenter.of(model, Path(cfg.segmenter), cfg.runtime, precision)
         if model.crop_size and uses_one_pass(model, cfg.inference) and graph.side is not None:
             raise ConfigError(f"{graph.file}: takes {graph.side}-px inputs only, so it cannot predict in one pass "
                               f"(--inference {cfg.inference}); export it again (anomalign export) or use --inference "
@@ -207,13 +212,11 @@ def run_segment(cfg: SegmentConfig, progress: bool = True) -> Path:
                           f"crops at scale {model.scale:g} and predicts each image at its own resolution with "
                           "sliding windows; drop --size")
     size = None if model.crop_size else (cfg.size or model.size or 64)
-    if cfg.runtime == "onnx" and size and model.side and size != model.side:
+    if cfg.runtime != "torch" and size and model.side and size != model.side:
         raise ConfigError(f"--size {size}: the exported graph {model.file} takes {model.side}-px inputs; drop --size "
                           f"or export at that size (anomalign export --size {size} --out {model.file})")
     items = list_images(cfg.images)
     out = Path(cfg.out)
-    from anomalign.segmenter.sliding import resolve_precision
-    precision = "fp32" if cfg.runtime == "onnx" else resolve_precision(cfg.precision, torch.device(device).type)
     identity = segment_identity(cfg, file_sha256(weights_file(cfg.segmenter, WEIGHTS_NAME)), size, precision)
     done = {row["image"]: row for row in prepare_segment_out(out, identity)}
     # Every header first (cheap): a file that is no image or is too large stops the run before any work.
@@ -275,30 +278,44 @@ def run_segment(cfg: SegmentConfig, progress: bool = True) -> Path:
 
 
 class OnnxSegmenter:
-    """A segmenter's exported graph run by onnxruntime, usable wherever a Segmenter predicts
-    (``predict_proba`` on [B, 3, S, S] in [-1, 1] -> [B, 1, S, S]; ``crop_size``, ``scale``, ``size``): the
-    sliding windows and resizing stay in ``segmenter.sliding``, exactly as for the PyTorch model."""
+    """A segmenter's exported graph run by onnxruntime or OpenVINO, usable wherever a Segmenter predicts
+    (``predict_proba`` on [B, 3, H, W] in [-1, 1] -> [B, 1, H, W]; ``crop_size``, ``scale``, ``size``): the
+    sliding windows, tiles and resizing stay in ``segmenter.sliding``, exactly as for the PyTorch model.
+    ``precision`` (OpenVINO only): bf16 lets its CPU plugin compute in bf16."""
 
-    def __init__(self, file: Path, crop_size, scale: float, size):
-        try:
-            import onnxruntime as ort
-        except ImportError:
-            raise AnomalignError("--runtime onnx needs onnxruntime: pip install 'anomalign[export]'") from None
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = torch.get_num_threads()  # the threads torch was given (OMP_NUM_THREADS)
-        self.session = ort.InferenceSession(str(file), options, providers=["CPUExecutionProvider"])
-        self.file, self.crop_size, self.scale, self.size = file, crop_size, scale, size
-        shape = self.session.get_inputs()[0].shape
-        self.side = int(shape[-1]) if isinstance(shape[-1], int) else None
+    def __init__(self, file: Path, crop_size, scale: float, size, runtime: str = "onnx", precision: str = "fp32"):
+        self.file, self.crop_size, self.scale, self.size, self.runtime = file, crop_size, scale, size, runtime
+        threads = torch.get_num_threads()  # the threads torch was given (OMP_NUM_THREADS)
+        if runtime == "openvino":
+            try:
+                import openvino as ov
+            except ImportError:
+                raise AnomalignError("--runtime openvino needs OpenVINO: pip install 'anomalign[openvino]'") from None
+            core = ov.Core()
+            graph = core.read_model(str(file))
+            self.compiled = core.compile_model(graph, "CPU", {"INFERENCE_NUM_THREADS": str(threads),
+                                                               "INFERENCE_PRECISION_HINT": "bf16" if precision == "bf16" else "f32"})
+            last = graph.inputs[0].get_partial_shape()[-1]
+            self.side = last.get_length() if last.is_static else None
+        else:
+            try:
+                import onnxruntime as ort
+            except ImportError:
+                raise AnomalignError("--runtime onnx needs onnxruntime: pip install 'anomalign[export]'") from None
+            options = ort.SessionOptions()
+            options.intra_op_num_threads = threads
+            self.session = ort.InferenceSession(str(file), options, providers=["CPUExecutionProvider"])
+            shape = self.session.get_inputs()[0].shape
+            self.side = int(shape[-1]) if isinstance(shape[-1], int) else None
         self.one_pass = False  # set by ``of`` when the graph takes any side and the segmenter predicts in one pass
 
     @classmethod
-    def of(cls, model, segmenter: Path) -> "OnnxSegmenter":
+    def of(cls, model, segmenter: Path, runtime: str = "onnx", precision: str = "fp32") -> "OnnxSegmenter":
         """The graph of ``segmenter`` (its ``segmenter.onnx``, exported now when missing) for ``model``."""
         file = segmenter / "segmenter.onnx" if segmenter.is_dir() else segmenter.with_suffix(".onnx")
         if not file.is_file():
             run_export(ExportConfig(segmenter=segmenter, out=file))
-        onnx_model = cls(file, model.crop_size, model.scale, model.size)
+        onnx_model = cls(file, model.crop_size, model.scale, model.size, runtime, precision)
         onnx_model.one_pass = bool(model.one_pass and onnx_model.side is None)
         want = model.crop_size or model.size
         if onnx_model.side is not None and want and onnx_model.side != want:
@@ -310,8 +327,9 @@ class OnnxSegmenter:
         return self
 
     def predict_proba(self, images: torch.Tensor) -> torch.Tensor:
-        out = self.session.run(None, {"images": images.detach().cpu().float().numpy()})[0]
-        return torch.from_numpy(out)
+        x = images.detach().cpu().float().numpy()
+        out = self.compiled(x)[0] if self.runtime == "openvino" else self.session.run(None, {"images": x})[0]
+        return torch.from_numpy(np.asarray(out, dtype=np.float32))
 
 
 def predict_one(model, image: np.ndarray, size: int | None, progress: bool, mode: str = "auto",
