@@ -102,7 +102,7 @@ def test_auto_precision_is_bf16_only_where_the_hardware_has_it(monkeypatch):
     model, image = small_segmenter("batch"), torch.rand(3, 40, 50) * 2 - 1
     for native in (True, False):
         monkeypatch.setattr(sliding, "native_bf16", lambda device_type, native=native: native)
-        assert sliding.resolve_precision("auto") == ("bf16" if native else "fp32")
-        assert sliding.resolve_precision("fp32") == "fp32" and sliding.resolve_precision("bf16") == "bf16"
+        assert sliding.inference_precision("auto") == ("bf16" if native else "fp32")
+        assert sliding.inference_precision("fp32") == "fp32" and sliding.inference_precision("bf16") == "bf16"
         want = predict_full_size(model, image, precision="bf16" if native else "fp32")
         assert torch.equal(predict_full_size(model, image), want)  # auto is the default

@@ -1,6 +1,9 @@
 """Where commands run: the one reading of ``--device auto|cpu|cuda`` (and ``--dtype``) every command shares."""
 from __future__ import annotations
 
+import functools
+from pathlib import Path
+
 import torch
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -41,3 +44,18 @@ def make_accelerator(mixed_precision: str, device: str):
         AcceleratorState._reset_state()
         GradientState._reset_state()
     return Accelerator(mixed_precision=precision, cpu=use_cpu(device))
+
+
+@functools.lru_cache(maxsize=None)
+def native_bf16(device_type: str) -> bool:
+    """Whether ``device_type`` computes bf16 natively: a CUDA GPU that supports it, or a CPU whose flags list
+    avx512_bf16 or amx_bf16 (Linux; elsewhere False, so fp32 is kept)."""
+    if device_type == "cuda":
+        return bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
+    if device_type != "cpu":
+        return False
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags

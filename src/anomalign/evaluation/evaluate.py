@@ -16,7 +16,7 @@ from anomalign.errors import AnomalignError
 from anomalign.files import write_text_atomic
 from anomalign.runs import check_output_folder, mark_output_folder
 from anomalign.segmenter.infer import PredictOptions
-from anomalign.segmenter.sliding import resolve_precision, uses_one_pass
+from anomalign.segmenter.sliding import inference_precision, uses_one_pass
 from anomalign.segmenter.validation import evaluate_run_style
 
 COLUMNS = ("mDice", "mIoU", "Dice", "IoU", "AUROC")
@@ -78,7 +78,7 @@ def run_evaluate(cfg: EvaluateConfig) -> dict:
     average = {c: sum(r[c] for r in results.values()) / len(results) for c in COLUMNS}
     mark_output_folder(out, "evaluate")
     payload = {"segmenter": str(cfg.segmenter), "split": cfg.split, "size": size, "threshold": cfg.threshold,
-               "precision": resolve_precision(cfg.precision, next(model.parameters()).device.type),
+               "precision": inference_precision(cfg.precision, next(model.parameters()).device.type),
                "resolution": (f"native, one pass in tiles at scale {model.scale:g}"
                               if model.crop_size and uses_one_pass(model, cfg.inference)
                               else f"native, {model.crop_size}-px sliding windows at scale {model.scale:g}"

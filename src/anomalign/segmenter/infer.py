@@ -193,9 +193,9 @@ def run_segment(cfg: SegmentConfig, progress: bool = True) -> Path:
     set_max_megapixels(cfg.max_megapixels)
     device = pick_device(cfg.device)
     model = Segmenter.load(cfg.segmenter, device=device)
-    from anomalign.segmenter.sliding import resolve_precision, uses_one_pass
+    from anomalign.segmenter.sliding import inference_precision, uses_one_pass
     # the precision the network computes in: onnxruntime's CPU graph runs fp32 only
-    precision = "fp32" if cfg.runtime == "onnx" else resolve_precision(cfg.precision, torch.device(device).type)
+    precision = "fp32" if cfg.runtime == "onnx" else inference_precision(cfg.precision, torch.device(device).type)
     if cfg.runtime != "torch":
         if cfg.runtime == "onnx" and cfg.precision == "bf16":
             raise ConfigError("--precision bf16 applies to --runtime torch or openvino (onnxruntime runs the graph "

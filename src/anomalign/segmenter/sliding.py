@@ -10,15 +10,14 @@ does not depend on the window gives exactly its single-pass answer. Images small
 """
 from __future__ import annotations
 
-import functools
 import math
-from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from anomalign.data.transforms import resize_images
+from anomalign.devices import native_bf16
 
 
 def pad_bottom_right(x: torch.Tensor, ph: int, pw: int) -> torch.Tensor:
@@ -105,22 +104,7 @@ MODES = ("auto", "windows", "one-pass")
 PRECISIONS = ("auto", "fp32", "bf16")
 
 
-@functools.lru_cache(maxsize=None)
-def native_bf16(device_type: str) -> bool:
-    """Whether ``device_type`` computes bf16 natively: a CUDA GPU that supports it, or a CPU whose flags list
-    avx512_bf16 or amx_bf16 (Linux)."""
-    if device_type == "cuda":
-        return bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
-    if device_type != "cpu":
-        return False
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
-
-
-def resolve_precision(precision: str, device_type: str = "cpu") -> str:
+def inference_precision(precision: str, device_type: str = "cpu") -> str:
     """fp32 or bf16: ``precision`` itself, or for auto whatever ``device_type`` computes natively."""
     if precision not in PRECISIONS:
         raise ValueError(f"unknown precision {precision!r}; choose one of {list(PRECISIONS)}")
@@ -131,7 +115,7 @@ def resolve_precision(precision: str, device_type: str = "cpu") -> str:
 
 def autocast(x: torch.Tensor, precision: str):
     """The autocast context of ``precision`` (auto resolved for ``x``'s device; a no-op for fp32)."""
-    precision = resolve_precision(precision, x.device.type)
+    precision = inference_precision(precision, x.device.type)
     return torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
 
 
