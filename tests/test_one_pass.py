@@ -1,4 +1,4 @@
-"""One-pass full-size prediction (issue 40): a BatchNorm U-Net predicts large tiles instead of sliding windows."""
+"""One-pass full-size prediction (issue 40): large tiles instead of sliding windows, and the BatchNorm U-Net."""
 import pytest
 import torch
 
@@ -44,31 +44,35 @@ def test_tiles_handle_images_smaller_than_the_margin():
         assert p.shape == (1, h, w) and torch.isfinite(p).all()
 
 
-def test_the_norm_decides_windows_or_one_pass():
+def test_windows_by_default_one_pass_when_asked():
     seen = {}
-    for norm in ("group", "batch"):
+    for norm, mode in (("group", "windows"), ("batch", "windows"), ("batch", "one-pass"), ("group", "one-pass")):
         model = small_segmenter(norm)
         shapes = []
         real = model.predict_proba
         model.predict_proba = lambda x, real=real, shapes=shapes: shapes.append(tuple(x.shape[-2:])) or real(x)
-        predict_full_size(model, torch.rand(3, 100, 140) * 2 - 1)
-        seen[norm] = set(shapes)
-    assert seen["group"] == {(32, 32)}                 # windows of the crop size
-    assert seen["batch"] == {(128 + 128, 160 + 128)}   # one input: the image (to a multiple of 32) + 64 px each side
-    gn = small_segmenter("group")
-    assert not uses_one_pass(gn) and uses_one_pass(gn, "one-pass") and not uses_one_pass(small_segmenter("batch"), "windows")
+        predict_full_size(model, torch.rand(3, 100, 140) * 2 - 1, mode=mode)
+        seen[norm, mode] = set(shapes)
+        if mode == "windows":
+            shapes.clear()
+            predict_full_size(model, torch.rand(3, 100, 140) * 2 - 1)
+            assert set(shapes) == seen[norm, mode]  # windows are the default
+    assert seen["group", "windows"] == seen["batch", "windows"] == {(32, 32)}  # windows of the crop size
+    # one input: the image (to a multiple of 32) with 64 px of context on each side
+    assert seen["batch", "one-pass"] == seen["group", "one-pass"] == {(128 + 128, 160 + 128)}
+    assert not uses_one_pass() and uses_one_pass("one-pass")
     with pytest.raises(ValueError, match="inference mode"):
-        uses_one_pass(gn, "tiles")
+        uses_one_pass("auto")
 
 
 def test_a_batch_norm_segmenter_saves_its_statistics(tmp_path):
     model = small_segmenter("batch")
     model.save(tmp_path, {"size": 32, "crop_size": 32, "scale": 1.0})
     loaded = Segmenter.load(tmp_path)
-    assert loaded.one_pass and loaded.net.norm == "batch" and not loaded.training
+    assert loaded.net.norm == "batch" and not loaded.training
     x = torch.rand(2, 3, 32, 32) * 2 - 1
     assert torch.equal(loaded.predict_proba(x), model.predict_proba(x))
-    assert not Segmenter("unet-tiny").one_pass and not Segmenter("tiny").one_pass
+    assert Segmenter("unet-tiny").net.norm == "group"
 
 
 def test_norm_batch_is_for_u_nets_only(tmp_path):

@@ -35,7 +35,7 @@ class Plan:
     """Every setting of ``anomalign run`` (see ``make_plan`` for the rules)."""
 
     preset: str = option("unet-tiny", "segmenter network")
-    norm: Literal["group", "batch"] = option("group", "the U-Net's normalisation (batch: whole images in one pass)")
+    norm: Literal["group", "batch"] = option("group", "the U-Net's normalisation (group or batch)")
     crop_size: int = option(CROP, "segmenter crop at native resolution (0: whole images resized to size)")
     size: int = option(CROP, "segmenter input size (the crop, or the size whole images are resized to)")
     scale: float = option(1.0, "resampling of the images before cropping")
@@ -101,9 +101,8 @@ def make_plan(fp: Fingerprint, *, backend: str = "tiny", base: str | None = None
         why["scale"] = f"the median defect ({extent:.0f} px) fits in a crop: native pixels"
     why["preset"] = ("a small U-Net: without pretrained weights it generalises from a few hundred crops where a "
                      "random Segformer memorises them (magnetic tile 41-49 vs 7.9 test mIoU)")
-    why["norm"] = ("GroupNorm, the measured recipe: predicted with sliding windows; the BatchNorm U-Net, which "
-                   "predicts whole images in one pass (about 3x fewer pixels computed), is not measured on real data "
-                   "yet (studies/one_pass.yaml)")
+    why["norm"] = ("GroupNorm, the measured recipe; the BatchNorm U-Net (as good with windows on magnetic tile, "
+                   "seed 0; faster bf16 training) is measured on one seed only (studies/one_pass.yaml)")
     why["seg_steps"] = f"{SEG_STEPS}: real only gained 8 mIoU from 2 400 to 3 200 steps on magnetic tile"
     why["train_normals"] = ("anomalous pairs only: with the normals in the batch the anomaly class drowned on "
                             "magnetic tile (val mIoU 0 for a whole run)")

@@ -80,7 +80,7 @@ def run_evaluate(cfg: EvaluateConfig) -> dict:
     payload = {"segmenter": str(cfg.segmenter), "split": cfg.split, "size": size, "threshold": cfg.threshold,
                "precision": inference_precision(cfg.precision, next(model.parameters()).device.type),
                "resolution": (f"native, one pass in tiles at scale {model.scale:g}"
-                              if model.crop_size and uses_one_pass(model, cfg.inference)
+                              if model.crop_size and uses_one_pass(cfg.inference)
                               else f"native, {model.crop_size}-px sliding windows at scale {model.scale:g}"
                               if model.crop_size else f"predicted at {size} px, scored at full size"
                               if cfg.full_size else f"resized to {size} px"),

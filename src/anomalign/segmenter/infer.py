@@ -22,7 +22,6 @@ from anomalign.data.folders import is_image, walk_files
 from anomalign.devices import pick_device
 from anomalign.errors import AnomalignError, ConfigError, DataError
 from anomalign.files import atomic_target, file_sha256, save_png
-from anomalign.segmenter.sliding import CORE, MARGIN
 
 
 @dataclass(kw_only=True)
@@ -33,10 +32,11 @@ class PredictOptions:
         "auto", "auto = bf16 where the hardware computes it natively (CPU flags avx512_bf16 / amx_bf16, or a GPU "
                 "that supports it), else fp32; bf16 runs the network under autocast: 1.8x faster on such a CPU, the "
                 "same test mIoU, masks agreeing with fp32's at IoU 0.99 (docs/segmenter.md)")
-    inference: Literal["auto", "windows", "one-pass"] = option(
-        "auto", "how a crop-trained segmenter predicts a whole image: auto = in one pass (tiles of up to 1024 px "
-                "with 64 px of context) when its network has no spatial statistics (trained with --norm batch), "
-                "else sliding windows of its crop size; windows or one-pass to force either (docs/segmenter.md)")
+    inference: Literal["windows", "one-pass"] = option(
+        "windows", "how a crop-trained segmenter predicts a whole image: windows = half-overlapping sliding windows "
+                   "of its crop size (the measured default); one-pass = tiles of up to 1024 px with 64 px of context, "
+                   "about 3x fewer pixels computed but measured 7.6 val mIoU points worse on magnetic tile even for "
+                   "a --norm batch U-Net (docs/segmenter.md)")
 
 
 @dataclass(kw_only=True)
@@ -132,7 +132,7 @@ def segment_identity(cfg: SegmentConfig, model_sha: str, size: int | None, preci
     (``precision``: the one the run computes in, auto resolved)."""
     return {"segmenter_sha256": model_sha, "threshold": cfg.threshold, "size": size,
             "save_probabilities": cfg.save_probabilities} | ({"runtime": cfg.runtime} if cfg.runtime != "torch" else {}) \
-        | ({"inference": cfg.inference} if cfg.inference != "auto" else {}) \
+        | ({"inference": cfg.inference} if cfg.inference != "windows" else {}) \
         | ({"precision": precision} if precision != "fp32" else {})
 
 
@@ -201,11 +201,10 @@ def run_segment(cfg: SegmentConfig, progress: bool = True) -> Path:
             raise ConfigError("--precision bf16 applies to --runtime torch or openvino (onnxruntime runs the graph "
                               "in fp32)")
         graph = OnnxSegmenter.of(model, Path(cfg.segmenter), cfg.runtime, precision)
-        if model.crop_size and uses_one_pass(model, cfg.inference) and graph.side is not None:
+        if model.crop_size and uses_one_pass(cfg.inference) and graph.side is not None:
             raise ConfigError(f"{graph.file}: takes {graph.side}-px inputs only, so it cannot predict in one pass "
                               f"(--inference {cfg.inference}); export it again (anomalign export) or use --inference "
                               "windows")
-        graph.one_pass = bool(model.crop_size and uses_one_pass(model, cfg.inference))
         model = graph
     if model.crop_size and cfg.size is not None:
         raise ConfigError(f"--size {cfg.size} does not apply: {cfg.segmenter} was trained on {model.crop_size}-px "
@@ -307,7 +306,6 @@ class OnnxSegmenter:
             self.session = ort.InferenceSession(str(file), options, providers=["CPUExecutionProvider"])
             shape = self.session.get_inputs()[0].shape
             self.side = int(shape[-1]) if isinstance(shape[-1], int) else None
-        self.one_pass = False  # set by ``of`` when the graph takes any side and the segmenter predicts in one pass
 
     @classmethod
     def of(cls, model, segmenter: Path, runtime: str = "onnx", precision: str = "fp32") -> "OnnxSegmenter":
@@ -316,7 +314,6 @@ class OnnxSegmenter:
         if not file.is_file():
             run_export(ExportConfig(segmenter=segmenter, out=file))
         onnx_model = cls(file, model.crop_size, model.scale, model.size, runtime, precision)
-        onnx_model.one_pass = bool(model.one_pass and onnx_model.side is None)
         want = model.crop_size or model.size
         if onnx_model.side is not None and want and onnx_model.side != want:
             raise AnomalignError(f"{file}: graph input is {onnx_model.side} px but the segmenter predicts at {want} px; "
@@ -332,7 +329,7 @@ class OnnxSegmenter:
         return torch.from_numpy(np.asarray(out, dtype=np.float32))
 
 
-def predict_one(model, image: np.ndarray, size: int | None, progress: bool, mode: str = "auto",
+def predict_one(model, image: np.ndarray, size: int | None, progress: bool, mode: str = "windows",
                 precision: str = "auto") -> np.ndarray:
     """Probability float32 [H, W] of one uint8 image [H, W, 3]; a progress bar over its windows when it is cut
     into many (a 6000 x 6000 image is thousands of windows)."""
@@ -432,12 +429,7 @@ def run_export(cfg: ExportConfig) -> dict:
         onnx.save(graph, str(tmp))  # marked as ours: a later export may replace it, nothing else is replaced
     result = {"file": str(out), "size": size, "opset": cfg.opset, "checked": False,
               "dynamic_size": len(dynamic) > 1}
-    if model.crop_size and model.one_pass:
-        result["tiling"] = {"one_pass": True, "scale": model.scale, "core": CORE, "margin": MARGIN}
-        print(f"note: this segmenter predicts whole images in one pass: run the graph on tiles of the image "
-              f"resampled by {model.scale:g}, sides multiples of {step}, with {MARGIN} px of context around each "
-              "tile's kept core (anomalign.segmenter.sliding.tiled_proba, docs/segmenter.md)")
-    elif model.crop_size:  # the graph is the patch model; the tiling stays outside it (docs/segmenter.md)
+    if model.crop_size:  # the graph is the patch model; the tiling stays outside it (docs/segmenter.md)
         result["tiling"] = {"window": model.crop_size, "scale": model.scale, "overlap": 0.5, "blend": "gaussian"}
         print(f"note: this segmenter was trained on {model.crop_size}-px crops at scale {model.scale:g}: run the "
               f"graph on overlapping {model.crop_size}x{model.crop_size} windows of the image resampled by "

@@ -207,12 +207,6 @@ class Segmenter(nn.Module):
         logits = self.net(pixel_values=x).logits
         return F.interpolate(logits, size=images.shape[-2:], mode="bilinear", align_corners=False)
 
-    @property
-    def one_pass(self) -> bool:
-        """True when the network holds no statistic over the input's extent at inference (a BatchNorm U-Net in
-        eval mode): a whole image, or large tiles of it, predicts as its training crops did, without windows."""
-        return isinstance(self.net, UNet) and self.net.norm == "batch"
-
     @torch.no_grad()
     def predict_proba(self, images: torch.Tensor) -> torch.Tensor:
         """Anomaly probability [B, 1, H, W]."""

@@ -91,13 +91,14 @@ def sliding_window_proba(predict, image: torch.Tensor, patch: int, overlap: floa
     return (total / norm)[:, :h, :w]
 
 
-# One pass in tiles (a network without spatial statistics, Segmenter.one_pass): each tile keeps at most
+# One pass in tiles (``--inference one-pass``; measured: faster, but worse than windows for a segmenter trained
+# on crops, docs/segmenter.md): each tile keeps at most
 # CORE x CORE px and sees MARGIN px of context on every side. 64 px holds the tiny U-Net's effective receptive
 # field at the crop sizes the plan picks; sides are multiples of 32 so every tile sits on the network's pooling
 # grid. Tiles of at most (1024 + 128)^2 px bound memory whatever the image's size; a 1-MP image is one tile
 # (1.27x its pixels computed, against about 4x for half-overlapping windows).
 CORE, MARGIN = 1024, 64
-MODES = ("auto", "windows", "one-pass")
+MODES = ("windows", "one-pass")
 # fp32, or bf16 autocast: 1.8x faster on this project's CPU (native bf16), with the same test mIoU and masks
 # that agree with fp32's at IoU 0.99 on magnetic tile (docs/segmenter.md); auto = bf16 where the hardware has
 # it, fp32 elsewhere (emulated bf16 is slower than fp32)
@@ -169,30 +170,30 @@ def predict_native(predict, image: torch.Tensor, patch: int, scale: float = 1.0,
     return prob.clamp(0, 1)
 
 
-def uses_one_pass(model, mode: str = "auto") -> bool:
-    """Whether ``model`` predicts full-size images in one pass (tiles) rather than with sliding windows:
-    ``mode`` auto = when the network has no spatial statistics (``Segmenter.one_pass``), else as named."""
+def uses_one_pass(mode: str = "windows") -> bool:
+    """Whether inference ``mode`` (``MODES``) predicts full-size images in one pass (tiles) rather than with
+    sliding windows of the crop size."""
     if mode not in MODES:
         raise ValueError(f"unknown inference mode {mode!r}; choose one of {list(MODES)}")
-    return bool(getattr(model, "one_pass", False)) if mode == "auto" else mode == "one-pass"
+    return mode == "one-pass"
 
 
 @torch.no_grad()
 def predict_full_size(model, image: torch.Tensor, size: int | None = None, overlap: float = 0.5,
-                      batch_size: int = 16, on_windows=None, mode: str = "auto", precision: str = "auto") -> torch.Tensor:
+                      batch_size: int = 16, on_windows=None, mode: str = "windows", precision: str = "auto") -> torch.Tensor:
     """Anomaly probability [1, H, W] of one image [3, H, W] (model range, on the model's device) at the image's
     own size: the one predictor behind ``segment``, ``evaluate`` and validation, so the masks a user gets are
     the masks that were scored.
 
     A segmenter trained on crops (``model.crop_size``) sees the image resampled by ``model.scale`` through
-    sliding windows, or in one pass when it can (``uses_one_pass(model, mode)``; ``predict_native``); one
+    sliding windows, or in one pass with ``mode`` one-pass (``predict_native``); one
     trained on whole resized images sees it resized to ``size``
     (bilinear, antialiased), and its probability is resized back (bilinear).
     """
     crop = getattr(model, "crop_size", None)
     if crop:
         return predict_native(model.predict_proba, image, crop, getattr(model, "scale", 1.0) or 1.0, overlap,
-                              batch_size, on_windows, one_pass=uses_one_pass(model, mode), precision=precision)
+                              batch_size, on_windows, one_pass=uses_one_pass(mode), precision=precision)
     if not size:
         raise ValueError("a segmenter trained on whole resized images needs the size to resize to")
     small = resize_images(image[None], size)
@@ -201,7 +202,7 @@ def predict_full_size(model, image: torch.Tensor, size: int | None = None, overl
     return F.interpolate(prob.float(), size=image.shape[-2:], mode="bilinear", align_corners=False)[0].clamp(0, 1)
 
 
-def image_probability(model, image, size: int | None = None, on_windows=None, mode: str = "auto",
+def image_probability(model, image, size: int | None = None, on_windows=None, mode: str = "windows",
                       precision: str = "auto") -> np.ndarray:
     """Anomaly probability float32 [H, W] of one uint8 image [H, W, 3] at its own size, on the model's device
     (``predict_full_size``): what ``Segmenter.predict``, ``segment`` and the reports use."""

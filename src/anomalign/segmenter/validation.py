@@ -33,10 +33,10 @@ def evaluate_samples(model, dataset: PairDataset, device="cpu", batch_size: int 
 @torch.no_grad()
 def evaluate_native(model, samples: list, crop: int, scale: float = 1.0, device="cpu", threshold: float = 0.5,
                     mask_threshold: float = 0.5, overlap: float = 0.5, batch_size: int = 16,
-                    auroc_pixels: int = 2_000_000, whole_image: bool = False, mode: str = "auto",
+                    auroc_pixels: int = 2_000_000, whole_image: bool = False, mode: str = "windows",
                     precision: str = "auto") -> dict[str, float]:
     """The same metrics at each image's own size: the probability from sliding ``crop``-px windows at
-    ``scale``, or in one pass where the model can (``mode``, ``segmenter.sliding.uses_one_pass``;
+    ``scale``, or in one pass with ``mode`` one-pass (``segmenter.sliding.uses_one_pass``;
     ``predict_native``) — or, with ``whole_image``, from the image resized to
     ``crop`` and the probability resized back — against the full-size mask [H, W] of every sample.
     Each image gives about the same number of pixels to the AUROC (at most ``auroc_pixels`` in all)."""
@@ -51,7 +51,7 @@ def evaluate_native(model, samples: list, crop: int, scale: float = 1.0, device=
                 prob = predict_full_size(model, x, crop, precision=precision)
             else:
                 prob = predict_native(model.predict_proba, x, crop, scale, overlap, batch_size,
-                                      one_pass=uses_one_pass(model, mode), precision=precision)
+                                      one_pass=uses_one_pass(mode), precision=precision)
             stride = math.ceil(math.sqrt(mask.size * len(samples) / auroc_pixels))
             meter.update(prob[None], mask_to_tensor(mask)[None].to(device), auroc_stride=stride)
     finally:
@@ -61,7 +61,7 @@ def evaluate_native(model, samples: list, crop: int, scale: float = 1.0, device=
 
 def evaluate_run_style(model, samples: list, size: int, device="cpu", threshold: float = 0.5,
                        mask_threshold: float = 0.5, batch_size: int = 32, full_size: bool = False,
-                       mode: str = "auto", precision: str = "auto") -> dict[str, float]:
+                       mode: str = "windows", precision: str = "auto") -> dict[str, float]:
     """Metrics the way ``model`` was trained: at native resolution with sliding windows when it was trained on
     crops (``model.crop_size``), else on images resized to ``size`` — or, with ``full_size``, its prediction at
     ``size`` resized back to each image and scored against the full-size mask (what ``segment`` delivers)."""
