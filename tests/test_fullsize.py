@@ -199,3 +199,24 @@ def test_oracle_scores_the_window_and_the_filter_keeps_the_unfiltered_pairs(gen_
     for r in kept:  # attempt i draws the same pair with or without the filter
         same = np.asarray(Image.open(tmp_path / "all" / r["file_name"])).astype(int)
         assert np.abs(np.asarray(Image.open(tmp_path / "f" / r["file_name"])).astype(int) - same).max() == 0
+
+
+def test_a_full_size_set_of_many_image_sizes_is_evaluated_as_its_generation_windows(gen_dir, tmp_path):
+    """Full-size pairs take their hosts' sizes (magnetic tile's vary): `evaluate-generation` compares the
+    generation windows with windows around the real defects instead of failing to stack the images."""
+    from anomalign.evaluation.generation import EvaluateGenerationConfig, read_generated, run_evaluate_generation
+    data = tmp_path / "data"
+    write_paired(data, defects=("scratch",), n=3, normals=0)
+    normals_with_objects(tmp_path / "normals", n=2)
+    big = np.asarray(Image.open(tmp_path / "normals" / "n0.png"))
+    save(tmp_path / "normals" / "n2.png", np.pad(big, ((0, 30), (0, 17), (0, 0)), mode="edge"))  # another size
+    run(gen_dir, data, tmp_path / "normals", tmp_path / "out")
+    rows = [json.loads(r) for r in (tmp_path / "out" / "metadata.jsonl").read_text().splitlines()]
+    assert len({tuple(r["resolution"]) for r in rows}) == 2  # both host sizes were used
+    images, masks, _ = read_generated(tmp_path / "out", 100)
+    side = rows[0]["window"][2]
+    assert images.shape == (6, side, side, 3) and masks.shape == (6, side, side) and masks.any(axis=(1, 2)).all()
+    result = run_evaluate_generation(EvaluateGenerationConfig(generated=[tmp_path / "out"], real=data, split="all",
+                                                              out=tmp_path / "eval", extra_metrics=False))
+    assert result["resolution"] == side and result["sets"]["out"]["images"] == 6
+    assert any("generation windows" in n for n in result["notes"])

@@ -52,7 +52,11 @@ class EvaluateGenerationConfig(DataOptions):
 
 
 def read_generated(folder: Path, max_images: int) -> tuple[np.ndarray, np.ndarray, list[dict]]:
-    """uint8 images [N, H, W, 3], bool masks [N, H, W] and metadata rows of a generated set."""
+    """uint8 images [N, H, W, 3], bool masks [N, H, W] and metadata rows of a generated set.
+
+    A full-size set (``generate --normals``: images of many sizes) is read as its generation windows — the
+    square the generator drew each defect in (metadata ``window``), at native resolution — so every set is
+    compared window to window, whatever its images' sizes."""
     folder = Path(folder)
     meta = folder / "metadata.jsonl"
     if not meta.is_file():
@@ -63,17 +67,41 @@ def read_generated(folder: Path, max_images: int) -> tuple[np.ndarray, np.ndarra
     images, masks = [], []
     for r in rows:
         try:
-            images.append(np.asarray(Image.open(folder / r["file_name"]).convert("RGB")))
-            masks.append(np.asarray(Image.open(folder / r["mask_file_name"]).convert("L")) > 127)
+            image = np.asarray(Image.open(folder / r["file_name"]).convert("RGB"))
+            mask = np.asarray(Image.open(folder / r["mask_file_name"]).convert("L")) > 127
         except (OSError, KeyError) as e:
             raise DataError(f"{folder}: cannot read the pair of row {r.get('index')} ({e})") from None
+        if r.get("window"):
+            top, left, side = r["window"]
+            image, mask = image[top:top + side, left:left + side], mask[top:top + side, left:left + side]
+        images.append(image)
+        masks.append(mask)
+    if len({im.shape for im in images}) > 1:
+        raise DataError(f"{folder}: generated images of different sizes and no generation windows in "
+                        "metadata.jsonl; evaluate sets of one size")
     return np.stack(images), np.stack(masks), rows
 
 
-def read_real(cfg: EvaluateGenerationConfig, size: int) -> tuple[np.ndarray, np.ndarray, list[str]]:
+def defect_window(image: np.ndarray, mask: np.ndarray, side: int) -> tuple[np.ndarray, np.ndarray]:
+    """The ``side``-px square of a full-size pair centred on its defect's bounding box (clamped to the image;
+    reflect-padded when the image is smaller): what a full-size generated set is compared with."""
+    h, w = mask.shape
+    if h < side or w < side:
+        ph, pw = max(0, side - h), max(0, side - w)
+        image = np.pad(image, ((0, ph), (0, pw), (0, 0)), mode="reflect" if ph < h and pw < w else "edge")
+        mask = np.pad(mask, ((0, ph), (0, pw)))
+        h, w = mask.shape
+    ys, xs = np.nonzero(mask)
+    cy, cx = ((ys.min() + ys.max()) // 2, (xs.min() + xs.max()) // 2) if len(ys) else (h // 2, w // 2)
+    top, left = min(max(0, cy - side // 2), h - side), min(max(0, cx - side // 2), w - side)
+    return image[top:top + side, left:left + side], mask[top:top + side, left:left + side]
+
+
+def read_real(cfg: EvaluateGenerationConfig, size: int, windows: bool = False) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """Real anomalous images [N, size, size, 3], masks and prompts of ``cfg.split``, resized to the
-    generated size (so both sides reach the Inception network equally blurred)."""
-    from anomalign.data.dataset import PairDataset, default_prompt
+    generated size (so both sides reach the Inception network equally blurred) — or, with ``windows`` (the
+    generated set is full size), ``size``-px windows around each real defect at native resolution."""
+    from anomalign.data.dataset import PairDataset, default_prompt, load_pair
     from anomalign.data.validate import load_dataset
 
     index = load_dataset(cfg.real, cfg)
@@ -81,8 +109,11 @@ def read_real(cfg: EvaluateGenerationConfig, size: int) -> tuple[np.ndarray, np.
     samples = [s for s in samples if not s.normal and s.mask is not None][: cfg.max_images]
     if not samples:
         raise DataError(f"{cfg.real}: no anomalous images with masks in split {cfg.split!r}")
-    ds = PairDataset(samples, size=size, cache=False)
-    pairs = [ds.pair(i) for i in range(len(ds))]
+    if windows:
+        pairs = [defect_window(*load_pair(s, None, cfg.mask_threshold), size) for s in samples]
+    else:
+        ds = PairDataset(samples, size=size, cache=False)
+        pairs = [ds.pair(i) for i in range(len(ds))]
     return np.stack([p[0] for p in pairs]), np.stack([p[1] for p in pairs]), [default_prompt(s) for s in samples]
 
 
@@ -242,7 +273,8 @@ def run_evaluate_generation(cfg: EvaluateGenerationConfig) -> dict:
     labels = cfg.labels or [Path(g).name for g in cfg.generated]
     sets = {name: read_generated(g, cfg.max_images) for name, g in zip(labels, cfg.generated)}
     size = next(iter(sets.values()))[0].shape[1]
-    real_u8, real_m, real_prompts = read_real(cfg, size)
+    windows = any(rows and rows[0].get("window") for _, _, rows in sets.values())
+    real_u8, real_m, real_prompts = read_real(cfg, size, windows)
     results, notes, figures = {}, [], {}
     try:
         real_feat = inception_features(real_u8)
@@ -273,6 +305,9 @@ def run_evaluate_generation(cfg: EvaluateGenerationConfig) -> dict:
         figures["t-SNE"] = tsne_plot(cfg.generator, groups, real_m, out / "tsne.png", base=cfg.base).name
         premise = feedback_premise(cfg.generator, real_u8, real_m, real_prompts, base=cfg.base)
         notes.append(premise_note(premise, cfg.split))
+    if windows:
+        notes.append(f"full-size sets: compared as their {size}-px generation windows with {size}-px windows around "
+                     "the real defects, at native resolution")
     payload = {"real": str(cfg.real), "split": cfg.split, "real_images": len(real_u8), "resolution": size,
                "sets": results, "premise": premise, "notes": notes, "figures": figures,
                "fid_note": ("FID from few hundred images is biased upwards and noisy: compare sets side by "
