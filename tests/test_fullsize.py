@@ -220,3 +220,25 @@ def test_a_full_size_set_of_many_image_sizes_is_evaluated_as_its_generation_wind
                                                               out=tmp_path / "eval", extra_metrics=False))
     assert result["resolution"] == side and result["sets"]["out"]["images"] == 6
     assert any("generation windows" in n for n in result["notes"])
+
+
+def test_generation_windows_larger_than_the_generator_are_resized_to_its_side(tmp_path):
+    """A defect larger than the generator's resolution gets a larger window (generated at the resolution and
+    resized back): read as windows, every pair comes out at the smallest side, masks still on their defect."""
+    from anomalign.evaluation.generation import defect_window, read_generated
+    rows = []
+    for i, (hw, window) in enumerate([((90, 130), [10, 20, 32]), ((70, 100), [5, 40, 48])]):
+        image = np.full((*hw, 3), 40, np.uint8)
+        mask = np.zeros(hw, bool)
+        top, left, side = window
+        mask[top + side // 4: top + side // 2, left + side // 4: left + side // 2] = True
+        save(tmp_path / "images" / f"{i}.png", image)
+        save(tmp_path / "masks" / f"{i}.png", mask)
+        rows.append({"file_name": f"images/{i}.png", "mask_file_name": f"masks/{i}.png", "index": i, "window": window})
+    (tmp_path / "metadata.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    images, masks, _ = read_generated(tmp_path, 10)
+    assert images.shape == (2, 32, 32, 3) and masks[:, 8:16, 8:16].all() and masks.sum() == 2 * 64
+    big = np.zeros((100, 200), bool)
+    big[40:50, 10:190] = True  # 180 px long: a 180-px window, resized to 64
+    image, mask = defect_window(np.zeros((100, 200, 3), np.uint8), big, 64)
+    assert image.shape == (64, 64, 3) and mask.shape == (64, 64) and mask[:, 2:62].any(axis=0).all()

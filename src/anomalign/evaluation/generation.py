@@ -76,6 +76,14 @@ def read_generated(folder: Path, max_images: int) -> tuple[np.ndarray, np.ndarra
             image, mask = image[top:top + side, left:left + side], mask[top:top + side, left:left + side]
         images.append(image)
         masks.append(mask)
+    if all(r.get("window") for r in rows):
+        # a defect larger than the generator's resolution got a larger window, generated at that resolution and
+        # resized back: every window goes to the smallest side (the generator's resolution when any is that size)
+        side = min(im.shape[0] for im in images)
+        images = [im if im.shape[0] == side else np.asarray(Image.fromarray(im).resize((side, side), Image.BICUBIC))
+                  for im in images]
+        masks = [m if m.shape[0] == side else np.asarray(Image.fromarray(m).resize((side, side), Image.NEAREST))
+                 for m in masks]
     if len({im.shape for im in images}) > 1:
         raise DataError(f"{folder}: generated images of different sizes and no generation windows in "
                         "metadata.jsonl; evaluate sets of one size")
@@ -83,18 +91,22 @@ def read_generated(folder: Path, max_images: int) -> tuple[np.ndarray, np.ndarra
 
 
 def defect_window(image: np.ndarray, mask: np.ndarray, side: int) -> tuple[np.ndarray, np.ndarray]:
-    """The ``side``-px square of a full-size pair centred on its defect's bounding box (clamped to the image;
-    reflect-padded when the image is smaller): what a full-size generated set is compared with."""
-    h, w = mask.shape
-    if h < side or w < side:
-        ph, pw = max(0, side - h), max(0, side - w)
-        image = np.pad(image, ((0, ph), (0, pw), (0, 0)), mode="reflect" if ph < h and pw < w else "edge")
-        mask = np.pad(mask, ((0, ph), (0, pw)))
-        h, w = mask.shape
+    """The square of a full-size pair centred on its defect's bounding box, ``side`` px or, for a larger defect,
+    as large as the defect and resized to ``side`` (as `generate` treats one); clamped to the image, which is
+    edge-padded when smaller: what a full-size generated set is compared with. uint8 [side, side, 3], bool."""
     ys, xs = np.nonzero(mask)
+    need = max(side, int(np.ptp(ys)) + 1, int(np.ptp(xs)) + 1) if len(ys) else side
+    ph, pw = max(0, need - mask.shape[0]), max(0, need - mask.shape[1])
+    if ph or pw:
+        image, mask = np.pad(image, ((0, ph), (0, pw), (0, 0)), mode="edge"), np.pad(mask, ((0, ph), (0, pw)))
+    h, w = mask.shape
     cy, cx = ((ys.min() + ys.max()) // 2, (xs.min() + xs.max()) // 2) if len(ys) else (h // 2, w // 2)
-    top, left = min(max(0, cy - side // 2), h - side), min(max(0, cx - side // 2), w - side)
-    return image[top:top + side, left:left + side], mask[top:top + side, left:left + side]
+    top, left = min(max(0, cy - need // 2), h - need), min(max(0, cx - need // 2), w - need)
+    image, mask = image[top:top + need, left:left + need], mask[top:top + need, left:left + need]
+    if need > side:
+        image = np.asarray(Image.fromarray(image).resize((side, side), Image.BICUBIC))
+        mask = np.asarray(Image.fromarray(mask).resize((side, side), Image.NEAREST))
+    return image, mask
 
 
 def read_real(cfg: EvaluateGenerationConfig, size: int, windows: bool = False) -> tuple[np.ndarray, np.ndarray, list[str]]:
