@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -77,9 +78,10 @@ def read_generated(folder: Path, max_images: int) -> tuple[np.ndarray, np.ndarra
         images.append(image)
         masks.append(mask)
     if all(r.get("window") for r in rows):
-        # a defect larger than the generator's resolution got a larger window, generated at that resolution and
-        # resized back: every window goes to the smallest side (the generator's resolution when any is that size)
-        side = min(im.shape[0] for im in images)
+        # a defect larger than the generator's resolution got a larger window (generated at that resolution and
+        # resized back), a host smaller than it a smaller one: every window goes to the most common side (the
+        # generator's resolution)
+        side = Counter(im.shape[0] for im in images).most_common(1)[0][0]
         images = [im if im.shape[0] == side else np.asarray(Image.fromarray(im).resize((side, side), Image.BICUBIC))
                   for im in images]
         masks = [m if m.shape[0] == side else np.asarray(Image.fromarray(m).resize((side, side), Image.NEAREST))
