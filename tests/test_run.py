@@ -111,6 +111,7 @@ def test_run_end_to_end_on_tiny_data(tiny_run, capsys):
     assert "Validation choice" in page and "Segmentations of test images at full size" in page
     assert "Generated pairs at full size" in page and "plan.yaml" in page
     assert "step-0000004" in (out / "arm_synthetic" / "config.yaml").read_text()  # forked half-way
+    assert "scheduler: unipc" in (out / "synthetic" / "config.yaml").read_text()  # the plan's sampler
     assert main(run_args(tiny_run, out)) == 0  # a finished run: every training stage is skipped
     assert "baseline segmenter, real pairs only (8 steps) — done, skipped" in capsys.readouterr().out
 

@@ -188,7 +188,7 @@ class Stages:
         gen_cfg = build_config(GenerateConfig, {
             **data_values(cfg), "generator": str(self.out / "generator"), "masks": str(cfg.data),
             "out": str(self.out / "synthetic"), "split": "train", "num": p.synthetic,
-            "augment": ["flip"] if p.hosts == "normal" else ["flip", "rot90"], "scheduler": "ddim",
+            "augment": ["flip"] if p.hosts == "normal" else ["flip", "rot90"], "scheduler": p.sampler,
             "steps": p.sample_steps, "guidance": p.guidance, "batch_size": 16, "seed": cfg.seed,
             "normals": str(normals), "hosts": "normal" if cfg.normals else p.hosts,
             "max_defect_size": p.max_defect_size, "oracle": str(self.out / "baseline"),

@@ -32,6 +32,7 @@ from anomalign.data.folders import DataOptions
 from anomalign.devices import DTYPES, use_cpu
 from anomalign.errors import AnomalignError, ConfigError, DataError
 from anomalign.files import file_sha256, write_text_atomic
+from anomalign.generator.sampler import DEFAULT_SAMPLER, DEFAULT_STEPS
 from anomalign.synthesis.sources import (MaskSource, host_files, load_masks, read_backgrounds,
                                         read_mask_sources, usable_hosts)
 from anomalign.synthesis.store import prepare_out, read_record, write_attempt
@@ -66,9 +67,10 @@ class GenerateConfig(DataOptions):
                                       "(default: the dataset's prompt per sample)")
     category: str = option("", "category name for prompts when --masks is a mask folder")
     resolution: int | None = option(None, "generation size in pixels (default: the generator's)")
-    scheduler: Literal["ddim", "dpm++", "unipc"] = option("ddim", "sampler: DDIM, DPM-Solver++ (2M) or UniPC (2nd "
-                                                                  "order; both few-step samplers)")
-    steps: int | None = option(None, "denoising steps (default 50 for ddim, 20 for dpm++ and unipc)")
+    scheduler: Literal["ddim", "dpm++", "unipc"] | None = option(
+        None, "sampler: UniPC (2nd order, the default: as good as DDIM-50 at 8 steps, 4x faster), DPM-Solver++ (2M) "
+              "or DDIM (the default with --resample, which needs it)")
+    steps: int | None = option(None, "denoising steps (default 8 for unipc, 10 for dpm++, 50 for ddim)")
     guidance: float | None = option(None, "classifier-free guidance scale (1 = off; default: 3 for the tiny backend, "
                                           "where it aligns best, the paper's 7 for Stable Diffusion)")
     x0_clip: float | None = option(None, "bound on the denoised-latent estimate at every step (0 = none; default: "
@@ -121,8 +123,10 @@ class GenerateConfig(DataOptions):
             raise ConfigError(f"batch_size must be >= 1, got {self.batch_size}")
         if self.x0_clip is not None and self.x0_clip < 0:
             raise ConfigError(f"x0_clip must be >= 0 (0 = no bound), got {self.x0_clip}")
+        if self.scheduler is None:
+            self.scheduler = "ddim" if self.resample else DEFAULT_SAMPLER
         if self.steps is None:
-            self.steps = 50 if self.scheduler == "ddim" else 20
+            self.steps = DEFAULT_STEPS[self.scheduler]
         if self.steps < 1:
             raise ConfigError(f"steps must be >= 1, got {self.steps}")
         if self.guidance is not None and self.guidance < 0:
