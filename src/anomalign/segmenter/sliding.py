@@ -203,11 +203,11 @@ def predict_full_size(model, image: torch.Tensor, size: int | None = None, overl
 
 
 def image_probability(model, image, size: int | None = None, on_windows=None, mode: str = "windows",
-                      precision: str = "auto") -> np.ndarray:
+                      precision: str = "auto", overlap: float = 0.5) -> np.ndarray:
     """Anomaly probability float32 [H, W] of one uint8 image [H, W, 3] at its own size, on the model's device
     (``predict_full_size``): what ``Segmenter.predict``, ``segment`` and the reports use."""
     from anomalign.data.transforms import to_model_range
     device = next(iter(model.parameters())).device if hasattr(model, "parameters") else "cpu"
     x = to_model_range(image).to(device)
-    return predict_full_size(model, x, size or getattr(model, "size", None), on_windows=on_windows,
+    return predict_full_size(model, x, size or getattr(model, "size", None), overlap, on_windows=on_windows,
                              mode=mode, precision=precision)[0].cpu().numpy()
