@@ -66,7 +66,7 @@ def test_batch_size_does_not_change_the_images(gen_dir, data, tmp_path):
     rows = meta(tmp_path / "bs1")
     # sources cycle through the masks; each row says where it came from and how it was made
     assert {r["defect"] for r in rows} == {"scratch", "hole"}
-    assert all(r["scheduler"] == "ddim" and r["steps"] == 3 and r["guidance"] == 3.0 for r in rows)  # tiny default
+    assert all(r["scheduler"] == "unipc" and r["steps"] == 3 and r["guidance"] == 3.0 for r in rows)  # defaults
     assert all(Path(r["source_mask"]).is_file() and "free_lunch" in r["scores"] for r in rows)
     # different seeds give different images
     assert len({files(tmp_path / "bs1")[r["file_name"]].tobytes() for r in rows}) == 6
