@@ -175,3 +175,15 @@ def test_bad_input_stops_before_training_with_exit_2(tmp_path, capsys, case):
     text = capsys.readouterr().err
     assert code == 2 and want in text and "Traceback" not in text, text
     assert sorted(p for p in tmp_path.rglob("*")) == before  # nothing written, RUN not even created
+
+
+def test_a_plan_written_before_the_sampler_field_keeps_ddim(tmp_path):
+    from anomalign.plan import read_plan, write_plan
+    write_plan(make_plan(fingerprint()), tmp_path / "new.yaml")
+    assert (read_plan(tmp_path / "new.yaml").sampler, read_plan(tmp_path / "new.yaml").sample_steps) == ("unipc", 8)
+    old = [line for line in (tmp_path / "new.yaml").read_text().splitlines()
+           if not line.startswith(("sampler:", "norm:"))]  # as anomalign wrote it before these two fields
+    (tmp_path / "old.yaml").write_text("\n".join(old).replace("sample_steps: 8", "sample_steps: 25") + "\n")
+    assert (read_plan(tmp_path / "old.yaml").sampler, read_plan(tmp_path / "old.yaml").sample_steps) == ("ddim", 25)
+    (tmp_path / "partial.yaml").write_text("seg_steps: 8\nsample_steps: 2\n")  # hand-written: the default sampler
+    assert read_plan(tmp_path / "partial.yaml").sampler == "unipc"

@@ -189,9 +189,17 @@ def write_plan(plan: Plan, path: Path, fp: Fingerprint | None = None) -> None:
 
 
 def read_plan(path: Path) -> Plan:
-    """A ``plan.yaml`` (possibly edited by hand) as a checked Plan."""
+    """A ``plan.yaml`` (possibly edited by hand) as a checked Plan.
+
+    A plan that ``anomalign run`` wrote (every field) before the ``sampler`` field existed sampled with DDIM:
+    it keeps DDIM, so a resumed run goes on as it started. A hand-written partial plan gets the default."""
     from anomalign.config import load_config
-    return load_config(Plan, path)
+    plan = load_config(Plan, path)
+    written = yaml.safe_load(Path(path).read_text()) or {}
+    missing = {f.name for f in fields(Plan)} - {"reasons"} - set(written)
+    if "sampler" in missing and missing <= {"sampler", "norm"}:  # the fields added since such plans were written
+        plan.sampler = "ddim"
+    return plan
 
 
 def steps_note(plan: Plan) -> str:
