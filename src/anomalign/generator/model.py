@@ -165,7 +165,8 @@ class MaskGenerator(nn.Module):
         if len(prompts) != m.shape[0]:
             raise AnomalignError(f"{len(prompts)} prompts for {m.shape[0]} masks")
         images = sample(self.eval(), (m > 0.5).float(), prompts, [seed + i for i in range(m.shape[0])], scheduler,
-                        DEFAULT_STEPS[scheduler] if steps is None else steps, guidance)
+                        DEFAULT_STEPS.get(scheduler, 50) if steps is None else steps,  # unknown: sample says so
+                        guidance)
         return from_model_range(images)
 
     def save(self, folder: Path, dtype: torch.dtype | None = None) -> Path:
