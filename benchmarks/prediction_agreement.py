@@ -26,6 +26,7 @@ from anomalign.config import build_config  # noqa: E402
 from anomalign.data.dataset import load_pair  # noqa: E402
 from anomalign.data.folders import DataOptions  # noqa: E402
 from anomalign.data.validate import load_dataset  # noqa: E402
+from anomalign.metrics import iou_dice, mean_sd  # noqa: E402
 from anomalign.segmenter.model import Segmenter  # noqa: E402
 from anomalign.segmenter.sliding import image_probability  # noqa: E402
 
@@ -38,8 +39,8 @@ def parse_path(text: str) -> tuple[str, float, str]:
 
 
 def iou(a: np.ndarray, b: np.ndarray) -> float:
-    union = (a | b).sum()
-    return float((a & b).sum() / union) if union else 1.0
+    """IoU of two bool masks [H, W] (1 when both are empty), as every metric of the project."""
+    return float(iou_dice(torch.from_numpy(a)[None], torch.from_numpy(b)[None])[0][0])
 
 
 def measure(segmenter: Path, samples, paths: list[str]) -> dict[str, dict[str, float]]:
@@ -62,10 +63,6 @@ def measure(segmenter: Path, samples, paths: list[str]) -> dict[str, dict[str, f
                 "seconds": seconds[p]} for p in paths}
 
 
-def mean_sd(values: list[float], digits: int) -> str:
-    return f"{np.mean(values):.{digits}f}" + (f" ± {np.std(values, ddof=1):.{digits}f}" if len(values) > 1 else "")
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("segmenters", type=Path, nargs="+")
@@ -86,8 +83,9 @@ def main() -> None:
             "lowest image) | speed vs the first |", "|---|---|---|---|"]
     for p in args.paths:
         speed = [r[ref]["seconds"] / r[p]["seconds"] for r in runs]
-        rows.append(f"| {p} | {mean_sd([r[p]['miou'] for r in runs], 2)} | {mean_sd([r[p]['agree'] for r in runs], 4)}"
-                    f"; {min(r[p]['lowest'] for r in runs):.4f} | {mean_sd(speed, 2)}x |")
+        rows.append(f"| {p} | {mean_sd([r[p]['miou'] for r in runs], fmt='{:.2f}')} | "
+                    f"{mean_sd([r[p]['agree'] for r in runs], fmt='{:.4f}')}; {min(r[p]['lowest'] for r in runs):.4f} | "
+                    f"{mean_sd(speed, fmt='{:.2f}')}x |")
     body = "\n".join(rows) + (
         f"\n\n{len(samples)} anomalous test images of {args.data} (test fraction {args.test_fraction:g}); "
         f"segmenters {', '.join(map(str, args.segmenters))} (mean ± sd over them); {args.threads} thread(s); "

@@ -21,7 +21,7 @@ from PIL import Image
 
 from anomalign.config import option, save_config
 from anomalign.data.folders import DataOptions
-from anomalign.data.transforms import resize_images
+from anomalign.data.transforms import resize_images, resize_pair_pil
 from anomalign.errors import AnomalignError, ConfigError, DataError
 
 EXTRA_SIZE = 256  # IS / IC-LPIPS resolution, as AnomalyDiffusion and its peers report them
@@ -82,10 +82,7 @@ def read_generated(folder: Path, max_images: int) -> tuple[np.ndarray, np.ndarra
         # resized back), a host smaller than it a smaller one: every window goes to the most common side (the
         # generator's resolution)
         side = Counter(im.shape[0] for im in images).most_common(1)[0][0]
-        images = [im if im.shape[0] == side else np.asarray(Image.fromarray(im).resize((side, side), Image.BICUBIC))
-                  for im in images]
-        masks = [m if m.shape[0] == side else np.asarray(Image.fromarray(m).resize((side, side), Image.NEAREST))
-                 for m in masks]
+        images, masks = map(list, zip(*(resize_pair_pil(im, m, (side, side)) for im, m in zip(images, masks))))
     if len({im.shape for im in images}) > 1:
         raise DataError(f"{folder}: generated images of different sizes and no generation windows in "
                         "metadata.jsonl; evaluate sets of one size")
@@ -105,10 +102,7 @@ def defect_window(image: np.ndarray, mask: np.ndarray, side: int) -> tuple[np.nd
     cy, cx = ((ys.min() + ys.max()) // 2, (xs.min() + xs.max()) // 2) if len(ys) else (h // 2, w // 2)
     top, left = min(max(0, cy - need // 2), h - need), min(max(0, cx - need // 2), w - need)
     image, mask = image[top:top + need, left:left + need], mask[top:top + need, left:left + need]
-    if need > side:
-        image = np.asarray(Image.fromarray(image).resize((side, side), Image.BICUBIC))
-        mask = np.asarray(Image.fromarray(mask).resize((side, side), Image.NEAREST))
-    return image, mask
+    return resize_pair_pil(image, mask, (side, side))  # a no-op unless the defect needed a larger square
 
 
 def read_real(cfg: EvaluateGenerationConfig, size: int, windows: bool = False) -> tuple[np.ndarray, np.ndarray, list[str]]:
