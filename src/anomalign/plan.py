@@ -17,6 +17,7 @@ import yaml
 from anomalign.config import config_to_dict, option
 from anomalign.data.fingerprint import Fingerprint
 from anomalign.errors import ConfigError
+from anomalign.generator.sampler import DEFAULT_SAMPLER, DEFAULT_STEPS
 
 CROP = 128            # px: the crop of the measured recipe (magnetic tile, CrackForest)
 SEG_STEPS = 3200      # real only reached 49.0 at 3 200 steps vs 41 at 2 400 on magnetic tile
@@ -51,8 +52,8 @@ class Plan:
     synthetic: int = option(300, "synthetic pairs kept")
     hosts: Literal["normal", "anomalous"] = option("normal", "images that receive the synthetic defects")
     max_defect_size: int | None = option(None, "long defects are cut to pieces of this size")
-    sampler: Literal["unipc", "dpm++", "ddim"] = option("unipc", "the synthesis sampler")
-    sample_steps: int = option(8, "sampler steps per synthetic pair")
+    sampler: Literal["unipc", "dpm++", "ddim"] = option(DEFAULT_SAMPLER, "the synthesis sampler")
+    sample_steps: int = option(DEFAULT_STEPS[DEFAULT_SAMPLER], "sampler steps per synthetic pair")
     guidance: float = option(3.0, "classifier-free guidance of synthesis")
     min_alignment: float = option(0.3, "oracle IoU below which a synthetic pair is dropped")
     synthetic_per_step: int = option(4, "synthetic crops added to each step's real ones (w_syn 0.3)")

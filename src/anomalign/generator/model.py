@@ -17,6 +17,7 @@ from anomalign.errors import AnomalignError
 from anomalign.generator.conditioning import (MaskEncoding, drop_condition, encode_mask_condition,
                                               expand_conv_in, mask_channels)
 from anomalign.generator.losses import to_epsilon
+from anomalign.generator.sampler import DEFAULT_SAMPLER, DEFAULT_STEPS, sample
 from anomalign.weights import canonical_spec, read_weights, write_weights
 
 WEIGHTS_NAME = "generator.safetensors"
@@ -145,7 +146,7 @@ class MaskGenerator(nn.Module):
 
     @torch.no_grad()
     def generate(self, masks, prompts: str | list[str], steps: int | None = None, guidance: float = 3.0,
-                 seed: int = 0, scheduler: str = "unipc"):
+                 seed: int = 0, scheduler: str = DEFAULT_SAMPLER):
         """Images whose anomalies lie inside ``masks``: uint8 array [B, H, W, 3].
 
         ``masks``: bool/0-1 array or tensor [B, H, W] (or [B, 1, H, W]), H and W multiples of the codec's factor
@@ -156,7 +157,6 @@ class MaskGenerator(nn.Module):
         import numpy as np
 
         from anomalign.data.transforms import from_model_range
-        from anomalign.generator.sampler import DEFAULT_STEPS, sample
         m = torch.as_tensor(np.asarray(masks, dtype=np.float32) if not torch.is_tensor(masks) else masks).float()
         m = m[:, None] if m.ndim == 3 else m
         if m.ndim != 4 or m.shape[1] != 1 or m.shape[-1] % self.factor or m.shape[-2] % self.factor:
