@@ -187,3 +187,21 @@ def test_a_plan_written_before_the_sampler_field_keeps_ddim(tmp_path):
     assert (read_plan(tmp_path / "old.yaml").sampler, read_plan(tmp_path / "old.yaml").sample_steps) == ("ddim", 25)
     (tmp_path / "partial.yaml").write_text("seg_steps: 8\nsample_steps: 2\n")  # hand-written: the default sampler
     assert read_plan(tmp_path / "partial.yaml").sampler == "unipc"
+
+
+# what the run's stages may see ------------------------------------------------------------------------------
+
+
+def test_train_pairs_limit_the_anomalous_hosts_to_the_same_subset(tmp_path):
+    """With --train-pairs N and anomalous hosts, synthesis pastes into the N training pairs only: the pairs left
+    out (real defects the baseline never saw) must not reach the arms as hosts."""
+    from anomalign.data.folders import DataOptions
+    from anomalign.data.validate import load_dataset
+    from anomalign.synthesis.sources import host_files
+    write_paired(tmp_path / "data", defects=("scratch", "hole"), n=8, normals=0)
+    opts = DataOptions(train_pairs=2)
+    kept = {s.image for s in load_dataset(tmp_path / "data", opts, announce=False).split("train") if not s.normal}
+    files, masks = host_files(opts, tmp_path / "data", "train", "anomalous")
+    assert len(kept) == 2 and set(files) == kept and all(m is not None for m in masks)
+    every = host_files(DataOptions(), tmp_path / "data", "train", "anomalous")[0]  # no subset: all of train
+    assert len(every) > 2

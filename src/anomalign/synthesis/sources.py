@@ -128,7 +128,8 @@ def host_files(cfg: "GenerateConfig", root: Path, split: str = "all", hosts: str
                ) -> tuple[list[Path], list[tuple[Path, bool] | None]]:
     """The images ``generate --normals`` pastes defects into, with each one's own anomaly mask as (file, holds
     class ids) (None for a normal image). ``hosts``: "normal" (a dataset's normal samples, or every image of a
-    folder), "anomalous" (a dataset's anomalous samples: for data without normal images) or "all"."""
+    folder), "anomalous" (a dataset's anomalous samples: for data without normal images) or "all". With
+    ``cfg.train_pairs`` only that subset of the anomalous training pairs can be a host."""
     if hosts == "normal":
         files = normal_files(cfg, root, "--normals", split)
         return files, [None] * len(files)
@@ -136,7 +137,14 @@ def host_files(cfg: "GenerateConfig", root: Path, split: str = "all", hosts: str
     if not is_dataset(root):
         raise DataError(f"{root}: --hosts {hosts} needs a dataset as --normals (a folder of images has no masks "
                         "to keep)")
-    index = read_dataset(root, cfg)
+    if getattr(cfg, "train_pairs", None) is not None:
+        # --train-pairs: the hosts are the same seeded subset every other stage trains on (load_dataset draws it
+        # after the policy's checks, so it is drawn the same way here); the pairs left out must not come back as
+        # hosts, with their real defects kept, into the arms' training data
+        from anomalign.data.validate import load_dataset
+        index = load_dataset(root, cfg, announce=False)
+    else:
+        index = read_dataset(root, cfg)
     samples = index.samples if split == "all" else index.split(split)
     if hosts == "anomalous":
         samples = [s for s in samples if not s.normal]
