@@ -205,3 +205,21 @@ def test_train_pairs_limit_the_anomalous_hosts_to_the_same_subset(tmp_path):
     assert len(kept) == 2 and set(files) == kept and all(m is not None for m in masks)
     every = host_files(DataOptions(), tmp_path / "data", "train", "anomalous")[0]  # no subset: all of train
     assert len(every) > 2
+
+
+def test_the_plan_never_sees_the_test_split(tmp_path):
+    """The fingerprint a plan is made from is measured on train + val: rewriting the test masks (and images)
+    changes nothing but the test counts."""
+    from anomalign.data.fingerprint import fingerprint as measure
+    from anomalign.data.validate import load_dataset
+    from dummy_data import write_line_dataset
+    write_line_dataset(tmp_path / "data", n_train=4, n_val=2, n_test=3, size=64, width=3)
+    before = measure(load_dataset(tmp_path / "data", announce=False)).to_dict()
+    for i in range(3):  # the test split: other sizes, and huge blob defects instead of thin lines
+        image, mask = pair(900 + i, size=(96, 160))
+        mask[10:90, 20:150] = True
+        save(tmp_path / "data" / "test" / "images" / f"{i:03d}.png", image)
+        save(tmp_path / "data" / "test" / "masks" / f"{i:03d}.png", mask)
+    after = measure(load_dataset(tmp_path / "data", announce=False)).to_dict()
+    assert after == before
+    assert after["pairs"] == {"train": 4, "val": 2, "test": 3}  # the test split still counts for the check

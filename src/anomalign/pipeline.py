@@ -118,8 +118,8 @@ def check_stage(cfg: RunConfig):
         raise DataError(f"{cfg.data}: too few anomalous image/mask pairs with a non-empty mask ({'; '.join(short)}; "
                         f"{fp.empty_masks} anomalous image(s) have an empty mask). A run trains on train, chooses on "
                         "val and reports test: add pairs, or set --val-fraction / --test-fraction")
-    if fp.short_side["min"] < 16:
-        raise DataError(f"{cfg.data}: the smallest image is {fp.short_side['min']:.0f} px on a side; images under 16 px "
+    if fp.smallest_side < 16:
+        raise DataError(f"{cfg.data}: the smallest image is {fp.smallest_side:.0f} px on a side; images under 16 px "
                         "are too small to segment (run `anomalign data check` to find them)")
     return index, fp
 

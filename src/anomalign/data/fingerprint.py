@@ -3,6 +3,10 @@
 Image sizes, how large the defects are (per connected component, at native resolution), grey or colour,
 and how many anomalous pairs and normal images each split holds. Read once from the files (masks decoded,
 images from their headers plus a few decoded to tell grey from colour), written as ``fingerprint.json``.
+
+Every number a plan is decided from is measured on the train and val splits only (``PLANNING_SPLITS``): the test
+split is what the run is judged on, so its masks (and images) must not set the crop, the scale or the defect
+sizes. The test split enters only the counts per split (the run's minimums) and ``smallest_side``.
 """
 from __future__ import annotations
 
@@ -13,6 +17,8 @@ import numpy as np
 from anomalign.data.imageio import header_size, load_mask, read_image
 from anomalign.data.sample import DatasetIndex
 from anomalign.data.transforms import is_grey
+
+PLANNING_SPLITS = ("train", "val")  # the splits a plan may look at; test is held out until the end
 
 
 @dataclass
@@ -29,6 +35,7 @@ class Fingerprint:
     components_per_image: float       # median number of defect components per anomalous image
     grey: bool                        # every image checked has equal channels
     empty_masks: int = 0              # anomalous images whose mask is empty (left out of ``pairs``)
+    smallest_side: float = 0.0        # shorter side of the smallest image of any split (the run's check only)
     notes: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict:
@@ -63,21 +70,26 @@ def fingerprint(index: DatasetIndex, threshold: float = 0.5, grey_checks: int = 
                 ) -> Fingerprint:
     """The fingerprint of a loaded dataset (``load_dataset``'s index: its files already checked).
 
-    Masks of up to ``max_masks`` anomalous images (spread over the set) are decoded for the defect sizes;
-    every image's size comes from its header; ``grey_checks`` images are decoded to tell grey from colour.
+    Masks of up to ``max_masks`` anomalous train/val images (spread over them) are measured for the defect sizes;
+    every image's size comes from its header; ``grey_checks`` images are decoded to tell grey from colour. Every
+    mask is decoded to count the pairs with a non-empty mask per split (test included: the run's minimums).
     """
     pairs: dict[str, int] = {}
     normals: dict[str, int] = {}
     shorts, longs, extents, shares, counts, elongation = [], [], [], [], [], []
-    anomalous = [s for s in index.samples if not s.normal]
+    planning = [s for s in index.samples if (s.split or "train") in PLANNING_SPLITS]
+    anomalous = [s for s in planning if not s.normal]
     step = max(1, len(anomalous) // max_masks)
-    read = {id(s) for s in anomalous[::step]}
+    read = {id(s) for s in anomalous[::step]}  # only train/val masks are measured
     empty = 0
+    smallest = float("inf")
     for s in index.samples:
         w, h = header_size(s.image)
-        shorts.append(min(w, h))
-        longs.append(max(w, h))
+        smallest = min(smallest, min(w, h))
         split = s.split or "train"
+        if split in PLANNING_SPLITS:
+            shorts.append(min(w, h))
+            longs.append(max(w, h))
         if s.normal:
             normals[split] = normals.get(split, 0) + 1
             continue
@@ -95,7 +107,7 @@ def fingerprint(index: DatasetIndex, threshold: float = 0.5, grey_checks: int = 
             elongation += [e * e / a for e, a in ext]
             counts.append(len(ext))
             shares.append(float(mask.mean()))
-    probe = index.samples[:: max(1, len(index.samples) // grey_checks)][:grey_checks]
+    probe = planning[:: max(1, len(planning) // grey_checks)][:grey_checks]
     grey = all(is_grey(read_image(s.image)) for s in probe)
     return Fingerprint(
         pairs=pairs, normals=normals,
@@ -104,4 +116,5 @@ def fingerprint(index: DatasetIndex, threshold: float = 0.5, grey_checks: int = 
         defect_extent=_stats(extents, {"p10": 0.1, "median": 0.5, "p90": 0.9, "max": 1}),
         defect_share=_stats(shares, {"median": 0.5, "p90": 0.9}),
         defect_elongation=float(np.median(elongation)) if elongation else 0.0,
-        components_per_image=float(np.median(counts)) if counts else 0.0, grey=grey, empty_masks=empty)
+        components_per_image=float(np.median(counts)) if counts else 0.0, grey=grey, empty_masks=empty,
+        smallest_side=float(smallest if index.samples else 0.0))
