@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 import anomalign
 from anomalign.errors import AnomalignError
@@ -67,7 +68,11 @@ def test_api_errors_are_clear():
     seg = Segmenter("unet-tiny")
     seg.size = 32
     with pytest.raises(AnomalignError, match="uint8 image"):
-        seg.predict(np.zeros((8, 8, 3), np.float32))
+        seg.predict(np.zeros((8, 8, 3), np.int64))
+    with pytest.raises(AnomalignError, match=r"float pixels must lie in \[0, 1\]"):
+        seg.predict(np.full((8, 8, 3), 255.0, np.float32))  # 0-255 floats: not silently clipped to white
+    with pytest.raises(AnomalignError, match="channels last"):
+        seg.predict(torch.zeros(3, 8, 8))
     gen = dummy_tiny_generator()
     with pytest.raises(AnomalignError, match="multiples of"):
         gen.generate(np.zeros((1, 31, 31), bool), "a photo")

@@ -712,3 +712,41 @@ def test_resumed_log_rows_equal_an_uninterrupted_run(tmp_path):
     logs = [(f / "logs" / "train.csv").read_text().splitlines() for f in (tmp_path / "whole", killed)]
     rows = [[r.split(",")[:-2] for r in log[1:]] for log in logs]  # without lr, it/s
     assert len(rows[0]) == 2 and rows[0] == rows[1]
+
+
+# Third sweep (issue 48 items 5, 8b, 8e): the Python API's segmenter -------------------------------------------
+
+
+def test_predict_on_an_empty_image_is_a_clear_error():
+    seg = Segmenter("unet-tiny")
+    seg.size = 32
+    with pytest.raises(AnomalignError, match=r"image is empty \(0 x 0 px, shape \[0, 0, 3\]\)"):
+        seg.predict(np.zeros((0, 0, 3), np.uint8))
+    with pytest.raises(AnomalignError, match=r"images are empty \(0 x 5 px"):
+        seg.predict(np.zeros((2, 0, 5, 3), np.uint8))
+    assert seg.predict(np.zeros((1, 1, 3), np.uint8)).shape == (1, 1)  # the smallest image still predicts
+
+
+def test_loading_a_file_that_is_no_segmenter_says_what_a_segmenter_folder_is(tmp_path):
+    notes = tmp_path / "notes.txt"
+    notes.write_text("my notes about the line\n" * 40)
+    with pytest.raises(AnomalignError) as e:
+        Segmenter.load(notes)
+    text = str(e.value)
+    assert str(notes) in text and "not a segmenter folder" in text and "segmenter.safetensors" in text
+    assert "header too large" not in text and "unreadable weights" not in text
+
+
+def test_a_python_tag_in_a_segmenter_config_is_refused_on_load(tmp_path):
+    seg = Segmenter("unet-tiny")
+    seg.save(tmp_path / "seg", {"size": 32})
+    marker = tmp_path / "pwned"
+    config = tmp_path / "seg" / "config.yaml"
+    config.write_text(f"preset: !!python/object/apply:os.system ['touch {marker}']\nsize: 32\n")
+    for source in (tmp_path / "seg", tmp_path / "seg" / "segmenter.safetensors"):
+        with pytest.raises(AnomalignError, match="python/object/apply") as e:
+            Segmenter.load(source)
+        assert str(config) in str(e.value) and "refusing to load" in str(e.value)
+    assert not marker.exists()
+    config.write_text("preset: unet-tiny\nsize: 32\n")  # a plain config loads
+    assert Segmenter.load(tmp_path / "seg", device="cpu").size == 32

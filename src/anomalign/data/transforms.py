@@ -160,3 +160,49 @@ def photometric_jitter(image: torch.Tensor, seed: int, strength: float) -> torch
     x = (image + 1) / 2
     x = ((x - x.mean()) * contrast + x.mean() + shift).clamp(0, 1) ** gamma
     return (x * 2 - 1).clamp(-1, 1)
+
+
+def image_u8(image, what: str = "image") -> np.ndarray:
+    """One image as the uint8 RGB array [H, W, 3] every predictor and sampler takes: the input forms of the Python
+    API (``Segmenter.predict``, ``MaskGenerator.inpaint``) in one place.
+
+    ``image``: a file path (decoded as the commands decode files), a PIL image, or an array / torch tensor
+    (channels last) [H, W, 3], [H, W, 1] or [H, W] (grey, channels replicated), uint8 or float in [0, 1]. Float
+    pixels are quantised to 8 bits (``round(255 x)``), what an 8-bit file of the image holds: the networks were
+    trained on 8-bit files, and ``x / 255`` then gives exactly the result of the file's uint8 pixels. Anything
+    else (another dtype, NaN, values outside [0, 1], channels first, no pixel) is an AnomalignError naming
+    ``what`` and the array's shape."""
+    from pathlib import Path
+
+    from anomalign.errors import AnomalignError
+    if isinstance(image, (str, Path)):
+        from anomalign.data.imageio import read_image
+        return read_image(Path(image))
+    if hasattr(image, "convert") and hasattr(image, "mode"):  # PIL
+        return np.asarray(image.convert("RGB"))
+    a = image.detach().cpu().numpy() if torch.is_tensor(image) else np.asarray(image)
+    shape = list(a.shape)
+    if a.ndim == 3 and a.shape[-1] not in (1, 3) and a.shape[0] in (1, 3):
+        raise AnomalignError(f"{what} must be channels last [H, W, 3], got {shape} (channels first? move the "
+                             "channel axis last, e.g. x.permute(1, 2, 0))")
+    if a.ndim == 3 and a.shape[-1] == 1:
+        a = a[..., 0]
+    if a.ndim == 2:
+        a = np.repeat(a[..., None], 3, axis=2)
+    if a.ndim != 3 or a.shape[2] != 3:
+        raise AnomalignError(f"{what} must be a uint8 image [H, W, 3] or [H, W] (or float in [0, 1]), got "
+                             f"{a.dtype} {shape}")
+    if 0 in a.shape[:2]:
+        # before any network sees it: an empty image otherwise fails deep inside torch's resize
+        raise AnomalignError(f"{what} is empty ({shape[0]} x {shape[1]} px, shape {shape}); it needs at least "
+                             "1 x 1 px")
+    if a.dtype == np.uint8:
+        return a
+    if a.dtype.kind != "f":
+        raise AnomalignError(f"{what} must be a uint8 image [H, W, 3] or [H, W] (or float in [0, 1]), got "
+                             f"{a.dtype} {shape}")
+    if not np.isfinite(a).all() or a.min() < 0 or a.max() > 1:
+        raise AnomalignError(f"{what}: float pixels must lie in [0, 1] (got min {np.nanmin(a):g}, max "
+                             f"{np.nanmax(a):g}{', and NaN or inf' if not np.isfinite(a).all() else ''}); "
+                             "pass uint8 [0, 255] pixels, or divide by 255")
+    return np.rint(a.astype(np.float64) * 255).astype(np.uint8)

@@ -63,7 +63,7 @@ def run_evaluate(cfg: EvaluateConfig) -> dict:
     from anomalign.segmenter.model import Segmenter
     check_size(cfg.size)
     out = check_output_folder(Path(cfg.out) if cfg.out else Path(cfg.segmenter) / "eval", "evaluate", _legacy_eval)
-    model = Segmenter.load(cfg.segmenter)
+    model = Segmenter.load(cfg.segmenter, device="cpu")  # evaluate has no --device: it scores on the CPU
     size = cfg.size or model.size or 256
     results: dict[str, dict] = {}
     skipped: list = []

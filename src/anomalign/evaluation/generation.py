@@ -238,7 +238,7 @@ def oracle_alignment(segmenter: Path, images: np.ndarray, masks: np.ndarray) -> 
     from anomalign.segmenter.model import Segmenter
     from anomalign.synthesis.scoring import oracle_iou, shift_masks
 
-    model = Segmenter.load(segmenter)
+    model = Segmenter.load(segmenter, device="cpu")  # the images below are CPU tensors
     x = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1
     m = torch.from_numpy(masks.astype(np.float32))[:, None]
     if model.size and model.size != x.shape[-1]:

@@ -21,7 +21,7 @@ def segmentation_overlays(out: Path, arms: list[str], data: Path, n: int = 8, op
 
     test = [s for s in load_dataset(data, options).split("test") if not s.normal]
     test = [test[i] for i in spread(len(test), n)]
-    models = [Segmenter.load(out / a / "best") for a in arms]
+    models = [Segmenter.load(out / a / "best", device="cpu") for a in arms]  # CPU tensors below
     size = models[0].size or 64
     ds = PairDataset(test, size=size)
     x, m = ds.tensors()

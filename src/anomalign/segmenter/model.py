@@ -172,6 +172,33 @@ def check_spec(spec: dict, file: Path) -> None:
             raise bad("hidden_sizes", sizes)
 
 
+# What the messages of a wrong --segmenter say a segmenter folder is.
+NOT_A_SEGMENTER = (f"not a segmenter folder: a segmenter folder (written by `anomalign train-segmenter`) holds "
+                   f"{WEIGHTS_NAME} (the weights, with their spec) and config.yaml (the options it was trained with)")
+
+
+def check_segmenter_source(source: Path) -> None:
+    """Refuse, by name, what ``Segmenter.load`` must not read: a file that is no ``.safetensors`` file (say
+    ``notes.txt``; its bytes would be parsed as a safetensors header: "header too large"), and a run folder whose
+    ``config.yaml`` does not parse with ``yaml.safe_load`` (a ``!!python`` tag, as ``plan.yaml`` is refused: the
+    folder is not what train-segmenter wrote, and its config must never be half-read by a later command)."""
+    from anomalign.config import read_yaml
+    from anomalign.errors import ConfigError
+    if source.is_file() and source.suffix.lower() != ".safetensors":
+        raise AnomalignError(f"{source}: {NOT_A_SEGMENTER}; this is a file ({source.suffix or 'no extension'}). "
+                             "Pass the folder, or its segmenter.safetensors")
+    # the run folder's own config.yaml (a segmenter.safetensors given by path: the folder it lies in)
+    config = (source if source.is_dir() else source.parent) / "config.yaml"
+    if source.name == WEIGHTS_NAME or (source / WEIGHTS_NAME).is_file():
+        if config.is_file():
+            try:
+                read_yaml(config)
+            except ConfigError as e:
+                raise AnomalignError(f"{e}; refusing to load the segmenter of {config.parent} (its config.yaml is "
+                                     "read with yaml.safe_load only, so a !!python tag never runs; write the file "
+                                     "again with plain values or train the segmenter again)") from None
+
+
 class Segmenter(nn.Module):
     """images [B, 3, H, W] in [-1, 1] -> logits [B, 2, H, W] (a U-Net's own, or upsampled from a Segformer's 1/4
     grid)."""
@@ -212,25 +239,46 @@ class Segmenter(nn.Module):
         """Anomaly probability [B, 1, H, W]."""
         return self(images).softmax(1)[:, 1:2]
 
-    def predict(self, image, threshold: float = 0.5, probability: bool = False):
-        """One image at its own size -> bool mask [H, W] (``probability=True``: float32 [H, W] in [0, 1]).
+    def predict(self, images, threshold: float = 0.5, probability: bool = False, *, inference: str = "windows",
+                precision: str = "auto"):
+        """Anomaly masks at each image's own size, predicted as ``anomalign segment`` predicts them.
 
-        ``image``: a file path, a PIL image or a uint8 array [H, W, 3] (or [H, W] grey). Predicted as ``anomalign
-        segment`` does (sliding windows for a crop-trained segmenter, else resized to its size and back).
+        ``images``, one image or several:
+
+        - one image: a file path, a PIL image, or an array / torch tensor [H, W, 3], [H, W, 1] or [H, W] (grey)
+          -> bool mask [H, W];
+        - a batch array / tensor [N, H, W, C] (C = 3 or 1) -> bool masks [N, H, W];
+        - a list (or tuple) of images as above, of any sizes -> a list of bool masks [H_i, W_i].
+
+        Arrays are uint8, or float in [0, 1] (quantised to 8 bits as an 8-bit file would hold them, so ``x / 255``
+        gives exactly the masks of the file's pixels; ``data.transforms.image_u8``); channels last. A pixel is
+        anomalous where its probability is at least ``threshold``; ``probability=True`` returns the
+        probabilities instead (float32 in [0, 1], same shapes).
+
+        Every image goes through ``segmenter.sliding.image_probability``, the full-size predictor of ``segment``
+        and ``evaluate`` (sliding windows for a crop-trained segmenter, else resized to its size and back), on the
+        model's device. ``inference`` and ``precision``: as ``segment --inference / --precision``.
         """
         import numpy as np
 
-        from anomalign.data.imageio import read_image
+        from anomalign.data.transforms import image_u8
         from anomalign.segmenter.sliding import image_probability
-        if isinstance(image, (str, Path)):
-            image = read_image(Path(image))
-        a = np.asarray(image.convert("RGB") if hasattr(image, "convert") else image)
-        if a.ndim == 2:
-            a = np.repeat(a[..., None], 3, axis=2)
-        if a.dtype != np.uint8 or a.ndim != 3 or a.shape[2] != 3:
-            raise AnomalignError(f"predict needs a uint8 image [H, W, 3] or [H, W], got {a.dtype} {list(a.shape)}")
-        prob = image_probability(self, a)
-        return prob if probability else prob >= threshold
+
+        def one(image, what: str = "image") -> np.ndarray:
+            prob = image_probability(self, image_u8(image, what), mode=inference, precision=precision)
+            return prob if probability else prob >= threshold
+
+        if isinstance(images, (list, tuple)):
+            return [one(im, f"image {k}") for k, im in enumerate(images)]
+        if torch.is_tensor(images) or isinstance(images, np.ndarray):
+            if images.ndim == 4:  # a batch [N, H, W, C]: one stacked result [N, H, W]
+                if 0 in tuple(images.shape[1:3]):
+                    raise AnomalignError(f"images are empty ({images.shape[1]} x {images.shape[2]} px, shape "
+                                         f"{list(images.shape)}); each needs at least 1 x 1 px")
+                out = [one(images[k], f"image {k} of the batch") for k in range(images.shape[0])]
+                return np.stack(out) if out else np.zeros((0, *images.shape[1:3]),
+                                                          np.float32 if probability else bool)
+        return one(images)
 
     def save(self, folder: Path, extra: dict | None = None) -> Path:
         config = self.net.config if isinstance(self.net, UNet) else self.net.config.to_dict()
@@ -238,11 +286,15 @@ class Segmenter(nn.Module):
         return write_weights(Path(folder) / WEIGHTS_NAME, self.net.state_dict(), SPEC_KEY, spec)
 
     @classmethod
-    def load(cls, source: Path, device: str | torch.device = "cpu") -> "Segmenter":
-        """Load a segmenter run folder (or its ``segmenter.safetensors``)."""
+    def load(cls, source: Path, device: str | torch.device = "auto") -> "Segmenter":
+        """Load a segmenter run folder (or its ``segmenter.safetensors``), in eval mode on ``device``: ``auto``
+        (the default) is where the commands' ``--device auto`` runs (``devices.pick_device``: CUDA when available,
+        else the CPU); ``cpu``, ``cuda``, ``cuda:1`` or a torch.device are taken as given."""
         from transformers import SegformerConfig, SegformerForSemanticSegmentation
-        spec, state, file = read_weights(source, WEIGHTS_NAME, SPEC_KEY,
-                                         "not a segmenter folder; train one with `anomalign train-segmenter`")
+
+        from anomalign.devices import pick_device
+        check_segmenter_source(Path(source))
+        spec, state, file = read_weights(source, WEIGHTS_NAME, SPEC_KEY, NOT_A_SEGMENTER)
         check_spec(spec, file)
         if spec["config"].get("arch") == "unet":
             net = UNet(spec["config"]["widths"], spec["config"].get("stem", 1), spec["config"].get("norm", "group"))
@@ -264,4 +316,4 @@ class Segmenter(nn.Module):
             raise AnomalignError(f"{file}: weights do not fit the model ({str(e).splitlines()[0]})") from None
         model.register_buffer("mean", torch.tensor(_MEAN).view(1, 3, 1, 1), persistent=False)
         model.register_buffer("std", torch.tensor(_STD).view(1, 3, 1, 1), persistent=False)
-        return model.to(device).eval()
+        return model.to(pick_device(device) if device == "auto" else device).eval()
