@@ -223,3 +223,49 @@ def test_the_plan_never_sees_the_test_split(tmp_path):
     after = measure(load_dataset(tmp_path / "data", announce=False)).to_dict()
     assert after == before
     assert after["pairs"] == {"train": 4, "val": 2, "test": 3}  # the test split still counts for the check
+
+
+def _counting_task(metric: float, calls: list):
+    """A one-weight TrainTask whose validation records its step in ``calls`` and scores ``metric``."""
+    from anomalign.training import TrainTask
+    w = torch.nn.Parameter(torch.ones(2))
+
+    def validate(step, folder):
+        calls.append(step)
+        return {"m": metric}
+
+    def save(folder):
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "weights.txt").write_text("saved")
+    return TrainTask(params=[w], get_batch=lambda k, r, n: k, step_fn=lambda b, g: {"loss": (w * w).sum()},
+                     state_fn=lambda: {"w": w.detach()}, load_state_fn=lambda st: w.data.copy_(st["w"]),
+                     save_fn=save, validate_fn=validate, best_metric="m")
+
+
+def test_a_fork_validates_once_at_the_end_and_keeps_its_own_best(tmp_path):
+    """The last step's validation runs once (it ran twice when max_steps % validate_every == 0), and a run forked
+    from another run's checkpoint (an arm from the baseline's) starts its own best: it does not inherit the
+    other run's best step, and writes its own best/."""
+    from anomalign.training import LoopOptions, train_loop
+    calls: list = []
+    opts = dict(max_steps=4, validate_every=2, checkpoint_every=2, keep_checkpoints=3, log_every=1, device="cpu")
+    base = train_loop(_counting_task(0.9, calls), LoopOptions(**opts), tmp_path / "base", progress=False)
+    assert calls == [2, 4] and base["best"]["step"] == 2
+    calls.clear()
+    fork = train_loop(_counting_task(0.5, calls), LoopOptions(**opts, resume=str(tmp_path / "base" / "checkpoints"
+                                                                                  / "step-0000002")),
+                      tmp_path / "arm", progress=False)
+    assert calls == [4] and fork["best"] == {"step": 4, "metric": "m", "value": 0.5}
+    assert (tmp_path / "arm" / "best" / "weights.txt").is_file()
+
+
+def test_an_arm_checkpoints_after_the_fork(tiny_run):
+    """A killed arm resumes near where it stopped, not from the fork: it checkpoints within its own half."""
+    from anomalign.pipeline import arm_checkpoint_every
+    from anomalign.plan import Plan
+    plan = Plan(seg_steps=3200)
+    assert arm_checkpoint_every(plan) == 400 and plan.fork_step % arm_checkpoint_every(plan) == 0
+    out = tiny_run / "whole"
+    if not (out / "arm_synthetic").is_dir():
+        assert main(run_args(tiny_run, out)) == 0
+    assert "checkpoint_every: 1" in (out / "arm_synthetic" / "config.yaml").read_text()  # 8 steps: fork at 4

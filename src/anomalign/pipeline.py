@@ -20,6 +20,7 @@ config), finished stages are skipped on a rerun, and a killed stage resumes from
 from __future__ import annotations
 
 import json
+import math
 import sys
 import time
 from dataclasses import dataclass, fields
@@ -164,6 +165,10 @@ class Stages:
                 values |= {"feedback_generator": str(self.out / "generator"), "fb_warmup_steps": 0}
                 if self.cfg.base and self.plan.backend == "sd":
                     values["feedback_base"] = self.cfg.base
+        if arm is not None:
+            # checkpoints every quarter of the arm's half, so a killed arm resumes near where it stopped rather
+            # than from the fork (the baseline keeps checkpoint_every = fork_step: its fork checkpoint must stay)
+            values["checkpoint_every"] = arm_checkpoint_every(self.plan)
         values["resume"] = resume
         run_train_segmenter(build_config(TrainSegmenterConfig, values), progress=self.progress)
 
@@ -341,6 +346,11 @@ def check_plan(plan: Plan, fp, plan_file: Path) -> None:
     if plan.crop_size and plan.crop_size > fp.short_side["max"] * plan.scale:
         raise DataError(f"{plan_file}: crop_size {plan.crop_size} is larger than every image at scale {plan.scale:g} "
                         f"(the largest shorter side is {fp.short_side['max']:.0f} px); lower crop_size or set it to 0")
+
+
+def arm_checkpoint_every(plan: Plan) -> int:
+    """Steps between an arm's checkpoints: a quarter of the steps it trains after the fork."""
+    return max(1, math.ceil((plan.seg_steps - plan.fork_step) / 4))
 
 
 def run_folder(name: str) -> str:

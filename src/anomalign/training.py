@@ -211,6 +211,10 @@ def train_loop(task: TrainTask, opts: LoopOptions, out_dir: Path, accelerator=No
     ckpt = find_checkpoint(out_dir, opts.resume) if opts.resume else None
     if ckpt is not None:
         start, best = _load_checkpoint(ckpt, task, opt, sched, ema, acc.scaler)
+        if not _own_checkpoint(ckpt, out_dir):
+            # a fork (another run's checkpoint, e.g. an arm from the baseline's half-way one): that run's best
+            # step and value are not this run's, and its best/ folder is not here; this run's best starts afresh
+            best = None
         if acc.is_main_process:
             print(f"resumed from {ckpt} at step {start}")
     if acc.is_main_process:  # rows logged after the checkpoint (or by a run killed before its first one) are redone
@@ -248,7 +252,8 @@ def train_loop(task: TrainTask, opts: LoopOptions, out_dir: Path, accelerator=No
             bar.set_postfix({k: f"{v:.4f}" for k, v in totals.items() if math.isfinite(v)})
             if acc.is_main_process and (done % opts.log_every == 0 or done == opts.max_steps):
                 last["it_per_s"] = window.write(done, last["lr"])
-            if task.validate_fn is not None and opts.validate_every and done % opts.validate_every == 0:
+            if (task.validate_fn is not None and opts.validate_every and done % opts.validate_every == 0
+                    and done < opts.max_steps):  # the last step's validation is _finish's, once
                 best = _validate(task, ema, acc, done, out_dir, best)
             if done % opts.checkpoint_every == 0 and done < opts.max_steps and acc.is_main_process:
                 _save_checkpoint(out_dir, done, task, opt, sched, ema, best, opts.keep_checkpoints, acc.scaler,
@@ -260,6 +265,11 @@ def train_loop(task: TrainTask, opts: LoopOptions, out_dir: Path, accelerator=No
             writer.close()
     acc.wait_for_everyone()
     return {"last": last, "best": best, "steps": opts.max_steps}
+
+
+def _own_checkpoint(ckpt: Path, out_dir: Path) -> bool:
+    """Whether ``ckpt`` is one of this run's checkpoints (a resume) rather than another run's (a fork)."""
+    return Path(ckpt).resolve().parent == (Path(out_dir) / "checkpoints").resolve()
 
 
 def _read_trainer_json(ckpt: Path) -> dict:
