@@ -78,3 +78,62 @@ def test_api_errors_are_clear():
         gen.generate(np.zeros((1, 31, 31), bool), "a photo")
     with pytest.raises(AnomalignError, match="2 prompts for 1 masks"):
         gen.generate(np.zeros((1, 32, 32), bool), ["a", "b"])
+
+
+@pytest.mark.parametrize("trained_on", ["whole images", "crops"])
+def test_batch_predict_and_load_auto_equal_what_segment_writes(tmp_path, trained_on):
+    """A batch array (uint8 and float in [0, 1], numpy and torch), a list of files and the probabilities of
+    ``Segmenter.load(path)`` (device auto, the default) equal `anomalign segment`'s files for the same images."""
+    from PIL import Image
+
+    from anomalign.cli import main
+    from anomalign.segmenter.model import Segmenter
+    torch.manual_seed(0)
+    seg = Segmenter("unet-tiny")
+    seg.save(tmp_path / "seg", {"size": 32} if trained_on == "whole images" else {"crop_size": 16, "scale": 1.0})
+    rng = np.random.default_rng(0)
+    batch = rng.integers(0, 256, (3, 24, 40, 3), dtype=np.uint8)  # 24 x 40: resized (or windowed) and back
+    files = []
+    for k, image in enumerate(batch):
+        files.append(tmp_path / "images" / f"{k}.png")
+        files[-1].parent.mkdir(exist_ok=True)
+        Image.fromarray(image).save(files[-1])
+    loaded = Segmenter.load(tmp_path / "seg")
+    prob = loaded.predict(batch, probability=True)
+    assert prob.shape == (3, 24, 40) and prob.dtype == np.float32
+    threshold = float(np.median(prob))  # a threshold that splits the random network's output: masks can differ
+    assert main(["segment", str(tmp_path / "images"), "--segmenter", str(tmp_path / "seg"), "--out",
+                 str(tmp_path / "pred"), "--threshold", str(threshold), "--save-probabilities"]) == 0
+    written = np.stack([np.asarray(Image.open(tmp_path / "pred" / "masks" / f"{k}.png")) > 127 for k in range(3)])
+    written_prob = np.stack([np.asarray(Image.open(tmp_path / "pred" / "probabilities" / f"{k}.png"))
+                             for k in range(3)])
+    assert 0.2 < written.mean() < 0.8
+    masks = loaded.predict(batch, threshold=threshold)
+    assert masks.shape == (3, 24, 40) and masks.dtype == bool
+    assert np.array_equal(masks, written)
+    assert np.array_equal((prob * 255).round().astype(np.uint8), written_prob)
+    assert np.array_equal(loaded.predict(batch.astype(np.float32) / 255, threshold=threshold), written)
+    assert np.array_equal(loaded.predict(torch.from_numpy(batch), threshold=threshold), written)
+    listed = loaded.predict(files, threshold=threshold)
+    assert isinstance(listed, list) and all(np.array_equal(m, w) for m, w in zip(listed, written))
+    grey = batch[..., :1]  # [N, H, W, 1]: grey images, predicted as the grey file segment reads
+    Image.fromarray(grey[0, ..., 0]).save(tmp_path / "grey.png")
+    assert main(["segment", str(tmp_path / "grey.png"), "--segmenter", str(tmp_path / "seg"), "--out",
+                 str(tmp_path / "pred_grey"), "--threshold", str(threshold)]) == 0
+    assert np.array_equal(loaded.predict(grey, threshold=threshold)[0],
+                          np.asarray(Image.open(tmp_path / "pred_grey" / "masks" / "grey.png")) > 127)
+
+
+def test_load_picks_the_device_as_the_commands_do(tmp_path, monkeypatch):
+    """``device="auto"`` (the default) goes through ``devices.pick_device``, the one reading of ``--device auto``;
+    an explicit device is taken as given."""
+    import anomalign.devices
+    from anomalign.segmenter.model import Segmenter
+    Segmenter("unet-tiny").save(tmp_path / "seg", {"size": 32})
+    asked = []
+    monkeypatch.setattr(anomalign.devices, "pick_device", lambda d: asked.append(d) or "cpu")
+    assert next(Segmenter.load(tmp_path / "seg").parameters()).device.type == "cpu"
+    assert asked == ["auto"]
+    Segmenter.load(tmp_path / "seg", device="cpu")
+    Segmenter.load(tmp_path / "seg", device=torch.device("cpu"))
+    assert asked == ["auto"]
