@@ -1,6 +1,7 @@
 """The README's "Python API" example, run as written (on a tiny dataset, with a plan that fits seconds)."""
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -137,3 +138,66 @@ def test_load_picks_the_device_as_the_commands_do(tmp_path, monkeypatch):
     Segmenter.load(tmp_path / "seg", device="cpu")
     Segmenter.load(tmp_path / "seg", device=torch.device("cpu"))
     assert asked == ["auto"]
+
+
+@pytest.mark.parametrize("case", ["colour", "grey, window resized"])
+def test_inpaint_equals_what_generate_normals_writes(tmp_path, gen_dir, case):
+    """``MaskGenerator.inpaint`` on a normal image with the mask ``generate --normals`` placed in it, the record's
+    seed and window, gives that command's image and mask exactly; with its own (centred) window it changes only
+    the mask grown by the inpainting region and keeps the mask."""
+    from PIL import Image
+
+    from anomalign.cli import main
+    from anomalign.generator.model import MaskGenerator
+    from dummy_data import save
+    rng = np.random.default_rng(1)
+    grey = case.startswith("grey")
+    for k in range(2):
+        normal = rng.integers(0, 256, (60, 70) if grey else (60, 70, 3)).astype(np.uint8)
+        save(tmp_path / "normals" / f"n{k}.png", normal)
+    source = np.zeros((40, 40), bool)
+    source[8:32, 10:30] = True  # 24 x 20 px: with --resolution 16 the window is 24 px, resized to 16 and back
+    save(tmp_path / "masks" / "scratch" / "a.png", source)
+    extra = ["--resolution", "16"] if grey else []
+    assert main(["generate", "--generator", str(gen_dir), "--masks", str(tmp_path / "masks"), "--normals",
+                 str(tmp_path / "normals"), "--out", str(tmp_path / "out"), "--num", "2", "--steps", "2",
+                 "--batch-invariant", "--device", "cpu", *extra]) == 0
+    gen = MaskGenerator.load(gen_dir)
+    if grey:
+        gen.spec["resolution"] = 16  # the size generate was asked for
+    rows = [json.loads(r) for r in (tmp_path / "out" / "metadata.jsonl").read_text().splitlines()]
+    assert len(rows) == 2
+    for r in rows:
+        written = np.asarray(Image.open(tmp_path / "out" / r["file_name"]).convert("RGB"))
+        written_mask = np.asarray(Image.open(tmp_path / "out" / r["mask_file_name"])) > 127
+        normal = np.asarray(Image.open(r["normal_image"]).convert("RGB"))
+        assert r["window"][2] == (24 if grey else 32)
+        how = dict(seed=r["seed"], steps=r["steps"], scheduler=r["scheduler"])  # guidance: the same default
+        assert r["guidance"] == 3.0
+        image, mask = gen.inpaint(normal, written_mask, r["prompt"], window=r["window"], **how)
+        assert image.dtype == np.uint8 and image.shape == normal.shape and mask.dtype == bool
+        assert np.array_equal(mask, written_mask) and np.array_equal(image, written)
+        own, own_mask = gen.inpaint(normal, written_mask, r["prompt"], **how)  # the centred window
+        assert np.array_equal(own_mask, written_mask) and not np.array_equal(own, normal)
+        grown = torch.nn.functional.max_pool2d(torch.from_numpy(written_mask).float()[None, None], 7, 1, 3)[0, 0]
+        assert np.array_equal(own[grown.numpy() == 0], normal[grown.numpy() == 0])  # nothing else changed
+        if grey:
+            assert np.array_equal(own[..., 0], own[..., 2])
+
+
+def test_inpaint_errors_are_clear(gen_dir):
+    from anomalign.generator.model import MaskGenerator
+    gen = MaskGenerator.load(gen_dir)
+    image = np.zeros((40, 50, 3), np.uint8)
+    with pytest.raises(AnomalignError, match=r"mask must be \[H, W\] = \[40, 50\]"):
+        gen.inpaint(image, np.ones((40, 40), bool), "a photo")
+    with pytest.raises(AnomalignError, match="no anomaly pixel"):
+        gen.inpaint(image, np.zeros((40, 50), bool), "a photo")
+    big = np.zeros((40, 50), bool)
+    big[:, 2:45] = True
+    with pytest.raises(AnomalignError, match="does not fit a square window"):
+        gen.inpaint(image, big, "a photo")
+    small = np.zeros((40, 50), bool)
+    small[30:35, 30:35] = True
+    with pytest.raises(AnomalignError, match="hold every anomaly pixel"):
+        gen.inpaint(image, small, "a photo", window=(0, 0, 32))

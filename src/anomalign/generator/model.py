@@ -17,7 +17,7 @@ from anomalign.errors import AnomalignError
 from anomalign.generator.conditioning import (MaskEncoding, drop_condition, encode_mask_condition,
                                               expand_conv_in, mask_channels)
 from anomalign.generator.losses import to_epsilon
-from anomalign.generator.sampler import DEFAULT_SAMPLER, DEFAULT_STEPS, sample
+from anomalign.generator.sampler import DEFAULT_GUIDANCE, DEFAULT_SAMPLER, DEFAULT_STEPS, sample
 from anomalign.weights import canonical_spec, read_weights, write_weights
 
 WEIGHTS_NAME = "generator.safetensors"
@@ -168,6 +168,61 @@ class MaskGenerator(nn.Module):
                         DEFAULT_STEPS.get(scheduler, 50) if steps is None else steps,  # unknown: sample says so
                         guidance)
         return from_model_range(images)
+
+    @torch.no_grad()
+    def inpaint(self, image, mask, prompt: str, seed: int = 0, steps: int | None = None,
+                guidance: float | None = None, scheduler: str = DEFAULT_SAMPLER, window: tuple[int, int, int] | None = None):
+        """A defect generated inside ``image`` where ``mask`` says, at the image's own size: (image, mask).
+
+        ``image``: a file path, a PIL image or an array [H, W, 3] / [H, W] (grey), uint8 or float in [0, 1]
+        (``data.transforms.image_u8``); ``mask``: bool / 0-1 array [H, W] of the same size, where the anomaly must
+        be. ``prompt``: e.g. "a photo of a surface with a scratch defect".
+
+        As ``generate --normals`` does it, with the same functions (``generator.window``): a square window of the
+        generator's resolution R around the mask's anomaly pixels (larger when they span more, then resized to R
+        and back), the defect generated there by the inpainting sampler inside the mask grown by ``DILATE_PX``,
+        and pasted back through that region only: every other pixel keeps its exact value, and grey images stay
+        grey. The window is centred on the anomaly (``window_around`` puts it at a random place for ``generate``);
+        ``window`` = (top, left, side) chooses it, e.g. the ``window`` of a ``generate`` record. ``seed``: the
+        sample's seed (a ``generate`` record's ``seed``); ``steps``, ``scheduler``: as ``generate``; ``guidance``:
+        default 3 for the tiny backend, 7 for Stable Diffusion (``sampler.DEFAULT_GUIDANCE``), as ``generate``.
+
+        Returns the image, uint8 [H, W, 3], and the mask, bool [H, W].
+        """
+        import numpy as np
+
+        from anomalign.data.transforms import from_model_range, image_u8
+        from anomalign.generator.window import (DILATE_PX, FEATHER_PX, centred_window, dilate, paste_window,
+                                                window_tensors)
+        full = image_u8(image)
+        m = np.asarray(mask.detach().cpu() if torch.is_tensor(mask) else mask)
+        m = m[..., 0] if m.ndim == 3 and m.shape[-1] == 1 else m
+        if m.shape != full.shape[:2]:
+            raise AnomalignError(f"mask must be [H, W] = {list(full.shape[:2])}, the image's size, got {list(m.shape)}")
+        m = m > 0.5
+        if not m.any():
+            raise AnomalignError("mask has no anomaly pixel: nothing to generate")
+        H, W = m.shape
+        ys, xs = np.nonzero(m)
+        y, x, h, w = int(ys.min()), int(xs.min()), int(ys.max() - ys.min() + 1), int(xs.max() - xs.min() + 1)
+        size = self.resolution
+        if window is None:
+            if max(h, w) > min(H, W):
+                raise AnomalignError(f"the mask's anomaly spans {h} x {w} px: it does not fit a square window inside "
+                                     f"the {H} x {W} image (generate --normals scales such a defect down)")
+            window = centred_window(y, x, h, w, size, H, W)
+        top, left, side = (int(v) for v in window)
+        if not (0 <= top and 0 <= left and top + side <= H and left + side <= W
+                and top <= y and left <= x and y + h <= top + side and x + w <= left + side):
+            raise AnomalignError(f"window {[top, left, side]} (top, left, side) must lie inside the {H} x {W} image and "
+                                 f"hold every anomaly pixel (box y {y}, x {x}, {h} x {w} px)")
+        bg, cond = window_tensors(full, top, left, side, m[top:top + side, left:left + side], size)
+        region = dilate(cond[None], DILATE_PX)
+        out = sample(self.eval(), cond[None], [prompt], [seed], scheduler,
+                     DEFAULT_STEPS.get(scheduler, 50) if steps is None else steps,
+                     DEFAULT_GUIDANCE[self.spec.get("backend", "tiny")] if guidance is None else guidance,
+                     background=bg[None], region=region, feather_px=FEATHER_PX).float().cpu()
+        return paste_window(full, from_model_range(out)[0], region[0], top, left, side), m
 
     def save(self, folder: Path, dtype: torch.dtype | None = None) -> Path:
         """Write ``generator.safetensors`` (+ ``generator.json``) into ``folder`` atomically."""

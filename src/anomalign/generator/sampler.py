@@ -32,6 +32,9 @@ SchedulerName = Literal["ddim", "dpm++", "unipc"]
 # 3-seed spread at 4.0x the speed, on the built-in data and on magnetic tile (docs/benchmarks.md, issue 40).
 DEFAULT_SAMPLER: SchedulerName = "unipc"
 DEFAULT_STEPS = {"ddim": 50, "dpm++": 10, "unipc": 8}
+# Classifier-free guidance of `generate` and `MaskGenerator.inpaint` per backend: the tiny model aligns best at 3
+# (docs/generator.md), Stable Diffusion takes the paper's 7.
+DEFAULT_GUIDANCE = {"tiny": 3.0, "sd": 7.0}
 
 
 def make_scheduler(train_scheduler, name: SchedulerName):

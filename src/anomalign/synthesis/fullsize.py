@@ -23,9 +23,10 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from anomalign.data.transforms import grey_u8, is_grey, resize_images
+from anomalign.data.transforms import is_grey
 from anomalign.errors import DataError
-from anomalign.synthesis.placement import estimate_foreground, paste, place, window_around
+from anomalign.generator.window import paste_window, window_around, window_tensors
+from anomalign.synthesis.placement import estimate_foreground, place
 
 
 @dataclass
@@ -205,34 +206,22 @@ def plan(i: int, seed: int, defect: np.ndarray, normals: NormalImages, size: int
 def window_inputs(p: Placement, defect: np.ndarray, normals: NormalImages, size: int
                   ) -> tuple[torch.Tensor, torch.Tensor]:
     """The generation inputs of a placement at the generator's resolution R: the normal window [3, R, R] in
-    [-1, 1] and the defect mask in it [1, R, R] in {0, 1}."""
-    from anomalign.data.transforms import to_model_range
+    [-1, 1] and the defect mask in it [1, R, R] in {0, 1} (``generator.window.window_tensors``)."""
     image, _ = normals.get(p.normal)
-    window = image[p.top:p.top + p.side, p.left:p.left + p.side]
     mask = np.zeros((p.side, p.side), np.float32)
     mask[p.y - p.top:p.y - p.top + p.h, p.x - p.left:p.x - p.left + p.w] = defect
-    x, m = to_model_range(window), torch.from_numpy(mask)[None]
-    if p.side != size:
-        x = resize_images(x[None], size)[0]
-        m = F.interpolate(m[None], size=(size, size), mode="nearest-exact")[0]
-    return x.clamp(-1, 1), m
+    return window_tensors(image, p.top, p.left, p.side, mask, size)
 
 
 def compose(p: Placement, defect: np.ndarray, window_u8: np.ndarray, region: torch.Tensor, normals: NormalImages
             ) -> tuple[np.ndarray, np.ndarray]:
     """Full-size image uint8 [H, W] (grayscale normals) or [H, W, 3] and mask uint8 [H, W] (0/255, the defect's
     own pixels, and the host's own mask for an anomalous host): the generated window [R, R, 3] pasted into the
-    normal image through the inpainting region [1, R, R] only, so every pixel outside it keeps its value."""
+    normal image through the inpainting region [1, R, R] only (``generator.window.paste_window``), so every
+    pixel outside it keeps its value."""
     image, _ = normals.get(p.normal)
-    s = p.side
-    if window_u8.shape[0] != s:
-        window_u8 = np.asarray(Image.fromarray(window_u8).resize((s, s), Image.BICUBIC))
-    alpha = region if region.shape[-1] == s else F.interpolate(region[None], size=(s, s), mode="nearest-exact")[0]
-    grey = is_grey(image)
-    if grey:  # keep grayscale data grayscale: the generated pixels lose the colour the codec may add
-        window_u8 = np.repeat(grey_u8(window_u8)[..., None], 3, axis=2)
-    full = paste(image, window_u8, alpha[0].numpy(), p.top, p.left)
-    return (full[..., 0] if grey else full), normals.full_mask(p, defect)
+    full = paste_window(image, window_u8, region, p.top, p.left, p.side)
+    return (full[..., 0] if is_grey(image) else full), normals.full_mask(p, defect)
 
 
 def unplaceable_record(i: int, source, shape: tuple[int, int]) -> dict:

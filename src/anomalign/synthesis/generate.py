@@ -31,8 +31,9 @@ from anomalign.config import option
 from anomalign.data.folders import DataOptions
 from anomalign.devices import DTYPES, use_cpu
 from anomalign.errors import AnomalignError, ConfigError, DataError
-from anomalign.files import file_sha256, write_text_atomic
-from anomalign.generator.sampler import DEFAULT_SAMPLER, DEFAULT_STEPS
+from anomalign.files import check_out_outside, file_sha256, releases_locks, write_text_atomic
+from anomalign.generator.sampler import DEFAULT_GUIDANCE, DEFAULT_SAMPLER, DEFAULT_STEPS
+from anomalign.generator.window import DILATE_PX, FEATHER_PX, dilate
 from anomalign.synthesis.sources import (MaskSource, host_files, load_masks, read_backgrounds,
                                         read_mask_sources, usable_hosts)
 from anomalign.synthesis.store import prepare_out, read_record, write_attempt
@@ -40,7 +41,7 @@ from anomalign.synthesis.augment import MASK_AUGMENTS, augment_mask
 from anomalign.training import sample_seed
 
 SCORES = ("free-lunch", "oracle")
-TINY_GUIDANCE, SD_GUIDANCE = 3.0, 7.0
+TINY_GUIDANCE, SD_GUIDANCE = DEFAULT_GUIDANCE["tiny"], DEFAULT_GUIDANCE["sd"]
 
 
 @dataclass(kw_only=True)
@@ -99,8 +100,8 @@ class GenerateConfig(DataOptions):
                                                  "when they do not fit)")
     foreground: Path | None = option(None, "with --normals: foreground masks named like the normal images (defects "
                                            "are placed on them); default: estimated from the image border")
-    dilate: int = option(3, "inpainting: grow the mask by this many pixels to get the region regenerated")
-    feather: int = option(2, "inpainting: width in pixels of the blend ramp inside the region")
+    dilate: int = option(DILATE_PX, "inpainting: grow the mask by this many pixels to get the region regenerated")
+    feather: int = option(FEATHER_PX, "inpainting: width in pixels of the blend ramp inside the region")
     resample: int = option(0, "inpainting: RePaint-style re-noise/denoise repeats per step (ddim only)")
     scores: list[str] = option(default_factory=lambda: ["free-lunch"],
                                help="alignment scores per sample: free-lunch (the generator's own), oracle "
@@ -193,13 +194,6 @@ class GenerateConfig(DataOptions):
         if self.filter_by == "auto":
             return "oracle" if has_oracle else "free-lunch"
         return self.filter_by
-
-
-def dilate(masks: torch.Tensor, pixels: int) -> torch.Tensor:
-    """Grow masks [B, 1, H, W] by ``pixels`` (square structuring element)."""
-    if pixels <= 0:
-        return masks
-    return torch.nn.functional.max_pool2d(masks, 2 * pixels + 1, stride=1, padding=pixels)
 
 
 class Synthesizer:
@@ -336,6 +330,7 @@ def summarize(records: list[dict], attempts: int) -> dict:
     return summary
 
 
+@releases_locks
 def run_generate(cfg: GenerateConfig, progress: bool = True, oracle=None) -> dict:
     """Write ``cfg.num`` pairs to ``cfg.out`` (resuming a previous identical run); returns the summary.
 
@@ -348,6 +343,7 @@ def run_generate(cfg: GenerateConfig, progress: bool = True, oracle=None) -> dic
     from anomalign.weights import weights_file
 
     cfg.validate()  # idempotent; fills defaults that depend on other options (steps, scores)
+    check_out_outside(cfg.out, {"--masks": cfg.masks, "--background": cfg.background, "--normals": cfg.normals})
     cfg.check_scores(oracle is not None or cfg.oracle is not None)
     acc = Accelerator(cpu=use_cpu(cfg.device))
     main = acc.is_main_process

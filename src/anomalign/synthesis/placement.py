@@ -20,6 +20,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+# moved to the generator layer, which MaskGenerator.inpaint shares with generate --normals; kept importable here
+from anomalign.generator.window import paste, window_around  # noqa: F401
+
 
 def estimate_foreground(image: np.ndarray, tolerance: float = 30.0, texture_share: float = 0.85,
                         ignore: np.ndarray | None = None, plain_border: float = 0.97, min_object: float = 0.05,
@@ -85,29 +88,3 @@ def place(defect: np.ndarray, foreground: np.ndarray, rng: random.Random, tries:
         if foreground[y:y + h, x:x + w][defect].all():
             return y, x
     return None
-
-
-def window_around(y: int, x: int, h: int, w: int, size: int, H: int, W: int, rng: random.Random
-                  ) -> tuple[int, int, int]:
-    """(top, left, side) of a square window inside the image [H, W] that contains the box (y, x, h, w):
-    side ``size`` (less if the image is smaller, more if the box is larger), the box at a random place in it."""
-    side = max(min(size, H, W), h, w)
-    if side > min(H, W):
-        raise ValueError(f"a {h}x{w} defect does not fit a square window inside a {H}x{W} image")
-    top = rng.randint(max(0, y + h - side), min(y, H - side))
-    left = rng.randint(max(0, x + w - side), min(x, W - side))
-    return top, left, side
-
-
-def paste(full: np.ndarray, window: np.ndarray, alpha: np.ndarray, top: int, left: int) -> np.ndarray:
-    """Copy of uint8 ``full`` [H, W, C] with ``window`` [s, s, C] blended in at (top, left) by alpha [s, s] in
-    [0, 1]: pixels where alpha is 0 keep their exact value."""
-    out = full.copy()
-    s = window.shape[0]
-    region = out[top:top + s, left:left + s].astype(np.float32)
-    a = alpha[..., None].astype(np.float32)
-    blended = np.rint(a * window.astype(np.float32) + (1 - a) * region).astype(np.uint8)
-    keep = alpha <= 0
-    blended[keep] = out[top:top + s, left:left + s][keep]
-    out[top:top + s, left:left + s] = blended
-    return out
