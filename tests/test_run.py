@@ -269,3 +269,66 @@ def test_an_arm_checkpoints_after_the_fork(tiny_run):
     if not (out / "arm_synthetic").is_dir():
         assert main(run_args(tiny_run, out)) == 0
     assert "checkpoint_every: 1" in (out / "arm_synthetic" / "config.yaml").read_text()  # 8 steps: fork at 4
+
+
+# a continued run redoes what changed ---------------------------------------------------------------------------
+
+
+def _edit(path: Path, old: str, new: str) -> None:
+    text = path.read_text()
+    assert old in text, text
+    path.write_text(text.replace(old, new))
+
+
+def test_edited_plan_and_deleted_stage_redoes_its_dependents(tiny_run, capsys):
+    """Issue 48, case 2: plan.yaml edited and the baseline's folder deleted, as docs/run.md says. The baseline is
+    retrained, and so is everything made from the old one: the synthetic pairs it filtered and the arms forked
+    from it (they printed 'done, skipped', kept their old fork, and the choice compared them anyway)."""
+    out = tiny_run / "edited"
+    assert main(run_args(tiny_run, out)) == 0
+    old_pairs = (out / "synthetic" / "summary.json").read_text()
+    capsys.readouterr()
+    _edit(out / "plan.yaml", "seg_steps: 8", "seg_steps: 10")
+    import shutil
+    shutil.rmtree(out / "baseline")
+    assert main(["run", str(tiny_run / "data"), "--out", str(out), "--device", "cpu"]) == 0
+    text = capsys.readouterr().out
+    assert "baseline segmenter, real pairs only (10 steps) — elapsed" in text
+    assert "generate 6 synthetic pairs, kept where the baseline finds the defect — elapsed" in text
+    arms = json.loads((out / "choice.json").read_text())["arms"]
+    assert arms and not any(f"arm '{a}', forked from the baseline at step 5 — done, skipped" in text for a in arms)
+    for a in arms:  # forked from the new baseline, at its new half-way step
+        assert "step-0000005" in (out / f"arm_{a}" / "config.yaml").read_text()
+        assert "max_steps: 10" in (out / f"arm_{a}" / "config.yaml").read_text()
+    assert (out / "synthetic" / "summary.json").read_text() != old_pairs  # filtered by the new baseline
+    assert main(["run", str(tiny_run / "data"), "--out", str(out), "--device", "cpu"]) == 0
+    text = capsys.readouterr().out  # nothing changed since: every training stage skipped
+    assert "(10 steps) — done, skipped" in text and "redoing" not in text
+    assert all(f"arm '{a}', forked from the baseline at step 5 — done, skipped" in text for a in arms)
+
+
+def test_an_edited_plan_redoes_the_stages_it_changes_without_deleting_anything(tiny_run, capsys):
+    """Editing a value is enough: the stages it feeds are redone (and said so); the others are kept."""
+    out = tiny_run / "edited2"
+    assert main(run_args(tiny_run, out)) == 0
+    generator = (out / "generator" / "generator.safetensors").read_bytes()
+    capsys.readouterr()
+    _edit(out / "plan.yaml", "synthetic_per_step: 2", "synthetic_per_step: 1")  # feeds the synthetic arms only
+    assert main(["run", str(tiny_run / "data"), "--out", str(out), "--device", "cpu"]) == 0
+    text = capsys.readouterr().out
+    assert "8 steps) — done, skipped" in text and "train the generator (tiny, 3 steps) — done, skipped" in text
+    assert "arm_synthetic: its inputs changed since it ran (batch_size 6 -> 5" in text
+    assert "arm 'synthetic', forked from the baseline at step 4 — elapsed" in text
+    assert (out / "generator" / "generator.safetensors").read_bytes() == generator
+
+
+@pytest.mark.parametrize("flag", [["--arms", "synthetic"], ["--budget", "30"], ["--backend", "sd", "--base", "x"]])
+def test_a_continued_run_refuses_options_its_plan_would_ignore(tiny_run, capsys, flag):
+    """--arms, --budget and --backend were silently ignored once plan.yaml existed: now a message, exit 2."""
+    out = tiny_run / "whole"
+    if not (out / "result.json").is_file():
+        assert main(run_args(tiny_run, out)) == 0
+    capsys.readouterr()
+    code = main(["run", str(tiny_run / "data"), "--out", str(out), "--device", "cpu", *flag])
+    err = capsys.readouterr().err
+    assert code == 2 and f"{flag[0]} " in err and "Traceback" not in err, err

@@ -19,6 +19,7 @@ config), finished stages are skipped on a rerun, and a killed stage resumes from
 """
 from __future__ import annotations
 
+import functools
 import json
 import math
 import sys
@@ -146,58 +147,72 @@ class Stages:
                 "train_normals": p.train_normals, "seed": cfg.seed, "device": cfg.device,
                 "checkpoint_every": p.fork_step, "keep_checkpoints": 3, "validate_every": p.fork_step}
 
+    def arm_values(self, folder: Path, arm: str | None = None) -> dict:
+        """``train-segmenter``'s values for the baseline (``arm`` None) or an arm, without ``resume``."""
+        values = self.segmenter_values(folder)
+        if arm is None:
+            return values
+        if arm in ("synthetic", "both"):
+            values |= {"synthetic": [str(self.out / "synthetic")],
+                       "batch_size": self.plan.batch_size + self.plan.synthetic_per_step,
+                       "synthetic_fraction": self.plan.synthetic_per_step / (self.plan.batch_size
+                                                                             + self.plan.synthetic_per_step)}
+        if arm in ("feedback", "both"):
+            # forked half-way: feedback starts at the fork, as the measured warm-up (no second warm-up)
+            values |= {"feedback_generator": str(self.out / "generator"), "fb_warmup_steps": 0}
+            if self.cfg.base and self.plan.backend == "sd":
+                values["feedback_base"] = self.cfg.base
+        # checkpoints every quarter of the arm's half, so a killed arm resumes near where it stopped rather
+        # than from the fork (the baseline keeps checkpoint_every = fork_step: its fork checkpoint must stay)
+        values["checkpoint_every"] = arm_checkpoint_every(self.plan)
+        return values
+
     def train_segmenter(self, folder: Path, arm: str | None = None) -> None:
         """The baseline (``arm`` None), or an arm forked from the baseline's half-way checkpoint."""
         from anomalign.segmenter.train import TrainSegmenterConfig, run_train_segmenter
-        values = self.segmenter_values(folder)
+        values = self.arm_values(folder, arm)
         fork = self.out / "baseline" / "checkpoints" / f"step-{self.plan.fork_step:07d}"
         own = folder / "checkpoints"
         resume = "latest" if own.is_dir() and any(own.glob("step-*[0-9]")) else None
         if arm is not None:
             resume = resume or str(fork)
-            if arm in ("synthetic", "both"):
-                values |= {"synthetic": [str(self.out / "synthetic")],
-                           "batch_size": self.plan.batch_size + self.plan.synthetic_per_step,
-                           "synthetic_fraction": self.plan.synthetic_per_step / (self.plan.batch_size
-                                                                                 + self.plan.synthetic_per_step)}
-            if arm in ("feedback", "both"):
-                # forked half-way: feedback starts at the fork, as the measured warm-up (no second warm-up)
-                values |= {"feedback_generator": str(self.out / "generator"), "fb_warmup_steps": 0}
-                if self.cfg.base and self.plan.backend == "sd":
-                    values["feedback_base"] = self.cfg.base
-        if arm is not None:
-            # checkpoints every quarter of the arm's half, so a killed arm resumes near where it stopped rather
-            # than from the fork (the baseline keeps checkpoint_every = fork_step: its fork checkpoint must stay)
-            values["checkpoint_every"] = arm_checkpoint_every(self.plan)
         values["resume"] = resume
         run_train_segmenter(build_config(TrainSegmenterConfig, values), progress=self.progress)
 
-    def train_generator(self) -> None:
-        from anomalign.generator.train import TrainGeneratorConfig, run_train_generator
+    def generator_values(self) -> dict:
+        """``train-generator``'s values, without ``resume``."""
         p, cfg = self.plan, self.cfg
-        folder = self.out / "generator"
-        own = folder / "checkpoints"
-        run_train_generator(build_config(TrainGeneratorConfig, {
-            **data_values(cfg), "data": str(cfg.data), "out": str(folder), "backend": p.backend, "base": p.base,
-            "resolution": p.gen_resolution, "crop_size": p.gen_crop_size, "scale": p.scale,
+        return {
+            **data_values(cfg), "data": str(cfg.data), "out": str(self.out / "generator"), "backend": p.backend,
+            "base": p.base, "resolution": p.gen_resolution, "crop_size": p.gen_crop_size, "scale": p.scale,
             "crops_per_image": 4, "max_steps": p.gen_steps, "batch_size": 16, "learning_rate": 1e-4,
             "normals": 16, "checkpoint_every": max(1, p.gen_steps // 3), "validation_masks": 8,
-            "validation_steps": 25, "validation_guidance": p.guidance, "seed": cfg.seed, "device": cfg.device,
+            "validation_steps": 25, "validation_guidance": p.guidance, "seed": cfg.seed, "device": cfg.device}
+
+    def train_generator(self) -> None:
+        from anomalign.generator.train import TrainGeneratorConfig, run_train_generator
+        own = self.out / "generator" / "checkpoints"
+        run_train_generator(build_config(TrainGeneratorConfig, {
+            **self.generator_values(),
             "resume": "latest" if own.is_dir() and any(own.glob("step-*[0-9]")) else None}), progress=self.progress)
 
-    def generate(self) -> dict:
-        from anomalign.segmenter.model import Segmenter
-        from anomalign.synthesis.generate import GenerateConfig, run_generate
+    def generate_values(self) -> dict:
+        """``generate``'s values: the plan's synthesis into the run's hosts, filtered by the baseline."""
         p, cfg = self.plan, self.cfg
         normals = cfg.normals or cfg.data
-        gen_cfg = build_config(GenerateConfig, {
+        return {
             **data_values(cfg), "generator": str(self.out / "generator"), "masks": str(cfg.data),
             "out": str(self.out / "synthetic"), "split": "train", "num": p.synthetic,
             "augment": ["flip"] if p.hosts == "normal" else ["flip", "rot90"], "scheduler": p.sampler,
             "steps": p.sample_steps, "guidance": p.guidance, "batch_size": 16, "seed": cfg.seed,
             "normals": str(normals), "hosts": "normal" if cfg.normals else p.hosts,
             "max_defect_size": p.max_defect_size, "oracle": str(self.out / "baseline"),
-            "min_alignment": p.min_alignment, "device": cfg.device, "base": cfg.base if p.backend == "sd" else None})
+            "min_alignment": p.min_alignment, "device": cfg.device, "base": cfg.base if p.backend == "sd" else None}
+
+    def generate(self) -> dict:
+        from anomalign.segmenter.model import Segmenter
+        from anomalign.synthesis.generate import GenerateConfig, run_generate
+        gen_cfg = build_config(GenerateConfig, self.generate_values())
         try:
             return run_generate(gen_cfg, progress=self.progress, oracle=Segmenter.load(self.out / "baseline"))
         except AnomalignError as e:  # fewer pairs than asked passed the filter: go on with those that did
@@ -206,6 +221,33 @@ class Stages:
                 raise
             print(f"warning: {e}", file=sys.stderr)
             return json.loads(summary.read_text())
+
+    def inputs(self, name: str) -> dict:
+        """What stage ``name``'s result depends on: its command's values (the plan's and the run's options;
+        not where it runs) and the identity (output file hash) of each stage it reads. Two starts with equal
+        inputs may share the stage's result; any difference redoes it (``StageRecords``)."""
+        out = self.out
+        if name == "baseline":
+            values, parents = self.arm_values(out / "baseline"), {}
+        elif name == "generator":
+            values, parents = self.generator_values(), {}
+        elif name == "synthetic":
+            values, parents = self.generate_values(), {"generator": None, "baseline": None}
+        elif name == "premise":
+            values = self.segmenter_values(out / "arm_feedback") | {"feedback_generator": str(out / "generator")}
+            parents = {"generator": None}
+        elif name.startswith("arm_"):
+            arm = name[len("arm_"):]
+            values, parents = self.arm_values(out / name, arm), {"baseline": None}
+            if arm in ("synthetic", "both"):
+                parents["synthetic"] = None
+            if arm in ("feedback", "both"):
+                parents["generator"] = None
+        else:
+            raise KeyError(name)
+        values = {k: v for k, v in values.items() if k not in ("device", "resume")}
+        parents = {k: file_identity(out / STAGE_OUTPUT[k]) for k in parents}
+        return json.loads(json.dumps({"values": values, "parents": parents}, sort_keys=True, default=str))
 
     def generation_quality(self) -> dict:
         """``generation/``: evaluate-generation of the kept synthetic pairs against the real test anomalies,
@@ -233,6 +275,92 @@ class Stages:
         result = feedback_premise(gen, real, seg_cfg)
         result["holds"] = bool(result.get("images") and result["frac_true_lt_both"] >= PREMISE_MIN)
         return result
+
+
+# The file whose presence marks each stage done (relative to RUN); its hash is the stage's identity.
+STAGE_OUTPUT = {"baseline": "baseline/segmenter.safetensors", "generator": "generator/generator.safetensors",
+                "synthetic": "synthetic/summary.json", "premise": "premise.json",
+                **{f"arm_{a}": f"arm_{a}/segmenter.safetensors" for a in ARMS}}
+
+
+def file_identity(path: Path) -> str | None:
+    """A finished stage's identity: the sha256 of its output file (None when it is not there)."""
+    path = Path(path)
+    if not path.is_file():
+        return None
+    st = path.stat()
+    return _sha256_of(str(path.resolve()), st.st_mtime_ns, st.st_size)
+
+
+@functools.lru_cache(maxsize=64)
+def _sha256_of(path: str, mtime_ns: int, size: int) -> str:
+    """sha256 of a file, computed once per version (a generator's weights are read by several stages' inputs)."""
+    from anomalign.files import file_sha256
+    return file_sha256(Path(path))
+
+
+class StageRecords:
+    """``RUN/stages.json``: the inputs each stage was started with (``Stages.inputs``).
+
+    A stage counts as done only when its output file exists **and** it was made from today's inputs. When the
+    inputs changed (an edited plan, another --seed or --train-pairs, a parent stage redone, so a new identity),
+    its folder is removed and the stage is redone, and so, in turn, is every stage that reads it. A run made
+    before these records has none: its finished stages are taken as they are (with a note), unless a stage they
+    read was redone in this start."""
+
+    def __init__(self, out: Path):
+        self.out, self.path = out, out / "stages.json"
+        self.legacy = not self.path.is_file()
+        self.records: dict = {} if self.legacy else json.loads(self.path.read_text())
+        self.redone: set[str] = set()
+
+    def done(self, name: str, inputs: dict) -> bool:
+        """Whether stage ``name`` can be skipped; if not, clears what it left from other inputs and records
+        ``inputs`` as the ones it now runs with."""
+        output = self.out / STAGE_OUTPUT[name]
+        target = output if name == "premise" else output.parent
+        old = self.records.get(name)
+        if old == inputs and output.is_file():
+            return True
+        if old is None and output.is_file() and not (set(inputs["parents"]) & self.redone):
+            print(f"note: {name}: no record of the inputs it was made with (a run started before stage records): "
+                  "kept as it is")
+            self._record(name, inputs)
+            return True
+        if old is not None and old != inputs and target.exists():
+            print(f"{name}: its inputs changed since it ran ({'; '.join(changed_inputs(old, inputs))}): redoing it")
+            remove_stage(target)
+        elif old is None and target.exists() and set(inputs["parents"]) & self.redone:
+            print(f"{name}: made before a stage it reads was redone: redoing it")
+            remove_stage(target)
+        self.redone.add(name)
+        self._record(name, inputs)
+        return False
+
+    def _record(self, name: str, inputs: dict) -> None:
+        self.records[name] = inputs
+        write_text_atomic(self.path, json.dumps(self.records, indent=1, sort_keys=True))
+
+
+def remove_stage(target: Path) -> None:
+    """Delete a stage's folder (or file) made from other inputs: it is rebuilt from today's."""
+    import shutil
+    if target.is_dir():
+        shutil.rmtree(target)
+    elif target.exists():
+        target.unlink()
+
+
+def changed_inputs(old: dict, new: dict, limit: int = 4) -> list[str]:
+    """The differences between two stages' inputs, as "key: old -> new" (at most ``limit``)."""
+    diffs = []
+    for group in ("values", "parents"):
+        a, b = old.get(group, {}), new.get(group, {})
+        for key in sorted(set(a) | set(b)):
+            if a.get(key) != b.get(key):
+                diffs.append(f"{key} {a.get(key)!r} -> {b.get(key)!r}" if group == "values"
+                             else f"stage {key} was redone")
+    return diffs[:limit] + ([f"{len(diffs) - limit} more"] if len(diffs) > limit else [])
 
 
 def run_pipeline(cfg: RunConfig, progress: bool = True) -> dict:
@@ -269,18 +397,23 @@ def run_pipeline(cfg: RunConfig, progress: bool = True) -> dict:
         return result
 
     stage("check", f"check the data ({sum(fp.pairs.values())} anomalous pairs)", lambda: None, True)
+    records = StageRecords(out)
+
+    def done(name: str) -> bool:  # finished, from today's inputs (else cleared and recorded, to be run)
+        return records.done(name, stages.inputs(name))
+
     stage("baseline", f"baseline segmenter, real pairs only ({plan.seg_steps} steps)",
-          lambda: stages.train_segmenter(out / "baseline"), (out / "baseline" / "segmenter.safetensors").is_file())
+          lambda: stages.train_segmenter(out / "baseline"), done("baseline"))
     if arms:
         stage("generator", f"train the generator ({plan.backend}, {plan.gen_steps} steps)", stages.train_generator,
-              (out / "generator" / "generator.safetensors").is_file())
+              done("generator"))
     if "synthetic" in arms or "both" in arms:
         stage("synthetic", f"generate {plan.synthetic} synthetic pairs, kept where the baseline finds the defect",
-              stages.generate, (out / "synthetic" / "summary.json").is_file())
+              stages.generate, done("synthetic"))
     premise = None
     if "feedback" in arms or "both" in arms:
         premise_file = out / "premise.json"
-        if not premise_file.is_file():
+        if not done("premise"):
             write_text_atomic(premise_file, json.dumps(stages.premise(), indent=1))
         premise = json.loads(premise_file.read_text())
         if not premise["holds"]:
@@ -291,8 +424,7 @@ def run_pipeline(cfg: RunConfig, progress: bool = True) -> dict:
         folder = out / f"arm_{arm}"
         if arm in arms:
             stage(f"arm_{arm}", f"arm '{arm}', forked from the baseline at step {plan.fork_step}",
-                  lambda arm=arm, folder=folder: stages.train_segmenter(folder, arm),
-                  (folder / "segmenter.safetensors").is_file())
+                  lambda arm=arm, folder=folder: stages.train_segmenter(folder, arm), done(f"arm_{arm}"))
     choice = stage("choice", "choose on the validation split", lambda: choice_stage(cfg, out, arms), False)
     test = stage("test", "evaluate the baseline and the choice on the test split",
                  lambda: test_stage(cfg, out, choice["chosen"]), False)
@@ -333,12 +465,39 @@ def decide_plan(cfg: RunConfig, fp, plan_file: Path) -> tuple[Plan, bool]:
         return plan, True
     if plan_file.is_file():
         print(f"{plan_file}: using this plan (delete it to plan again)")
-        return read_plan(plan_file), False
+        plan = read_plan(plan_file)
+        check_run_options(cfg, plan, plan_file)
+        return plan, False
     plan = make_plan(fp, backend=cfg.backend, base=cfg.base, has_normals=cfg.normals is not None,
                      budget_minutes=cfg.budget)
     if cfg.arms is not None:
         plan.arms = list(cfg.arms)
     return plan, True
+
+
+def check_run_options(cfg: RunConfig, plan: Plan, plan_file: Path) -> None:
+    """A run continued with options its plan cannot follow: stop with a message instead of ignoring them.
+
+    ``--arms`` must be the plan's arms (given); ``--budget``, ``--backend`` and ``--base`` those of the start that
+    made the plan (``RUN/run.yaml``): a plan is made once, so a new budget or backend needs a new plan."""
+    import yaml
+    if cfg.arms is not None and list(cfg.arms) != list(plan.arms):
+        raise AnomalignError(f"--arms {' '.join(cfg.arms) or 'none'}: this run's plan ({plan_file}) has arms "
+                             f"{' '.join(plan.arms) or 'none'}; edit its arms line (stages follow it) or drop --arms "
+                             "to continue this run, or choose a new --out")
+    previous = plan_file.parent / "run.yaml"
+    if not previous.is_file():
+        return
+    before = yaml.safe_load(previous.read_text()) or {}
+    for name, flag in (("budget", "--budget"), ("backend", "--backend"), ("base", "--base")):
+        was, now = before.get(name), getattr(cfg, name)
+        if name == "budget" and now is None:
+            continue  # the budget only shapes a new plan; continuing without it is the same run
+        if (str(was) if was is not None else None) != (str(now) if now is not None else None):
+            raise AnomalignError(f"{flag} {now}: this run was planned with {flag} {was} ({plan_file}); a plan is "
+                                 f"made once, so it would be ignored. Continue with {flag} {was}, or delete "
+                                 f"{plan_file} to plan again (stages whose settings change are then redone), or "
+                                 "choose a new --out")
 
 
 def check_plan(plan: Plan, fp, plan_file: Path) -> None:

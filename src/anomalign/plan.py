@@ -177,7 +177,7 @@ def write_plan(plan: Plan, path: Path, fp: Fingerprint | None = None) -> None:
     values = config_to_dict(plan)
     reasons = values.pop("reasons")
     lines = ["# anomalign run: the plan of this dataset. Edit a value and rerun `anomalign run` to use it;",
-             "# stages whose settings changed are not redone automatically: delete their folders first."]
+             "# stages whose settings changed are redone, with the stages made from them (RUN/stages.json)."]
     for f in fields(Plan):
         if f.name == "reasons":
             continue
