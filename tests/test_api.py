@@ -38,11 +38,33 @@ def test_readme_api_example_runs(tmp_path, monkeypatch):
     monkeypatch.setattr(pipeline, "make_plan", lambda *a, **k: read_plan(tmp_path / "plan.yaml"))
     scope: dict = {}
     exec(compile(readme_api_example(), "README.md", "exec"), scope)
-    assert scope["result"]["chosen"] in ("baseline", "synthetic")
+    result = scope["result"]
+    assert isinstance(result, anomalign.RunResult) and result.chosen in ("baseline", "synthetic")
     assert isinstance(scope["seg"], anomalign.Segmenter) and isinstance(scope["gen"], anomalign.MaskGenerator)
     assert scope["mask"].dtype == bool and scope["mask"].shape == (24, 32)  # the test image's own size
     assert scope["prob"].dtype == np.float32 and np.array_equal(scope["mask"], scope["prob"] >= 0.5)
+    assert scope["batch"].dtype == bool and scope["batch"].shape == (4, 24, 32)
     assert scope["images"].dtype == np.uint8 and scope["images"].shape == (2, 128, 128, 3)
+    assert scope["image"].dtype == np.uint8 and scope["image"].shape == (24, 32, 3) and scope["where"].sum() == 60
+
+    # the same run by the command: the same choice, numbers and segmenter (equal masks); its result.json read back
+    from anomalign.cli import main
+    from anomalign.pipeline import RunResult
+    assert main(["run", "my_data", "--out", "runs/cli", "--seed", "0", "--plan", str(tmp_path / "plan.yaml")]) == 0
+    cli = RunResult.read("runs/cli")
+    assert (cli.chosen, cli.reason, cli.test, cli.plan, cli.segmenter) == \
+        (result.chosen, result.reason, result.test, Path("runs/cli/plan.yaml"), Path("runs/cli") / result.segmenter.name)
+    assert cli.report.is_file() and result.report == Path("runs/mine/report/index.html") and result.report.is_file()
+    assert cli.metrics == cli.test[cli.chosen] and 0 <= cli.metrics["mIoU"] <= 1
+    image = "my_data/images/scratch/000.jpg"
+    assert np.array_equal(anomalign.Segmenter.load(cli.segmenter).predict(image), scope["mask"])
+    assert RunResult.read("runs/mine").test == result.test
+
+    # the dict form still answers, for one release, and says what replaces it
+    with pytest.warns(DeprecationWarning, match="returns a RunResult"):
+        assert result["chosen"] == result.chosen and result["segmenter"] == str(result.segmenter)
+    with pytest.raises(AnomalignError, match="has not finished"):
+        RunResult.read(tmp_path / "nothing")
 
 
 def test_segmenter_predict_is_what_segment_writes(tmp_path):

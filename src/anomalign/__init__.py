@@ -7,11 +7,12 @@ image/mask datasets, and a segmenter trained with Generative Feedback.
 from anomalign.errors import AnomalignError, ConfigError, DataError
 
 __version__ = "0.1.0"
-__all__ = ["AnomalignError", "ConfigError", "DataError", "MaskGenerator", "Segmenter", "run", "__version__"]
+__all__ = ["AnomalignError", "ConfigError", "DataError", "MaskGenerator", "RunResult", "Segmenter", "run",
+           "__version__"]
 
 # The Python API (README, "Python API"), imported on first use so that `anomalign --help` stays fast.
 _API = {"Segmenter": "anomalign.segmenter.model", "MaskGenerator": "anomalign.generator.model",
-        "run": "anomalign.pipeline"}
+        "run": "anomalign.pipeline", "RunResult": "anomalign.pipeline"}
 
 
 def __getattr__(name: str):

@@ -447,11 +447,88 @@ def run_pipeline(cfg: RunConfig, progress: bool = True) -> dict:
     return result
 
 
-def run(data, out, progress: bool = True, **options) -> dict:
-    """``anomalign run DATA --out OUT`` from Python: ``options`` are its flags (``seed=1``, ``budget=30``,
-    ``arms=["synthetic"]``, ``normals="good/"``, ...). Returns ``result.json``'s content: the chosen run and its
-    segmenter folder, the validation choice and the test metrics."""
-    return run_pipeline(build_config(RunConfig, {"data": str(data), "out": str(out), **options}), progress=progress)
+@dataclass(frozen=True, repr=False)
+class RunResult:
+    """What ``anomalign.run`` returns: ``RUN/result.json`` as typed fields (``RunResult.read(RUN)`` reads the one a
+    command-line run wrote).
+
+    - ``chosen``: the run the validation choice kept, ``"baseline"`` (real pairs only) or an arm (``"synthetic"``,
+      ``"feedback"``, ``"both"``); ``reason``: why, in words; ``choice``: ``choice.json`` (each run's val IoU and
+      the rule's numbers);
+    - ``test``: test metrics of the baseline and the chosen run at full size, ``{run: {"mIoU": ..., "mDice": ...,
+      ...}}`` as fractions in [0, 1]; ``metrics``: the chosen run's;
+    - ``segmenter``: the chosen segmenter's folder (``Segmenter.load(result.segmenter)``); ``out``: the run folder;
+      ``plan``: its ``plan.yaml``; ``report``: ``report/index.html``; ``onnx``: ``segmenter.onnx`` (None when not
+      exported);
+    - ``premise``: Generative Feedback's premise on the training images (None without a feedback arm);
+      ``generation``: generation quality with ``quality=True`` (else None);
+    - ``stage_s``: seconds per stage; ``wall_s``: the run's seconds; ``peak_rss_mb``: its peak memory.
+
+    ``result["chosen"]`` (the dict form ``run`` returned before) still works for one release, with a
+    DeprecationWarning: it gives ``result.json``'s value (paths as strings).
+    """
+
+    chosen: str
+    reason: str
+    test: dict
+    choice: dict
+    segmenter: Path
+    out: Path
+    plan: Path
+    report: Path
+    onnx: Path | None
+    premise: dict | None
+    generation: dict | None
+    stage_s: dict
+    wall_s: float
+    peak_rss_mb: float | None
+    raw: dict  # result.json itself, for the deprecated dict access
+
+    @classmethod
+    def from_dict(cls, result: dict, out: Path) -> "RunResult":
+        """The typed form of ``result.json``'s content ``result`` for the run folder ``out``."""
+        return cls(chosen=result["chosen"], reason=result["reason"], test=result["test"], choice=result["choice"],
+                   segmenter=Path(result["segmenter"]), out=Path(out), plan=Path(result["plan"]),
+                   report=Path(out) / "report" / "index.html",
+                   onnx=Path(result["onnx"]) if result.get("onnx") else None, premise=result.get("premise"),
+                   generation=result.get("generation"), stage_s=result.get("stage_s", {}),
+                   wall_s=result.get("wall_s", 0.0), peak_rss_mb=result.get("peak_rss_mb"), raw=result)
+
+    @classmethod
+    def read(cls, out) -> "RunResult":
+        """The result of the finished run in folder ``out`` (``anomalign run`` or ``anomalign.run`` made it)."""
+        file = Path(out) / "result.json"
+        try:
+            return cls.from_dict(json.loads(file.read_text()), Path(out))
+        except FileNotFoundError:
+            raise AnomalignError(f"{file}: no such file; the run in {out} has not finished (rerun `anomalign run` "
+                                 "with the same --out to continue it)") from None
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as e:
+            raise AnomalignError(f"{file}: not the result of an `anomalign run` ({type(e).__name__}: {e})") from None
+
+    @property
+    def metrics(self) -> dict:
+        """Test metrics of the chosen run (``test[chosen]``)."""
+        return self.test[self.chosen]
+
+    def __getitem__(self, key: str):
+        import warnings
+        warnings.warn(f"result[{key!r}]: anomalign.run returns a RunResult; dict access goes away in the next "
+                      f"release (use its fields, e.g. result.chosen, result.test, result.segmenter)",
+                      DeprecationWarning, stacklevel=2)
+        return self.raw[key]
+
+    def __repr__(self) -> str:
+        return (f"RunResult(chosen={self.chosen!r}, test mIoU {100 * self.metrics.get('mIoU', float('nan')):.1f}, "
+                f"segmenter={str(self.segmenter)!r})")
+
+
+def run(data, out, progress: bool = True, **options) -> RunResult:
+    """``anomalign run DATA --out OUT`` from Python (the same ``run_pipeline``): ``options`` are its flags
+    (``seed=1``, ``budget=30``, ``arms=["synthetic"]``, ``normals="good/"``, ...). Returns a ``RunResult``: the
+    choice, the test numbers and the paths (``RUN/result.json``, typed)."""
+    result = run_pipeline(build_config(RunConfig, {"data": str(data), "out": str(out), **options}), progress=progress)
+    return RunResult.from_dict(result, Path(out))
 
 
 def decide_plan(cfg: RunConfig, fp, plan_file: Path) -> tuple[Plan, bool]:
