@@ -750,3 +750,166 @@ def test_a_python_tag_in_a_segmenter_config_is_refused_on_load(tmp_path):
     assert not marker.exists()
     config.write_text("preset: unet-tiny\nsize: 32\n")  # a plain config loads
     assert Segmenter.load(tmp_path / "seg", device="cpu").size == 32
+
+
+# Third sweep (issue 48 items 1, 3, 4, 6, 7, 8a, 8c, 8d): run, segment and the runtimes ---------------------------
+
+
+def test_an_output_folder_inside_the_data_is_refused_before_anything_is_written(tmp_path, capsys, gen_dir):
+    data = tmp_path / "small"
+    write_paired(data, defects=("scratch",), n=4, normals=2)
+    before = sorted(p for p in data.rglob("*"))
+    seg = unet_segmenter(tmp_path / "seg")
+    for argv in (["run", data, "--out", data / "images" / "run", "--device", "cpu"],
+                 ["run", data, "--out", data, "--device", "cpu"],
+                 ["run", tmp_path / "elsewhere_missing_is_fine_here", "--out", data / "x", "--normals", data],
+                 ["train-segmenter", "--train", data, "--out", data / "masks" / "seg", "--max-steps", 1],
+                 ["train-generator", "--data", data, "--out", data / "gen", "--max-steps", 1],
+                 ["generate", "--generator", gen_dir, "--masks", data, "--num", 1, "--out", data / "images" / "syn"],
+                 ["segment", data / "images", "--segmenter", seg, "--out", data / "images" / "pred"]):
+        code, text = run_cli(capsys, *argv)
+        assert code == 2 and "Traceback" not in text, (argv[0], text)
+        if argv[1] != tmp_path / "elsewhere_missing_is_fine_here":
+            assert "--out is inside" in text and "nothing was written" in text, (argv[0], text)
+    assert sorted(p for p in data.rglob("*")) == before  # not one file or folder added to the user's data
+
+
+def _full_disk_on(call: int):
+    from safetensors import SafetensorError
+    calls = []
+
+    def save_file(*a, **k):
+        calls.append(a[1])
+        if len(calls) == call:  # the message safetensors gives for a full disk (seen on a 64-kB tmpfs)
+            raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+        from safetensors.torch import save_file as real
+        return real(*a, **k)
+    return save_file
+
+
+def test_a_full_disk_during_a_checkpoint_is_one_line_and_resumes(tmp_path, capsys, monkeypatch):
+    import anomalign.training as training
+    data = tmp_path / "data"
+    write_paired(data, defects=("scratch",), n=3, normals=0)
+    args = ["train-segmenter", "--train", data, "--out", tmp_path / "s", "--size", 32, "--max-steps", 4,
+            "--batch-size", 2, "--validate-every", 0, "--checkpoint-every", 2, "--device", "cpu"]
+    monkeypatch.setattr(training, "save_file", _full_disk_on(5))  # the second checkpoint's model file
+    code, text = run_cli(capsys, *args)
+    assert code == 1 and "No space left on device" in text and "Traceback" not in text, text
+    assert "SafetensorError" not in text and "checkpoints" in text  # names where it was writing
+    assert not list((tmp_path / "s" / "checkpoints").glob("*.tmp"))  # no half-written checkpoint left
+    monkeypatch.undo()
+    assert run_cli(capsys, *args, "--resume", "latest")[0] == 0
+    # the final weights go through the same translation (weights.write_weights -> files.atomic_target)
+    import anomalign.weights as weights
+    monkeypatch.setattr(weights, "save_file", _full_disk_on(1))
+    code, text = run_cli(capsys, *args[:4], tmp_path / "s2", *args[5:])
+    assert code == 1 and "No space left on device" in text and "Traceback" not in text, text
+
+
+@pytest.mark.parametrize("runtime", ["onnx", "openvino"])
+def test_a_damaged_onnx_graph_is_named_with_the_fix(tmp_path, capsys, runtime):
+    pytest.importorskip("onnx")
+    pytest.importorskip("onnxruntime" if runtime == "onnx" else "openvino")
+    seg = unet_segmenter(tmp_path / "seg", size=32)
+    assert run_cli(capsys, "export", "--segmenter", seg)[0] == 0
+    graph = seg / "segmenter.onnx"
+    graph.write_bytes(graph.read_bytes()[:200])  # truncated
+    save(tmp_path / "in" / "a.png", pair(0)[0])
+    code, text = run_cli(capsys, "segment", tmp_path / "in", "--segmenter", seg, "--out", tmp_path / "p",
+                         "--runtime", runtime)
+    assert code == 2 and "Traceback" not in text, text
+    assert f"{graph}: damaged or not an ONNX graph" in text and "Delete it and rerun" in text
+    graph.unlink()  # the fix the message gives works
+    assert run_cli(capsys, "segment", tmp_path / "in", "--segmenter", seg, "--out", tmp_path / "p",
+                   "--runtime", runtime)[0] == 0
+
+
+LOCK_HOLDER = textwrap.dedent("""
+    import sys
+    sys.path.insert(0, {src!r})
+    from anomalign.files import lock_folder
+    lock_folder(sys.argv[1], sys.argv[2])
+    print("held", flush=True)
+    sys.stdin.read()  # holds the lock until the test closes stdin
+""")
+
+
+def test_a_second_process_on_the_same_output_folder_is_refused(tmp_path, capsys, gen_dir):
+    data = tmp_path / "data"
+    write_paired(data, defects=("scratch", "hole"), n=10, normals=2)
+    cases = [("run", ["run", data, "--device", "cpu", "--arms", "none"]),
+             ("train-segmenter", ["train-segmenter", "--train", data, "--size", 32, "--max-steps", 1,
+                                  "--device", "cpu"]),
+             ("generate", ["generate", "--generator", gen_dir, "--masks", data, "--num", 1, "--steps", 2,
+                           "--device", "cpu"])]
+    for command, argv in cases:
+        out = tmp_path / f"out_{command}"
+        holder = subprocess.Popen([sys.executable, "-c", LOCK_HOLDER.format(src=SRC), str(out), command],
+                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        try:
+            assert holder.stdout.readline().strip() == "held"
+            code, text = run_cli(capsys, *argv, "--out", out)
+            assert code == 2 and "Traceback" not in text, (command, text)
+            assert f"`anomalign {command}` (pid {holder.pid}" in text and "is writing into this folder" in text
+        finally:
+            holder.stdin.close()
+            holder.wait(timeout=30)
+    # once the holder has exited (its lock is released by the kernel), the same command runs; and the lock is
+    # released when a command returns, so this process can run it again
+    argv = cases[1][1] + ["--out", tmp_path / "out_train-segmenter"]
+    assert run_cli(capsys, *argv)[0] == 0
+    from anomalign.files import _held
+    assert not _held
+    held = subprocess.run([sys.executable, "-c", LOCK_HOLDER.format(src=SRC), str(tmp_path / "out_train-segmenter"),
+                           "x"], input="", capture_output=True, text=True)
+    assert held.stdout.strip() == "held", held.stderr
+
+
+def test_segment_streams_large_images_in_bands(monkeypatch):
+    """The probability of a large image is computed band by band (never the whole image as float) and equals
+    the whole-image computation: bit for bit at scale 1, within float rounding when resampled."""
+    import anomalign.segmenter.sliding as sliding
+    torch.manual_seed(0)
+    conv = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 5, padding=2), torch.nn.ReLU(), torch.nn.Conv2d(4, 1, 5, padding=2))
+
+    def predict(b):
+        return torch.sigmoid(conv(b))
+    image = np.random.default_rng(0).integers(0, 256, (150, 170, 3), dtype=np.uint8)
+    x = torch.from_numpy(image).permute(2, 0, 1).float() / 127.5 - 1
+    for scale in (1.0, 0.5, 1.6):
+        whole = sliding.native_probability(predict, sliding.tensor_rows(x), 150, 170, 32, scale, precision="fp32")
+        spans = []
+
+        def rows(a, b, src=sliding.uint8_rows(image)):
+            spans.append(b - a)
+            return src(a, b)
+        monkeypatch.setattr(sliding, "BAND_PIXELS", 2000)
+        monkeypatch.setattr(sliding.resized_bands, "__defaults__", (2000,))
+        banded = sliding.native_probability(predict, rows, 150, 170, 32, scale, precision="fp32")
+        monkeypatch.undo()
+        assert max(spans) <= 150 // 2, (scale, max(spans))  # the image was read in bands, never whole
+        if scale == 1:
+            assert torch.equal(banded, whole)
+        else:
+            assert torch.allclose(banded, whole, atol=1e-6), (banded - whole).abs().max()
+
+
+def test_misleading_messages_of_the_third_sweep(tmp_path, capsys):
+    from anomalign.cli import build_parser
+    folder = tmp_path / "dir.png"
+    folder.mkdir()
+    seg = Segmenter("unet-tiny")
+    seg.size = 32
+    with pytest.raises(DataError, match=r"dir.png: is a folder, not an image file") as e:
+        seg.predict(folder)
+    assert "corrupt" not in str(e.value) and "Errno" not in str(e.value)
+    # one documented convention for exit codes, shown by --help
+    text = build_parser().format_help()
+    assert "exit codes" in text and "2 " in text and "1 " in text
+    # command lines printed for the user paste back into a shell as one argument per path
+    import shlex
+    from anomalign.pipeline import usage_line
+    line = usage_line(str(tmp_path / "my runs" / "arm_synthetic"), tmp_path / "my runs" / "report" / "index.html")
+    words = shlex.split(line.split("use it: ", 1)[1].split(";")[0])
+    assert words[words.index("--segmenter") + 1] == str(tmp_path / "my runs" / "arm_synthetic")

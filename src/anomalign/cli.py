@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import errno
 import json
+import shlex
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -76,7 +77,7 @@ def run_make_demo(cfg: Any) -> int:
 
     out = make_demo_dataset(cfg, progress=sys.stderr.isatty())
     print(f"built-in dataset written to {out}")
-    print(f"check it with: anomalign data check {out}")
+    print(f"check it with: anomalign data check {shlex.quote(str(out))}")
     return 0
 
 
@@ -160,7 +161,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="anomalign",
         description="Mask-aligned anomaly image generation and segmentation (dual-branch Alignment "
-                    "Regularization + Generative Feedback). Every command takes --config YAML; flags override it.")
+                    "Regularization + Generative Feedback). Every command takes --config YAML; flags override it.",
+        epilog=EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"anomalign {__version__}")
     sub = parser.add_subparsers(title="commands", metavar="COMMAND")
     data = sub.add_parser("data", help="inspect, validate and create datasets",
@@ -196,6 +198,16 @@ def main(argv: list[str] | None = None) -> int:
               f"names; free space or pick a writable --out, then rerun: finished work is kept)", file=sys.stderr)
         return 1
 
+
+EXIT_CODES = """exit codes:
+  0    done
+  2    what you gave must change: bad data, options, config or model files, an output folder that is
+       not ours, inside the data, or in use by another anomalign process (one line names the file and
+       the fix; nothing was written)
+  1    the machine failed, not the input: disk full, read-only or permission denied (finished work is
+       kept; free space and rerun the same command to continue); `data check` also exits 1 when it
+       found errors in the data
+  130  interrupted (Ctrl-C); rerun the same command to continue"""
 
 # Failures of the machine, not of the input or of anomalign: one line and exit code 1, never a traceback.
 ENVIRONMENT_ERRNOS = {errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EPERM, errno.EDQUOT, errno.EFBIG, errno.EIO}

@@ -31,7 +31,7 @@ from typing import Literal
 from anomalign.config import build_config, option, save_config
 from anomalign.data.folders import DataOptions
 from anomalign.errors import AnomalignError, DataError
-from anomalign.files import write_text_atomic
+from anomalign.files import check_out_outside, lock_folder, releases_locks, write_text_atomic
 from anomalign.plan import ARMS, Plan, estimate_seconds, make_plan, read_plan, steps_note, write_plan
 
 
@@ -363,11 +363,13 @@ def changed_inputs(old: dict, new: dict, limit: int = 4) -> list[str]:
     return diffs[:limit] + ([f"{len(diffs) - limit} more"] if len(diffs) > limit else [])
 
 
+@releases_locks
 def run_pipeline(cfg: RunConfig, progress: bool = True) -> dict:
     """Run (or continue) every stage into ``cfg.out``; returns the result (also ``RUN/result.json``)."""
     from anomalign.runs import check_output_folder, mark_output_folder
     from anomalign.training import peak_rss_mb
     cfg.validate()
+    check_out_outside(cfg.out, {"the data folder": cfg.data, "--normals": cfg.normals})
     out = check_output_folder(Path(cfg.out), "run")
     t_start = time.perf_counter()
     index, fp = check_stage(cfg)  # every input problem surfaces here, before anything is written
@@ -375,6 +377,7 @@ def run_pipeline(cfg: RunConfig, progress: bool = True) -> dict:
     plan, write = decide_plan(cfg, fp, plan_file)
     check_plan(plan, fp, Path(cfg.plan) if cfg.plan else plan_file)
     mark_output_folder(out, "run")
+    lock_folder(out, "run")  # before anything else is written: a second `run` on this folder stops here
     save_config(cfg, out / "run.yaml")
     write_check(out, index, fp)
     if write:
@@ -442,9 +445,16 @@ def run_pipeline(cfg: RunConfig, progress: bool = True) -> dict:
     from anomalign.evaluation.run_report import write_run_report
     stage("report", "write the report", lambda: write_run_report(out, result, index, cfg), False)
     print(headline(result))
-    print(f"use it: anomalign segment IMAGES --segmenter {result['segmenter']} --out PREDICTIONS; "
-          f"report: {out / 'report' / 'index.html'}")
+    print(usage_line(result["segmenter"], out / "report" / "index.html"))
     return result
+
+
+def usage_line(segmenter: str, report: Path) -> str:
+    """The last line of a run: how to use the chosen segmenter, and where the report is. Paths are quoted for
+    the shell, so one with spaces pastes back as one argument."""
+    from shlex import quote
+    return (f"use it: anomalign segment IMAGES --segmenter {quote(str(segmenter))} --out PREDICTIONS; "
+            f"report: {quote(str(report))}")
 
 
 @dataclass(frozen=True, repr=False)

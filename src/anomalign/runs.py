@@ -17,8 +17,9 @@ RUN_MARKER = "run.json"
 
 
 def _visible_entries(folder: Path) -> list[Path]:
-    """Entries of ``folder`` except our own atomic-write leftovers (``.name.<pid>.tmp``)."""
-    return [p for p in folder.iterdir() if not (p.name.startswith(".") and p.name.endswith(".tmp"))]
+    """Entries of ``folder`` except our own bookkeeping (``files.visible_entries``)."""
+    from anomalign.files import visible_entries
+    return visible_entries(folder)
 
 
 def _run_owner(out: Path, weights: str) -> str | None:
@@ -69,8 +70,8 @@ def start_run_folder(out: Path, command: str, cfg: Any, skipped: list[dict] | No
     and, when ``--policy skip`` left files out, ``skipped.json`` listing them (path, kind, message)."""
     from anomalign import __version__
     from anomalign.config import save_config
-    from anomalign.files import write_text_atomic
-    out.mkdir(parents=True, exist_ok=True)
+    from anomalign.files import lock_folder, write_text_atomic
+    lock_folder(out, command)  # before the first write: a second process on this folder stops here
     if not (out / RUN_MARKER).is_file():
         write_text_atomic(out / RUN_MARKER, json.dumps({"command": command, "anomalign": __version__}) + "\n")
     save_config(cfg, out / "config.yaml")

@@ -32,6 +32,7 @@ from tqdm import tqdm
 from anomalign.config import option
 from anomalign.devices import make_accelerator as _make_accelerator
 from anomalign.errors import AnomalignError
+from anomalign.files import os_errors
 
 
 class TrainingDiverged(AnomalignError):
@@ -464,6 +465,22 @@ def _save_checkpoint(out_dir: Path, step: int, task: TrainTask, opt, sched, ema:
         shutil.rmtree(tmp)
         raise TrainingDiverged(f"weights became NaN/inf before step {step} was saved; not saving them. "
                                f"Latest checkpoint: {find_checkpoint(out_dir, 'latest') or 'none'}")
+    try:
+        with os_errors(tmp):  # a full disk: one line from the CLI, and no half-written checkpoint left behind
+            _write_checkpoint(tmp, step, state, task, opt, sched, ema, best, scaler, log_window)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if final.exists():
+        shutil.rmtree(final)
+    tmp.replace(final)
+    for old in sorted(root.glob("step-*[0-9]"))[:-max(1, keep)]:
+        shutil.rmtree(old)
+    return final
+
+
+def _write_checkpoint(tmp: Path, step: int, state: dict, task: TrainTask, opt, sched, ema: EMA | None, best,
+                      scaler, log_window: dict | None) -> None:
     save_file(state, str(tmp / "model.safetensors"))
     tensors, meta = _optimizer_state(opt)
     save_file(tensors, str(tmp / "optimizer.safetensors"))
@@ -477,12 +494,6 @@ def _save_checkpoint(out_dir: Path, step: int, task: TrainTask, opt, sched, ema:
                                                   "grad_scaler": scaler.state_dict() if scaler is not None else None,
                                                   "log_window": log_window},
                                                  default=float))
-    if final.exists():
-        shutil.rmtree(final)
-    tmp.replace(final)
-    for old in sorted(root.glob("step-*[0-9]"))[:-max(1, keep)]:
-        shutil.rmtree(old)
-    return final
 
 
 def _finite_mean(values: list[float]) -> float:

@@ -86,6 +86,9 @@ def open_image(path: Path, decode: bool = True) -> Image.Image:
     ``decode=False``: the header only (the caller closes the image).
     """
     path = Path(path)
+    if path.is_dir():  # else PIL's "[Errno 21] Is a directory" would be reported as corrupt image data
+        raise FileProblem(Problem(path, "not-a-file", "is a folder, not an image file; give the image files, or the "
+                                                      "folder to a command that reads folders"))
     try:
         size = path.stat().st_size
     except OSError as e:

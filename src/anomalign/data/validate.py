@@ -1,6 +1,7 @@
 """Pixel-level dataset checks, the skip/fail loading policy and the ``data check`` report."""
 from __future__ import annotations
 
+import shlex
 import sys
 from collections import Counter, defaultdict
 from concurrent.futures import ThreadPoolExecutor
@@ -162,7 +163,7 @@ def load_dataset(root: Path, options: DataOptions | None = None, *, verify: bool
     errors = [p for p in problems if p.severity == "error"]
     if errors and policy == "fail":
         raise DataError(f"{root}: {len(errors)} problem(s) found (use policy 'skip' to drop the bad pairs, "
-                        f"or run `anomalign data check {root}`)", errors)
+                        f"or run `anomalign data check {shlex.quote(str(root))}`)", errors)
     if not samples:
         raise DataError(f"{root}: no usable image/mask pairs found (layout {index.layout})", errors)
     if errors and announce:
@@ -190,7 +191,7 @@ def format_skipped(root: Path, skipped: list[Problem], limit: int = 20) -> str:
     lines += [f"  - {p}" for p in skipped[:limit]]
     if len(skipped) > limit:
         lines.append(f"  ... and {len(skipped) - limit} more (all of them: skipped.json in the run folder, or "
-                     f"`anomalign data check {root} --json FILE`)")
+                     f"`anomalign data check {shlex.quote(str(root))} --json FILE`)")
     return "\n".join(lines)
 
 

@@ -1,6 +1,7 @@
 """``anomalign train-generator``: fine-tune a mask-conditioned generator with the dual-branch loss."""
 from __future__ import annotations
 
+import shlex
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -19,6 +20,7 @@ from anomalign.generator.conditioning import MaskConvIn, split_mask_channels
 from anomalign.generator.model import LORA_TARGETS, TINY_BASE, MaskGenerator, sd_generator
 from anomalign.generator.task import GenStepOptions, LatentPairs, generator_task
 from anomalign.generator.tiny import words
+from anomalign.files import check_out_outside, releases_locks
 from anomalign.runs import check_run_folder, start_run_folder
 from anomalign.training import LoopOptions, make_accelerator, train_loop
 
@@ -174,7 +176,7 @@ def training_pairs(cfg: TrainGeneratorConfig, resolution: int):
     train = [s for s in index.split("train") if not s.normal]
     if not train:
         raise AnomalignError(f"{cfg.data}: no anomalous training pairs (split 'train'); "
-                             f"run `anomalign data check {cfg.data}`")
+                             f"run `anomalign data check {shlex.quote(str(cfg.data))}`")
     normals = [s for s in index.split("train") if s.normal]
     skipped = list(index.skipped)
     if cfg.normal_images is not None:
@@ -201,10 +203,12 @@ def training_pairs(cfg: TrainGeneratorConfig, resolution: int):
             (*val_ds.tensors(), [default_prompt(s) for s in val_ds.samples]), skipped)
 
 
+@releases_locks
 def run_train_generator(cfg: TrainGeneratorConfig, progress: bool = True) -> Path:
     """Fine-tune and write the run folder ``cfg.out``; returns it."""
     torch.manual_seed(cfg.seed)  # identical initialisation (LoRA, new words) in every process
     acc = make_accelerator(cfg)
+    check_out_outside(cfg.out, {"--data": cfg.data})
     out = check_run_folder(cfg.out, "train-generator", "generator.safetensors", cfg.resume)
     acc.wait_for_everyone()  # every process has checked before the main one writes into the folder
     gen = load_base(cfg)

@@ -9,6 +9,7 @@ image's own size, so masks always match their image pixel for pixel.
 from __future__ import annotations
 
 import json
+import shlex
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +22,7 @@ from anomalign.config import option, save_config
 from anomalign.data.folders import is_image, walk_files
 from anomalign.devices import pick_device
 from anomalign.errors import AnomalignError, ConfigError, DataError
-from anomalign.files import atomic_target, file_sha256, save_png
+from anomalign.files import atomic_target, check_out_outside, file_sha256, save_png
 
 
 @dataclass(kw_only=True)
@@ -104,14 +105,35 @@ def list_images(inputs: list[Path]) -> list[tuple[Path, Path]]:
     return found
 
 
-def overlay(image: np.ndarray, mask: np.ndarray, alpha: float = 0.45) -> np.ndarray:
-    """uint8 [H, W, 3]: the image, anomalous pixels tinted red, their contour solid red."""
+def overlay_image(image: np.ndarray, mask: np.ndarray, alpha: float = 0.45, band_pixels: int = 4_000_000):
+    """PIL RGB image: the uint8 image [H, W, 3], anomalous pixels (bool ``mask`` [H, W]) tinted red, their
+    contour solid red. Drawn on PIL's own copy in row bands of about ``band_pixels`` (with one row of context for
+    the contour), so a 144-MP image needs no float copy and no second array of itself."""
+    from PIL import Image
+
     from anomalign.figures import mask_contour
-    out = image.astype(np.float32)
-    out[mask] = (1 - alpha) * out[mask] + alpha * np.array([255, 0, 0], np.float32)
-    out = out.round().astype(np.uint8)
-    out[mask_contour(mask)] = (255, 0, 0)
-    return out
+    canvas = Image.fromarray(np.ascontiguousarray(image, dtype=np.uint8))
+    red = np.array([255, 0, 0], np.float32)
+    h, w = mask.shape
+    step = max(1, band_pixels // max(1, w))
+    for y0 in range(0, h, step):
+        y1 = min(h, y0 + step)
+        m = mask[y0:y1]
+        a, b = max(0, y0 - 1), min(h, y1 + 1)  # a contour pixel looks at the rows above and below
+        contour = mask_contour(mask[a:b])[y0 - a:y0 - a + (y1 - y0)]
+        if not m.any():
+            continue
+        box = (0, y0, w, y1)
+        part = np.array(canvas.crop(box))
+        part[m] = ((1 - alpha) * part[m].astype(np.float32) + alpha * red).round().astype(np.uint8)
+        part[contour] = (255, 0, 0)
+        canvas.paste(Image.fromarray(part), box)
+    return canvas
+
+
+def overlay(image: np.ndarray, mask: np.ndarray, alpha: float = 0.45) -> np.ndarray:
+    """uint8 [H, W, 3]: ``overlay_image`` as an array."""
+    return np.array(overlay_image(image, mask, alpha))
 
 
 @torch.no_grad()
@@ -190,6 +212,7 @@ def run_segment(cfg: SegmentConfig, progress: bool = True) -> Path:
     from anomalign.weights import weights_file
 
     cfg.validate()
+    check_out_outside(cfg.out, {"the images": [p for p in cfg.images if Path(p).is_dir()]})
     set_max_megapixels(cfg.max_megapixels)
     device = pick_device(cfg.device)
     model = Segmenter.load(cfg.segmenter, device=device)
@@ -213,7 +236,7 @@ def run_segment(cfg: SegmentConfig, progress: bool = True) -> Path:
     size = None if model.crop_size else (cfg.size or model.size or 64)
     if cfg.runtime != "torch" and size and model.side and size != model.side:
         raise ConfigError(f"--size {size}: the exported graph {model.file} takes {model.side}-px inputs; drop --size "
-                          f"or export at that size (anomalign export --size {size} --out {model.file})")
+                          f"or export at that size (anomalign export --size {size} --out {shlex.quote(str(model.file))})")
     items = list_images(cfg.images)
     out = Path(cfg.out)
     identity = segment_identity(cfg, file_sha256(weights_file(cfg.segmenter, WEIGHTS_NAME)), size, precision)
@@ -256,12 +279,17 @@ def run_segment(cfg: SegmentConfig, progress: bool = True) -> Path:
                 continue
             prob = predict_one(model, image, size, progress, cfg.inference, precision)
             mask = prob >= cfg.threshold
-            save_png(mask.astype(np.uint8) * 255, out / "masks" / name)
-            save_png(overlay(image, mask), out / "overlays" / name)
-            if cfg.save_probabilities:
-                save_png((prob * 255).round().astype(np.uint8), out / "probabilities" / name)
+            top = float(prob.max())
+            if cfg.save_probabilities:  # in place: no second float copy of a large image
+                save_png(np.multiply(prob, 255, out=prob).round(out=prob).astype(np.uint8), out / "probabilities" / name)
+            del prob  # the largest array of a large image: freed before the overlay is drawn
+            save_png(np.where(mask, np.uint8(255), np.uint8(0)), out / "masks" / name)
+            drawn = overlay_image(image, mask)
+            del image  # PIL's copy is all the overlay needs
+            save_png(drawn, out / "overlays" / name)
+            del drawn
             row = {"image": str(f), "mask": f"masks/{name.as_posix()}", "anomalous_pixels": int(mask.sum()),
-                   "anomaly_fraction": float(mask.mean()), "max_probability": float(prob.max())}
+                   "anomaly_fraction": float(mask.mean()), "max_probability": top}
             done[str(f)] = row
             log.write(json.dumps(row) + "\n")  # after the image's files: a row means the image is finished
             log.flush()
@@ -274,6 +302,13 @@ def run_segment(cfg: SegmentConfig, progress: bool = True) -> Path:
     flagged = sum(r["anomalous_pixels"] > 0 for r in rows)
     print(f"segmented {len(rows)} images into {out} ({flagged} with anomalous pixels at threshold {cfg.threshold})")
     return out
+
+
+def damaged_graph(file: Path, runtime: str, error: Exception) -> AnomalignError:
+    """The one-line error for an exported graph a runtime cannot load (truncated, corrupt, or not ONNX)."""
+    reason = (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
+    return AnomalignError(f"{file}: damaged or not an ONNX graph; {runtime} cannot load it ({type(error).__name__}: "
+                          f"{reason}). Delete it and rerun: segment exports the graph again when it is missing")
 
 
 class OnnxSegmenter:
@@ -291,7 +326,10 @@ class OnnxSegmenter:
             except ImportError:
                 raise AnomalignError("--runtime openvino needs OpenVINO: pip install 'anomalign[openvino]'") from None
             core = ov.Core()
-            graph = core.read_model(str(file))
+            try:
+                graph = core.read_model(str(file))
+            except Exception as e:  # OpenVINO raises RuntimeError("... Model can't be parsed ...") and others
+                raise damaged_graph(file, "OpenVINO", e) from None
             self.compiled = core.compile_model(graph, "CPU", {"INFERENCE_NUM_THREADS": str(threads),
                                                                "INFERENCE_PRECISION_HINT": "bf16" if precision == "bf16" else "f32"})
             last = graph.inputs[0].get_partial_shape()[-1]
@@ -303,7 +341,10 @@ class OnnxSegmenter:
                 raise AnomalignError("--runtime onnx needs onnxruntime: pip install 'anomalign[export]'") from None
             options = ort.SessionOptions()
             options.intra_op_num_threads = threads
-            self.session = ort.InferenceSession(str(file), options, providers=["CPUExecutionProvider"])
+            try:
+                self.session = ort.InferenceSession(str(file), options, providers=["CPUExecutionProvider"])
+            except Exception as e:  # onnxruntime's InvalidProtobuf, InvalidGraph, Fail, ...
+                raise damaged_graph(file, "onnxruntime", e) from None
             shape = self.session.get_inputs()[0].shape
             self.side = int(shape[-1]) if isinstance(shape[-1], int) else None
 

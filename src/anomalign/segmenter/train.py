@@ -19,6 +19,7 @@ from anomalign.segmenter.validation import evaluate_native, evaluate_samples
 from anomalign.segmenter.model import PRESETS, UNET_PRESETS, Segmenter
 from anomalign.segmenter.task import (CropFeedback, SegPairs, SegStepOptions, crop_windows, feedback_latents,
                                      segmenter_task)
+from anomalign.files import check_out_outside, releases_locks
 from anomalign.runs import check_run_folder, start_run_folder
 from anomalign.training import LoopOptions, make_accelerator, train_loop
 
@@ -137,10 +138,12 @@ class TrainSegmenterConfig(DataOptions, CropOptions, LoopOptions):
             raise ConfigError(f"synthetic_weight must be >= 0, got {self.synthetic_weight}")
 
 
+@releases_locks
 def run_train_segmenter(cfg: TrainSegmenterConfig, progress: bool = True) -> Path:
     """Train and write the run folder ``cfg.out`` (weights, best/ by val mIoU, logs); returns it."""
     torch.manual_seed(cfg.seed)
     acc = make_accelerator(cfg)
+    check_out_outside(cfg.out, {"--train": cfg.train, "--synthetic": cfg.synthetic})
     out = check_run_folder(cfg.out, "train-segmenter", "segmenter.safetensors", cfg.resume)
     acc.wait_for_everyone()  # every process has checked before the main one writes into the folder
     real, syn, val, skipped = training_sets(cfg)

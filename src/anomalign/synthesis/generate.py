@@ -31,7 +31,7 @@ from anomalign.config import option
 from anomalign.data.folders import DataOptions
 from anomalign.devices import DTYPES, use_cpu
 from anomalign.errors import AnomalignError, ConfigError, DataError
-from anomalign.files import file_sha256, write_text_atomic
+from anomalign.files import check_out_outside, file_sha256, releases_locks, write_text_atomic
 from anomalign.generator.sampler import DEFAULT_GUIDANCE, DEFAULT_SAMPLER, DEFAULT_STEPS
 from anomalign.generator.window import DILATE_PX, FEATHER_PX, dilate
 from anomalign.synthesis.sources import (MaskSource, host_files, load_masks, read_backgrounds,
@@ -330,6 +330,7 @@ def summarize(records: list[dict], attempts: int) -> dict:
     return summary
 
 
+@releases_locks
 def run_generate(cfg: GenerateConfig, progress: bool = True, oracle=None) -> dict:
     """Write ``cfg.num`` pairs to ``cfg.out`` (resuming a previous identical run); returns the summary.
 
@@ -342,6 +343,7 @@ def run_generate(cfg: GenerateConfig, progress: bool = True, oracle=None) -> dic
     from anomalign.weights import weights_file
 
     cfg.validate()  # idempotent; fills defaults that depend on other options (steps, scores)
+    check_out_outside(cfg.out, {"--masks": cfg.masks, "--background": cfg.background, "--normals": cfg.normals})
     cfg.check_scores(oracle is not None or cfg.oracle is not None)
     acc = Accelerator(cpu=use_cpu(cfg.device))
     main = acc.is_main_process

@@ -14,7 +14,7 @@ import numpy as np
 
 from anomalign.config import save_config
 from anomalign.errors import AnomalignError
-from anomalign.files import save_png, write_text_atomic
+from anomalign.files import lock_folder, save_png, visible_entries, write_text_atomic
 
 RECORDS = ".records"
 # Options that do not change which files a run writes: a rerun may change them and still resume.
@@ -43,7 +43,7 @@ def prepare_out(cfg, generator_sha: str, main: bool, skipped: list[dict] | None 
     run_file = out / "run.json"
     if out.exists() and not out.is_dir():
         raise AnomalignError(f"{out}: --out is a file")
-    if out.is_dir() and any(out.iterdir()):
+    if out.is_dir() and visible_entries(out):
         if not run_file.is_file():
             raise AnomalignError(f"{out}: folder is not empty and was not written by `anomalign generate`; "
                                  "refusing to write into it (nothing was changed). Choose a new --out.")
@@ -62,6 +62,7 @@ def prepare_out(cfg, generator_sha: str, main: bool, skipped: list[dict] | None 
                                  "changed. Choose a new --out, or rerun with that run's options to resume it.")
     barrier()
     if main:
+        lock_folder(out, "generate")  # before the first write: a second process on this folder stops here
         (out / RECORDS).mkdir(parents=True, exist_ok=True)
         write_text_atomic(run_file, json.dumps({"identity": ident}, indent=1))
         save_config(cfg, out / "config.yaml")
