@@ -150,14 +150,42 @@ COMMANDS: dict[str, Command] = {
 }
 
 
-def _add_commands(sub: argparse._SubParsersAction, commands: dict[str, Command]) -> None:
+# What `--help` shows of the long commands, grouped: the options a user changes. Every other option still works
+# as a flag and as a key of the --config YAML, and `--help-all` lists them all (research knobs: loss weights,
+# schedules, feedback timing, dataset-reader details).
+FRONT: dict[str, dict[str, list[str]]] = {
+    "run": {"data": ["data", "normals", "policy", "train_pairs", "val_fraction", "test_fraction", "split_seed"],
+            "run": ["seed", "budget", "plan", "arms", "choice", "backend", "base", "quality", "export", "device"],
+            "output": ["out"]},
+    "train-segmenter": {"data": ["train", "synthetic", "policy", "train_pairs"],
+                        "model": ["recipe", "preset", "pretrained", "crop_size", "scale"],
+                        "training": ["max_steps", "batch_size", "learning_rate", "seed", "resume", "device",
+                                     "feedback_generator"],
+                        "output": ["out"]},
+    "train-generator": {"data": ["data", "policy", "train_pairs", "normals"],
+                        "model": ["backend", "base", "preset", "resolution", "alpha"],
+                        "training": ["max_steps", "batch_size", "learning_rate", "seed", "resume", "device",
+                                     "mixed_precision"],
+                        "output": ["out"]},
+    "generate": {"data": ["masks", "normals", "split", "policy"],
+                 "model": ["generator", "base", "synthesizer"],
+                 "sampling": ["num", "prompt", "scheduler", "steps", "guidance", "seed", "device"],
+                 "filter": ["oracle", "min_alignment"],
+                 "output": ["out"]},
+}
+
+
+def _add_commands(sub: argparse._SubParsersAction, commands: dict[str, Command], show_all: bool = False) -> None:
     for name, (help_text, cls, run) in commands.items():
-        p = sub.add_parser(name, help=help_text, description=help_text[0].upper() + help_text[1:] + ".")
-        add_config_arguments(p, cls)
+        description = help_text[0].upper() + help_text[1:] + "."
+        if name in FRONT and not show_all:
+            description += " Shows the options most runs change; --help-all lists every option."
+        p = sub.add_parser(name, help=help_text, description=description)
+        add_config_arguments(p, cls, FRONT.get(name), show_all)
         p.set_defaults(_cls=cls, _run=run)
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(show_all: bool = False) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="anomalign",
         description="Mask-aligned anomaly image generation and segmentation (dual-branch Alignment "
@@ -170,13 +198,17 @@ def build_parser() -> argparse.ArgumentParser:
     data_sub = data.add_subparsers(title="data commands", metavar="DATA_COMMAND")
     _add_commands(data_sub, DATA_COMMANDS)
     data.set_defaults(_help=data)
-    _add_commands(sub, COMMANDS)
+    _add_commands(sub, COMMANDS, show_all)
     parser.set_defaults(_help=parser)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    show_all = "--help-all" in argv
+    if show_all:  # the same parser with every option shown, asked for its help
+        argv = [a if a != "--help-all" else "--help" for a in argv]
+    parser = build_parser(show_all)
     args = parser.parse_args(argv)
     if not hasattr(args, "_run"):
         args._help.print_help()

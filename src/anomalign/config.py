@@ -166,14 +166,27 @@ def save_config(cfg: Any, path: Path) -> None:
     write_text_atomic(path, yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
 
 
-def add_config_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
+def add_config_arguments(parser: argparse.ArgumentParser, cls: type, front: dict[str, list[str]] | None = None,
+                         show_all: bool = True) -> None:
     """Add one flag per field of ``cls`` (plus ``--config``) to ``parser``.
 
     Flags default to ``argparse.SUPPRESS`` so that only flags the user typed override the YAML file.
+    ``front``: group title -> the fields ``--help`` shows under it (the options a user changes); every other
+    field is still a flag and a YAML key, listed under "more options" when ``show_all`` (``--help-all``) and
+    hidden from ``--help`` otherwise.
     """
     hints = typing.get_type_hints(cls)
     parser.add_argument("--config", type=Path, default=None, metavar="YAML",
                         help="YAML file with any of the options below; flags typed here override it")
+    names = {f.name for f in dataclasses.fields(cls)}
+    group_of: dict[str, Any] = {}
+    if front:
+        parser.add_argument("--help-all", action="store_true", help="show every option, research knobs included "
+                            "(they can also be set as keys of the --config YAML)")
+        for title, fields_ in front.items():
+            group = parser.add_argument_group(f"{title} options")
+            group_of |= {name: group for name in fields_ if name in names}
+        more = parser.add_argument_group("more options") if show_all else None
     for f in dataclasses.fields(cls):
         tp, _ = _unwrap_optional(hints[f.name])
         help_text = f.metadata.get("help", "")
@@ -183,6 +196,11 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
                 shown = " ".join(map(str, shown)) or "none"
             help_text = f"{help_text} (default: {shown})"
         kwargs: dict[str, Any] = {"help": help_text, "default": argparse.SUPPRESS}
+        target = parser
+        if front:
+            target = group_of.get(f.name) or (more if show_all else parser)
+            if not show_all and f.name not in group_of and not f.metadata.get("positional"):
+                kwargs["help"] = argparse.SUPPRESS
         origin = typing.get_origin(tp)
         if origin is Literal:
             kwargs["choices"] = list(typing.get_args(tp))
@@ -194,9 +212,9 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
             required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
             if not required:
                 kwargs["nargs"] = "?"
-            parser.add_argument(f.name, metavar=f.name.upper(), **kwargs)
+            target.add_argument(f.name, metavar=f.name.upper(), **kwargs)
         else:
-            parser.add_argument("--" + f.name.replace("_", "-"), *f.metadata.get("aliases", ()), dest=f.name, **kwargs)
+            target.add_argument("--" + f.name.replace("_", "-"), *f.metadata.get("aliases", ()), dest=f.name, **kwargs)
 
 
 def config_from_args(cls: type, ns: argparse.Namespace) -> Any:
