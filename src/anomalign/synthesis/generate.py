@@ -115,6 +115,10 @@ class GenerateConfig(DataOptions):
     dtype: Literal["fp32", "fp16", "bf16"] = option("fp32", "precision of the UNet and prompt encoder and of sampling "
                                                              "(fp16/bf16: half the memory, faster on GPUs; bf16 is "
                                                              "the safer one where the GPU has it); the codec stays fp32")
+    output_layout: Literal["paired", "anomalib"] = option(
+        "paired", "paired: images/, masks/ and metadata.jsonl (what anomalign reads); anomalib: also normal/ with the "
+                  "--normals images that received the defects, so anomalib's Folder datamodule reads OUT as it is: "
+                  "Folder(root=OUT, normal_dir='normal', abnormal_dir='images', mask_dir='masks') (docs/ecosystem.md)")
 
     def validate(self) -> None:
         DataOptions.validate(self)
@@ -164,6 +168,9 @@ class GenerateConfig(DataOptions):
             raise ConfigError(f"host_gap must be >= 0, got {self.host_gap}")
         if self.foreground is not None and self.normals is None:
             raise ConfigError("--foreground needs --normals")
+        if self.output_layout == "anomalib" and (self.normals is None or self.hosts != "normal"):
+            raise ConfigError("--output-layout anomalib writes the normal images that received the defects as "
+                              "anomalib's normal/ folder: give them with --normals (and --hosts normal)")
         if self.resample and self.scheduler != "ddim":
             raise ConfigError("--resample (RePaint-style) works with --scheduler ddim only")
         if self.max_attempts < 1:
@@ -410,6 +417,11 @@ def run_generate(cfg: GenerateConfig, progress: bool = True, oracle=None) -> dic
 
     t0 = time.perf_counter()
     attempts, made = generate_rounds(synth, out, acc, progress)
+    if cfg.output_layout == "anomalib" and main:  # the hosts beside the pairs: anomalib's normal_dir
+        from anomalign.synthesis.anomalib_bridge import write_normal_dir
+        write_normal_dir(out, normals.files)
+        print(f"anomalib: Folder(name='synthetic', root='{out}', normal_dir='normal', abnormal_dir='images', "
+              "mask_dir='masks') reads this folder (docs/ecosystem.md)")
     return finish_run(cfg, out, acc, attempts, made, time.perf_counter() - t0)
 
 

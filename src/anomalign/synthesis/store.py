@@ -17,8 +17,9 @@ from anomalign.errors import AnomalignError
 from anomalign.files import lock_folder, save_png, visible_entries, write_text_atomic
 
 RECORDS = ".records"
-# Options that do not change which files a run writes: a rerun may change them and still resume.
-RESUMABLE = ("num", "out", "batch_size", "batch_invariant", "device", "max_attempts")
+# Options that do not change the pairs a run writes: a rerun may change them and still resume (output_layout only
+# adds normal/, and runs made before it existed resume).
+RESUMABLE = ("num", "out", "batch_size", "batch_invariant", "device", "max_attempts", "output_layout")
 
 
 def _identity(cfg, generator_sha: str) -> dict:
