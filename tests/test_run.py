@@ -105,6 +105,9 @@ def test_run_end_to_end_on_tiny_data(tiny_run, capsys):
     result = json.loads((out / "result.json").read_text())
     choice = json.loads((out / "choice.json").read_text())
     assert result["chosen"] == choice["chosen"] and set(choice["arms"]) <= {"synthetic", "feedback", "both"}
+    # 2 val anomalies (1 per defect type): under the rule's minimum, which says so; the val normals are scored
+    assert choice["chosen"] == "baseline" and "only 2 val anomalies" in choice["reason"] and "rule" in choice
+    assert choice["images"] == 2 and choice["normals"] >= 1
     assert set(result["test"]) == {"baseline", result["chosen"]} and result["test"]["baseline"]["images"] > 0
     assert (out / "segmenter.onnx").is_file() and (out / "report" / "index.html").is_file()
     page = (out / "report" / "index.html").read_text()

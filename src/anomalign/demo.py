@@ -122,7 +122,8 @@ def demo_summary(cfg: DemoConfig, result: dict, wall_s: float) -> dict:
               "both": "real + synthetic + Generative Feedback (full method)"}
     notes = [f"Validation choice: {result['chosen']} ({result['reason']})"]
     notes += [f"{labels[a]}: val mIoU {100 * r['mIoU']:.1f} vs real only {100 * choice['baseline']:.1f} "
-              f"(paired gain {100 * r['gain']:+.1f}, 5 % bound {100 * r['bound']:+.1f})" for a, r in choice["arms"].items()]
+              f"(paired gain {100 * r['gain']:+.1f}, lower {100 * (1 - choice.get('alpha', 0.05)):g} % bound "
+              f"{100 * r['bound']:+.1f})" for a, r in choice["arms"].items()]
     notes += [f"Oracle IoU (real-only segmenter on the kept synthetic pairs) {s['oracle_iou']:.3f} vs moved-mask "
               f"control {s['oracle_iou_moved']:.3f}" for s in sets.values() if "oracle_iou" in s]
     notes += gen.get("notes", [])

@@ -28,6 +28,24 @@ def iou_dice(pred: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, to
     return iou, dice
 
 
+def has_anomaly(target: torch.Tensor) -> torch.Tensor:
+    """Bool [B]: which images of ``target`` [B, 1, H, W] (or [B, H, W]) have at least one anomaly pixel.
+
+    The one convention for empty masks, shared by ``SegmentationMeter`` and the run's validation choice: an image
+    whose mask is empty (a normal image, or an anomalous one whose mask is empty) has no defect to find, so it is
+    left out of mIoU / mDice (where it would score 1 or 0 by whether anything was predicted) and is scored by
+    its false-positive area (``false_positive_area``) instead."""
+    return target.reshape(target.shape[0], -1).bool().any(1)
+
+
+def false_positive_area(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Float [B]: the fraction of each image's pixels predicted anomalous outside its mask (pred, target [B, 1, H,
+    W] bool/{0,1}). On an image with an empty mask: the share of the image raised as a false alarm."""
+    p = pred.reshape(pred.shape[0], -1).bool()
+    t = target.reshape(target.shape[0], -1).bool()
+    return (p & ~t).float().mean(1)
+
+
 def pixel_auroc(scores: np.ndarray, labels: np.ndarray) -> float:
     """Area under the ROC curve of pixel scores (rank statistic, ties averaged). NaN if one class is absent."""
     scores, labels = np.asarray(scores, dtype=np.float64).ravel(), np.asarray(labels).ravel().astype(bool)
@@ -60,7 +78,7 @@ class SegmentationMeter:
         k-th row and column enter the AUROC (full-size images: every image contributes, within the cap)."""
         pred, tgt = prob >= self.threshold, target > 0.5
         iou, dice = iou_dice(pred, tgt)
-        has_gt = tgt.reshape(tgt.shape[0], -1).any(1)
+        has_gt = has_anomaly(tgt)  # empty masks: not in mIoU (the convention of has_anomaly)
         self.ious += iou[has_gt].tolist()
         self.dices += dice[has_gt].tolist()
         self.inter += float((pred & tgt).sum())

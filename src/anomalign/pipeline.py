@@ -604,18 +604,21 @@ def run_folder(name: str) -> str:
 
 
 def choice_stage(cfg: RunConfig, out: Path, arms: list[str]) -> dict:
-    """Per-image val IoU of every run's final weights; the choice (``evaluation.choice.choose``)."""
+    """Per-image val scores of every run's final weights (IoU on the val anomalies, false-positive area on the val
+    images with an empty mask); the choice (``evaluation.choice.choose``)."""
     from anomalign.data.validate import load_dataset
     from anomalign.devices import pick_device
-    from anomalign.evaluation.choice import choose, per_image_iou
+    from anomalign.evaluation.choice import choose, per_image_scores
     from anomalign.segmenter.model import Segmenter
     plan = read_plan(out / "plan.yaml")
     device = pick_device(cfg.device)
-    val = [s for s in load_dataset(cfg.data, cfg, announce=False).split("val") if not s.normal]
-    scores = {name: per_image_iou(Segmenter.load(out / run_folder(name), device=device), val, device,
-                                  mask_threshold=cfg.mask_threshold)
+    val = load_dataset(cfg.data, cfg, announce=False).split("val")
+    scores = {name: per_image_scores(Segmenter.load(out / run_folder(name), device=device), val, device,
+                                     mask_threshold=cfg.mask_threshold)
               for name in ["baseline", *arms]}
-    result = choose(scores.pop("baseline"), scores, min_gain=plan.min_gain, seed=cfg.seed)
+    base = scores.pop("baseline")
+    result = choose(base["iou"], {k: v["iou"] for k, v in scores.items()}, min_gain=plan.min_gain,
+                    fp_baseline=base["fp"], fp_arms={k: v["fp"] for k, v in scores.items()})
     write_text_atomic(out / "choice.json", json.dumps(result, indent=1))
     print(result["reason"])
     return result

@@ -58,7 +58,8 @@ class Plan:
     min_alignment: float = option(0.3, "oracle IoU below which a synthetic pair is dropped")
     synthetic_per_step: int = option(4, "synthetic crops added to each step's real ones (w_syn 0.3)")
     arms: list[str] = option(default_factory=lambda: list(ARMS), help="arms compared with the baseline")
-    min_gain: float = option(0.01, "val mIoU an arm must gain over the baseline (and its bootstrap bound > 0)")
+    min_gain: float = option(0.01, "val mIoU an arm must gain over the baseline (and pass the choice's test: "
+                                   "evaluation/choice.py)")
     reasons: dict[str, str] = field(default_factory=dict, metadata={"help": "why each value", "positional": False,
                                                                     "aliases": ()})
 
@@ -130,8 +131,9 @@ def make_plan(fp: Fingerprint, *, backend: str = "tiny", base: str | None = None
     why["sample_steps"] = why["sampler"]
     why["arms"] = ("forked from the baseline's half-way checkpoint, so each comparison is paired; feedback only when "
                    "its premise holds on the training images")
-    why["min_gain"] = ("an arm replaces the baseline only if it gains >= 1 val mIoU point and the 5 % bootstrap bound "
-                       "of its paired per-image gain is > 0")
+    why["min_gain"] = ("an arm replaces the baseline only if it gains >= 1 val mIoU point, its paired per-image gain "
+                       "passes a one-sided t-test (Holm over the arms, 5 %) on >= 10 val anomalies, and it adds at "
+                       "most 0.1 % false-positive area on the val normals (evaluation/choice.py)")
     plan = Plan(crop_size=crop, size=size, scale=scale, backend=backend, base=base, gen_crop_size=gen_crop,
                 gen_steps=gen_steps, hosts=hosts, max_defect_size=max_defect, reasons=why)
     if backend == "sd":

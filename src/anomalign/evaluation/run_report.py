@@ -1,7 +1,8 @@
 """The report of ``anomalign run``: what was decided and why, with the numbers and the pictures behind it.
 
 ``RUN/report/index.html`` (+ ``summary.md``): the headline, the validation choice (per arm: val mIoU, paired
-gain, bootstrap bound), the test metrics of the baseline and the chosen segmenter, the feedback premise and
+gain, its lower bound and Holm-adjusted p, false-positive area on the val normals; the rule that decided), the
+test metrics of the baseline and the chosen segmenter, the feedback premise and
 the synthesis counts, generated pairs at full size, full-size segmentations of test images with column
 captions, and the plan, fingerprint and stage times.
 """
@@ -23,6 +24,13 @@ def _pct(v) -> str:
     return "–" if v is None or (isinstance(v, float) and not np.isfinite(v)) else f"{100 * v:.1f}"
 
 
+def _fp(v, signed: bool = False) -> str:
+    """A false-positive area (fraction of pixels) in % with two decimals; "–" when not measured."""
+    if v is None or (isinstance(v, float) and not np.isfinite(v)):
+        return "–"
+    return f"{100 * v:+.2f}" if signed else f"{100 * v:.2f}"
+
+
 def write_run_report(out: Path, result: dict, index, cfg, examples: int = 6) -> Path:
     """Write ``out/report/`` for the run whose ``result.json`` content is ``result``; returns the page."""
     folder = out / "report"
@@ -31,11 +39,22 @@ def write_run_report(out: Path, result: dict, index, cfg, examples: int = 6) -> 
     page.para(headline_text(result))
     choice = result["choice"]
     page.h2("Validation choice (final weights, paired per image)")
-    rows = [["baseline (real only)", _pct(choice["baseline"]), "", "", ""]]
-    rows += [[name, _pct(r["mIoU"]), f"{100 * r['gain']:+.1f}", f"{100 * r['bound']:+.1f}", "yes" if r["wins"] else "no"]
-             for name, r in choice["arms"].items()]
-    page.table(["run", "val mIoU", "gain (points)", f"{100 * choice['quantile']:g} % bound", "replaces baseline"],
-               rows)
+    if "rule" in choice:  # the rule of issue 45: paired t with Holm, a minimum of val anomalies, false alarms
+        normals = choice.get("normals", 0)
+        rows = [["baseline (real only)", _pct(choice["baseline"]), "", "", "", _fp(choice.get("baseline_fp")), ""]]
+        rows += [[name, _pct(r["mIoU"]), f"{100 * r['gain']:+.1f}", f"{100 * r['bound']:+.1f}",
+                  f"{r['p_holm']:.3f}", _fp(r.get("fp_increase"), signed=True), "yes" if r["wins"] else "no"]
+                 for name, r in choice["arms"].items()]
+        page.table(["run", f"val mIoU ({choice['images']} anomalies)", "gain (points)",
+                    f"lower {100 * (1 - choice['alpha']):g} % bound", "p (Holm)",
+                    f"false-positive area on {normals} val normals (% of pixels)", "replaces baseline"], rows)
+        page.para(f"Rule: {choice['rule']}.")
+    else:  # a choice.json written by the rule before issue 45 (percentile bootstrap)
+        rows = [["baseline (real only)", _pct(choice["baseline"]), "", "", ""]]
+        rows += [[name, _pct(r["mIoU"]), f"{100 * r['gain']:+.1f}", f"{100 * r['bound']:+.1f}",
+                  "yes" if r["wins"] else "no"] for name, r in choice["arms"].items()]
+        page.table(["run", "val mIoU", "gain (points)", f"{100 * choice['quantile']:g} % bound", "replaces baseline"],
+                   rows)
     page.para(f"Decision: {result['chosen']} — {result['reason']}.")
     page.h2("Test split (full size)")
     page.table(["run", "images", *COLUMNS], [[name, str(r["images"]), *(_pct(r[c]) for c in COLUMNS)]
