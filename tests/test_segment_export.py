@@ -23,14 +23,13 @@ def test_segment_writes_full_size_masks_and_overlays(seg_dir, tmp_path):
     out = run_segment(SegmentConfig(images=[imgs], segmenter=seg_dir, out=tmp_path / "o", threshold=0.5,
                                     save_probabilities=True, device="cpu"), progress=False)
     model = Segmenter.load(seg_dir)
-    from anomalign.segmenter.infer import predict_images
     for i, (h, w) in enumerate(sizes):
         m = np.asarray(Image.open(out / "masks" / "sub" / f"x{i}.png"))
         o = np.asarray(Image.open(out / "overlays" / "sub" / f"x{i}.png"))
         p = np.asarray(Image.open(out / "probabilities" / "sub" / f"x{i}.png"))
         assert m.shape == (h, w) and o.shape == (h, w, 3) and p.shape == (h, w)
         image = np.asarray(Image.open(imgs / "sub" / f"x{i}.jpg").convert("RGB"))
-        prob = predict_images(model, [image], 32)[0]
+        prob = model.predict(image, probability=True)  # the API's predictor is segment's
         assert np.array_equal(m > 127, prob >= 0.5)
     rows = [json.loads(x) for x in (out / "predictions.jsonl").read_text().splitlines()]
     assert len(rows) == 3 and (out / "segment.yaml").is_file()

@@ -22,7 +22,7 @@ from anomalign.data.folders import DataOptions
 from anomalign.data.validate import load_dataset
 from anomalign.evaluation.generation import spread
 from anomalign.figures import draw_contour, grid
-from anomalign.segmenter.infer import overlay, predict_images
+from anomalign.segmenter.infer import overlay
 from anomalign.segmenter.model import Segmenter
 
 work, data, out = (Path(a) for a in sys.argv[1:4])
@@ -37,8 +37,7 @@ test = [test[i] for i in spread(len(test), 6)]
 tiles = []
 for s in test:
     image, mask = load_pair(s, None)
-    row = [draw_contour(image, mask)] + [overlay(image, p >= 0.5) for m in models
-                                         for p in predict_images(m, [image], m.size)]
+    row = [draw_contour(image, mask)] + [overlay(image, m.predict(image)) for m in models]
     h, w = max(t.shape[0] for t in row), max(t.shape[1] for t in row)
     tiles += [np.pad(t, ((0, h - t.shape[0]), (0, w - t.shape[1]), (0, 0)), constant_values=255) for t in row]
 side = max(max(t.shape[:2]) for t in tiles)

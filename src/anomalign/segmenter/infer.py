@@ -136,14 +136,6 @@ def overlay(image: np.ndarray, mask: np.ndarray, alpha: float = 0.45) -> np.ndar
     return np.array(overlay_image(image, mask, alpha))
 
 
-@torch.no_grad()
-def predict_images(model, images: list[np.ndarray], size: int | None) -> list[np.ndarray]:
-    """Anomaly probability float32 [H_i, W_i] for uint8 images [H_i, W_i, 3] of any sizes
-    (``segmenter.sliding.predict_full_size``, the predictor ``evaluate`` scores)."""
-    from anomalign.segmenter.sliding import image_probability
-    return [image_probability(model, im, size) for im in images]
-
-
 SEGMENT_MARKER = "run.json"
 INDEX = "predictions.jsonl"
 WINDOW_PROGRESS = 64  # images cut into more windows than this get a progress bar of their own
@@ -205,18 +197,61 @@ def run_segment(cfg: SegmentConfig, progress: bool = True) -> Path:
     when rerun with the same options); returns ``cfg.out``."""
     from tqdm.auto import tqdm
 
-    from anomalign.data.imageio import FileProblem, check_scaled_size, header_size, read_image, set_max_megapixels
+    from anomalign.data.imageio import FileProblem, set_max_megapixels
     from anomalign.data.validate import format_skipped, skipped_records
     from anomalign.files import write_text_atomic
-    from anomalign.segmenter.model import WEIGHTS_NAME, Segmenter
+    from anomalign.segmenter.model import WEIGHTS_NAME
     from anomalign.weights import weights_file
 
     cfg.validate()
     check_out_outside(cfg.out, {"the images": [p for p in cfg.images if Path(p).is_dir()]})
     set_max_megapixels(cfg.max_megapixels)
+    model, precision, size = segment_model(cfg)
+    items = list_images(cfg.images)
+    out = Path(cfg.out)
+    identity = segment_identity(cfg, file_sha256(weights_file(cfg.segmenter, WEIGHTS_NAME)), size, precision)
+    done = {row["image"]: row for row in prepare_segment_out(out, identity)}
+    todo, skipped = check_headers([(f, n) for f, n in items if str(f) not in done], model, cfg.policy)
+    out.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, out / "segment.yaml")
+    write_text_atomic(out / SEGMENT_MARKER, json.dumps({"command": "segment", "identity": identity}, indent=1) + "\n")
+    if done:
+        print(f"{out}: continuing: {len(done)} of {len(items)} images are already segmented")
+    index = out / INDEX
+    write_text_atomic(index, "".join(json.dumps(r) + "\n" for r in done.values()))  # drop a cut last line
+    bar = tqdm(todo, disable=not progress, desc="segment", unit="img", dynamic_ncols=True)
+    with index.open("a") as log:
+        for f, name in bar:
+            try:
+                row = segment_file(model, f, name, out, size, cfg, progress, precision)
+            except DataError as e:  # unreadable: its header was fine, its data is not
+                if cfg.policy == "fail":
+                    raise
+                skipped.append(e.problem if isinstance(e, FileProblem) else e)
+                continue
+            done[str(f)] = row
+            log.write(json.dumps(row) + "\n")  # after the image's files: a row means the image is finished
+            log.flush()
+    order = {str(f): k for k, (f, _) in enumerate(items)}
+    rows = sorted(done.values(), key=lambda r: order.get(r["image"], len(order)))
+    write_text_atomic(index, "".join(json.dumps(r) + "\n" for r in rows))  # input order, as one run writes it
+    if skipped:
+        write_text_atomic(out / "skipped.json", json.dumps(skipped_records(skipped), indent=1) + "\n")
+        print(format_skipped(Path(", ".join(map(str, cfg.images))), skipped), file=sys.stderr)
+    flagged = sum(r["anomalous_pixels"] > 0 for r in rows)
+    print(f"segmented {len(rows)} images into {out} ({flagged} with anomalous pixels at threshold {cfg.threshold})")
+    return out
+
+
+def segment_model(cfg: SegmentConfig):
+    """(model, precision, size) of a segment run: the segmenter on its device, or its exported graph for
+    ``--runtime onnx|openvino``; the precision the network computes in (auto resolved); the input size of a
+    segmenter trained on whole resized images (None for crop-trained ones). Option clashes are refused here,
+    before any image is read."""
+    from anomalign.segmenter.model import Segmenter
+    from anomalign.segmenter.sliding import inference_precision, uses_one_pass
     device = pick_device(cfg.device)
     model = Segmenter.load(cfg.segmenter, device=device)
-    from anomalign.segmenter.sliding import inference_precision, uses_one_pass
     # the precision the network computes in: onnxruntime's CPU graph runs fp32 only
     precision = "fp32" if cfg.runtime == "onnx" else inference_precision(cfg.precision, torch.device(device).type)
     if cfg.runtime != "torch":
@@ -237,71 +272,52 @@ def run_segment(cfg: SegmentConfig, progress: bool = True) -> Path:
     if cfg.runtime != "torch" and size and model.side and size != model.side:
         raise ConfigError(f"--size {size}: the exported graph {model.file} takes {model.side}-px inputs; drop --size "
                           f"or export at that size (anomalign export --size {size} --out {shlex.quote(str(model.file))})")
-    items = list_images(cfg.images)
-    out = Path(cfg.out)
-    identity = segment_identity(cfg, file_sha256(weights_file(cfg.segmenter, WEIGHTS_NAME)), size, precision)
-    done = {row["image"]: row for row in prepare_segment_out(out, identity)}
-    # Every header first (cheap): a file that is no image or is too large stops the run before any work.
-    skipped, todo = [], []
+    return model, precision, size
+
+
+def check_headers(items: list[tuple[Path, Path]], model, policy: str) -> tuple[list, list]:
+    """(images to segment, problems) from every image's header (cheap): a file that is no image, or too large
+    after the segmenter's own resampling, stops the run before any work (``policy`` fail) or is left out
+    (skip)."""
+    from anomalign.data.imageio import FileProblem, check_scaled_size, header_size
+    from anomalign.data.sample import Problem
+    todo, skipped = [], []
     for f, name in items:
-        if str(f) in done:
-            continue
         try:
             w, h = header_size(f)
             if model.crop_size:
                 check_scaled_size(f, w, h, model.scale, "the segmenter's scale")
             todo.append((f, name))
         except FileProblem as e:
-            if cfg.policy == "fail":
+            if policy == "fail":
                 raise DataError(f"{f}: {e.problem.message} (--policy skip leaves such images out)") from None
             skipped.append(e.problem)
         except DataError as e:
-            if cfg.policy == "fail":
+            if policy == "fail":
                 raise
-            from anomalign.data.sample import Problem
             skipped.append(Problem(f, "too-large", str(e).split(": ", 1)[-1]))
-    out.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, out / "segment.yaml")
-    write_text_atomic(out / SEGMENT_MARKER, json.dumps({"command": "segment", "identity": identity}, indent=1) + "\n")
-    if done:
-        print(f"{out}: continuing: {len(done)} of {len(items)} images are already segmented")
-    index = out / INDEX
-    write_text_atomic(index, "".join(json.dumps(r) + "\n" for r in done.values()))  # drop a cut last line
-    bar = tqdm(todo, disable=not progress, desc="segment", unit="img", dynamic_ncols=True)
-    with index.open("a") as log:
-        for f, name in bar:
-            try:
-                image = read_image(f)
-            except DataError as e:
-                if cfg.policy == "fail":
-                    raise
-                skipped.append(e.problem if isinstance(e, FileProblem) else e)
-                continue
-            prob = predict_one(model, image, size, progress, cfg.inference, precision)
-            mask = prob >= cfg.threshold
-            top = float(prob.max())
-            if cfg.save_probabilities:  # in place: no second float copy of a large image
-                save_png(np.multiply(prob, 255, out=prob).round(out=prob).astype(np.uint8), out / "probabilities" / name)
-            del prob  # the largest array of a large image: freed before the overlay is drawn
-            save_png(np.where(mask, np.uint8(255), np.uint8(0)), out / "masks" / name)
-            drawn = overlay_image(image, mask)
-            del image  # PIL's copy is all the overlay needs
-            save_png(drawn, out / "overlays" / name)
-            del drawn
-            row = {"image": str(f), "mask": f"masks/{name.as_posix()}", "anomalous_pixels": int(mask.sum()),
-                   "anomaly_fraction": float(mask.mean()), "max_probability": top}
-            done[str(f)] = row
-            log.write(json.dumps(row) + "\n")  # after the image's files: a row means the image is finished
-            log.flush()
-    order = {str(f): k for k, (f, _) in enumerate(items)}
-    rows = sorted(done.values(), key=lambda r: order.get(r["image"], len(order)))
-    write_text_atomic(index, "".join(json.dumps(r) + "\n" for r in rows))  # input order, as one run writes it
-    if skipped:
-        write_text_atomic(out / "skipped.json", json.dumps(skipped_records(skipped), indent=1) + "\n")
-        print(format_skipped(Path(", ".join(map(str, cfg.images))), skipped), file=sys.stderr)
-    flagged = sum(r["anomalous_pixels"] > 0 for r in rows)
-    print(f"segmented {len(rows)} images into {out} ({flagged} with anomalous pixels at threshold {cfg.threshold})")
-    return out
+    return todo, skipped
+
+
+def segment_file(model, file: Path, name: Path, out: Path, size: int | None, cfg: SegmentConfig, progress: bool,
+                 precision: str) -> dict:
+    """Read one image, predict it at its own size and write its mask, overlay (and probability) under ``out``
+    as ``name``; returns its index row. A very large image is held once at a time: the uint8 image, the float32
+    probability and the mask (the probability is freed before the overlay, the image once PIL has copied it)."""
+    from anomalign.data.imageio import read_image
+    image = read_image(file)
+    prob = predict_one(model, image, size, progress, cfg.inference, precision)
+    mask = prob >= cfg.threshold
+    top = float(prob.max())
+    if cfg.save_probabilities:  # in place: no second float copy of a large image
+        save_png(np.multiply(prob, 255, out=prob).round(out=prob).astype(np.uint8), out / "probabilities" / name)
+    del prob
+    save_png(np.where(mask, np.uint8(255), np.uint8(0)), out / "masks" / name)
+    drawn = overlay_image(image, mask)
+    del image
+    save_png(drawn, out / "overlays" / name)
+    return {"image": str(file), "mask": f"masks/{name.as_posix()}", "anomalous_pixels": int(mask.sum()),
+            "anomaly_fraction": float(mask.mean()), "max_probability": top}
 
 
 def damaged_graph(file: Path, runtime: str, error: Exception) -> AnomalignError:
