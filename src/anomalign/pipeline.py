@@ -53,6 +53,9 @@ class RunConfig(DataOptions):
                                      "plan.yaml, edited); RUN/plan.yaml is used when it exists")
     arms: list[str] | None = option(None, f"arms to compare with the baseline (default: the plan's, "
                                           f"{' '.join(ARMS)}; none: baseline only)")
+    choice: Literal["val"] = option("val", "how an arm is chosen over the baseline: val, the single-split rule on the "
+                                           "validation split (evaluation/choice.py, docs/run.md 'Pre-registered "
+                                           "choice rule')")
     export: bool = option(True, "export the chosen segmenter to ONNX (needs the onnx package)")
     quality: bool = option(False, "also measure the kept synthetic pairs (generation/): FID against the real test "
                                   "anomalies, oracle IoU with the moved-mask control, t-SNE; about a minute more")
@@ -619,6 +622,7 @@ def choice_stage(cfg: RunConfig, out: Path, arms: list[str]) -> dict:
     base = scores.pop("baseline")
     result = choose(base["iou"], {k: v["iou"] for k, v in scores.items()}, min_gain=plan.min_gain,
                     fp_baseline=base["fp"], fp_arms={k: v["fp"] for k, v in scores.items()})
+    result["mode"] = cfg.choice  # which choice decided (with "rule": what it is, and "reason": why)
     write_text_atomic(out / "choice.json", json.dumps(result, indent=1))
     print(result["reason"])
     return result
