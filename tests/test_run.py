@@ -101,7 +101,7 @@ def test_run_end_to_end_on_tiny_data(tiny_run, capsys):
     out = tiny_run / "whole"
     assert main(run_args(tiny_run, out)) == 0
     text = capsys.readouterr().out
-    assert "[2/10] baseline segmenter" in text and "left" in text and "use it: anomalign segment" in text
+    assert "[2/8] baseline segmenter" in text and "left" in text and "use it: anomalign segment" in text
     result = json.loads((out / "result.json").read_text())
     choice = json.loads((out / "choice.json").read_text())
     assert result["chosen"] == choice["chosen"] and set(choice["arms"]) <= {"synthetic", "feedback", "both"}
@@ -325,7 +325,7 @@ def test_an_edited_plan_redoes_the_stages_it_changes_without_deleting_anything(t
     assert (out / "generator" / "generator.safetensors").read_bytes() == generator
 
 
-@pytest.mark.parametrize("flag", [["--arms", "synthetic"], ["--budget", "30"], ["--backend", "sd", "--base", "x"]])
+@pytest.mark.parametrize("flag", [["--arms", "all"], ["--budget", "30"], ["--backend", "sd", "--base", "x"]])
 def test_a_continued_run_refuses_options_its_plan_would_ignore(tiny_run, capsys, flag):
     """--arms, --budget and --backend were silently ignored once plan.yaml existed: now a message, exit 2."""
     out = tiny_run / "whole"
@@ -335,3 +335,25 @@ def test_a_continued_run_refuses_options_its_plan_would_ignore(tiny_run, capsys,
     code = main(["run", str(tiny_run / "data"), "--out", str(out), "--device", "cpu", *flag])
     err = capsys.readouterr().err
     assert code == 2 and f"{flag[0]} " in err and "Traceback" not in err, err
+
+
+def test_default_arms_follow_the_evidence(tmp_path):
+    """+ synthetic pairs only by default (the feedback arms were neutral wherever measured); --arms all and
+    --preset paper compare all three."""
+    from anomalign.config import build_config
+    from anomalign.errors import AnomalignError
+    from anomalign.pipeline import RunConfig
+    from anomalign.plan import ARMS
+    assert make_plan(fingerprint()).arms == ["synthetic"] and "--arms all" in make_plan(fingerprint()).reasons["arms"]
+
+    def cfg(**kw):
+        c = build_config(RunConfig, {"data": str(tmp_path), "out": str(tmp_path / "R"), **kw})
+        c.validate()
+        return c
+    assert cfg().arms is None  # the plan's: synthetic
+    assert cfg(arms=["all"]).arms == list(ARMS) and cfg(preset="paper").arms == list(ARMS)
+    assert cfg(arms=["none"]).arms == [] and cfg(arms=["both", "synthetic"]).arms == ["both", "synthetic"]
+    with pytest.raises(AnomalignError, match="--preset paper compares every arm"):
+        cfg(preset="paper", arms=["synthetic"])
+    with pytest.raises(AnomalignError, match="unknown arm"):
+        cfg(arms=["syntetic"])

@@ -23,8 +23,8 @@ DEMO_BUDGET = {
     "seg_steps": (800, "800 steps (the measured recipe has 3 200): the demo must finish in 10 min on 2 cores"),
     "gen_steps": (150, "the shipped base already follows masks; 150 steps adapt it to the demo's images"),
     "synthetic": (96, "96 kept pairs (one per training mask) keep synthesis near 2 min"),
-    "arms": (["synthetic", "both"], "+ synthetic pairs, and the full method (synthetic + feedback); "
-                                    "`--arms synthetic feedback both` adds feedback alone"),
+    "arms": (["synthetic"], "+ synthetic pairs, the arm `run` compares by default; `--arms all` adds Generative "
+                            "Feedback alone and the full method (synthetic + feedback)"),
 }
 FAST = {"crop_size": 0, "size": 32, "seg_steps": 4, "batch_size": 4, "gen_resolution": 32, "gen_steps": 3,
         "synthetic": 4, "sample_steps": 2, "min_alignment": 0.0}
@@ -42,18 +42,19 @@ class DemoConfig:
                                          "so the generator trains at its own size)")
     base: Path | None = option(None, "tiny base the generator fine-tunes (default: the shipped one); e.g. a base from "
                                      "`anomalign pretrain-base`")
-    arms: list[str] | None = option(None, "arms compared with the real-only baseline (default: synthetic both)")
+    arms: list[str] | None = option(None, "arms compared with the real-only baseline (default: synthetic; all: "
+                                          "synthetic feedback both)")
     device: Literal["auto", "cpu", "cuda"] = option("auto", "where to run")
 
 
 def demo_plan(fp, cfg: DemoConfig):
     """The plan ``anomalign run`` makes for the built-in dataset's fingerprint ``fp``, with the demo's budgets
     (``DEMO_BUDGET``; ``FAST`` for ``--fast``), each with its reason."""
-    from anomalign.plan import make_plan
+    from anomalign.plan import make_plan, parse_arms
     plan = make_plan(fp, base=str(cfg.base) if cfg.base else None)
     values = {k: v for k, (v, _) in DEMO_BUDGET.items()}
     if cfg.arms is not None:
-        values["arms"] = [a for a in cfg.arms if a != "none"]
+        values["arms"] = parse_arms(cfg.arms)
     if cfg.fast:
         values |= FAST
     for key, value in values.items():

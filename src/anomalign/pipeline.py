@@ -32,7 +32,8 @@ from anomalign.config import build_config, option, save_config
 from anomalign.data.folders import DataOptions
 from anomalign.errors import AnomalignError, DataError
 from anomalign.files import check_out_outside, lock_folder, releases_locks, write_text_atomic
-from anomalign.plan import ARMS, Plan, estimate_seconds, make_plan, read_plan, steps_note, write_plan
+from anomalign.plan import (ARMS, DEFAULT_ARMS, Plan, estimate_seconds, make_plan, parse_arms, read_plan, steps_note,
+                            write_plan)
 
 
 @dataclass(kw_only=True)
@@ -52,7 +53,10 @@ class RunConfig(DataOptions):
     plan: Path | None = option(None, "a plan file to use instead of planning from the data (e.g. another run's "
                                      "plan.yaml, edited); RUN/plan.yaml is used when it exists")
     arms: list[str] | None = option(None, f"arms to compare with the baseline (default: the plan's, "
-                                          f"{' '.join(ARMS)}; none: baseline only)")
+                                          f"{' '.join(DEFAULT_ARMS)}; all: {' '.join(ARMS)}; none: baseline only)")
+    preset: Literal["measured", "paper"] = option("measured", "measured: the arms the measurements support (+ synthetic "
+                                                              "pairs); paper: the paper's full comparison, arms "
+                                                              f"{' '.join(ARMS)}")
     choice: Literal["val"] = option("val", "how an arm is chosen over the baseline: val, the single-split rule on the "
                                            "validation split (evaluation/choice.py, docs/run.md 'Pre-registered "
                                            "choice rule')")
@@ -66,10 +70,12 @@ class RunConfig(DataOptions):
         if self.budget is not None and not self.budget > 0:
             raise AnomalignError(f"budget must be > 0 minutes, got {self.budget}")
         if self.arms is not None:
-            self.arms = [a for a in self.arms if a != "none"]
-            bad = [a for a in self.arms if a not in ARMS]
-            if bad:
-                raise AnomalignError(f"unknown arm(s) {bad}; choose from {list(ARMS)} or none")
+            self.arms = parse_arms(self.arms)
+        if self.preset == "paper":  # the paper's comparison: every arm
+            if self.arms is not None and self.arms != list(ARMS):
+                raise AnomalignError(f"--preset paper compares every arm ({' '.join(ARMS)}); drop --arms, or drop "
+                                     "--preset to choose the arms")
+            self.arms = list(ARMS)
         if self.backend == "sd" and not self.base:
             raise AnomalignError("--backend sd needs --base (a Stable Diffusion folder or hub id)")
 

@@ -22,6 +22,10 @@ from anomalign.generator.sampler import DEFAULT_SAMPLER, DEFAULT_STEPS
 CROP = 128            # px: the crop of the measured recipe (magnetic tile, CrackForest)
 SEG_STEPS = 3200      # real only reached 49.0 at 3 200 steps vs 41 at 2 400 on magnetic tile
 ARMS = ("synthetic", "feedback", "both")
+# The arms a run compares by default: + synthetic pairs only. Generative Feedback added nothing measurable wherever
+# measured (docs/run.md, "The plan's rules": feedback alone -0.9 to +0.4 test points, the full method level with
+# + synthetic) and its two arms cost 26 of a 66-minute run; they are opt-in: `--arms all` or `--preset paper`.
+DEFAULT_ARMS = ("synthetic",)
 # Seconds per unit for the time estimate and --budget, measured in `anomalign run` on magnetic tile with one CPU
 # core per run (docs/run.md): a 128-px-crop segmenter step at batch 16 (0.27-0.34 s), a 128-px tiny generator
 # step at batch 16 with its crop bank (3.0-3.6 s), one synthesis attempt (DDIM-25 with guidance, placement,
@@ -57,7 +61,7 @@ class Plan:
     guidance: float = option(3.0, "classifier-free guidance of synthesis")
     min_alignment: float = option(0.3, "oracle IoU below which a synthetic pair is dropped")
     synthetic_per_step: int = option(4, "synthetic crops added to each step's real ones (w_syn 0.3)")
-    arms: list[str] = option(default_factory=lambda: list(ARMS), help="arms compared with the baseline")
+    arms: list[str] = option(default_factory=lambda: list(DEFAULT_ARMS), help="arms compared with the baseline")
     min_gain: float = option(0.01, "val mIoU an arm must gain over the baseline (and pass the choice's test: "
                                    "evaluation/choice.py)")
     reasons: dict[str, str] = field(default_factory=dict, metadata={"help": "why each value", "positional": False,
@@ -129,8 +133,9 @@ def make_plan(fp: Fingerprint, *, backend: str = "tiny", base: str | None = None
     why["sampler"] = ("UniPC, 8 steps: as good as DDIM-50 in oracle IoU and FID on magnetic tile and the built-in "
                       "data (3 seeds), 4x faster")
     why["sample_steps"] = why["sampler"]
-    why["arms"] = ("forked from the baseline's half-way checkpoint, so each comparison is paired; feedback only when "
-                   "its premise holds on the training images")
+    why["arms"] = ("+ synthetic pairs, forked from the baseline's half-way checkpoint, so the comparison is paired; "
+                   "Generative Feedback added nothing measurable wherever measured: its arms (feedback, both) with "
+                   "--arms all (they run only when the feedback premise holds on the training images)")
     why["min_gain"] = ("an arm replaces the baseline only if it gains >= 1 val mIoU point, its paired per-image gain "
                        "passes a one-sided t-test (Holm over the arms, 5 %) on >= 10 val anomalies, and it adds at "
                        "most 0.1 % false-positive area on the val normals (evaluation/choice.py)")
@@ -142,6 +147,17 @@ def make_plan(fp: Fingerprint, *, backend: str = "tiny", base: str | None = None
     if budget_minutes is not None:
         fit_budget(plan, budget_minutes)
     return plan
+
+
+def parse_arms(names: list[str]) -> list[str]:
+    """The arms named on a command line: ``none`` (baseline only), ``all`` (every arm) or arm names."""
+    if "all" in names:
+        return list(ARMS)
+    arms = [a for a in names if a != "none"]
+    bad = [a for a in arms if a not in ARMS]
+    if bad:
+        raise ConfigError(f"unknown arm(s) {bad}; choose from {list(ARMS)}, all or none")
+    return list(dict.fromkeys(arms))
 
 
 def estimate_seconds(plan: Plan) -> dict[str, float]:
