@@ -260,13 +260,14 @@ class Stages:
 
     def generation_quality(self) -> dict:
         """``generation/``: evaluate-generation of the kept synthetic pairs against the real test anomalies,
-        with the baseline as oracle (and its moved-mask control) and the generator's t-SNE."""
+        with the baseline as oracle (and its moved-mask control), the discriminability test (AUC of telling
+        generated from real defect crops, seeded by the run's seed) and the generator's t-SNE."""
         from anomalign.evaluation.generation import EvaluateGenerationConfig, run_evaluate_generation
         cfg = self.cfg
         res = run_evaluate_generation(build_config(EvaluateGenerationConfig, {
             **data_values(cfg), "generated": [str(self.out / "synthetic")], "labels": ["synthetic"],
             "real": str(cfg.data), "split": "test", "out": str(self.out / "generation"),
-            "generator": str(self.out / "generator"), "oracle": str(self.out / "baseline"),
+            "generator": str(self.out / "generator"), "oracle": str(self.out / "baseline"), "seed": cfg.seed,
             "base": cfg.base if self.plan.backend == "sd" else None}))
         return {k: res[k] for k in ("sets", "premise", "notes", "figures", "real_images")}
 

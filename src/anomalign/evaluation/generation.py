@@ -3,7 +3,9 @@
 Per generated set: FID with the TF-FID Inception (offline, see ``fid.py``), the alignment summary from
 its ``metadata.jsonl`` (free-lunch score and the moved/empty-mask controls, oracle IoU if scored), and
 — when their weights are present — torchmetrics FID / Inception Score and IC-LPIPS (AnomalyDiffusion's
-diversity protocol) at 256 px. Figures: a grid of generated images with the conditioning mask's contour
+diversity protocol) at 256 px; and how well a small classifier tells the generated defects from the real ones
+(``discriminability.py``: AUC of a cross-fitted two-sample test on crops around each defect, whole crop and seam
+ring). Figures: a grid of generated images with the conditioning mask's contour
 in red (paper Fig. 6) and, given ``--generator``, a t-SNE of encoded real masks, real images and each
 generated set (paper Fig. 5).
 """
@@ -45,6 +47,9 @@ class EvaluateGenerationConfig(DataOptions):
     max_images: int = option(1000, "use at most this many images per set")
     grid_images: int = option(24, "images in each qualitative grid")
     extra_metrics: bool = option(True, "also try torchmetrics FID / IS and IC-LPIPS (need downloaded weights)")
+    discriminability: bool = option(True, "also the classifier two-sample test: AUC of telling real from generated "
+                                          "defect crops (whole crop and seam ring; 0.5 = indistinguishable)")
+    seed: int = option(0, "seed of the two-sample test's folds and label permutations")
 
     def validate(self) -> None:
         DataOptions.validate(self)
@@ -110,6 +115,18 @@ def read_real(cfg: EvaluateGenerationConfig, size: int, windows: bool = False) -
     generated size (so both sides reach the Inception network equally blurred) — or, with ``windows`` (the
     generated set is full size), ``size``-px windows around each real defect at native resolution."""
     from anomalign.data.dataset import PairDataset, default_prompt, load_pair
+
+    samples = real_samples(cfg)
+    if windows:
+        pairs = [defect_window(*load_pair(s, None, cfg.mask_threshold), size) for s in samples]
+    else:
+        ds = PairDataset(samples, size=size, cache=False)
+        pairs = [ds.pair(i) for i in range(len(ds))]
+    return np.stack([p[0] for p in pairs]), np.stack([p[1] for p in pairs]), [default_prompt(s) for s in samples]
+
+
+def real_samples(cfg: EvaluateGenerationConfig) -> list:
+    """The anomalous samples with masks of ``cfg.split`` of the real dataset (at most ``cfg.max_images``)."""
     from anomalign.data.validate import load_dataset
 
     index = load_dataset(cfg.real, cfg)
@@ -117,12 +134,77 @@ def read_real(cfg: EvaluateGenerationConfig, size: int, windows: bool = False) -
     samples = [s for s in samples if not s.normal and s.mask is not None][: cfg.max_images]
     if not samples:
         raise DataError(f"{cfg.real}: no anomalous images with masks in split {cfg.split!r}")
-    if windows:
-        pairs = [defect_window(*load_pair(s, None, cfg.mask_threshold), size) for s in samples]
-    else:
-        ds = PairDataset(samples, size=size, cache=False)
-        pairs = [ds.pair(i) for i in range(len(ds))]
-    return np.stack([p[0] for p in pairs]), np.stack([p[1] for p in pairs]), [default_prompt(s) for s in samples]
+    return samples
+
+
+def _stack_crops(crops: list) -> tuple[np.ndarray, np.ndarray]:
+    from anomalign.evaluation.discriminability import CROP
+    crops = [c for c in crops if c is not None and c[1].any()]
+    if not crops:
+        return np.zeros((0, CROP, CROP, 3), np.uint8), np.zeros((0, CROP, CROP), bool)
+    return np.stack([c[0] for c in crops]), np.stack([c[1] for c in crops])
+
+
+def real_defect_crops(cfg: EvaluateGenerationConfig, real_u8: np.ndarray, real_m: np.ndarray, windows: bool
+                      ) -> tuple[np.ndarray, np.ndarray]:
+    """``discriminability.defect_crop`` around every real defect: uint8 [N, 64, 64, 3], bool [N, 64, 64]. From the
+    resized real images [N, R, R, 3] when the generated sets are at the generator's resolution R; for full-size
+    sets from the real images at native resolution, decoded one at a time (the crop's rule then sees both sides
+    at their native scale: a window would cut the context of one side, not of the other)."""
+    from anomalign.data.dataset import load_pair
+    from anomalign.evaluation.discriminability import defect_crop
+    if not windows:
+        return _stack_crops([defect_crop(im, m) for im, m in zip(real_u8, real_m)])
+    return _stack_crops([defect_crop(*load_pair(s, None, cfg.mask_threshold)) for s in real_samples(cfg)])
+
+
+def generated_defect_crops(folder: Path, rows: list[dict], images: np.ndarray, masks: np.ndarray
+                           ) -> tuple[np.ndarray, np.ndarray]:
+    """``discriminability.defect_crop`` around every generated defect: uint8 [N, 64, 64, 3], bool [N, 64, 64].
+    Pairs at the generator's resolution: from ``images`` [N, R, R, 3] / ``masks`` as ``read_generated`` gave them.
+    Full-size pairs (rows with a ``window``): the written image at native resolution, and as the mask only the new
+    defect (the written mask inside ``defect_box``, less an anomalous host's own mask), so the crop is centred on
+    the generated defect and its seam ring follows the generated boundary."""
+    from anomalign.data.imageio import load_mask
+    from anomalign.evaluation.discriminability import defect_crop
+    if not all(r.get("window") and r.get("defect_box") for r in rows):
+        return _stack_crops([defect_crop(im, m) for im, m in zip(images, masks)])
+    crops = []
+    for r in rows:
+        image = np.asarray(Image.open(Path(folder) / r["file_name"]).convert("RGB"))
+        full = np.asarray(Image.open(Path(folder) / r["mask_file_name"]).convert("L")) > 127
+        y, x, h, w = r["defect_box"]
+        mask = np.zeros_like(full)
+        mask[y:y + h, x:x + w] = full[y:y + h, x:x + w]
+        if r.get("host_mask"):
+            try:
+                mask &= ~load_mask(Path(r["host_mask"]))
+            except (OSError, ValueError, AnomalignError):  # the host's mask moved: the box alone is close enough
+                pass
+        crops.append(defect_crop(image, mask))
+    return _stack_crops(crops)
+
+
+def discriminability_row(result: dict) -> dict:
+    """The table's cells of a ``discriminability.discriminability`` result: [AUC, CI low, CI high] of the crop
+    and the seam ring, and the permutation controls' mean AUCs [crop, seam]."""
+    c, s = result["crop"], result["seam"]
+    return {"c2st_crop": [c["auc"], c["ci_low"], c["ci_high"]], "c2st_seam": [s["auc"], s["ci_low"], s["ci_high"]],
+            "c2st_permuted": [c.get("auc_permuted", float("nan")), s.get("auc_permuted", float("nan"))]}
+
+
+def discriminability_note(name: str, result: dict) -> str:
+    """One sentence per set: the two AUCs with their intervals and controls, and the statistics that told the
+    sets apart most (a positive weight: higher on the generated side)."""
+    def part(v: str, label: str) -> str:
+        r = result[v]
+        top = ", ".join(f"{n} ({w:+.2f})" for n, w in r.get("top_features", []))
+        return (f"{label} AUC {r['auc']:.2f} [{r['ci_low']:.2f}, {r['ci_high']:.2f}], labels permuted "
+                f"{r.get('auc_permuted', float('nan')):.2f} (p = {r.get('p_permutation', float('nan')):.3f}); "
+                f"most telling: {top}")
+    return (f"discriminability of {name} ({result['real']} real vs {result['synthetic']} generated "
+            f"{result['size']}-px crops around each defect; 0.5 = indistinguishable, 1 = always told apart): "
+            + part("crop", "whole crop") + "; " + part("seam", f"seam ring ({result['ring']} px each side)"))
 
 
 def spread(n: int, k: int) -> list[int]:
@@ -284,6 +366,7 @@ def run_evaluate_generation(cfg: EvaluateGenerationConfig) -> dict:
     windows = any(rows and rows[0].get("window") for _, _, rows in sets.values())
     real_u8, real_m, real_prompts = read_real(cfg, size, windows)
     results, notes, figures = {}, [], {}
+    real_crops = real_defect_crops(cfg, real_u8, real_m, windows) if cfg.discriminability else None
     try:
         real_feat = inception_features(real_u8)
     except AnomalignError as e:  # weights not installed: say so, compute the rest
@@ -296,6 +379,16 @@ def run_evaluate_generation(cfg: EvaluateGenerationConfig) -> dict:
         r |= alignment_summary(rows)
         if cfg.oracle is not None:
             r |= oracle_alignment(cfg.oracle, images, masks)
+        if real_crops is not None:
+            from anomalign.evaluation.discriminability import discriminability
+            syn_crops = generated_defect_crops(Path(cfg.generated[labels.index(name)]), rows, images, masks)
+            if min(len(real_crops[0]), len(syn_crops[0])) >= 2:
+                r["discriminability"] = discriminability(*real_crops, *syn_crops, seed=cfg.seed)
+                r |= discriminability_row(r["discriminability"])
+                notes.append(discriminability_note(name, r["discriminability"]))
+            else:
+                notes.append(f"discriminability of {name} skipped: it needs >= 2 defect crops on each side "
+                             f"({len(real_crops[0])} real, {len(syn_crops[0])} generated)")
         if cfg.extra_metrics:
             extra, why = extra_metrics(real_u8, images)
             r |= extra
@@ -335,13 +428,22 @@ def format_generation_table(results: dict[str, dict]) -> str:
             ("free_lunch_mean", "free-lunch score", "{:+.4f}"), ("free_lunch_positive", "free-lunch > 0", "{:.0%}"),
             ("true_lt_moved", "L(true) < L(moved)", "{:.0%}"), ("true_lt_empty", "L(true) < L(empty)", "{:.0%}"),
             ("oracle_iou_mean", "oracle IoU (at generation)", "{:.3f}"), ("oracle_iou", "oracle IoU", "{:.3f}"),
-            ("oracle_iou_moved", "oracle IoU, mask moved", "{:.3f}"), ("inception_score", "IS (256 px)", "{:.2f}"),
-            ("ic_lpips", "IC-LPIPS (256 px)", "{:.3f}")]
+            ("oracle_iou_moved", "oracle IoU, mask moved", "{:.3f}"),
+            ("c2st_crop", "C2ST AUC, crop [95 % CI]", "{:.2f} [{:.2f}, {:.2f}]"),
+            ("c2st_seam", "C2ST AUC, seam ring [95 % CI]", "{:.2f} [{:.2f}, {:.2f}]"),
+            ("c2st_permuted", "C2ST AUC, labels permuted (crop / seam)", "{:.2f} / {:.2f}"),
+            ("inception_score", "IS (256 px)", "{:.2f}"), ("ic_lpips", "IC-LPIPS (256 px)", "{:.3f}")]
     cols = [c for c in cols if any(c[0] in r for r in results.values())]
     lines = ["| set | " + " | ".join(c[1] for c in cols) + " |", "|---|" + "---|" * len(cols)]
+
+    def cell(v, fmt: str) -> str:
+        values = list(v) if isinstance(v, (list, tuple)) else [v]  # the C2ST cells hold [AUC, low, high]
+        if any(isinstance(x, float) and math.isnan(x) for x in values):
+            return "—"
+        return fmt.format(*values)
+
     for name, r in results.items():
-        cells = [(fmt.format(r[k]) if k in r and not (isinstance(r[k], float) and math.isnan(r[k])) else "—")
-                 for k, _, fmt in cols]
+        cells = [cell(r[k], fmt) if k in r else "—" for k, _, fmt in cols]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
