@@ -71,13 +71,14 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--megapixels", type=float, nargs="+", default=[25, 100, 144])
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--before", help="another checkout's src folder, measured side by side (e.g. the commit before)")
+    ap.add_argument("--now", help="src folder of the code measured as 'now' (default: the installed anomalign)")
     ap.add_argument("--no-doc", action="store_true", help="print only; do not append to docs/benchmarks.md")
     args = ap.parse_args(argv)
     work = Path(tempfile.mkdtemp(prefix="segment_memory_"))
     seg = work / "seg"
     make_segmenter(seg)
     arms = [("before", args.before)] if args.before else []
-    arms.append(("now", None))
+    arms.append(("now", args.now))
     rows = ["| image | side | " + " | ".join(f"{a}: peak MB | {a}: bytes/px | {a}: s" for a, _ in arms) + " |",
             "|---|---|" + "---|---|---|" * len(arms)]
     for mp in args.megapixels:

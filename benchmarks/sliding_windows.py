@@ -1,8 +1,8 @@
 """Native resolution: sliding-window inference speed (megapixels/s) and the 1-MP thin-defect case.
 
-    python benchmarks/native.py                       # CPU, tiny Segformer
-    python benchmarks/native.py --preset tiny unet-tiny --skip-accuracy   # presets side by side, one run
-    python benchmarks/native.py --device cuda --preset b0 --skip-accuracy
+    python benchmarks/sliding_windows.py                       # CPU, tiny Segformer
+    python benchmarks/sliding_windows.py --preset tiny unet-tiny --skip-accuracy   # presets side by side, one run
+    python benchmarks/sliding_windows.py --device cuda --preset b0 --skip-accuracy
 
 Speed: ``predict_native`` on a 1000 x 1000 image with 64- and 128-px windows (overlap 0.5) against one
 pass of the whole image resized to the window size (what a segmenter trained on resized images does).

@@ -1,7 +1,7 @@
 """Synthesis speed and alignment: DDIM-50 vs DPM-Solver++-20, and anomalign's sampler vs a
 diffusers-pipeline-style reference loop on the same UNet, scheduler, steps and guidance.
 
-    python benchmarks/synthesis.py --generator runs/demo_gen --data runs/demo_data
+    python benchmarks/synthesis_speed.py --generator runs/demo_gen --data runs/demo_data
 
 Prints a table and appends it to docs/benchmarks.md. Alignment per configuration: the free-lunch score
 (1 - L(true mask) / min(L(moved), L(empty)), > 0 = aligned) and the fraction of samples whose
