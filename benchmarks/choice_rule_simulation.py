@@ -15,7 +15,8 @@ baseline's) and e_a (each arm's) independent and of equal spread, so a gain's sd
 spread implied by docs/run.md's bootstrap bounds) and two arms' gains correlate 0.5. Two shapes of noise:
 "normal", and "skewed" (each arm's own noise is sd * (1 - Exp(1)): most images gain a little, a few lose a lot,
 the case a t-test handles worst at small n). No true gain: delta = 0 for every arm. Power: one arm with
-delta = +2 or +3 points, the two others at 0.
+delta = +2 or +3 points, the two others at 0. The cross-fitted statistics (``choice.choose_cv``): the same gains
+in 5 folds, each fold's models adding a shift (sd ``tau``) to all of its images' gains.
 """
 from __future__ import annotations
 
@@ -28,13 +29,15 @@ from pathlib import Path
 
 import numpy as np
 
-from anomalign.evaluation.choice import MIN_VAL_ANOMALIES, choose, choose_bootstrap
+from anomalign.evaluation.choice import MIN_VAL_ANOMALIES, choose, choose_bootstrap, choose_cv
 
 NS = (1, 2, 5, 10, 20, 40, 100)
 # (val anomalies, true gain): the issue's n = 40 and 100, and 320, about where a one-sided 5 % test with Holm over
 # three arms reaches 0.8 for +2 points at sd 12 (normal approximation: ((2.13 + 0.84) * 12 / 2)^2 = 318)
 POWER = ((40, 0.02), (40, 0.03), (100, 0.02), (100, 0.03), (320, 0.02))
 ARMS = ("synthetic", "feedback", "both")
+# (labelled anomalies, true gain of one arm, fold effect sd) for the cross-fitted statistics, 5 folds
+CV_CASES = ((40, 0.0, 0.0), (100, 0.0, 0.0), (100, 0.0, 0.02), (100, 0.02, 0.0), (100, 0.02, 0.02), (320, 0.02, 0.0))
 MARK_START, MARK_END = "<!-- choice-rule-simulation: start -->", "<!-- choice-rule-simulation: end -->"
 
 
@@ -49,6 +52,39 @@ def simulate_gains(rng: np.random.Generator, n: int, deltas: tuple[float, ...], 
         own = rng.normal(0, half, n) if shape == "normal" else half * (1 - rng.exponential(1.0, n))
         arms[name] = 0.5 + delta + own
     return 0.5 + base_noise, arms
+
+
+def simulate_folds(rng: np.random.Generator, n: int, folds: int, deltas: tuple[float, ...], tau: float,
+                   sd: float = 0.12) -> tuple[list[np.ndarray], dict[str, list[np.ndarray]]]:
+    """One simulated cross-fitting: ``n`` labelled anomalies in ``folds`` folds, each image's gain as in
+    ``simulate_gains`` plus a fold effect shared by the fold's images (its two models: sd ``tau`` on the gain,
+    correlated 0.5 between arms as the image noise is)."""
+    sizes = [len(c) for c in np.array_split(np.arange(n), folds)]
+    base_f, arms_f = [], {a: [] for a in ARMS}
+    for size in sizes:
+        base, arms = simulate_gains(rng, size, deltas, sd)
+        shift0 = rng.normal(0, tau / math.sqrt(2))
+        base_f.append(base + shift0)
+        for a in ARMS:
+            arms_f[a].append(arms[a] + rng.normal(0, tau / math.sqrt(2)))
+    return base_f, arms_f
+
+
+def cv_adoption_rate(rule: str, n: int, deltas: tuple[float, ...], tau: float, reps: int, seed: int,
+                     folds: int = 5) -> float:
+    """Share of ``reps`` simulated cross-fittings where ``rule`` adopts an arm: "cv" (``choose_cv``: t on the
+    fold means) or "pooled" (``choose`` on all held-out images as if independent: what ignoring the folds does)."""
+    rng = np.random.default_rng(seed)
+    hits = 0
+    for _ in range(reps):
+        base_f, arms_f = simulate_folds(rng, n, folds, deltas, tau)
+        if rule == "cv":
+            chosen = choose_cv(base_f, arms_f, min_gain=0.01)["chosen"]
+        else:
+            chosen = choose(np.concatenate(base_f), {a: np.concatenate(v) for a, v in arms_f.items()},
+                            min_gain=0.01)["chosen"]
+        hits += chosen != "baseline"
+    return hits / reps
 
 
 def adoption_rate(rule: str, n: int, deltas: tuple[float, ...], reps: int, seed: int, shape: str = "normal",
@@ -100,9 +136,23 @@ def tables(reps: int, seed: int = 0, progress: bool = True) -> tuple[str, dict]:
     power_table = "\n".join([
         "| val anomalies | true gain of one arm (points) | old rule: adopts an arm (the right one), % | new rule, % |",
         "|---|---|---|---|", *rows])
+    rows = []
+    for n, delta, tau in CV_CASES:
+        row = {rule: cv_adoption_rate(rule, n, (delta, 0.0, 0.0), tau, reps, seed + 31 * n + int(1000 * delta)
+                                      + int(1000 * tau)) for rule in ("cv", "pooled")}
+        numbers.setdefault("cv", {})[(n, delta, tau)] = row
+        rows.append(f"| {n} | +{100 * delta:.0f} | {100 * tau:.0f} | {100 * row['cv']:.1f} | {100 * row['pooled']:.1f} |")
+        if progress:
+            print(f"cv n={n} delta={delta} tau={tau}: {row}", file=sys.stderr, flush=True)
+    cv_table = "\n".join([
+        "| labelled anomalies (5 folds) | true gain of one arm (points) | fold effect sd (points) | cross-fitted rule "
+        "(t on fold means), % adopted | all held-out images pooled as independent, % adopted |",
+        "|---|---|---|---|---|", *rows])
     text = (f"False adoption, % of {reps} simulated val splits where an arm replaced the baseline though no arm "
             f"gains (three arms, per-image gain sd 12 points):\n\n{false_table}\n\nPower, % of {reps} simulated "
-            f"splits where an arm was adopted when one arm truly gains (the two others 0):\n\n{power_table}\n")
+            f"splits where an arm was adopted when one arm truly gains (the two others 0):\n\n{power_table}\n\n"
+            f"The cross-fitted choice's statistics (``choose_cv``; not yet wired into the pipeline), % of {reps} "
+            f"simulated 5-fold cross-fittings where an arm was adopted (+0: false adoption):\n\n{cv_table}\n")
     return text, numbers
 
 

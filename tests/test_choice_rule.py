@@ -148,8 +148,39 @@ def test_the_simulation_benchmark_runs_and_writes_its_table(tmp_path):
     assert sim.main(["--reps", "4", "--doc", str(doc)]) == 0
     first = doc.read_text()
     assert first.count(sim.MARK_START) == 1 and "| 100 | +2 |" in first and "| 40 |" in first
+    assert "| 100 | +2 | 2 |" in first  # the cross-fitted table
     assert sim.main(["--reps", "3", "--doc", str(doc)]) == 0  # rewritten in place, not appended
     assert doc.read_text().count(sim.MARK_START) == 1 and "--reps 3" in doc.read_text()
     # no true gain at n = 1: the old rule adopts on most splits, the new one never
     assert sim.adoption_rate("today", 1, (0.0, 0.0, 0.0), 40, 0) > 0.3
     assert sim.adoption_rate("new", 1, (0.0, 0.0, 0.0), 40, 0) == 0.0
+
+
+# the cross-fitted choice's statistics --------------------------------------------------------------------------
+
+
+def test_cross_fitted_gains_are_judged_on_fold_means():
+    from anomalign.evaluation.choice import choose_cv, pooled_fold_gain
+    r = pooled_fold_gain([np.full(2, 0.1), np.zeros(3), np.full(2, 0.05)])
+    assert r["fold_means"] == pytest.approx([0.1, 0.0, 0.05]) and r["folds"] == 3 and r["images"] == 7
+    assert r["mean"] == pytest.approx(0.05) and r["image_mean"] == pytest.approx(0.3 / 7)
+    assert r["p"] == pytest.approx(paired_t(np.array([0.1, 0.0, 0.05]))["p"])
+    rng = np.random.default_rng(0)
+    base = [rng.uniform(0.2, 0.8, 20) for _ in range(5)]
+    clear = choose_cv(base, {"synthetic": [b + 0.03 + rng.normal(0, 0.02, 20) for b in base]})
+    assert clear["chosen"] == "synthetic" and clear["folds"] == 5 and clear["images"] == 100
+    assert len(clear["arms"]["synthetic"]["folds"]) == 5 and "t on 5 fold means" in clear["reason"]
+    # one fold's models carry the whole gain: 100 images pooled as independent would adopt it (p ~ 1e-6), the
+    # fold means do not (p ~ 0.19)
+    one_fold = [b + (0.2 if k == 0 else rng.normal(0, 0.01, 20)) for k, b in enumerate(base)]
+    assert choose(np.concatenate(base), {"synthetic": np.concatenate(one_fold)})["chosen"] == "synthetic"
+    r = choose_cv(base, {"synthetic": one_fold})
+    assert r["chosen"] == "baseline" and r["arms"]["synthetic"]["p"] > 0.1
+    two = choose_cv(base[:2], {"synthetic": [b + 0.05 for b in base[:2]]})
+    assert two["chosen"] == "baseline" and "only 2 fold(s)" in two["reason"]
+    few = choose_cv([b[:2] for b in base], {"synthetic": [b[:2] + 0.05 for b in base]})  # 10 images in 5 folds: ok
+    assert few["chosen"] == "synthetic"
+    fewer = choose_cv([b[:1] for b in base], {"synthetic": [b[:1] + 0.05 for b in base]})  # 5 held-out anomalies
+    assert fewer["chosen"] == "baseline" and "only 5 held-out anomalies" in fewer["reason"]
+    with pytest.raises(ValueError, match="other folds or images"):
+        choose_cv(base, {"synthetic": base[:4]})

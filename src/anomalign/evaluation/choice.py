@@ -208,9 +208,12 @@ def choose(baseline: np.ndarray, arms: dict[str, np.ndarray], min_gain: float = 
 
 
 def decision(rows: dict, n: int, m: int, *, min_gain: float, alpha: float, min_images: int,
-             fp_tolerance: float) -> dict:
-    """{"chosen", "reason"} from ``choose``'s rows: the winner with the largest gain, or why none won."""
-    fp_note = (f"false-positive area on {m} val normals" if m else "no val normal images: false alarms not checked")
+             fp_tolerance: float, split: str = "val", test: str = "one-sided paired t",
+             more: str = "More val anomalies (--val-fraction) let it judge") -> dict:
+    """{"chosen", "reason"} from ``choose``'s rows: the winner with the largest gain, or why none won (``split``,
+    ``test``, ``more``: the words for the images judged on, the test, and how to get more of them)."""
+    fp_note = (f"false-positive area on {m} {split} normals" if m
+               else f"no {split} normal images: false alarms not checked")
     if not rows:
         return {"chosen": "baseline", "reason": "no arm was run"}
     winners = [k for k, r in rows.items() if r["wins"]]
@@ -219,13 +222,13 @@ def decision(rows: dict, n: int, m: int, *, min_gain: float, alpha: float, min_i
         r = rows[best]
         fp = f"{fp_note} {100 * r['fp_increase']:+.2f} % of the pixels" if m else fp_note
         return {"chosen": best, "reason": (
-            f"{best} gains {100 * r['gain']:+.1f} val mIoU points over the baseline on {n} images (one-sided paired "
-            f"t, Holm over {len(rows)} arm(s): p {r['p_holm']:.3f} <= {alpha:g}; lower {100 * (1 - alpha):g} % bound "
+            f"{best} gains {100 * r['gain']:+.1f} {split} mIoU points over the baseline on {n} images ({test}, "
+            f"Holm over {len(rows)} arm(s): p {r['p_holm']:.3f} <= {alpha:g}; lower {100 * (1 - alpha):g} % bound "
             f"{100 * r['bound']:+.1f}); {fp}")}
     if n < min_images:
         return {"chosen": "baseline", "reason": (
-            f"only {n} val anomal{'y' if n == 1 else 'ies'}: the rule needs >= {min_images} to adopt an arm (with fewer, a val gain cannot be "
-            "told from noise); kept the baseline. More val anomalies (--val-fraction) let it judge")}
+            f"only {n} {split} anomal{'y' if n == 1 else 'ies'}: the rule needs >= {min_images} to adopt an arm (with "
+            f"fewer, a {split} gain cannot be told from noise); kept the baseline. {more}")}
     top = max(rows, key=lambda k: rows[k]["gain"] if rows[k]["gain"] == rows[k]["gain"] else -math.inf)
     r = rows[top]
     why = []
@@ -235,10 +238,10 @@ def decision(rows: dict, n: int, m: int, *, min_gain: float, alpha: float, min_i
     if not r["gain"] >= min_gain:
         why.append(f"needs a gain >= {100 * min_gain:g}")
     if not r["fp_ok"]:
-        why.append(f"it adds {100 * r['fp_increase']:.2f} % of the pixels as false alarms on {m} val normals "
+        why.append(f"it adds {100 * r['fp_increase']:.2f} % of the pixels as false alarms on {m} {split} normals "
                    f"(tolerance {100 * fp_tolerance:g} %)")
     return {"chosen": "baseline", "reason": (
-        f"no arm wins by more than the noise: the best, {top}, gains {100 * r['gain']:+.1f} val mIoU points on {n} "
+        f"no arm wins by more than the noise: the best, {top}, gains {100 * r['gain']:+.1f} {split} mIoU points on {n} "
         f"images; {'; '.join(why)}")}
 
 
@@ -264,3 +267,75 @@ def choose_bootstrap(baseline: np.ndarray, arms: dict[str, np.ndarray], min_gain
         if mean >= min_gain and bootstrap_bound(gain, quantile, n_boot, seed) > 0 and mean > best_gain:
             best, best_gain = name, mean
     return best
+
+
+# the cross-fitted choice (--choice cv): its statistics, ahead of the pipeline's K-fold training -------------------
+
+MIN_FOLDS = 3  # a t on fold means needs a spread of them: with 2 folds it has 1 degree of freedom
+
+
+def pooled_fold_gain(fold_gains: list[np.ndarray], alpha: float = ALPHA) -> dict:
+    """The paired gain of one arm pooled over K cross-fitting folds, each fold's per-image held-out gains [n_k]
+    (fold k's arm minus fold k's baseline, on the images fold k held out).
+
+    Images of one fold share its two models, so their gains are not independent: the test is a one-sided t on
+    the K fold means (``paired_t`` of the means, K - 1 degrees of freedom), which stays valid whatever the
+    models add within a fold, at the price of few degrees of freedom. Returns ``paired_t``'s keys for the fold
+    means ("mean" is the mean of the fold means) plus "folds" (K), "images" (sum n_k), "fold_means" and
+    "image_mean" (the mean over all images, for the report)."""
+    means = [float(np.mean(g)) for g in fold_gains if len(g)]
+    images = int(sum(len(g) for g in fold_gains))
+    r = paired_t(np.asarray(means), alpha)
+    pooled = float(np.concatenate([np.asarray(g, dtype=np.float64) for g in fold_gains]).mean()) if images else \
+        float("nan")
+    return r | {"folds": len(means), "images": images, "fold_means": means, "image_mean": pooled}
+
+
+def choose_cv(baseline_folds: list[np.ndarray], arms_folds: dict[str, list[np.ndarray]], min_gain: float = 0.01, *,
+              fp_baseline: np.ndarray | None = None, fp_arms: dict[str, np.ndarray] | None = None,
+              alpha: float = ALPHA, min_images: int = MIN_VAL_ANOMALIES, min_folds: int = MIN_FOLDS,
+              fp_tolerance: float = FP_TOLERANCE) -> dict:
+    """The cross-fitted choice: ``choose``'s rule with the held-out images of K folds instead of one val split.
+
+    ``baseline_folds``: per fold, the per-image held-out IoU [n_k] of that fold's baseline; ``arms_folds``: arm ->
+    per fold, its per-image IoU on the same images; ``fp_baseline`` / ``fp_arms``: false-positive areas on the
+    held-out images with an empty mask, pooled over the folds. An arm is adopted when there are at least
+    ``min_images`` held-out anomalies and ``min_folds`` folds, the t-test on its fold-mean gains passes at
+    ``alpha`` after Holm over the arms, its mean gain is >= ``min_gain`` and it adds at most ``fp_tolerance``
+    false-positive area. Returns ``choose``'s keys, each arm's row with "folds" (its fold means)."""
+    k = len(baseline_folds)
+    n = int(sum(len(b) for b in baseline_folds))
+    tests = {}
+    for name, folds in arms_folds.items():
+        if len(folds) != k or any(np.shape(a) != np.shape(b) for a, b in zip(folds, baseline_folds)):
+            raise ValueError(f"arm {name!r} was scored on other folds or images than the baseline")
+        tests[name] = pooled_fold_gain([np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)
+                                        for a, b in zip(folds, baseline_folds)], alpha)
+    adjusted = holm({name: r["p"] for name, r in tests.items()})
+    rows = {}
+    for name, r in tests.items():
+        fp = false_positive_check(fp_baseline, (fp_arms or {}).get(name), fp_tolerance)
+        wins = bool(n >= min_images and r["folds"] >= min_folds and adjusted[name] <= alpha and r["mean"] >= min_gain
+                    and fp["ok"])
+        rows[name] = {"mIoU": float(np.mean(np.concatenate(arms_folds[name]))) if n else float("nan"),
+                      "gain": r["mean"], "image_gain": r["image_mean"], "folds": r["fold_means"], "sd": r["sd"],
+                      "bound": r["bound"], "p": r["p"], "p_holm": adjusted[name], "fp_increase": fp["increase"],
+                      "fp_ok": fp["ok"], "wins": wins}
+    m = 0 if fp_baseline is None else len(fp_baseline)
+    result = {"rule": RULE_CV, "baseline": float(np.mean(np.concatenate(baseline_folds))) if n else float("nan"),
+              "images": n, "folds": k, "normals": int(m),
+              "baseline_fp": float(np.mean(fp_baseline)) if m else float("nan"), "min_gain": min_gain,
+              "alpha": alpha, "quantile": alpha, "min_images": min_images, "min_folds": min_folds,
+              "fp_tolerance": fp_tolerance, "arms": rows}
+    if n >= min_images and k < min_folds:
+        return result | {"chosen": "baseline", "reason": f"only {k} fold(s): the cross-fitted rule needs >= "
+                                                          f"{min_folds} to judge a gain; kept the baseline"}
+    return result | decision(rows, n, m, min_gain=min_gain, alpha=alpha, min_images=min_images,
+                             fp_tolerance=fp_tolerance, split="held-out", test=f"one-sided t on {k} fold means",
+                             more="More labelled anomalies let it judge")
+
+
+RULE_CV = (f"cross-fitted: one-sided t-test on the fold means of the per-image held-out IoU gain, Holm over the arms "
+           f"at {ALPHA:g}, at least {MIN_VAL_ANOMALIES} held-out anomalies and {MIN_FOLDS} folds, mean gain >= "
+           f"min_gain, false-positive area on the held-out normals at most {100 * FP_TOLERANCE:g} % of the pixels "
+           "above the baseline's")
