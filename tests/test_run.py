@@ -102,6 +102,7 @@ def test_run_end_to_end_on_tiny_data(tiny_run, capsys):
     assert main(run_args(tiny_run, out)) == 0
     text = capsys.readouterr().out
     assert "[2/8] baseline segmenter" in text and "left" in text and "use it: anomalign segment" in text
+    assert "note: the val split has 2 anomalous pair(s); the choice adopts an arm only with >= 10" in text
     result = json.loads((out / "result.json").read_text())
     choice = json.loads((out / "choice.json").read_text())
     assert result["chosen"] == choice["chosen"] and set(choice["arms"]) <= {"synthetic", "feedback", "both"}

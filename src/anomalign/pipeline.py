@@ -394,6 +394,7 @@ def run_pipeline(cfg: RunConfig, progress: bool = True) -> dict:
         write_plan(plan, plan_file, fp)
     print(steps_note(plan))
     arms = list(plan.arms)
+    print_choice_note(fp, arms)
     estimates = estimate_seconds(plan)
     if cfg.quality:
         estimates = {**{k: v for k, v in estimates.items() if k != "report"}, "generation": 90.0, "report": 20.0}
@@ -602,6 +603,17 @@ def check_plan(plan: Plan, fp, plan_file: Path) -> None:
     if plan.crop_size and plan.crop_size > fp.short_side["max"] * plan.scale:
         raise DataError(f"{plan_file}: crop_size {plan.crop_size} is larger than every image at scale {plan.scale:g} "
                         f"(the largest shorter side is {fp.short_side['max']:.0f} px); lower crop_size or set it to 0")
+
+
+def print_choice_note(fp, arms: list[str]) -> None:
+    """Say at the start, not after an hour of training, when the val split is too small for the choice to adopt
+    an arm (the arms still run: their val and test numbers are in the report)."""
+    from anomalign.evaluation.choice import MIN_VAL_ANOMALIES
+    n = fp.pairs.get("val", 0)
+    if arms and n < MIN_VAL_ANOMALIES:
+        print(f"note: the val split has {n} anomalous pair(s); the choice adopts an arm only with >= "
+              f"{MIN_VAL_ANOMALIES} (docs/run.md, 'Pre-registered choice rule'), so this run will keep the baseline "
+              "whatever the arms score. More val pairs: --val-fraction")
 
 
 def arm_checkpoint_every(plan: Plan) -> int:
