@@ -69,6 +69,8 @@ def main() -> None:
     ap.add_argument("--x0-clip", type=float, default=None,
                     help="sampling bound on the x0 estimate (sampler.bound_x0; default: each base's own, 0 = none)")
     ap.add_argument("--doc", type=Path, default=DOCS)
+    ap.add_argument("--figures", type=Path, default=Path(__file__).resolve().parent.parent / "docs" / "figures",
+                    help="folder of the figure")
     args = ap.parse_args()
     t0 = time.perf_counter()
     rows = []
@@ -100,7 +102,7 @@ def main() -> None:
         sched = gen.scheduler.config
         bound = x0_bound_of(gen, args.x0_clip)
         name = f"{base_tag(gen)}_{sched.beta_schedule}" + (f"_x0clip{bound:g}" if bound else "")
-        figure = Path(__file__).resolve().parent.parent / "docs" / "figures" / f"denoising_{name}.jpg"
+        figure = args.figures / f"denoising_{name}.jpg"
         Image.fromarray(grid(tiles, 5)).save(figure, quality=85)
         rows.append((b, name, f"{sched.beta_schedule} {sched.beta_start:g}-{sched.beta_end:g}", one, starts))
         print(b, {k: round(v, 1) for k, v in one.items()}, {k: round(v, 1) for k, v in starts.items()}, flush=True)

@@ -22,7 +22,7 @@ SMOKE = {
     "generator_step.py": ["--backends", "tiny", "--repeats", "1", "--batch-size", "1", "--no-doc"],
     "synthesis_speed.py": ["--random-sd", "0.05", "--size", "64", "--num", "2", "--batch-size", "2", "--repeats", "1",
                            "--no-doc"],
-    "base_denoising.py": ["--base", "TINY_BASE", "--images", "2", "--doc", "{tmp}/doc.md"],
+    "base_denoising.py": ["--base", "TINY_BASE", "--images", "2", "--doc", "{tmp}/doc.md", "--figures", "{tmp}"],
     "base_fidelity.py": ["--base", "TINY_BASE", "--per-material", "2", "--steps", "2", "--train-per-material", "4",
                          "--classifier-steps", "2", "--doc", "{tmp}/doc.md", "--figures", "{tmp}"],
     "choice_rule_simulation.py": None,  # smoke-tested in tests/test_choice_rule.py
@@ -51,7 +51,14 @@ def test_benchmark_runs_at_toy_size(script, tmp_path):
     from anomalign.generator.model import TINY_BASE
     args = [str(TINY_BASE) if a == "TINY_BASE" else a.format(tmp=tmp_path) for a in SMOKE[script]]
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=SRC)
+    before = docs_status()
     proc = subprocess.run([sys.executable, str(BENCH / script), *args], env=env, cwd=tmp_path, capture_output=True,
                           text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.strip(), "a benchmark prints its numbers"
+    assert docs_status() == before, "a smoke run wrote into the repo's docs"
+
+
+def docs_status() -> set[Path]:
+    """Every file under docs/ (a smoke run must not add figures or docs to the repo)."""
+    return set((BENCH.parent / "docs").rglob("*"))
