@@ -238,3 +238,21 @@ def test_full_size_pairs_are_cropped_around_the_generated_defect_only(tmp_path):
                                           np.zeros((1, 64, 64), bool))
     assert masks.shape == (1, 64, 64) and masks[0].sum() == 120
     assert np.array_equal(crops[0], image[125 - 32:125 + 32, 204 - 32:204 + 32])  # centred on the new defect
+
+
+def test_the_run_report_shows_the_score_next_to_oracle_iou_and_fid(tmp_path):
+    """`run --quality` keeps evaluate-generation's set rows in result.json; the run report's generation section
+    prints them with the same table: the C2ST columns sit beside FID and oracle IoU, the note explains them."""
+    from anomalign.evaluation.report import Page
+    from anomalign.evaluation.run_report import generation_section
+    sets = {"synthetic": {"images": 96, "fid": 179.5, "oracle_iou": 0.581, "oracle_iou_moved": 0.016,
+                          "c2st_crop": [0.78, 0.70, 0.87], "c2st_seam": [0.82, 0.75, 0.90],
+                          "c2st_permuted": [0.48, 0.49]}}
+    page = Page(tmp_path / "report", "run")
+    generation_section(page, tmp_path / "generation", {"sets": sets, "real_images": 80,
+                                                       "notes": ["discriminability of synthetic (...)"]},
+                       tmp_path / "report")
+    html = page.write().read_text()
+    for text in ("FID (TF-Inception)", "oracle IoU", "C2ST AUC, crop [95 % CI]", "0.78 [0.70, 0.87]",
+                 "C2ST AUC, seam ring [95 % CI]", "0.82 [0.75, 0.90]", "0.48 / 0.49", "discriminability of synthetic"):
+        assert text in html, text

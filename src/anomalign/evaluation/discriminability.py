@@ -315,8 +315,8 @@ def c2st(X: np.ndarray, y: np.ndarray, names: list[str] | None = None, k: int = 
     """The classifier two-sample test on features X [N, F] with labels y [N] (1 = synthetic, 0 = real).
 
     Returns {"auc", "ci_low", "ci_high", "se", "ci_widening" (see the module docstring), "auc_permuted" (mean
-    over the permutations), "auc_permuted_sd", "p_permutation", "folds", "top_features" ([name, mean standardised coefficient] of the ``top`` largest in
-    size; > 0: higher on the synthetic side)}."""
+    over the permutations), "auc_permuted_sd", "p_permutation", "folds", "top_features" ([name, mean
+    standardised coefficient] of the ``top`` largest in size; > 0: higher on the synthetic side)}."""
     y = np.asarray(y, dtype=int)
     k = int(min(k, np.bincount(y, minlength=2).min()))
     if k < 2:
