@@ -151,7 +151,7 @@ def tables(reps: int, seed: int = 0, progress: bool = True) -> tuple[str, dict]:
     text = (f"False adoption, % of {reps} simulated val splits where an arm replaced the baseline though no arm "
             f"gains (three arms, per-image gain sd 12 points):\n\n{false_table}\n\nPower, % of {reps} simulated "
             f"splits where an arm was adopted when one arm truly gains (the two others 0):\n\n{power_table}\n\n"
-            f"The cross-fitted choice's statistics (``choose_cv``; not yet wired into the pipeline), % of {reps} "
+            f"The cross-fitted choice's statistics (``choose_cv``, `run --choice cv`), % of {reps} "
             f"simulated 5-fold cross-fittings where an arm was adopted (+0: false adoption):\n\n{cv_table}\n")
     return text, numbers
 

@@ -358,3 +358,64 @@ def test_default_arms_follow_the_evidence(tmp_path):
         cfg(preset="paper", arms=["synthetic"])
     with pytest.raises(AnomalignError, match="unknown arm"):
         cfg(arms=["syntetic"])
+
+
+# the cross-fitted choice (--choice cv) ------------------------------------------------------------------------------
+
+
+def test_cross_fitting_folds_partition_train_and_val_and_never_touch_test(tmp_path):
+    from anomalign.data.folders import DataOptions
+    from anomalign.data.validate import load_dataset
+    from anomalign.synthesis.sources import host_files
+    write_paired(tmp_path / "data", defects=("scratch", "hole"), n=8, normals=6)
+    plain = load_dataset(tmp_path / "data", DataOptions(), announce=False)
+    pool = {s.image for s in plain.samples if s.split in ("train", "val")}
+    test = {s.image for s in plain.split("test")}
+    held = []
+    for k in range(3):
+        index = load_dataset(tmp_path / "data", DataOptions(cv_fold=f"{k}/3"), announce=False)
+        assert {s.image for s in index.split("test")} == test
+        out, train = {s.image for s in index.split("val")}, {s.image for s in index.split("train")}
+        assert out | train == pool and not out & train
+        assert {s.defect for s in index.split("val") if not s.normal} == {"scratch", "hole"}  # stratified
+        hosts = host_files(DataOptions(cv_fold=f"{k}/3"), tmp_path / "data", "train", "anomalous")[0]
+        assert set(hosts) <= train and not set(hosts) & out  # a held-out image is never a host
+        held.append(out)
+    assert set().union(*held) == pool and sum(map(len, held)) == len(pool)  # each image held out exactly once
+    assert sorted(map(len, held)) in ([5, 6, 6], [5, 5, 6], [6, 6, 6], [5, 5, 5], [6, 6, 5])
+    refit = load_dataset(tmp_path / "data", DataOptions(cv_fold="all"), announce=False)
+    assert {s.image for s in refit.split("train")} == pool and not refit.split("val")
+
+
+def test_cross_fitted_run_needs_no_val_split(tmp_path):
+    from anomalign.config import build_config
+    from anomalign.pipeline import RunConfig, check_stage
+    write_paired(tmp_path / "data", defects=("scratch",), n=8, normals=0)
+    values = {"data": str(tmp_path / "data"), "out": str(tmp_path / "R"), "val_fraction": 0.0}
+    with pytest.raises(Exception, match=r"val: 0 \(needs 1\)"):
+        check_stage(build_config(RunConfig, values))
+    index, fp = check_stage(build_config(RunConfig, values | {"choice": "cv", "folds": 3}))
+    assert fp.pairs.get("val", 0) == 0 and fp.pairs["train"] >= 3
+
+
+def test_cross_fitted_run_on_tiny_data(tiny_run, capsys):
+    out = tiny_run / "cv"
+    assert main(run_args(tiny_run, out) + ["--choice", "cv", "--folds", "3"]) == 0
+    text = capsys.readouterr().out
+    choice = json.loads((out / "choice.json").read_text())
+    assert choice["mode"] == "cv" and choice["folds"] == 3 and choice["images"] == 12  # 6 + 6 train/val anomalies
+    assert len(choice["arms"]["synthetic"]["folds"]) == 3 and "held-out" in choice["reason"]
+    for k in range(3):
+        fold = out / "cv" / f"fold_{k}"
+        assert (fold / "baseline" / "segmenter.safetensors").is_file() and (fold / "generator").is_dir()
+        assert f"cv_fold: {k}/3" in (fold / "arm_synthetic" / "config.yaml").read_text()
+        assert f"fold {k + 1}/3: arm 'synthetic'" in text
+    assert "cv_fold: all" in (out / "baseline" / "config.yaml").read_text()  # the refit: train + val
+    result = json.loads((out / "result.json").read_text())
+    assert result["chosen"] == choice["chosen"] and result["test"]["baseline"]["images"] > 0
+    assert "[0/" not in text  # every stage has its place in the progress count
+    page = (out / "report" / "index.html").read_text()
+    assert "held-out (3 folds) mIoU (12 anomalies)" in page and "gain per fold" in page
+    assert main(run_args(tiny_run, out) + ["--choice", "cv", "--folds", "3"]) == 0
+    again = capsys.readouterr().out
+    assert again.count("— done, skipped") >= 3 * 4 + 1 and "redoing" not in again

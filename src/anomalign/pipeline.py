@@ -19,6 +19,7 @@ config), finished stages are skipped on a rerun, and a killed stage resumes from
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import math
@@ -57,9 +58,12 @@ class RunConfig(DataOptions):
     preset: Literal["measured", "paper"] = option("measured", "measured: the arms the measurements support (+ synthetic "
                                                               "pairs); paper: the paper's full comparison, arms "
                                                               f"{' '.join(ARMS)}")
-    choice: Literal["val"] = option("val", "how an arm is chosen over the baseline: val, the single-split rule on the "
-                                           "validation split (evaluation/choice.py, docs/run.md 'Pre-registered "
-                                           "choice rule')")
+    choice: Literal["val", "cv"] = option("val", "how an arm is chosen over the baseline: val, the single-split rule "
+                                                 "on the validation split; cv, cross-fitted: --folds folds over train "
+                                                 "+ val, each training the baseline and the arms on the rest and "
+                                                 "judging them on its held-out images, then the chosen run refit on "
+                                                 "all of train + val (docs/run.md, 'Pre-registered choice rule')")
+    folds: int = option(5, "folds of --choice cv (nnU-Net's 5)")
     export: bool = option(True, "export the chosen segmenter to ONNX (needs the onnx package)")
     quality: bool = option(False, "also measure the kept synthetic pairs (generation/): FID against the real test "
                                   "anomalies, oracle IoU with the moved-mask control, t-SNE; about a minute more")
@@ -76,6 +80,10 @@ class RunConfig(DataOptions):
                 raise AnomalignError(f"--preset paper compares every arm ({' '.join(ARMS)}); drop --arms, or drop "
                                      "--preset to choose the arms")
             self.arms = list(ARMS)
+        if self.cv_fold is not None:
+            raise AnomalignError("--cv-fold is set by `run --choice cv` for its folds; use --choice cv --folds K")
+        if self.choice == "cv" and self.folds < 3:
+            raise AnomalignError(f"--folds must be >= 3 (the cross-fitted rule judges fold means), got {self.folds}")
         if self.backend == "sd" and not self.base:
             raise AnomalignError("--backend sd needs --base (a Stable Diffusion folder or hub id)")
 
@@ -122,9 +130,13 @@ def check_stage(cfg: RunConfig):
     index = load_dataset(cfg.data, cfg)
     fp = fingerprint(index, cfg.mask_threshold)
     short = []
-    for split, need in MIN_PAIRS.items():
+    needs = dict(MIN_PAIRS, val=0) if cfg.choice == "cv" else MIN_PAIRS  # cv: the folds come from train + val
+    for split, need in needs.items():
         if fp.pairs.get(split, 0) < need:
             short.append(f"{split}: {fp.pairs.get(split, 0)} (needs {need})")
+    pooled = fp.pairs.get("train", 0) + fp.pairs.get("val", 0)
+    if cfg.choice == "cv" and pooled < max(3, cfg.folds):
+        short.append(f"train + val: {pooled} (needs {max(3, cfg.folds)} for {cfg.folds} folds)")
     if short:
         raise DataError(f"{cfg.data}: too few anomalous image/mask pairs with a non-empty mask ({'; '.join(short)}; "
                         f"{fp.empty_masks} anomalous image(s) have an empty mask). A run trains on train, chooses on "
@@ -394,8 +406,10 @@ def run_pipeline(cfg: RunConfig, progress: bool = True) -> dict:
         write_plan(plan, plan_file, fp)
     print(steps_note(plan))
     arms = list(plan.arms)
-    print_choice_note(fp, arms)
+    print_choice_note(fp, arms, cfg)
     estimates = estimate_seconds(plan)
+    if cfg.choice == "cv":
+        estimates = cv_estimates(estimates, cfg.folds)
     if cfg.quality:
         estimates = {**{k: v for k, v in estimates.items() if k != "report"}, "generation": 90.0, "report": 20.0}
     prog = Progress(estimates)
@@ -411,35 +425,15 @@ def run_pipeline(cfg: RunConfig, progress: bool = True) -> dict:
         return result
 
     stage("check", f"check the data ({sum(fp.pairs.values())} anomalous pairs)", lambda: None, True)
-    records = StageRecords(out)
-
-    def done(name: str) -> bool:  # finished, from today's inputs (else cleared and recorded, to be run)
-        return records.done(name, stages.inputs(name))
-
-    stage("baseline", f"baseline segmenter, real pairs only ({plan.seg_steps} steps)",
-          lambda: stages.train_segmenter(out / "baseline"), done("baseline"))
-    if arms:
-        stage("generator", f"train the generator ({plan.backend}, {plan.gen_steps} steps)", stages.train_generator,
-              done("generator"))
-    if "synthetic" in arms or "both" in arms:
-        stage("synthetic", f"generate {plan.synthetic} synthetic pairs, kept where the baseline finds the defect",
-              stages.generate, done("synthetic"))
-    premise = None
-    if "feedback" in arms or "both" in arms:
-        premise_file = out / "premise.json"
-        if not done("premise"):
-            write_text_atomic(premise_file, json.dumps(stages.premise(), indent=1))
-        premise = json.loads(premise_file.read_text())
-        if not premise["holds"]:
-            print(f"Generative Feedback skipped: its premise holds on {100 * premise.get('frac_true_lt_both', 0):.0f} % "
-                  f"of the training images (needs {100 * premise.get('threshold', 0.7):.0f} %)")
-            arms = [a for a in arms if a == "synthetic"]
-    for arm in ARMS:
-        folder = out / f"arm_{arm}"
-        if arm in arms:
-            stage(f"arm_{arm}", f"arm '{arm}', forked from the baseline at step {plan.fork_step}",
-                  lambda arm=arm, folder=folder: stages.train_segmenter(folder, arm), done(f"arm_{arm}"))
-    choice = stage("choice", "choose on the validation split", lambda: choice_stage(cfg, out, arms), False)
+    if cfg.choice == "cv":
+        choice, premise = cross_fit(cfg, plan, out, arms, stage, progress)
+        # the refit: the baseline (the test's reference) and the chosen arm, on all of train + val
+        refit = Stages(dataclasses.replace(cfg, cv_fold="all"), plan, out, progress)
+        train_stages(refit, StageRecords(out), [] if choice["chosen"] == "baseline" else [choice["chosen"]], stage,
+                     check_premise=False, prefix="refit/", title="refit on train + val: ")
+    else:
+        arms, premise = train_stages(stages, StageRecords(out), arms, stage)
+        choice = stage("choice", "choose on the validation split", lambda: choice_stage(cfg, out, arms), False)
     test = stage("test", "evaluate the baseline and the choice on the test split",
                  lambda: test_stage(cfg, out, choice["chosen"]), False)
     result = {"chosen": choice["chosen"], "segmenter": str(out / run_folder(choice["chosen"])),
@@ -457,6 +451,98 @@ def run_pipeline(cfg: RunConfig, progress: bool = True) -> dict:
     stage("report", "write the report", lambda: write_run_report(out, result, index, cfg), False)
     print(headline(result))
     print(usage_line(result["segmenter"], out / "report" / "index.html"))
+    return result
+
+
+def train_stages(stages: Stages, records: StageRecords, arms: list[str], stage, *, check_premise: bool = True,
+                 prefix: str = "", title: str = "") -> tuple[list[str], dict | None]:
+    """The training stages of one run folder (``stages.out``): the baseline, the generator, the synthetic pairs,
+    the feedback premise and the arms, each skipped when done from today's inputs (``records``). ``stage`` is
+    run_pipeline's progress wrapper; ``prefix`` / ``title`` name a fold's stages. Returns (the arms that ran,
+    the premise or None). ``check_premise`` False: the arms run whatever the premise (a refit of an arm the
+    cross-fitted choice adopted)."""
+    out, plan = stages.out, stages.plan
+
+    def done(name: str) -> bool:  # finished, from today's inputs (else cleared and recorded, to be run)
+        return records.done(name, stages.inputs(name))
+
+    stage(f"{prefix}baseline", f"{title}baseline segmenter, real pairs only ({plan.seg_steps} steps)",
+          lambda: stages.train_segmenter(out / "baseline"), done("baseline"))
+    if arms:
+        stage(f"{prefix}generator", f"{title}train the generator ({plan.backend}, {plan.gen_steps} steps)",
+              stages.train_generator, done("generator"))
+    if "synthetic" in arms or "both" in arms:
+        stage(f"{prefix}synthetic", f"{title}generate {plan.synthetic} synthetic pairs, kept where the baseline finds "
+              "the defect", stages.generate, done("synthetic"))
+    premise = None
+    if ("feedback" in arms or "both" in arms) and check_premise:
+        premise_file = out / "premise.json"
+        if not done("premise"):
+            write_text_atomic(premise_file, json.dumps(stages.premise(), indent=1))
+        premise = json.loads(premise_file.read_text())
+        if not premise["holds"]:
+            print(f"{title}Generative Feedback skipped: its premise holds on "
+                  f"{100 * premise.get('frac_true_lt_both', 0):.0f} % of the training images (needs "
+                  f"{100 * premise.get('threshold', 0.7):.0f} %)")
+            arms = [a for a in arms if a == "synthetic"]
+    for arm in ARMS:
+        folder = out / f"arm_{arm}"
+        if arm in arms:
+            stage(f"{prefix}arm_{arm}", f"{title}arm '{arm}', forked from the baseline at step {plan.fork_step}",
+                  lambda arm=arm, folder=folder: stages.train_segmenter(folder, arm), done(f"arm_{arm}"))
+    return arms, premise
+
+
+def fold_folder(out: Path, k: int) -> Path:
+    """``RUN/cv/fold_k/``: fold k's baseline, generator, synthetic pairs and arms (a run folder of its own)."""
+    return out / "cv" / f"fold_{k}"
+
+
+def cross_fit(cfg: RunConfig, plan: Plan, out: Path, arms: list[str], stage, progress: bool
+              ) -> tuple[dict, dict | None]:
+    """``--choice cv``: for each of ``cfg.folds`` folds of train + val (``data.validate.assign_fold``), the
+    baseline, a generator, synthetic pairs and the arms trained on the other folds only (synthetic pairs made
+    from them only: a generator per fold, so no held-out image reaches an arm), then every run scored on the
+    fold's held-out images; the choice (``evaluation.choice.choose_cv``) over all of them. Returns (choice.json's
+    content, fold 0's premise)."""
+    fold_arms, premise = {}, None
+    for k in range(cfg.folds):
+        fold_cfg = dataclasses.replace(cfg, cv_fold=f"{k}/{cfg.folds}")
+        stages = Stages(fold_cfg, plan, fold_folder(out, k), progress)
+        ran, fold_premise = train_stages(stages, StageRecords(fold_folder(out, k)), list(arms), stage,
+                                         prefix=f"fold{k}/", title=f"fold {k + 1}/{cfg.folds}: ")
+        fold_arms[k] = ran
+        premise = premise if premise is not None else fold_premise
+    # an arm is compared only where it ran in every fold (the feedback premise is checked per fold)
+    common = [a for a in arms if all(a in fold_arms[k] for k in range(cfg.folds))]
+    choice = stage("choice", f"choose on the {cfg.folds} folds' held-out images",
+                   lambda: cv_choice_stage(cfg, out, common), False)
+    return choice, premise
+
+
+def cv_choice_stage(cfg: RunConfig, out: Path, arms: list[str]) -> dict:
+    """Each fold's runs scored on its held-out images (IoU on the anomalies, false-positive area on the images with
+    an empty mask); the cross-fitted choice (``evaluation.choice.choose_cv``), written to ``choice.json``."""
+    import numpy as np
+    from anomalign.data.validate import load_dataset
+    from anomalign.devices import pick_device
+    from anomalign.evaluation.choice import choose_cv, per_image_scores
+    from anomalign.segmenter.model import Segmenter
+    plan = read_plan(out / "plan.yaml")
+    device = pick_device(cfg.device)
+    folds = []
+    for k in range(cfg.folds):
+        held_out = load_dataset(cfg.data, dataclasses.replace(cfg, cv_fold=f"{k}/{cfg.folds}"),
+                                announce=False).split("val")
+        folds.append({name: per_image_scores(Segmenter.load(fold_folder(out, k) / run_folder(name), device=device),
+                                             held_out, device, mask_threshold=cfg.mask_threshold)
+                      for name in ["baseline", *arms]})
+    result = choose_cv([f["baseline"]["iou"] for f in folds], {a: [f[a]["iou"] for f in folds] for a in arms},
+                       min_gain=plan.min_gain, fp_baseline=np.concatenate([f["baseline"]["fp"] for f in folds]),
+                       fp_arms={a: np.concatenate([f[a]["fp"] for f in folds]) for a in arms})
+    result["mode"] = "cv"
+    write_text_atomic(out / "choice.json", json.dumps(result, indent=1))
+    print(result["reason"])
     return result
 
 
@@ -605,15 +691,28 @@ def check_plan(plan: Plan, fp, plan_file: Path) -> None:
                         f"(the largest shorter side is {fp.short_side['max']:.0f} px); lower crop_size or set it to 0")
 
 
-def print_choice_note(fp, arms: list[str]) -> None:
-    """Say at the start, not after an hour of training, when the val split is too small for the choice to adopt
-    an arm (the arms still run: their val and test numbers are in the report)."""
+def print_choice_note(fp, arms: list[str], cfg: RunConfig) -> None:
+    """Say at the start, not after an hour of training, when there are too few anomalies for the choice to adopt
+    an arm (the arms still run: their numbers are in the report)."""
     from anomalign.evaluation.choice import MIN_VAL_ANOMALIES
-    n = fp.pairs.get("val", 0)
+    cv = cfg.choice == "cv"
+    n = fp.pairs.get("val", 0) + (fp.pairs.get("train", 0) if cv else 0)
     if arms and n < MIN_VAL_ANOMALIES:
-        print(f"note: the val split has {n} anomalous pair(s); the choice adopts an arm only with >= "
-              f"{MIN_VAL_ANOMALIES} (docs/run.md, 'Pre-registered choice rule'), so this run will keep the baseline "
-              "whatever the arms score. More val pairs: --val-fraction")
+        print(f"note: {'train + val hold' if cv else 'the val split has'} {n} anomalous pair(s); the choice adopts an "
+              f"arm only with >= {MIN_VAL_ANOMALIES} (docs/run.md, 'Pre-registered choice rule'), so this run will keep "
+              "the baseline whatever the arms score." + ("" if cv else " More val pairs: --val-fraction, or --choice cv"))
+
+
+def cv_estimates(estimates: dict[str, float], folds: int) -> dict[str, float]:
+    """The stage estimates of ``--choice cv``: each fold's training stages (on (K-1)/K of train + val, counted as a
+    whole run's: the steps do not shrink), the choice, and the refit of the baseline and one arm."""
+    training = [n for n in ("baseline", "generator", "synthetic", *(f"arm_{a}" for a in ARMS)) if n in estimates]
+    out = {"check": estimates.get("check", 0.0)}
+    for k in range(folds):
+        out |= {f"fold{k}/{n}": estimates[n] for n in training}
+    out["choice"] = estimates.get("choice", 0.0) * folds
+    out |= {f"refit/{n}": estimates[n] for n in training}  # every arm counted, though only the chosen one refits
+    return out | {n: v for n, v in estimates.items() if n not in out and n not in training}
 
 
 def arm_checkpoint_every(plan: Plan) -> int:

@@ -54,6 +54,9 @@ class DataOptions:
     train_pairs: int | None = option(None, "use only this many anomalous training pairs: a seeded random subset "
                                            "(--split-seed), the same for every command and run; the others are "
                                            "not used at all (the few-pairs regime; the paper's Table 5)")
+    cv_fold: str | None = option(None, "cross-fitting (set by `anomalign run --choice cv`): 'k/K' makes fold k (from 0) "
+                                       "of K of train + val the val split and the rest train; 'all' makes train + "
+                                       "val all train (the refit); test is untouched")
 
     def validate(self) -> None:
         for name in ("val_fraction", "test_fraction", "mask_threshold", "mvtec_train_fraction"):
@@ -62,10 +65,25 @@ class DataOptions:
                 raise ConfigError(f"option '{name}' must be in [0, 1], got {v}")
         if self.train_pairs is not None and self.train_pairs < 1:
             raise ConfigError(f"train_pairs must be >= 1, got {self.train_pairs}")
+        if self.cv_fold is not None:
+            parse_cv_fold(self.cv_fold)
         if not self.max_megapixels > 0:
             raise ConfigError(f"option 'max_megapixels' must be > 0, got {self.max_megapixels}")
         if self.val_fraction + self.test_fraction >= 1.0:
             raise ConfigError("val_fraction + test_fraction must be < 1")
+
+
+def parse_cv_fold(spec: str) -> tuple[int, int] | None:
+    """``--cv-fold``: 'k/K' -> (k, K) with 0 <= k < K and K >= 2; 'all' -> None (every train + val sample trains)."""
+    if spec == "all":
+        return None
+    try:
+        k, n = (int(x) for x in spec.split("/"))
+    except ValueError:
+        raise ConfigError(f"cv_fold must be 'k/K' (e.g. 0/5) or 'all', got {spec!r}") from None
+    if not (n >= 2 and 0 <= k < n):
+        raise ConfigError(f"cv_fold {spec!r}: needs K >= 2 folds and 0 <= k < K")
+    return k, n
 
 
 def walk_files(directory: Path) -> list[Path]:

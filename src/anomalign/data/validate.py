@@ -170,6 +170,8 @@ def load_dataset(root: Path, options: DataOptions | None = None, *, verify: bool
         print(format_skipped(root, errors), file=sys.stderr)
     if getattr(opts, "train_pairs", None) is not None:
         samples = subset_train_pairs(samples, opts.train_pairs, opts.split_seed, root)
+    if getattr(opts, "cv_fold", None) is not None:  # after the subset: the folds are drawn from the pairs in use
+        samples = assign_fold(samples, opts.cv_fold, opts.split_seed, index.root)
     return DatasetIndex(root=index.root, layout=index.layout, samples=samples, problems=problems, skipped=errors)
 
 
@@ -183,6 +185,34 @@ def subset_train_pairs(samples: list[Sample], n: int, seed: int, root: Path) -> 
     order = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed)).tolist()
     dropped = {train[i] for i in order[n:]}
     return [s for i, s in enumerate(samples) if i not in dropped]
+
+
+def assign_fold(samples: list[Sample], spec: str, seed: int, root: Path) -> list[Sample]:
+    """Cross-fitting's splits (``--cv-fold``). The train and val samples (anomalous and normal) are grouped by
+    (category, defect type, normal), each group put in a seeded order and dealt to the K folds in turn, the
+    count running on across groups (every fold gets its share of each type, and the folds' sizes differ by at
+    most one); fold k becomes val and the rest train. 'all': every train and val sample trains. Test samples are
+    never touched: the test split stays out of cross-fitting."""
+    from anomalign.data.folders import parse_cv_fold
+    from anomalign.data.layouts import _order_key
+    fold = parse_cv_fold(spec)
+    pool = [i for i, s in enumerate(samples) if s.split in ("train", "val")]
+    out = list(samples)
+    if fold is None:
+        for i in pool:
+            out[i] = samples[i].replace(split="train")
+        return out
+    k, n_folds = fold
+    groups: dict[tuple, list[int]] = defaultdict(list)
+    for i in pool:
+        s = samples[i]
+        groups[(s.category, s.defect, s.normal)].append(i)
+    dealt = 0
+    for key in sorted(groups):
+        for i in sorted(groups[key], key=lambda j: _order_key(samples[j], root, seed + 7919)):
+            out[i] = samples[i].replace(split="val" if dealt % n_folds == k else "train")
+            dealt += 1
+    return out
 
 
 def format_skipped(root: Path, skipped: list[Problem], limit: int = 20) -> str:

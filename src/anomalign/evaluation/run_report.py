@@ -41,13 +41,18 @@ def write_run_report(out: Path, result: dict, index, cfg, examples: int = 6) -> 
     page.h2("Validation choice (final weights, paired per image)")
     if "rule" in choice:  # the rule of issue 45: paired t with Holm, a minimum of val anomalies, false alarms
         normals = choice.get("normals", 0)
-        rows = [["baseline (real only)", _pct(choice["baseline"]), "", "", "", _fp(choice.get("baseline_fp")), ""]]
-        rows += [[name, _pct(r["mIoU"]), f"{100 * r['gain']:+.1f}", f"{100 * r['bound']:+.1f}",
+        cv = choice.get("mode") == "cv"  # cross-fitted: every train/val image held out once, gains per fold
+        where = f"held-out ({choice.get('folds')} folds)" if cv else "val"
+        folds = (lambda r: [" / ".join(f"{100 * g:+.1f}" for g in r.get("folds", []))]) if cv else (lambda r: [])
+        rows = [["baseline (real only)", _pct(choice["baseline"]), "", *folds({}), "", "",
+                 _fp(choice.get("baseline_fp")), ""]]
+        rows += [[name, _pct(r["mIoU"]), f"{100 * r['gain']:+.1f}", *folds(r), f"{100 * r['bound']:+.1f}",
                   f"{r['p_holm']:.3f}", _fp(r.get("fp_increase"), signed=True), "yes" if r["wins"] else "no"]
                  for name, r in choice["arms"].items()]
-        page.table(["run", f"val mIoU ({choice['images']} anomalies)", "gain (points)",
-                    f"lower {100 * (1 - choice['alpha']):g} % bound", "p (Holm)",
-                    f"false-positive area on {normals} val normals (% of pixels)", "replaces baseline"], rows)
+        page.table(["run", f"{where} mIoU ({choice['images']} anomalies)",
+                    "gain (points" + (", mean of the fold means)" if cv else ")"),
+                    *(["gain per fold"] if cv else []), f"lower {100 * (1 - choice['alpha']):g} % bound", "p (Holm)",
+                    f"false-positive area on {normals} {where} normals (% of pixels)", "replaces baseline"], rows)
         page.para(f"Rule: {choice['rule']}.")
     else:  # a choice.json written by the rule before issue 45 (percentile bootstrap)
         rows = [["baseline (real only)", _pct(choice["baseline"]), "", "", ""]]

@@ -114,8 +114,7 @@ def normal_files(cfg: "GenerateConfig", root: Path, flag: str, split: str = "all
     if not root.exists():
         raise DataError(f"{root}: {flag} does not exist")
     if is_dataset(root):
-        from anomalign.data.layouts import read_dataset
-        index = read_dataset(root, cfg)
+        index = _dataset_as_used(cfg, root)
         files = [s.image for s in (index.samples if split == "all" else index.split(split)) if s.normal]
     else:
         files = [root] if root.is_file() else sorted(f for f in walk_files(root) if is_image(f))
@@ -129,22 +128,14 @@ def host_files(cfg: "GenerateConfig", root: Path, split: str = "all", hosts: str
     """The images ``generate --normals`` pastes defects into, with each one's own anomaly mask as (file, holds
     class ids) (None for a normal image). ``hosts``: "normal" (a dataset's normal samples, or every image of a
     folder), "anomalous" (a dataset's anomalous samples: for data without normal images) or "all". With
-    ``cfg.train_pairs`` only that subset of the anomalous training pairs can be a host."""
+    ``cfg.train_pairs`` / ``cfg.cv_fold`` only the pairs that subset or fold trains on can be a host."""
     if hosts == "normal":
         files = normal_files(cfg, root, "--normals", split)
         return files, [None] * len(files)
-    from anomalign.data.layouts import read_dataset
     if not is_dataset(root):
         raise DataError(f"{root}: --hosts {hosts} needs a dataset as --normals (a folder of images has no masks "
                         "to keep)")
-    if getattr(cfg, "train_pairs", None) is not None:
-        # --train-pairs: the hosts are the same seeded subset every other stage trains on (load_dataset draws it
-        # after the policy's checks, so it is drawn the same way here); the pairs left out must not come back as
-        # hosts, with their real defects kept, into the arms' training data
-        from anomalign.data.validate import load_dataset
-        index = load_dataset(root, cfg, announce=False)
-    else:
-        index = read_dataset(root, cfg)
+    index = _dataset_as_used(cfg, root)
     samples = index.samples if split == "all" else index.split(split)
     if hosts == "anomalous":
         samples = [s for s in samples if not s.normal]
@@ -154,6 +145,18 @@ def host_files(cfg: "GenerateConfig", root: Path, split: str = "all", hosts: str
         raise DataError(f"{root}: no {hosts} images in split {split!r} for --normals")
     files, masks = map(list, zip(*picked))
     return files, masks
+
+
+def _dataset_as_used(cfg, root: Path):
+    """The dataset under ``root`` with the samples and splits the run's other stages use. With --train-pairs or
+    --cv-fold that is ``load_dataset``'s view (the seeded subset, drawn after the policy's checks; the
+    cross-fitting fold): pairs left out, or held out, must not come back as hosts (with their real defects kept)
+    into the arms' training data. Otherwise the files as read (``usable_hosts`` checks them)."""
+    if getattr(cfg, "train_pairs", None) is not None or getattr(cfg, "cv_fold", None) is not None:
+        from anomalign.data.validate import load_dataset
+        return load_dataset(root, cfg, announce=False)
+    from anomalign.data.layouts import read_dataset
+    return read_dataset(root, cfg)
 
 
 MIN_HOST_SIDE = 16  # px: a smaller host image cannot receive a defect that still has pixels
