@@ -231,7 +231,7 @@ def test_full_size_pairs_are_cropped_around_the_generated_defect_only(tmp_path):
     new = np.zeros((200, 300), bool)
     new[120:132, 200:210] = True
     generated_folder(tmp_path / "set", [image], [host | new],
-                     [{"window": [100, 170, 64], "defect_box": [120, 200, 12, 10],
+                     [{"defect_box": [120, 200, 12, 10],
                        "host_mask": str(tmp_path / "host.png")}])
     rows = [json.loads(x) for x in (tmp_path / "set" / "metadata.jsonl").read_text().splitlines()]
     crops, masks = generated_defect_crops(tmp_path / "set", rows, np.zeros((1, 64, 64, 3), np.uint8),

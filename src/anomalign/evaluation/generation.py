@@ -162,12 +162,12 @@ def generated_defect_crops(folder: Path, rows: list[dict], images: np.ndarray, m
                            ) -> tuple[np.ndarray, np.ndarray]:
     """``discriminability.defect_crop`` around every generated defect: uint8 [N, 64, 64, 3], bool [N, 64, 64].
     Pairs at the generator's resolution: from ``images`` [N, R, R, 3] / ``masks`` as ``read_generated`` gave them.
-    Full-size pairs (rows with a ``window``): the written image at native resolution, and as the mask only the new
-    defect (the written mask inside ``defect_box``, less an anomalous host's own mask), so the crop is centred on
-    the generated defect and its seam ring follows the generated boundary."""
+    Full-size pairs (rows with a ``defect_box``: ``--normals``, either synthesizer): the written image at native
+    resolution, and as the mask only the new defect (the written mask inside ``defect_box``, less an anomalous
+    host's own mask), so the crop is centred on the generated defect and its seam ring follows its boundary."""
     from anomalign.data.imageio import load_mask
     from anomalign.evaluation.discriminability import defect_crop
-    if not all(r.get("window") and r.get("defect_box") for r in rows):
+    if not all(r.get("defect_box") for r in rows):
         return _stack_crops([defect_crop(im, m) for im, m in zip(images, masks)])
     crops = []
     for r in rows:
