@@ -114,6 +114,10 @@ def test_run_end_to_end_on_tiny_data(tiny_run, capsys):
     page = (out / "report" / "index.html").read_text()
     assert "Validation choice" in page and "Segmentations of test images at full size" in page
     assert "Generated pairs at full size" in page and "plan.yaml" in page
+    assert "per-image val IoU gain of each arm over the baseline" in page  # the strip plot of the gains
+    import xml.etree.ElementTree as ET
+    svg = ET.parse(out / "report" / "gains.svg").getroot()
+    assert len([e for e in svg.iter() if e.tag.endswith("circle")]) == len(choice["per_image"]["baseline"]) == 2
     assert "step-0000004" in (out / "arm_synthetic" / "config.yaml").read_text()  # forked half-way
     assert "scheduler: unipc" in (out / "synthetic" / "config.yaml").read_text()  # the plan's sampler
     assert main(run_args(tiny_run, out)) == 0  # a finished run: every training stage is skipped

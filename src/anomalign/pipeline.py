@@ -541,6 +541,7 @@ def cv_choice_stage(cfg: RunConfig, out: Path, arms: list[str]) -> dict:
                        min_gain=plan.min_gain, fp_baseline=np.concatenate([f["baseline"]["fp"] for f in folds]),
                        fp_arms={a: np.concatenate([f[a]["fp"] for f in folds]) for a in arms})
     result["mode"] = "cv"
+    result["per_image"] = {name: np.concatenate([f[name]["iou"] for f in folds]).tolist() for name in ["baseline", *arms]}
     write_text_atomic(out / "choice.json", json.dumps(result, indent=1))
     print(result["reason"])
     return result
@@ -741,6 +742,7 @@ def choice_stage(cfg: RunConfig, out: Path, arms: list[str]) -> dict:
     result = choose(base["iou"], {k: v["iou"] for k, v in scores.items()}, min_gain=plan.min_gain,
                     fp_baseline=base["fp"], fp_arms={k: v["fp"] for k, v in scores.items()})
     result["mode"] = cfg.choice  # which choice decided (with "rule": what it is, and "reason": why)
+    result["per_image"] = {"baseline": base["iou"].tolist()} | {k: v["iou"].tolist() for k, v in scores.items()}
     write_text_atomic(out / "choice.json", json.dumps(result, indent=1))
     print(result["reason"])
     return result

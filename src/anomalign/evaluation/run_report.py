@@ -8,6 +8,7 @@ captions, and the plan, fingerprint and stage times.
 """
 from __future__ import annotations
 
+import html
 import json
 import shutil
 from pathlib import Path
@@ -29,6 +30,41 @@ def _fp(v, signed: bool = False) -> str:
     if v is None or (isinstance(v, float) and not np.isfinite(v)):
         return "–"
     return f"{100 * v:+.2f}" if signed else f"{100 * v:.2f}"
+
+
+def gain_strip_svg(gains: dict[str, np.ndarray], bounds: dict[str, float], path: Path, width: int = 640,
+                   row: int = 60) -> Path:
+    """A strip plot of per-image gains (fractions) as an SVG file: one row per arm, a dot per image (spread
+    vertically by a fixed pattern so equal gains stay visible), a solid bar at the mean, a dashed one at the lower
+    bound, and the zero line. Written by hand: the page needs no plotting library."""
+    values = np.concatenate([np.asarray(g, dtype=np.float64) for g in gains.values()] + [np.zeros(1)])
+    finite = [b for b in bounds.values() if b == b]
+    lo, hi = 100 * min(values.min(), *finite, 0.0), 100 * max(values.max(), *finite, 0.0)
+    pad = max(1.0, 0.05 * (hi - lo))
+    lo, hi = lo - pad, hi + pad
+    left, right = 110, 20
+    x = lambda v: left + (100 * v - lo) / (hi - lo) * (width - left - right)  # noqa: E731 (points -> px)
+    height = row * len(gains) + 40
+    parts = [f"<svg xmlns='http://www.w3.org/2000/svg' width='{width}' height='{height}' font-family='sans-serif' "
+             f"font-size='12'><rect width='{width}' height='{height}' fill='white'/>",
+             f"<line x1='{x(0):.1f}' y1='5' x2='{x(0):.1f}' y2='{height - 30}' stroke='#999'/>"]
+    for i, (name, g) in enumerate(gains.items()):
+        y0 = 10 + i * row
+        parts.append(f"<text x='5' y='{y0 + row / 2:.0f}'>{html.escape(name)}</text>")
+        for j, v in enumerate(np.asarray(g, dtype=np.float64)):
+            dy = ((j * 7) % 11) / 10 * (row - 24)
+            parts.append(f"<circle cx='{x(v):.1f}' cy='{y0 + 8 + dy:.1f}' r='3' fill='#1f77b4' fill-opacity='0.6'/>")
+        parts.append(f"<line x1='{x(float(np.mean(g))):.1f}' y1='{y0}' x2='{x(float(np.mean(g))):.1f}' "
+                     f"y2='{y0 + row - 8}' stroke='#d62728' stroke-width='2'/>")
+        if bounds.get(name) == bounds.get(name):  # NaN: no bound (fewer than 2 images)
+            parts.append(f"<line x1='{x(bounds[name]):.1f}' y1='{y0}' x2='{x(bounds[name]):.1f}' y2='{y0 + row - 8}' "
+                         "stroke='#d62728' stroke-dasharray='4,3'/>")
+    for t in np.linspace(lo, hi, 5):
+        parts.append(f"<text x='{x(t / 100):.1f}' y='{height - 12}' text-anchor='middle'>{t:+.0f}</text>")
+    parts.append("</svg>")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(parts))
+    return path
 
 
 def write_run_report(out: Path, result: dict, index, cfg, examples: int = 6) -> Path:
@@ -54,6 +90,14 @@ def write_run_report(out: Path, result: dict, index, cfg, examples: int = 6) -> 
                     *(["gain per fold"] if cv else []), f"lower {100 * (1 - choice['alpha']):g} % bound", "p (Holm)",
                     f"false-positive area on {normals} {where} normals (% of pixels)", "replaces baseline"], rows)
         page.para(f"Rule: {choice['rule']}.")
+        per_image = choice.get("per_image") or {}
+        gains = {a: np.asarray(per_image[a]) - np.asarray(per_image["baseline"]) for a in choice["arms"]
+                 if a in per_image and "baseline" in per_image and len(per_image[a]) == len(per_image["baseline"])}
+        if gains:
+            svg = gain_strip_svg(gains, {a: choice["arms"][a]["bound"] for a in gains}, folder / "gains.svg")
+            page.image(svg, f"per-image {where} IoU gain of each arm over the baseline (points): one dot per image, "
+                            f"bar the mean, dashed the lower {100 * (1 - choice['alpha']):g} % bound"
+                            + (" (of the fold means)" if cv else ""))
     else:  # a choice.json written by the rule before issue 45 (percentile bootstrap)
         rows = [["baseline (real only)", _pct(choice["baseline"]), "", "", ""]]
         rows += [[name, _pct(r["mIoU"]), f"{100 * r['gain']:+.1f}", f"{100 * r['bound']:+.1f}",
