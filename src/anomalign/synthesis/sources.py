@@ -14,7 +14,7 @@ from anomalign.data.folders import is_image, walk_files
 from anomalign.errors import DataError
 
 if TYPE_CHECKING:
-    from anomalign.synthesis.generate import GenerateConfig
+    from anomalign.synthesis.options import GenerateConfig
 
 
 @dataclass
