@@ -389,6 +389,11 @@ def test_cross_fitting_folds_partition_train_and_val_and_never_touch_test(tmp_pa
     assert sorted(map(len, held)) in ([5, 6, 6], [5, 5, 6], [6, 6, 6], [5, 5, 5], [6, 6, 5])
     refit = load_dataset(tmp_path / "data", DataOptions(cv_fold="all"), announce=False)
     assert {s.image for s in refit.split("train")} == pool and not refit.split("val")
+    # with --train-pairs the folds are those pairs plus the val split (the pairs left out never enter)
+    subset = load_dataset(tmp_path / "data", DataOptions(train_pairs=4), announce=False)
+    used = {s.image for s in subset.samples if s.split in ("train", "val")}
+    folded = load_dataset(tmp_path / "data", DataOptions(train_pairs=4, cv_fold="1/3"), announce=False)
+    assert {s.image for s in folded.samples if s.split in ("train", "val")} == used
 
 
 def test_cross_fitted_run_needs_no_val_split(tmp_path):
@@ -423,3 +428,10 @@ def test_cross_fitted_run_on_tiny_data(tiny_run, capsys):
     assert main(run_args(tiny_run, out) + ["--choice", "cv", "--folds", "3"]) == 0
     again = capsys.readouterr().out
     assert again.count("— done, skipped") >= 3 * 4 + 1 and "redoing" not in again
+    import shutil
+    shutil.rmtree(out / "cv" / "fold_1" / "arm_synthetic")  # one fold's arm lost: only it is trained again
+    assert main(run_args(tiny_run, out) + ["--choice", "cv", "--folds", "3"]) == 0
+    third = capsys.readouterr().out
+    assert "fold 2/3: arm 'synthetic', forked from the baseline at step 4 — elapsed" in third
+    assert "fold 1/3: arm 'synthetic', forked from the baseline at step 4 — done, skipped" in third
+    assert "fold 2/3: baseline segmenter, real pairs only (8 steps) — done, skipped" in third
