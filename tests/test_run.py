@@ -118,6 +118,10 @@ def test_run_end_to_end_on_tiny_data(tiny_run, capsys):
     import xml.etree.ElementTree as ET
     svg = ET.parse(out / "report" / "gains.svg").getroot()
     assert len([e for e in svg.iter() if e.tag.endswith("circle")]) == len(choice["per_image"]["baseline"]) == 2
+    assert "training curves: val mIoU against step" in page  # validated every quarter of the first half: 8 + 4
+    curves = ET.parse(out / "report" / "curves.svg").getroot()
+    lines = [e.get("points").split() for e in curves.iter() if e.tag.endswith("polyline")]
+    assert [len(points) for points in lines] == [8, 4]
     assert "step-0000004" in (out / "arm_synthetic" / "config.yaml").read_text()  # forked half-way
     assert "scheduler: unipc" in (out / "synthetic" / "config.yaml").read_text()  # the plan's sampler
     assert main(run_args(tiny_run, out)) == 0  # a finished run: every training stage is skipped

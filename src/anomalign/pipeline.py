@@ -166,7 +166,10 @@ class Stages:
         return {**data_values(cfg), "train": str(cfg.data), "out": str(folder), "preset": p.preset, "norm": p.norm, "size": p.size,
                 "crop_size": p.crop_size, "scale": p.scale, "max_steps": p.seg_steps, "batch_size": p.batch_size,
                 "train_normals": p.train_normals, "seed": cfg.seed, "device": cfg.device,
-                "checkpoint_every": p.fork_step, "keep_checkpoints": 3, "validate_every": p.fork_step}
+                "checkpoint_every": p.fork_step, "keep_checkpoints": 3,
+                # a val point every quarter of the baseline's first half: the report's training curves (the refit of
+                # --choice cv has no val split: its end only)
+                "validate_every": 0 if cfg.cv_fold == "all" else max(1, p.fork_step // 4)}
 
     def arm_values(self, folder: Path, arm: str | None = None) -> dict:
         """``train-segmenter``'s values for the baseline (``arm`` None) or an arm, without ``resume``."""

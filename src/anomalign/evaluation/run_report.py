@@ -67,6 +67,48 @@ def gain_strip_svg(gains: dict[str, np.ndarray], bounds: dict[str, float], path:
     return path
 
 
+def validation_curve(run: Path) -> list[tuple[int, float]]:
+    """(step, val mIoU) rows of a segmenter run's ``logs/validation.csv`` (empty when it has none)."""
+    import csv
+    path = run / "logs" / "validation.csv"
+    if not path.is_file():
+        return []
+    with path.open() as fh:
+        return [(int(r["step"]), float(r["mIoU"])) for r in csv.DictReader(fh) if r.get("mIoU") not in (None, "")]
+
+
+def curves_svg(curves: dict[str, list[tuple[int, float]]], path: Path, width: int = 640, height: int = 300) -> Path:
+    """Val mIoU against step, one polyline (with dots) per run, as an SVG file written by hand."""
+    colours = ("#333333", "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728")
+    steps = [s for c in curves.values() for s, _ in c]
+    values = [100 * v for c in curves.values() for _, v in c]
+    s0, s1 = 0, max(steps) or 1
+    lo, hi = min(values), max(values)
+    pad = max(1.0, 0.1 * (hi - lo))
+    lo, hi = lo - pad, hi + pad
+    left, right, top, bottom = 50, 120, 10, 30
+    x = lambda s: left + (s - s0) / (s1 - s0) * (width - left - right)  # noqa: E731
+    y = lambda v: top + (hi - 100 * v) / (hi - lo) * (height - top - bottom)  # noqa: E731
+    parts = [f"<svg xmlns='http://www.w3.org/2000/svg' width='{width}' height='{height}' font-family='sans-serif' "
+             f"font-size='12'><rect width='{width}' height='{height}' fill='white'/>",
+             f"<line x1='{left}' y1='{height - bottom}' x2='{width - right}' y2='{height - bottom}' stroke='#999'/>",
+             f"<line x1='{left}' y1='{top}' x2='{left}' y2='{height - bottom}' stroke='#999'/>"]
+    for t in np.linspace(lo, hi, 5):
+        parts.append(f"<text x='{left - 5}' y='{y(t / 100) + 4:.1f}' text-anchor='end'>{t:.0f}</text>")
+    for t in np.linspace(s0, s1, 5):
+        parts.append(f"<text x='{x(t):.1f}' y='{height - 10}' text-anchor='middle'>{t:.0f}</text>")
+    for i, (name, c) in enumerate(curves.items()):
+        colour = colours[i % len(colours)]
+        points = " ".join(f"{x(s):.1f},{y(v):.1f}" for s, v in c)
+        parts.append(f"<polyline points='{points}' fill='none' stroke='{colour}' stroke-width='2'/>")
+        parts += [f"<circle cx='{x(s):.1f}' cy='{y(v):.1f}' r='3' fill='{colour}'/>" for s, v in c]
+        parts.append(f"<text x='{width - right + 8}' y='{top + 14 + 16 * i}' fill='{colour}'>{html.escape(name)}</text>")
+    parts.append("</svg>")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(parts))
+    return path
+
+
 def write_run_report(out: Path, result: dict, index, cfg, examples: int = 6) -> Path:
     """Write ``out/report/`` for the run whose ``result.json`` content is ``result``; returns the page."""
     folder = out / "report"
@@ -98,6 +140,14 @@ def write_run_report(out: Path, result: dict, index, cfg, examples: int = 6) -> 
             page.image(svg, f"per-image {where} IoU gain of each arm over the baseline (points): one dot per image, "
                             f"bar the mean, dashed the lower {100 * (1 - choice['alpha']):g} % bound"
                             + (" (of the fold means)" if cv else ""))
+        curves_from = out / "cv" / "fold_0" if cv else out
+        curves = {name: validation_curve(curves_from / ("baseline" if name == "baseline" else f"arm_{name}"))
+                  for name in ["baseline", *choice["arms"]]}
+        curves = {k: v for k, v in curves.items() if v}
+        if curves:
+            judged_on = "fold 1's held-out" if cv else "val"
+            page.image(curves_svg(curves, folder / "curves.svg"), f"training curves: {judged_on} mIoU against step of "
+                       "the baseline and each arm (the arms start at the fork)")
     else:  # a choice.json written by the rule before issue 45 (percentile bootstrap)
         rows = [["baseline (real only)", _pct(choice["baseline"]), "", "", ""]]
         rows += [[name, _pct(r["mIoU"]), f"{100 * r['gain']:+.1f}", f"{100 * r['bound']:+.1f}",
