@@ -439,3 +439,20 @@ def test_cross_fitted_run_on_tiny_data(tiny_run, capsys):
     assert "fold 2/3: arm 'synthetic', forked from the baseline at step 4 — elapsed" in third
     assert "fold 1/3: arm 'synthetic', forked from the baseline at step 4 — done, skipped" in third
     assert "fold 2/3: baseline segmenter, real pairs only (8 steps) — done, skipped" in third
+
+
+def test_a_default_passed_explicitly_redoes_nothing(tmp_path, capsys):
+    """Records compare what a stage's command runs with: a value given on one side only counts as the command's
+    default, so code that starts passing a default explicitly (or stops) keeps finished stages."""
+    from anomalign.pipeline import StageRecords, command_defaults
+    defaults = command_defaults("arm_synthetic")
+    (tmp_path / "arm_synthetic").mkdir()
+    (tmp_path / "arm_synthetic" / "segmenter.safetensors").write_bytes(b"weights")
+    first = {"values": {"max_steps": 8}, "parents": {"baseline": "abc"}}
+    assert StageRecords(tmp_path).done("arm_synthetic", first, defaults)  # no records at all: taken as it is
+    explicit = {"values": {"max_steps": 8, "anomaly_weight": defaults["anomaly_weight"]}, "parents": {"baseline": "abc"}}
+    assert StageRecords(tmp_path).done("arm_synthetic", explicit, defaults)
+    other = {"values": {"max_steps": 8, "anomaly_weight": defaults["anomaly_weight"] + 1}, "parents": {"baseline": "abc"}}
+    assert not StageRecords(tmp_path).done("arm_synthetic", other, defaults)
+    assert "its inputs changed since it ran (anomaly_weight" in capsys.readouterr().out
+    assert not (tmp_path / "arm_synthetic").exists()  # cleared, to be redone

@@ -339,21 +339,25 @@ class StageRecords:
         self.records: dict = {} if self.legacy else json.loads(self.path.read_text())
         self.redone: set[str] = set()
 
-    def done(self, name: str, inputs: dict) -> bool:
+    def done(self, name: str, inputs: dict, defaults: dict | None = None) -> bool:
         """Whether stage ``name`` can be skipped; if not, clears what it left from other inputs and records
-        ``inputs`` as the ones it now runs with."""
+        ``inputs`` as the ones it now runs with. ``defaults``: its command's option defaults (``command_defaults``):
+        a value given on one side only counts as that default, so a code change that passes a default explicitly
+        (or stops passing it) redoes nothing."""
         output = self.out / STAGE_OUTPUT[name]
         target = output if name == "premise" else output.parent
         old = self.records.get(name)
-        if old == inputs and output.is_file():
+        diffs = [] if old is None else changed_inputs(old, inputs, defaults or {}, limit=None)
+        if old is not None and not diffs and output.is_file():
             return True
         if old is None and output.is_file() and not (set(inputs["parents"]) & self.redone):
             print(f"note: {name}: no record of the inputs it was made with (a run started before stage records): "
                   "kept as it is")
             self._record(name, inputs)
             return True
-        if old is not None and old != inputs and target.exists():
-            print(f"{name}: its inputs changed since it ran ({'; '.join(changed_inputs(old, inputs))}): redoing it")
+        if diffs and target.exists():
+            shown = diffs[:4] + ([f"{len(diffs) - 4} more"] if len(diffs) > 4 else [])
+            print(f"{name}: its inputs changed since it ran ({'; '.join(shown)}): redoing it")
             remove_stage(target)
         elif old is None and target.exists() and set(inputs["parents"]) & self.redone:
             print(f"{name}: made before a stage it reads was redone: redoing it")
@@ -376,16 +380,37 @@ def remove_stage(target: Path) -> None:
         target.unlink()
 
 
-def changed_inputs(old: dict, new: dict, limit: int = 4) -> list[str]:
-    """The differences between two stages' inputs, as "key: old -> new" (at most ``limit``)."""
+def changed_inputs(old: dict, new: dict, defaults: dict | None = None, limit: int | None = 4) -> list[str]:
+    """The differences between two stages' inputs, as "key: old -> new" (at most ``limit``). A value present on
+    one side only is compared as ``defaults``' value for it (the command's default), if it has one."""
+    defaults, missing = defaults or {}, object()
     diffs = []
-    for group in ("values", "parents"):
-        a, b = old.get(group, {}), new.get(group, {})
-        for key in sorted(set(a) | set(b)):
-            if a.get(key) != b.get(key):
-                diffs.append(f"{key} {a.get(key)!r} -> {b.get(key)!r}" if group == "values"
-                             else f"stage {key} was redone")
-    return diffs[:limit] + ([f"{len(diffs) - limit} more"] if len(diffs) > limit else [])
+    a, b = old.get("values", {}), new.get("values", {})
+    for key in sorted(set(a) | set(b)):
+        if a.get(key, defaults.get(key, missing)) != b.get(key, defaults.get(key, missing)):
+            diffs.append(f"{key} {a.get(key)!r} -> {b.get(key)!r}")
+    a, b = old.get("parents", {}), new.get("parents", {})
+    diffs += [f"stage {key} was redone" for key in sorted(set(a) | set(b)) if a.get(key) != b.get(key)]
+    if limit is None or len(diffs) <= limit:
+        return diffs
+    return diffs[:limit] + [f"{len(diffs) - limit} more"]
+
+
+def command_defaults(name: str) -> dict:
+    """The option defaults of the command stage ``name`` runs (as ``Stages.inputs`` writes values: JSON types)."""
+    if name == "generator":
+        from anomalign.generator.train import TrainGeneratorConfig as command
+    elif name == "synthetic":
+        from anomalign.synthesis.generate import GenerateConfig as command
+    else:  # the baseline, the arms and the premise: train-segmenter's options
+        from anomalign.segmenter.train import TrainSegmenterConfig as command
+    out = {}
+    for f in fields(command):
+        if f.default is not dataclasses.MISSING:
+            out[f.name] = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            out[f.name] = f.default_factory()
+    return json.loads(json.dumps(out, default=str))
 
 
 @releases_locks
@@ -467,7 +492,7 @@ def train_stages(stages: Stages, records: StageRecords, arms: list[str], stage, 
     out, plan = stages.out, stages.plan
 
     def done(name: str) -> bool:  # finished, from today's inputs (else cleared and recorded, to be run)
-        return records.done(name, stages.inputs(name))
+        return records.done(name, stages.inputs(name), command_defaults(name))
 
     stage(f"{prefix}baseline", f"{title}baseline segmenter, real pairs only ({plan.seg_steps} steps)",
           lambda: stages.train_segmenter(out / "baseline"), done("baseline"))
