@@ -176,14 +176,15 @@ class Stages:
         values = self.segmenter_values(folder)
         if arm is None:
             return values
+        p = self.plan
         if arm in ("synthetic", "both"):
-            values |= {"synthetic": [str(self.out / "synthetic")],
-                       "batch_size": self.plan.batch_size + self.plan.synthetic_per_step,
-                       "synthetic_fraction": self.plan.synthetic_per_step / (self.plan.batch_size
-                                                                             + self.plan.synthetic_per_step)}
+            values |= {"synthetic": [str(self.out / "synthetic")], "batch_size": p.batch_size + p.synthetic_per_step,
+                       "synthetic_fraction": p.synthetic_per_step / (p.batch_size + p.synthetic_per_step),
+                       "synthetic_weight": p.synthetic_weight}
         if arm in ("feedback", "both"):
             # forked half-way: feedback starts at the fork, as the measured warm-up (no second warm-up)
-            values |= {"feedback_generator": str(self.out / "generator"), "fb_warmup_steps": 0}
+            values |= {"feedback_generator": str(self.out / "generator"), "fb_warmup_steps": 0,
+                       "temperature": p.temperature, "w_fb": p.w_fb, "fb_every": p.fb_every, "fb_rows": p.fb_rows}
             if self.cfg.base and self.plan.backend == "sd":
                 values["feedback_base"] = self.cfg.base
         # checkpoints every quarter of the arm's half, so a killed arm resumes near where it stopped rather
@@ -209,8 +210,9 @@ class Stages:
         return {
             **data_values(cfg), "data": str(cfg.data), "out": str(self.out / "generator"), "backend": p.backend,
             "base": p.base, "resolution": p.gen_resolution, "crop_size": p.gen_crop_size, "scale": p.scale,
-            "crops_per_image": 4, "max_steps": p.gen_steps, "batch_size": 16, "learning_rate": 1e-4,
-            "normals": 16, "checkpoint_every": max(1, p.gen_steps // 3), "validation_masks": 8,
+            "crops_per_image": p.gen_crops_per_image, "max_steps": p.gen_steps, "batch_size": p.gen_batch_size,
+            "learning_rate": p.gen_learning_rate, "alpha": p.alpha, "normals": p.gen_normals,
+            "checkpoint_every": max(1, p.gen_steps // 3), "validation_masks": 8,
             "validation_steps": 25, "validation_guidance": p.guidance, "seed": cfg.seed, "device": cfg.device}
 
     def train_generator(self) -> None:
@@ -228,7 +230,7 @@ class Stages:
             **data_values(cfg), "generator": str(self.out / "generator"), "masks": str(cfg.data),
             "out": str(self.out / "synthetic"), "split": "train", "num": p.synthetic,
             "augment": ["flip"] if p.hosts == "normal" else ["flip", "rot90"], "scheduler": p.sampler,
-            "steps": p.sample_steps, "guidance": p.guidance, "batch_size": 16, "seed": cfg.seed,
+            "steps": p.sample_steps, "guidance": p.guidance, "batch_size": p.synthesis_batch_size, "seed": cfg.seed,
             "normals": str(normals), "hosts": "normal" if cfg.normals else p.hosts,
             "max_defect_size": p.max_defect_size, "oracle": str(self.out / "baseline"),
             "min_alignment": p.min_alignment, "device": cfg.device, "base": cfg.base if p.backend == "sd" else None}
@@ -508,10 +510,11 @@ def train_stages(stages: Stages, records: StageRecords, arms: list[str], stage, 
         if not done("premise"):
             write_text_atomic(premise_file, json.dumps(stages.premise(), indent=1))
         premise = json.loads(premise_file.read_text())
+        from anomalign.segmenter.train import PREMISE_MIN  # the one threshold (premise.json files older than it lack it)
         if not premise["holds"]:
             print(f"{title}Generative Feedback skipped: its premise holds on "
                   f"{100 * premise.get('frac_true_lt_both', 0):.0f} % of the training images (needs "
-                  f"{100 * premise.get('threshold', 0.7):.0f} %)")
+                  f"{100 * premise.get('threshold', PREMISE_MIN):.0f} %)")
             arms = [a for a in arms if a == "synthetic"]
     for arm in ARMS:
         folder = out / f"arm_{arm}"

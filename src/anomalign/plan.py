@@ -17,11 +17,16 @@ import yaml
 from anomalign.config import config_to_dict, option
 from anomalign.data.fingerprint import Fingerprint
 from anomalign.errors import ConfigError
-from anomalign.generator.sampler import DEFAULT_SAMPLER, DEFAULT_STEPS
+from anomalign.generator.sampler import DEFAULT_GUIDANCE, DEFAULT_SAMPLER, DEFAULT_STEPS
+from anomalign.recipe import GENERATOR, RUN, SEGMENTER, synthetic_per_step
 
-CROP = 128            # px: the crop of the measured recipe (magnetic tile, CrackForest)
-SEG_STEPS = 3200      # real only reached 49.0 at 3 200 steps vs 41 at 2 400 on magnetic tile
+CROP = SEGMENTER["size"]           # px: the crop of the measured recipe (magnetic tile, CrackForest)
+SEG_STEPS = SEGMENTER["max_steps"]
 ARMS = ("synthetic", "feedback", "both")
+# Fields that were literals in the run's code before they became plan fields (their defaults are those literals,
+# so a plan.yaml written before them runs as it did).
+ADDED_WITH_RECIPE = {"gen_batch_size", "gen_learning_rate", "gen_crops_per_image", "gen_normals", "alpha",
+                     "synthesis_batch_size", "synthetic_weight", "temperature", "w_fb", "fb_every", "fb_rows"}
 # The arms a run compares by default: + synthetic pairs only. Generative Feedback added nothing measurable wherever
 # measured (docs/run.md, "The plan's rules": feedback alone -0.9 to +0.4 test points, the full method level with
 # + synthetic) and its two arms cost 26 of a 66-minute run; they are opt-in: `--arms all` or `--preset paper`.
@@ -40,27 +45,38 @@ SYN_FACTOR, FB_FACTOR = 1.25, 1.6
 class Plan:
     """Every setting of ``anomalign run`` (see ``make_plan`` for the rules)."""
 
-    preset: str = option("unet-tiny", "segmenter network")
-    norm: Literal["group", "batch"] = option("group", "the U-Net's normalisation (group or batch)")
+    preset: str = option(SEGMENTER["preset"], "segmenter network")
+    norm: Literal["group", "batch"] = option(SEGMENTER["norm"], "the U-Net's normalisation (group or batch)")
     crop_size: int = option(CROP, "segmenter crop at native resolution (0: whole images resized to size)")
     size: int = option(CROP, "segmenter input size (the crop, or the size whole images are resized to)")
     scale: float = option(1.0, "resampling of the images before cropping")
     seg_steps: int = option(SEG_STEPS, "segmenter steps of the baseline (arms fork from it half-way)")
-    batch_size: int = option(16, "real crops per segmenter step")
-    train_normals: bool = option(False, "normal images in the segmenter's batches")
+    batch_size: int = option(SEGMENTER["batch_size"], "real crops per segmenter step")
+    train_normals: bool = option(SEGMENTER["train_normals"], "normal images in the segmenter's batches")
     backend: Literal["tiny", "sd"] = option("tiny", "generator backend")
     base: str | None = option(None, "generator base (tiny: the shipped one; sd: a folder or hub id)")
     gen_resolution: int = option(128, "generator resolution")
     gen_crop_size: int = option(CROP, "generator crops at native resolution (0: whole images)")
-    gen_steps: int = option(150, "generator fine-tuning steps")
-    synthetic: int = option(300, "synthetic pairs kept")
+    gen_steps: int = option(RUN["gen_steps_crops"], "generator fine-tuning steps")
+    gen_batch_size: int = option(GENERATOR["batch_size"], "generator fine-tuning batch")
+    gen_learning_rate: float = option(GENERATOR["learning_rate"], "generator fine-tuning learning rate")
+    gen_crops_per_image: int = option(RUN["gen_crops_per_image"], "anomaly-centred crops per training image")
+    gen_normals: int = option(GENERATOR["normals"], "defect-free images in the generator's training set")
+    alpha: float = option(GENERATOR["alpha"], "α of the Alignment Regularization (Eq. 5)")
+    synthetic: int = option(RUN["synthetic"], "synthetic pairs kept")
     hosts: Literal["normal", "anomalous"] = option("normal", "images that receive the synthetic defects")
     max_defect_size: int | None = option(None, "long defects are cut to pieces of this size")
     sampler: Literal["unipc", "dpm++", "ddim"] = option(DEFAULT_SAMPLER, "the synthesis sampler")
     sample_steps: int = option(DEFAULT_STEPS[DEFAULT_SAMPLER], "sampler steps per synthetic pair")
-    guidance: float = option(3.0, "classifier-free guidance of synthesis")
-    min_alignment: float = option(0.3, "oracle IoU below which a synthetic pair is dropped")
-    synthetic_per_step: int = option(4, "synthetic crops added to each step's real ones (w_syn 0.3)")
+    guidance: float = option(DEFAULT_GUIDANCE["tiny"], "classifier-free guidance of synthesis")
+    synthesis_batch_size: int = option(RUN["synthesis_batch_size"], "synthetic pairs per sampler batch")
+    min_alignment: float = option(RUN["min_alignment"], "oracle IoU below which a synthetic pair is dropped")
+    synthetic_per_step: int = option(synthetic_per_step(), "synthetic crops added to each step's real ones")
+    synthetic_weight: float = option(SEGMENTER["synthetic_weight"], "w_syn of Eq. 6: the synthetic crops' weight")
+    temperature: float = option(SEGMENTER["temperature"], "feedback arms: λ of Eq. 8")
+    w_fb: float = option(SEGMENTER["w_fb"], "feedback arms: weight of L_fb (Eq. 11)")
+    fb_every: int = option(SEGMENTER["fb_every"], "feedback arms: feedback every k steps")
+    fb_rows: int = option(SEGMENTER["fb_rows"], "feedback arms: real rows per batch that get feedback")
     arms: list[str] = option(default_factory=lambda: list(DEFAULT_ARMS), help="arms compared with the baseline")
     min_gain: float = option(0.01, "val mIoU an arm must gain over the baseline (and pass the choice's test: "
                                    "evaluation/choice.py)")
@@ -126,10 +142,22 @@ def make_plan(fp: Fingerprint, *, backend: str = "tiny", base: str | None = None
     gen_crop = CROP if crop else 0
     why["gen_crop_size"] = ("the generator fine-tunes on native crops of its resolution, so defects keep their real "
                             "size" if gen_crop else "whole images resized to the generator's resolution")
-    gen_steps = 150 if gen_crop else 200
+    gen_steps = RUN["gen_steps_crops"] if gen_crop else RUN["gen_steps_whole"]
     why["gen_steps"] = "the tiny base already follows masks; these steps adapt it to the data"
-    why["synthetic"] = "300 pairs, kept only where the baseline finds the defect (oracle IoU >= 0.3): 47.9 ± 1.8 " \
-                       "vs 40.2 ± 9.2 unfiltered on magnetic tile"
+    why["synthetic"] = (f"{RUN['synthetic']} pairs, kept only where the baseline finds the defect (oracle IoU >= "
+                        f"{RUN['min_alignment']:g}): 47.9 ± 1.8 vs 40.2 ± 9.2 unfiltered on magnetic tile")
+    why["min_alignment"] = why["synthetic"]
+    why["gen_crops_per_image"] = ("4 anomaly-centred crops per image (train-generator's default is 8): the run's "
+                                  "150 steps see every defect in several crops")
+    why["alpha"] = ("the paper's α = 0.7 (dual branch); α = 0 aligned no better on a mask-aware base and worse on a "
+                    "mask-free one (docs/generator.md)")
+    why["synthetic_per_step"] = (f"{synthetic_per_step()} synthetic crops beside {SEGMENTER['batch_size']} real ones "
+                                 f"(a fifth of the batch) at w_syn {SEGMENTER['synthetic_weight']:g}: the measured "
+                                 "recipe (docs/results.md)")
+    why["synthetic_weight"] = why["synthetic_per_step"]
+    for key in ("temperature", "w_fb", "fb_every", "fb_rows"):
+        why[key] = ("train-segmenter's measured feedback settings (docs/segmenter.md); used only by the feedback "
+                    "arms (--arms all)")
     why["sampler"] = ("UniPC, 8 steps: as good as DDIM-50 in oracle IoU and FID on magnetic tile and the built-in "
                       "data (3 seeds), 4x faster")
     why["sample_steps"] = why["sampler"]
@@ -216,7 +244,7 @@ def read_plan(path: Path) -> Plan:
     plan = load_config(Plan, path)
     written = yaml.safe_load(Path(path).read_text()) or {}
     missing = {f.name for f in fields(Plan)} - {"reasons"} - set(written)
-    if "sampler" in missing and missing <= {"sampler", "norm"}:  # the fields added since such plans were written
+    if "sampler" in missing and missing <= {"sampler", "norm"} | ADDED_WITH_RECIPE:  # fields added since then
         plan.sampler = "ddim"
     return plan
 

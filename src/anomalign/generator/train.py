@@ -21,6 +21,8 @@ from anomalign.generator.model import LORA_TARGETS, TINY_BASE, MaskGenerator, sd
 from anomalign.generator.task import GenStepOptions, LatentPairs, generator_task
 from anomalign.generator.tiny import words
 from anomalign.files import check_out_outside, releases_locks
+from anomalign.generator.sampler import DEFAULT_GUIDANCE
+from anomalign.recipe import GENERATOR
 from anomalign.runs import check_run_folder, start_run_folder
 from anomalign.training import LoopOptions, make_accelerator, train_loop
 
@@ -47,7 +49,7 @@ class TrainGeneratorConfig(DataOptions, CropOptions, LoopOptions):
                                     "(default: the shipped tiny base)")
     preset: Literal["paper", "baseline", "custom"] = option("custom", "paper: α=0.7; baseline: α=0 "
                                                                       "(overrides alpha/al_stop_grad)")
-    alpha: float = option(0.7, "weight α of the Alignment Regularization L_al (Eq. 5); 0 = baseline")
+    alpha: float = option(GENERATOR["alpha"], "weight α of the Alignment Regularization L_al (Eq. 5); 0 = baseline")
     al_stop_grad: Literal["none", "image", "mask"] = option("none", "Eq. 4 gradient side: none (both "
                                                             "branches, as the paper), image or mask (detach that branch)")
     w_mask: float = option(0.0, "extra weight on ||ε - ε_h||² of the mask branch (not in the paper)")
@@ -80,17 +82,17 @@ class TrainGeneratorConfig(DataOptions, CropOptions, LoopOptions):
                                 help=f"exact paired augmentations: any of {', '.join(DIHEDRAL_AUGMENTS)} (or none)")
     normal_images: Path | None = option(None, "a folder of extra defect-free images to draw the --normals from "
                                               "(besides the dataset's own)")
-    normals: int = option(16, "defect-free training images mixed in with empty masks (0: none)")
+    normals: int = option(GENERATOR["normals"], "defect-free training images mixed in with empty masks (0: none)")
     cache_latents: bool = option(True, "encode each training pair once per augmentation variant")
-    crops_per_image: int = option(8, "with crops: anomaly-centred crops cut from each anomalous training image "
+    crops_per_image: int = option(GENERATOR["crops_per_image"], "with crops: anomaly-centred crops cut from each anomalous training image "
                                      "(normals give one uniform crop each)")
     validation_masks: int = option(8, "validation masks sampled into a grid at each validation")
     validation_steps: int = option(25, "DDIM steps for validation grids")
-    validation_guidance: float = option(3.0, "guidance scale for validation grids")
+    validation_guidance: float = option(DEFAULT_GUIDANCE["tiny"], "guidance scale for validation grids")
 
-    max_steps: int = option(600, "optimizer steps")
-    learning_rate: float = option(1e-4, "peak learning rate (AdamW)")
-    batch_size: int = option(16, "global batch size (split across processes)")
+    max_steps: int = option(GENERATOR["max_steps"], "optimizer steps")
+    learning_rate: float = option(GENERATOR["learning_rate"], "peak learning rate (AdamW)")
+    batch_size: int = option(GENERATOR["batch_size"], "global batch size (split across processes)")
 
     def validate(self) -> None:
         DataOptions.validate(self)

@@ -20,6 +20,7 @@ from anomalign.segmenter.model import PRESETS, UNET_PRESETS, Segmenter
 from anomalign.segmenter.task import (CropFeedback, SegPairs, SegStepOptions, crop_windows, feedback_latents,
                                      segmenter_task)
 from anomalign.files import check_out_outside, releases_locks
+from anomalign.recipe import SEGMENTER
 from anomalign.runs import check_run_folder, start_run_folder
 from anomalign.training import LoopOptions, make_accelerator, train_loop
 
@@ -41,40 +42,40 @@ class TrainSegmenterConfig(DataOptions, CropOptions, LoopOptions):
                     "method (tiny Segformer, plain CE, feedback from step 0, λ 0.5) at the old CPU budget. "
                     "Options you give still win")
     preset: Literal[tuple(PRESETS) + tuple(UNET_PRESETS)] = option(
-        "unet-tiny", "network: a small convolutional U-Net (unet-tiny, unet-small; better from scratch on few "
+        SEGMENTER["preset"], "network: a small convolutional U-Net (unet-tiny, unet-small; better from scratch on few "
                      "images, docs/segmenter.md) or a Segformer size (tiny, b0-b5: MiT shapes, random init)")
     norm: Literal["group", "batch"] = option(
-        "group", "the U-Net's normalisation: group (GroupNorm, the measured recipe) or batch (BatchNorm: fixed "
+        SEGMENTER["norm"], "the U-Net's normalisation: group (GroupNorm, the measured recipe) or batch (BatchNorm: fixed "
                  "statistics at inference; as good with windows on magnetic tile, seed 0; 1.9x faster steps with "
                  "--mixed-precision bf16 on CPUs with native bf16, which cost 3 val points there; docs/segmenter.md)")
     pretrained: str | None = option(None, "Segformer to start from instead of a preset: a local folder or a hub id "
                                           "such as nvidia/mit-b0 (downloaded once, then cached)")
-    size: int = option(128, "input size: images and masks resized to size x size, or, for images much larger "
+    size: int = option(SEGMENTER["size"], "input size: images and masks resized to size x size, or, for images much larger "
                            "than it (or with --crop-size), the crop size the network trains on")
-    synthetic_fraction: float = option(0.2, "share of each batch drawn from the synthetic sets (1 = synthetic "
+    synthetic_fraction: float = option(SEGMENTER["synthetic_fraction"], "share of each batch drawn from the synthetic sets (1 = synthetic "
                                             "only: a pre-training stage for --init-from; the real val split "
                                             "still picks best/)")
-    synthetic_weight: float = option(0.3, "weight w_syn of the synthetic pairs' term in Eq. 6 (1 = the paper: "
+    synthetic_weight: float = option(SEGMENTER["synthetic_weight"], "weight w_syn of the synthetic pairs' term in Eq. 6 (1 = the paper: "
                                           "real and synthetic count the same whatever --synthetic-fraction; "
                                           "< 1 makes imperfect synthetic pairs count less)")
     normal_images: Path | None = option(None, "a folder of extra defect-free training images (used with the "
                                               "dataset's own normals; implies --train-normals)")
-    train_normals: bool = option(False, "also train on the real train split's normal (defect-free) images; "
+    train_normals: bool = option(SEGMENTER["train_normals"], "also train on the real train split's normal (defect-free) images; "
                                        "off = anomalous pairs only, as the paper's segmenters")
-    anomaly_weight: float = option(5.0, "CE weight of anomaly pixels (1 = the paper's plain CE; raise it "
+    anomaly_weight: float = option(SEGMENTER["anomaly_weight"], "CE weight of anomaly pixels (1 = the paper's plain CE; raise it "
                                         "for tiny defects on small data)")
-    dice_weight: float = option(1.0, "weight of a soft Dice term added to Eq. 6's CE (0 = the paper's plain CE; "
+    dice_weight: float = option(SEGMENTER["dice_weight"], "weight of a soft Dice term added to Eq. 6's CE (0 = the paper's plain CE; "
                                      "helps defects that cover well under 1 %% of the pixels)")
-    photometric: float = option(0.5, "strength in [0, 1] of random brightness/contrast/gamma jitter of the "
+    photometric: float = option(SEGMENTER["photometric"], "strength in [0, 1] of random brightness/contrast/gamma jitter of the "
                                      "training images (0 = off)")
-    temperature: float = option(0.1, "λ of Eq. 8 (softmax temperature, in (0, 1])")
-    w_fb: float = option(1.0, "weight of L_fb in Eq. 11 (1 in the paper)")
+    temperature: float = option(SEGMENTER["temperature"], "λ of Eq. 8 (softmax temperature, in (0, 1])")
+    w_fb: float = option(SEGMENTER["w_fb"], "weight of L_fb in Eq. 11 (1 in the paper)")
     fb_t_min: int = option(0, "smallest diffusion timestep drawn for feedback")
     fb_t_max: int = option(500, "largest diffusion timestep drawn for feedback (exclusive)")
-    fb_every: int = option(2, "apply feedback every k steps")
+    fb_every: int = option(SEGMENTER["fb_every"], "apply feedback every k steps")
     fb_warmup_steps: int | None = option(None, "steps of plain L_ce before feedback starts (default: half of "
                                                "--max-steps: once L_ce has converged, as measured)")
-    fb_rows: int = option(4, "real rows of each batch (per process) that get feedback: 0 = all (the paper); fewer "
+    fb_rows: int = option(SEGMENTER["fb_rows"], "real rows of each batch (per process) that get feedback: 0 = all (the paper); fewer "
                              "make a feedback step cheaper (the generator's backward pass dominates it)")
     init_from: Path | None = option(None, "segmenter run folder (its final weights) or its best/, whose "
                                           "weights start this run instead of a fresh --preset, e.g. one "
@@ -82,8 +83,9 @@ class TrainSegmenterConfig(DataOptions, CropOptions, LoopOptions):
     augment: list[str] = option(default_factory=lambda: ["hflip", "vflip"],
                                 help=f"exact paired augmentations: any of {', '.join(DIHEDRAL_AUGMENTS)} (or none)")
 
-    max_steps: int = option(3200, "optimizer steps")
-    learning_rate: float = option(1e-3, "peak learning rate (AdamW)")
+    max_steps: int = option(SEGMENTER["max_steps"], "optimizer steps")
+    batch_size: int = option(SEGMENTER["batch_size"], "global batch size (split across processes)")
+    learning_rate: float = option(SEGMENTER["learning_rate"], "peak learning rate (AdamW)")
     lr_schedule: Literal["constant", "cosine", "linear"] = option("cosine", "learning-rate schedule")
     validate_every: int = option(250, "validate (mIoU on the val split) every N steps; the best is kept")
     checkpoint_every: int = option(500, "save a resumable checkpoint every N steps")
