@@ -64,9 +64,3 @@ def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
     eig = np.linalg.eigvals(s1 @ s2)
     tr_covmean = np.sqrt(np.clip(eig.real, 0, None)).sum()
     return float(((mu1 - mu2) ** 2).sum() + np.trace(s1) + np.trace(s2) - 2 * tr_covmean)
-
-
-def colour_stats(images_u8: np.ndarray) -> dict[str, list[float]]:
-    """Per-channel mean and std (0-1 scale) of an image set [N, H, W, 3]."""
-    x = images_u8.reshape(-1, 3).astype(np.float64) / 255
-    return {"mean": x.mean(0).round(4).tolist(), "std": x.std(0).round(4).tolist()}

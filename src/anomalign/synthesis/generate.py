@@ -61,31 +61,12 @@ def run_generate(cfg: GenerateConfig, progress: bool = True, oracle=None) -> dic
     """
     from accelerate import Accelerator
 
-    from anomalign.generator.model import WEIGHTS_NAME, MaskGenerator
-    from anomalign.weights import weights_file
-
     cfg.validate()  # idempotent; fills defaults that depend on other options (steps, scores)
     check_out_outside(cfg.out, {"--masks": cfg.masks, "--background": cfg.background, "--normals": cfg.normals})
     cfg.check_scores(oracle is not None or cfg.oracle is not None)
     acc = Accelerator(cpu=use_cpu(cfg.device))
     main = acc.is_main_process
-    if cfg.synthesizer == "cutpaste":  # no generator: the identity is the method's name
-        gen, sha, size = None, "cutpaste", cfg.resolution
-    else:
-        gen_dir = Path(cfg.generator)
-        weights = weights_file(gen_dir, WEIGHTS_NAME)
-        if not weights.is_file():
-            raise AnomalignError(f"{gen_dir}: not a generator run folder (no {WEIGHTS_NAME}); train one with "
-                                 "`anomalign train-generator`")
-        gen = MaskGenerator.load(gen_dir, base=cfg.base, device=acc.device).cast(DTYPES[cfg.dtype]).eval()
-        size = cfg.resolution or gen.resolution
-        step = gen.factor * 4
-        if size % step:
-            raise ConfigError(f"resolution {size} does not fit this generator: it must be a multiple of {step} "
-                              f"(the generator was trained at {gen.resolution})")
-        sha = file_sha256(weights)
-        if cfg.guidance is None:  # measured: the tiny model aligns best at 3 (docs/generator.md); SD: the paper's 7
-            cfg.guidance = TINY_GUIDANCE if gen.spec["backend"] == "tiny" else SD_GUIDANCE
+    gen, sha, size = load_generator(cfg, acc.device)
     from anomalign.data.imageio import set_max_megapixels
     from anomalign.data.validate import skipped_records
     set_max_megapixels(cfg.max_megapixels)  # mask folders and backgrounds are read without load_dataset
@@ -138,6 +119,30 @@ def run_generate(cfg: GenerateConfig, progress: bool = True, oracle=None) -> dic
         print(f"anomalib: Folder(name='synthetic', root='{out}', normal_dir='normal', abnormal_dir='images', "
               "mask_dir='masks') reads this folder (docs/ecosystem.md)")
     return finish_run(cfg, out, acc, attempts, made, time.perf_counter() - t0)
+
+
+def load_generator(cfg: GenerateConfig, device) -> tuple:
+    """(generator or None, identity, generation size) of a run: the fine-tuned generator in eval mode on
+    ``device`` at ``--dtype`` and the SHA-256 of its weights, or for cut-paste no generator and the method's
+    name. Fills ``cfg.guidance`` with the backend's default when it was not given."""
+    from anomalign.generator.model import WEIGHTS_NAME, MaskGenerator
+    from anomalign.weights import weights_file
+    if cfg.synthesizer == "cutpaste":  # no generator: the identity is the method's name
+        return None, "cutpaste", cfg.resolution
+    gen_dir = Path(cfg.generator)
+    weights = weights_file(gen_dir, WEIGHTS_NAME)
+    if not weights.is_file():
+        raise AnomalignError(f"{gen_dir}: not a generator run folder (no {WEIGHTS_NAME}); train one with "
+                             "`anomalign train-generator`")
+    gen = MaskGenerator.load(gen_dir, base=cfg.base, device=device).cast(DTYPES[cfg.dtype]).eval()
+    size = cfg.resolution or gen.resolution
+    step = gen.factor * 4
+    if size % step:
+        raise ConfigError(f"resolution {size} does not fit this generator: it must be a multiple of {step} "
+                          f"(the generator was trained at {gen.resolution})")
+    if cfg.guidance is None:  # measured: the tiny model aligns best at 3 (docs/generator.md); SD: the paper's 7
+        cfg.guidance = TINY_GUIDANCE if gen.spec["backend"] == "tiny" else SD_GUIDANCE
+    return gen, file_sha256(weights), size
 
 
 def generate_rounds(synth, out: Path, acc, progress: bool) -> tuple[int, int]:
