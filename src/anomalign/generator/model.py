@@ -18,7 +18,7 @@ from anomalign.generator.conditioning import (MaskEncoding, drop_condition, enco
                                               expand_conv_in, mask_channels)
 from anomalign.generator.losses import to_epsilon
 from anomalign.generator.sampler import DEFAULT_GUIDANCE, DEFAULT_SAMPLER, DEFAULT_STEPS, sample
-from anomalign.weights import canonical_spec, read_weights, write_weights
+from anomalign.weights import canonical_spec, read_spec, read_weights, write_weights
 
 WEIGHTS_NAME = "generator.safetensors"
 SPEC_KEY = "anomalign_spec"
@@ -26,6 +26,37 @@ LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
 # The shipped tiny base (TAEF2 codec + a UNet pretrained with masks; `anomalign pretrain-base --install` makes it).
 TINY_BASE = Path(__file__).resolve().parent.parent / "assets" / "tiny_base.safetensors"
 CODECS = ("autoencoder_kl", "taef2")  # the tiny backend's E/D; spec["codec"], absent = autoencoder_kl
+
+
+# Where the tiny base keeps TAEF2's encoder: the codec's state dict under the generator's "vae." prefix
+# (``MaskGenerator.trainable_state`` of a TAEF2Codec: ``vae.taef2.encoder.<pos>.*``).
+BASE_ENCODER_PREFIX = "vae.taef2.encoder."
+
+
+def tiny_base_encoder(base: Path | str = TINY_BASE) -> nn.Module:
+    """TAEF2's image encoder (``generator.taef2.build_encoder``: [B, 3, H, W] in [0, 1] -> [B, 32, H/8, W/8]) with
+    the weights a tiny base file holds (default: the shipped one), in fp32. Only the encoder's tensors are read
+    (safetensors, by key; never the UNet's), so the segmenter can start from the codec without the generator."""
+    from safetensors import SafetensorError, safe_open
+
+    from anomalign.generator.taef2 import build_encoder
+    file = Path(base)
+    if not file.is_file():
+        raise AnomalignError(f"{file}: no tiny base here (the shipped one is {TINY_BASE}; "
+                             "`anomalign pretrain-base --install` writes it)")
+    spec = read_spec(file, SPEC_KEY)
+    if spec.get("codec") != "taef2":
+        raise AnomalignError(f"{file}: this base's codec is {spec.get('codec', 'autoencoder_kl')!r}, not TAEF2: it "
+                             "holds no pretrained TAEF2 encoder")
+    encoder = build_encoder()
+    try:
+        with safe_open(str(file), framework="pt") as fh:
+            state = {k[len(BASE_ENCODER_PREFIX):]: fh.get_tensor(k).float() for k in fh.keys()
+                     if k.startswith(BASE_ENCODER_PREFIX)}
+    except (SafetensorError, OSError) as e:
+        raise AnomalignError(f"{file}: unreadable weights ({type(e).__name__}: {e})") from None
+    _load_strict(encoder, state, f"{file} (TAEF2 encoder)")
+    return encoder
 
 
 class MaskGenerator(nn.Module):

@@ -442,9 +442,12 @@ def check_export_target(out: Path) -> None:
 
 
 def unet_step(model) -> int:
-    """The side multiple a U-Net segmenter's input needs no padding at (stem x 2^(levels - 1)); 0 for others."""
-    from anomalign.segmenter.model import UNet
+    """The side multiple a U-Net segmenter's input needs no padding at (stem x 2^(levels - 1); 8 for a TAEF2
+    U-Net); 0 for others."""
+    from anomalign.segmenter.model import TAEF2UNet, UNet
     net = getattr(model, "net", None)
+    if isinstance(net, TAEF2UNet):
+        return net.side_multiple
     return net.stem_stride * 2 ** (len(net.widths) - 1) if isinstance(net, UNet) else 0
 
 

@@ -5,6 +5,8 @@ The default ``unet-tiny`` (and ``unet-*``) is a small convolutional U-Net: witho
 Segformer memorises them (docs/segmenter.md, measured on magnetic tile). The Segformer presets (MiT b0…b5
 shapes and ``tiny``, random init; ``--recipe paper`` uses ``tiny``) follow the paper; ``pretrained`` loads a
 Segformer from a local folder or the hub (e.g. ``nvidia/mit-b0``) and replaces its head with a 2-class one.
+``taef2-unet`` is a U-Net decoder on the pretrained TAEF2 image encoder the shipped tiny base holds (trained on
+natural photographs; ``TAEF2UNet``), the pretrained encoder an offline machine has.
 """
 from __future__ import annotations
 
@@ -111,15 +113,89 @@ class UNet(nn.Module):
         return logits[..., :h, :w]
 
 
+# U-Net decoders on TAEF2's encoder (``TAEF2UNet``): decoder widths at 1/1, 1/2, 1/4 and 1/8 of the input, the
+# same as unet-tiny's levels, so the decoder is unet-tiny's up path on pretrained features instead of its own.
+TAEF2_PRESETS: dict[str, dict] = {"taef2-unet": dict(widths=(16, 32, 64, 128))}
+# The encoder's layers (``generator.taef2.build_encoder`` positions) that end each of its four stages: full
+# resolution (conv + Block), 1/2, 1/4 (a stride-2 conv + 3 Blocks each) and 1/8 (stride-2 conv + 3 PoolBlocks).
+# Its last layer (64 -> 32, the latent) is left out: it compresses for the codec's decoder, and the 64 channels
+# before it carry more of what the encoder saw.
+TAEF2_STAGE_ENDS = (1, 5, 9, 13)
+TAEF2_WIDTH = 64  # every stage of the TAEF2 encoder has 64 channels
+
+
+class TAEF2UNet(nn.Module):
+    """images [B, 3, H, W] in [0, 1] (TAEF2's own input range; ``Segmenter`` maps [-1, 1] to it) -> logits
+    [B, 2, H, W]; any H, W (padded to a multiple of 8).
+
+    The encoder is TAEF2's (layers 0-13 of ``generator.taef2.build_encoder``; pretrained on natural photographs,
+    the weights of the shipped tiny base, ``from_base``); its four stages (1/1, 1/2, 1/4, 1/8, 64 channels
+    each) are the skips of a U-Net decoder: a conv block to ``widths[-1]`` at 1/8, then at each finer stage
+    bilinear 2x up, concatenation with the stage's features and a conv block (GroupNorm + SiLU, as ``UNet``);
+    1x1 head at full resolution. State dict: ``encoder.<pos>.*`` (upstream TAEF2 names) and the decoder's.
+    ``encoder_parameters`` is what ``--encoder-lr-scale`` scales (0 = frozen).
+    """
+
+    side_multiple = 8  # three stride-2 convs
+
+    def __init__(self, widths: tuple[int, ...] | list[int] = TAEF2_PRESETS["taef2-unet"]["widths"]):
+        super().__init__()
+        from anomalign.generator.taef2 import build_encoder  # imports diffusers: not at the top (fast --help)
+        self.widths = tuple(int(w) for w in widths)
+        if len(self.widths) != len(TAEF2_STAGE_ENDS):
+            raise AnomalignError(f"a TAEF2 U-Net has {len(TAEF2_STAGE_ENDS)} decoder widths (one per encoder "
+                                 f"stage), got {list(self.widths)}")
+        self.config = {"arch": "taef2-unet", "widths": list(self.widths)}
+        self.encoder = build_encoder()[:TAEF2_STAGE_ENDS[-1] + 1]
+        self.bottom = _conv_block(TAEF2_WIDTH, self.widths[-1])
+        self.up = nn.ModuleList(_conv_block(self.widths[i + 1] + TAEF2_WIDTH, self.widths[i])
+                                for i in reversed(range(len(self.widths) - 1)))
+        self.head = nn.Conv2d(self.widths[0], 2, 1)
+        self.to(memory_format=torch.channels_last)  # as UNet: oneDNN's preferred layout (measured 1.5x on the encoder)
+
+    @classmethod
+    def from_base(cls, base: Path | str | None = None, **kwargs) -> "TAEF2UNet":
+        """A fresh decoder on the encoder weights of a tiny base file (default: the shipped one)."""
+        from anomalign.generator.model import TINY_BASE, tiny_base_encoder
+        net = cls(**kwargs)
+        pretrained = tiny_base_encoder(base or TINY_BASE)[:TAEF2_STAGE_ENDS[-1] + 1]
+        net.encoder.load_state_dict(pretrained.state_dict(), strict=True)
+        return net.to(memory_format=torch.channels_last)
+
+    def encoder_parameters(self) -> list[nn.Parameter]:
+        return list(self.encoder.parameters())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h, w = x.shape[-2:]
+        x = pad_bottom_right(x, (-h) % self.side_multiple, (-w) % self.side_multiple)
+        skips = []
+        for i, layer in enumerate(self.encoder):
+            x = layer(x)
+            if i in TAEF2_STAGE_ENDS:
+                skips.append(x)
+        x = self.bottom(skips[-1])
+        for block, skip in zip(self.up, reversed(skips[:-1])):
+            x = F.interpolate(x, size=skip.shape[-2:], mode="bilinear", align_corners=False)
+            x = block(torch.cat([x, skip], 1))
+        return self.head(x)[..., :h, :w]
+
+
 def build_net(preset: str, norm: str = "group") -> nn.Module:
-    """A randomly initialised network for a preset name (Segformer MiT shapes or a U-Net with ``norm``)."""
+    """A network for a preset name: a Segformer (MiT shapes) or a U-Net with ``norm``, randomly initialised, or a
+    ``TAEF2_PRESETS`` U-Net whose encoder holds the shipped tiny base's TAEF2 weights."""
     if preset in UNET_PRESETS:
         return UNet(**UNET_PRESETS[preset], norm=norm)
+    if preset in TAEF2_PRESETS:
+        if norm != "group":
+            raise AnomalignError(f"norm {norm!r} applies to the U-Net presets ({', '.join(UNET_PRESETS)}); "
+                                 f"{preset}'s decoder uses GroupNorm (its encoder's PoolBlocks do too)")
+        return TAEF2UNet.from_base(**TAEF2_PRESETS[preset])
     if norm != "group":
         raise AnomalignError(f"norm {norm!r} applies to the U-Net presets ({', '.join(UNET_PRESETS)}), not to "
                              f"the Segformer {preset!r}")
     if preset not in PRESETS:
-        raise AnomalignError(f"unknown segmenter preset {preset!r}; choose one of {list(PRESETS) + list(UNET_PRESETS)}")
+        raise AnomalignError(f"unknown segmenter preset {preset!r}; choose one of "
+                             f"{list(PRESETS) + list(UNET_PRESETS) + list(TAEF2_PRESETS)}")
     from transformers import SegformerConfig, SegformerForSemanticSegmentation
     return SegformerForSemanticSegmentation(SegformerConfig(num_labels=2, **PRESETS[preset]))
 
@@ -166,6 +242,11 @@ def check_spec(spec: dict, file: Path) -> None:
             raise bad("stem", stem)
         if config.get("norm", "group") not in NORMS:
             raise bad("norm", config.get("norm"))
+    elif config.get("arch") == "taef2-unet":
+        widths = config.get("widths")
+        if not (isinstance(widths, list) and len(widths) == len(TAEF2_STAGE_ENDS)
+                and all(isinstance(w, int) and not isinstance(w, bool) and 1 <= w <= MAX_WIDTH for w in widths)):
+            raise bad("widths", widths)
     else:
         sizes = config.get("hidden_sizes", [])
         if not (isinstance(sizes, list) and all(isinstance(w, int) and 1 <= w <= MAX_WIDTH for w in sizes)):
@@ -199,9 +280,21 @@ def check_segmenter_source(source: Path) -> None:
                                      "again with plain values or train the segmenter again)") from None
 
 
+def pretrained_encoder(model: "Segmenter") -> list[nn.Parameter]:
+    """The parameters of ``model``'s pretrained encoder, which ``--encoder-lr-scale`` trains at its own rate:
+    a TAEF2 U-Net's encoder, or the MiT encoder (``segformer``) of a Segformer loaded with ``--pretrained``;
+    empty for a network trained from scratch."""
+    if isinstance(model.net, TAEF2UNet):
+        return model.net.encoder_parameters()
+    if model.pretrained and hasattr(model.net, "segformer"):
+        return list(model.net.segformer.parameters())
+    return []
+
+
 class Segmenter(nn.Module):
     """images [B, 3, H, W] in [-1, 1] -> logits [B, 2, H, W] (a U-Net's own, or upsampled from a Segformer's 1/4
-    grid)."""
+    grid). Segformers and ``UNet`` see ImageNet-normalised inputs; a ``TAEF2UNet`` sees [0, 1], its encoder's
+    range."""
 
     def __init__(self, preset: str = "tiny", pretrained: str | None = None, norm: str = "group"):
         super().__init__()
@@ -228,6 +321,8 @@ class Segmenter(nn.Module):
         self.register_buffer("std", torch.tensor(_STD).view(1, 3, 1, 1), persistent=False)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
+        if isinstance(self.net, TAEF2UNet):  # TAEF2 was distilled on [0, 1] images (TAEF2.encode), not ImageNet-normalised
+            return self.net((images + 1) / 2)
         x = ((images + 1) / 2 - self.mean) / self.std
         if isinstance(self.net, UNet):
             return self.net(x)
@@ -281,7 +376,7 @@ class Segmenter(nn.Module):
         return one(images)
 
     def save(self, folder: Path, extra: dict | None = None) -> Path:
-        config = self.net.config if isinstance(self.net, UNet) else self.net.config.to_dict()
+        config = self.net.config if isinstance(self.net, (UNet, TAEF2UNet)) else self.net.config.to_dict()
         spec = {"preset": self.preset, "config": config, **(extra or {})}
         return write_weights(Path(folder) / WEIGHTS_NAME, self.net.state_dict(), SPEC_KEY, spec)
 
@@ -298,6 +393,8 @@ class Segmenter(nn.Module):
         check_spec(spec, file)
         if spec["config"].get("arch") == "unet":
             net = UNet(spec["config"]["widths"], spec["config"].get("stem", 1), spec["config"].get("norm", "group"))
+        elif spec["config"].get("arch") == "taef2-unet":  # the file holds the encoder's weights: no base needed
+            net = TAEF2UNet(spec["config"]["widths"])
         else:
             config = SegformerConfig.from_dict(spec["config"])
             if config.num_labels != 2:

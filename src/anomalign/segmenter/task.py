@@ -217,13 +217,39 @@ def _paste(m_soft: torch.Tensor, true_masks: torch.Tensor, square: torch.Tensor)
     return torch.stack(out) + true_masks.float() * (1 - square)
 
 
+def encoder_groups(model, learning_rate: float, encoder_lr_scale: float = 1.0
+                   ) -> tuple[list[torch.nn.Parameter], list[dict] | None]:
+    """(params, param_groups) of a ``TrainTask``: the pretrained encoder (``segmenter.model.pretrained_encoder``)
+    at ``encoder_lr_scale`` x ``learning_rate``, everything else at ``learning_rate``.
+
+    Scale 1 (or no pretrained encoder): every parameter in one group, as before the option existed. Scale 0: the
+    encoder is frozen (``requires_grad`` off, left out of the optimizer, the clipping and the EMA, so its
+    weights stay bit-identical; a frozen encoder also needs no backward pass, a third of a fine-tuning step's
+    cost). Otherwise two AdamW groups; the loop's schedule scales both peaks alike."""
+    from anomalign.segmenter.model import pretrained_encoder
+    encoder = pretrained_encoder(model)
+    if not encoder or encoder_lr_scale == 1:
+        return list(model.parameters()), None
+    ids = {id(p) for p in encoder}
+    rest = [p for p in model.parameters() if id(p) not in ids]
+    if encoder_lr_scale == 0:
+        for p in encoder:
+            p.requires_grad_(False)
+        return rest, None
+    return rest + encoder, [{"params": rest, "lr": learning_rate},  # first: the group the log's lr column shows
+                            {"params": encoder, "lr": learning_rate * encoder_lr_scale}]
+
+
 def segmenter_task(model, real: SegPairs, syn: SegPairs | None, batch_size: int, synthetic_fraction: float,
                    seed: int, step_opts: SegStepOptions, fb, save_fn: Callable,
-                   validate_fn: Callable | None = None, photometric: float = 0.0) -> TrainTask:
-    """The TrainTask of a segmenter run: ``synthetic_fraction`` of each global batch from ``syn``."""
+                   validate_fn: Callable | None = None, photometric: float = 0.0,
+                   groups: tuple[list, list[dict] | None] | None = None) -> TrainTask:
+    """The TrainTask of a segmenter run: ``synthetic_fraction`` of each global batch from ``syn``. ``groups``:
+    (params, param_groups) from ``encoder_groups``; None = every parameter at the loop's learning rate."""
     n_syn = round(batch_size * synthetic_fraction) if syn is not None else 0
     n_real = batch_size - n_syn
-    return TrainTask(params=list(model.parameters()),
+    params, param_groups = groups or (list(model.parameters()), None)
+    return TrainTask(params=params, param_groups=param_groups,
                      get_batch=lambda k, rank, world: segmenter_batch(real, syn, n_real, n_syn, seed, k, rank, world,
                                                                     photometric),
                      step_fn=lambda batch, g: segmenter_step(model, batch, step_opts, fb),

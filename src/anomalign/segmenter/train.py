@@ -16,9 +16,9 @@ from anomalign.data.transforms import DIHEDRAL_AUGMENTS, dihedral_variants
 from anomalign.data.validate import load_dataset, load_normal_folder, skipped_records
 from anomalign.errors import AnomalignError, ConfigError
 from anomalign.segmenter.validation import evaluate_native, evaluate_samples
-from anomalign.segmenter.model import PRESETS, UNET_PRESETS, Segmenter
-from anomalign.segmenter.task import (CropFeedback, SegPairs, SegStepOptions, crop_windows, feedback_latents,
-                                     segmenter_task)
+from anomalign.segmenter.model import PRESETS, TAEF2_PRESETS, UNET_PRESETS, Segmenter, TAEF2UNet
+from anomalign.segmenter.task import (CropFeedback, SegPairs, SegStepOptions, crop_windows, encoder_groups,
+                                     feedback_latents, segmenter_task)
 from anomalign.files import check_out_outside, releases_locks
 from anomalign.recipe import SEGMENTER
 from anomalign.runs import check_run_folder, start_run_folder
@@ -41,9 +41,14 @@ class TrainSegmenterConfig(DataOptions, CropOptions, LoopOptions):
                     "without pretrained weights (docs/segmenter.md, 'Recipes'); paper = the paper's literal "
                     "method (tiny Segformer, plain CE, feedback from step 0, λ 0.5) at the old CPU budget. "
                     "Options you give still win")
-    preset: Literal[tuple(PRESETS) + tuple(UNET_PRESETS)] = option(
+    preset: Literal[tuple(PRESETS) + tuple(UNET_PRESETS) + tuple(TAEF2_PRESETS)] = option(
         SEGMENTER["preset"], "network: a small convolutional U-Net (unet-tiny, unet-small; better from scratch on few "
-                     "images, docs/segmenter.md) or a Segformer size (tiny, b0-b5: MiT shapes, random init)")
+                     "images, docs/segmenter.md), a Segformer size (tiny, b0-b5: MiT shapes, random init), or "
+                     "taef2-unet (a U-Net decoder on the pretrained TAEF2 encoder of the shipped tiny base)")
+    encoder_lr_scale: float | None = option(
+        None, "learning rate of a pretrained encoder (taef2-unet's, or a --pretrained Segformer's) as a share of "
+              "--learning-rate: 0 = frozen, 0.1 = fine-tuned at a tenth. Default: 0 for taef2-unet (frozen: a third "
+              "of a fine-tuning step's cost; not a measured choice), 1 for a --pretrained Segformer (as before)")
     norm: Literal["group", "batch"] = option(
         SEGMENTER["norm"], "the U-Net's normalisation: group (GroupNorm, the measured recipe) or batch (BatchNorm: fixed "
                  "statistics at inference; as good with windows on magnetic tile, seed 0; 1.9x faster steps with "
@@ -131,6 +136,13 @@ class TrainSegmenterConfig(DataOptions, CropOptions, LoopOptions):
         if self.norm != "group" and (self.pretrained or self.preset not in UNET_PRESETS):
             raise ConfigError(f"--norm {self.norm} applies to the U-Net presets ({', '.join(UNET_PRESETS)}), not to a "
                               "Segformer")
+        if self.encoder_lr_scale is not None:
+            if self.encoder_lr_scale < 0:
+                raise ConfigError(f"encoder_lr_scale must be >= 0 (0 = frozen), got {self.encoder_lr_scale}")
+            if not (self.pretrained or self.preset in TAEF2_PRESETS or self.init_from is not None):
+                raise ConfigError(f"--encoder-lr-scale applies to a pretrained encoder (--preset "
+                                  f"{', '.join(TAEF2_PRESETS)} or --pretrained); --preset {self.preset} trains from "
+                                  "scratch")
         if self.init_from is not None and self.pretrained:
             raise ConfigError("give --init-from (an anomalign segmenter) or --pretrained (a Segformer), not both")
         if self.gradient_checkpointing and not self.feedback_generator:
@@ -177,7 +189,8 @@ def run_train_segmenter(cfg: TrainSegmenterConfig, progress: bool = True) -> Pat
                                cfg.fb_every, cfg.fb_warmup_steps, cfg.fb_rows, cfg.dice_weight,
                                cfg.synthetic_weight)
     task = segmenter_task(model, real, syn, cfg.batch_size, cfg.synthetic_fraction, cfg.seed, step_opts, fb, save_fn,
-                          validate_fn=validate_fn, photometric=cfg.photometric)
+                          validate_fn=validate_fn, photometric=cfg.photometric,
+                          groups=encoder_groups(model, cfg.learning_rate, encoder_lr_scale(cfg, model)))
     val_samples = val.samples if isinstance(val, PairDataset) else val
     n_val = sum(not v.normal for v in val_samples)
     if acc.is_main_process and n_val < MIN_VAL_ANOMALIES:
@@ -212,10 +225,18 @@ def start_model(cfg: TrainSegmenterConfig) -> Segmenter:
     if model.preset != cfg.preset:
         print(f"--init-from {cfg.init_from}: continuing its {model.preset} network (--preset {cfg.preset} is "
               "not used)", file=sys.stderr)
-    if model.preset in (*PRESETS, *UNET_PRESETS):  # the saved config then names the network actually trained
+    if model.preset in (*PRESETS, *UNET_PRESETS, *TAEF2_PRESETS):  # the saved config names the network trained
         cfg.preset = model.preset
     cfg.norm = getattr(model.net, "norm", "group")
     return model
+
+
+def encoder_lr_scale(cfg: TrainSegmenterConfig, model: Segmenter) -> float:
+    """``--encoder-lr-scale``, or its default for ``model``: 0 (frozen) for a TAEF2 U-Net, 1 otherwise (a
+    --pretrained Segformer trains whole, as it always did)."""
+    if cfg.encoder_lr_scale is not None:
+        return cfg.encoder_lr_scale
+    return 0.0 if isinstance(model.net, TAEF2UNet) else 1.0
 
 
 def feedback_premise(gen, real: SegPairs | CropPairs, cfg: TrainSegmenterConfig, n: int = 32) -> dict:
