@@ -158,7 +158,7 @@ FRONT: dict[str, dict[str, list[str]]] = {
             "run": ["seed", "budget", "plan", "arms", "choice", "backend", "base", "quality", "export", "device"],
             "output": ["out"]},
     "train-segmenter": {"data": ["train", "synthetic", "policy", "train_pairs"],
-                        "model": ["recipe", "preset", "pretrained", "encoder_lr_scale", "crop_size", "scale"],
+                        "model": ["recipe", "preset", "pretrained", "crop_size", "scale"],
                         "training": ["max_steps", "batch_size", "learning_rate", "seed", "resume", "device",
                                      "feedback_generator"],
                         "output": ["out"]},

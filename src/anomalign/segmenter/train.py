@@ -44,7 +44,8 @@ class TrainSegmenterConfig(DataOptions, CropOptions, LoopOptions):
     preset: Literal[tuple(PRESETS) + tuple(UNET_PRESETS) + tuple(TAEF2_PRESETS)] = option(
         SEGMENTER["preset"], "network: a small convolutional U-Net (unet-tiny, unet-small; better from scratch on few "
                      "images, docs/segmenter.md), a Segformer size (tiny, b0-b5: MiT shapes, random init), or "
-                     "taef2-unet (a U-Net decoder on the pretrained TAEF2 encoder of the shipped tiny base)")
+                     "taef2-unet (a U-Net decoder on the pretrained TAEF2 encoder of the shipped tiny base; frozen "
+                     "unless --encoder-lr-scale, see --help-all)")
     encoder_lr_scale: float | None = option(
         None, "learning rate of a pretrained encoder (taef2-unet's, or a --pretrained Segformer's) as a share of "
               "--learning-rate: 0 = frozen, 0.1 = fine-tuned at a tenth. Default: 0 for taef2-unet (frozen: a third "
