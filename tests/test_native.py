@@ -14,7 +14,7 @@ from dummy_data import line_defect, save, write_line_dataset
 def crop_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("lines")
     write_line_dataset(root)
-    out = root / "seg"
+    out = tmp_path_factory.mktemp("lines_run") / "seg"  # beside the data: an --out inside it is refused
     assert main(["train-segmenter", "--train", str(root), "--out", str(out), "--size", "64", "--max-steps", "300",
                  "--batch-size", "8", "--validate-every", "150", "--device", "cpu", "--anomaly-weight", "5",
                  "--learning-rate", "2e-3"]) == 0

@@ -860,7 +860,7 @@ def test_a_second_process_on_the_same_output_folder_is_refused(tmp_path, capsys,
     argv = cases[1][1] + ["--out", tmp_path / "out_train-segmenter"]
     assert run_cli(capsys, *argv)[0] == 0
     from anomalign.files import _held
-    assert not _held
+    assert str((tmp_path / "out_train-segmenter").resolve()) not in _held
     held = subprocess.run([sys.executable, "-c", LOCK_HOLDER.format(src=SRC), str(tmp_path / "out_train-segmenter"),
                            "x"], input="", capture_output=True, text=True)
     assert held.stdout.strip() == "held", held.stderr
