@@ -321,8 +321,8 @@ class Segmenter(nn.Module):
         self.register_buffer("std", torch.tensor(_STD).view(1, 3, 1, 1), persistent=False)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        if isinstance(self.net, TAEF2UNet):  # TAEF2 was distilled on [0, 1] images (TAEF2.encode), not ImageNet-normalised
-            return self.net((images + 1) / 2)
+        if isinstance(self.net, TAEF2UNet):  # TAEF2 was distilled on [0, 1] images (TAEF2.encode), not on
+            return self.net((images + 1) / 2)  # ImageNet-normalised ones
         x = ((images + 1) / 2 - self.mean) / self.std
         if isinstance(self.net, UNet):
             return self.net(x)

@@ -224,8 +224,9 @@ def encoder_groups(model, learning_rate: float, encoder_lr_scale: float = 1.0
 
     Scale 1 (or no pretrained encoder): every parameter in one group, as before the option existed. Scale 0: the
     encoder is frozen (``requires_grad`` off, left out of the optimizer, the clipping and the EMA, so its
-    weights stay bit-identical; a frozen encoder also needs no backward pass, a third of a fine-tuning step's
-    cost). Otherwise two AdamW groups; the loop's schedule scales both peaks alike."""
+    weights stay bit-identical; a frozen encoder also needs no backward pass: on the CPU about half of a
+    fine-tuning step's time, docs/segmenter.md). Otherwise two AdamW groups; the loop's schedule scales both
+    peaks alike."""
     from anomalign.segmenter.model import pretrained_encoder
     encoder = pretrained_encoder(model)
     if not encoder or encoder_lr_scale == 1:

@@ -48,8 +48,8 @@ class TrainSegmenterConfig(DataOptions, CropOptions, LoopOptions):
                      "unless --encoder-lr-scale, see --help-all)")
     encoder_lr_scale: float | None = option(
         None, "learning rate of a pretrained encoder (taef2-unet's, or a --pretrained Segformer's) as a share of "
-              "--learning-rate: 0 = frozen, 0.1 = fine-tuned at a tenth. Default: 0 for taef2-unet (frozen: a third "
-              "of a fine-tuning step's cost; not a measured choice), 1 for a --pretrained Segformer (as before)")
+              "--learning-rate: 0 = frozen, 0.1 = fine-tuned at a tenth. Default: 0 for taef2-unet (frozen: about half "
+              "a fine-tuning step's time; not chosen on quality), 1 for a --pretrained Segformer (as before)")
     norm: Literal["group", "batch"] = option(
         SEGMENTER["norm"], "the U-Net's normalisation: group (GroupNorm, the measured recipe) or batch (BatchNorm: fixed "
                  "statistics at inference; as good with windows on magnetic tile, seed 0; 1.9x faster steps with "
