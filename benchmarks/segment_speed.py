@@ -57,7 +57,7 @@ def segmenter(norm: str, channels_last: bool = True) -> Segmenter:
 def path_fn(name: str, x: torch.Tensor):
     """A call predicting the full-size probability of image x [3, H, W] along path ``name``."""
     if "onnxruntime" in name or "openvino" in name:
-        from anomalign.segmenter.infer import OnnxSegmenter
+        from anomalign.segmenter.export import OnnxSegmenter
         model = segmenter("batch" if "one pass" in name else "group")
         graph = OnnxSegmenter.of(model, Path(model.saved_to), "openvino" if "openvino" in name else "onnx",
                                  "bf16" if "bf16" in name else "fp32")

@@ -44,7 +44,7 @@ def speed(presets: list[str], device: str, repeats: int, onnx: bool = False) -> 
                 for p in (64, 128)}
         fns |= {f"{preset}: one pass resized to {p} px": whole(p) for p in (64, 128)}
         if onnx and preset.startswith("unet"):  # the same windows through the exported graph (segment --runtime onnx)
-            from anomalign.segmenter.infer import OnnxSegmenter
+            from anomalign.segmenter.export import OnnxSegmenter
             folder = Path(tempfile.mkdtemp()) / preset
             model.save(folder, {"crop_size": 128, "size": 128})
             graph = OnnxSegmenter.of(Segmenter.load(folder), folder)

@@ -4,8 +4,8 @@ import random
 import numpy as np
 
 from anomalign.synthesis.fullsize import defect_box
-from anomalign.synthesis.placement import (estimate_foreground, fill_holes, paste, place,
-                                           window_around)
+from anomalign.generator.window import paste, window_around
+from anomalign.synthesis.placement import estimate_foreground, fill_holes, place
 
 
 def test_foreground_of_an_object_on_a_plain_background():

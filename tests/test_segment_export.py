@@ -10,7 +10,8 @@ from PIL import Image
 
 from anomalign.cli import main
 from anomalign.errors import AnomalignError, DataError
-from anomalign.segmenter.infer import ExportConfig, SegmentConfig, overlay, run_export, run_segment
+from anomalign.segmenter.export import ExportConfig, run_export
+from anomalign.segmenter.infer import SegmentConfig, overlay, run_segment
 from anomalign.segmenter.model import Segmenter
 from dummy_data import pair, save
 
@@ -127,7 +128,7 @@ def test_segment_with_onnxruntime_gives_the_pytorch_masks(tmp_path, crop, norm, 
         m = [np.asarray(Image.open(outs[r] / "masks" / f"x{i}.png")) > 127 for r in ("torch", runtime)]
         assert np.abs(p[0] - p[1]).max() <= 1 and (m[0] != m[1]).mean() < 1e-3
     model = Segmenter.load(seg)
-    from anomalign.segmenter.infer import OnnxSegmenter
+    from anomalign.segmenter.export import OnnxSegmenter
     x = torch.rand(4, 3, 32 if crop is None else crop, 32 if crop is None else crop) * 2 - 1
     graph = OnnxSegmenter.of(model, seg, runtime)
     assert torch.allclose(graph.predict_proba(x), model.predict_proba(x), atol=1e-5)

@@ -130,7 +130,7 @@ def test_save_load_predicts_the_same_without_the_base(seg, tmp_path, monkeypatch
 
 def test_exports_to_onnx_with_dynamic_sides(seg, tmp_path):
     pytest.importorskip("onnxruntime")
-    from anomalign.segmenter.infer import ExportConfig, run_export
+    from anomalign.segmenter.export import ExportConfig, run_export
     seg.save(tmp_path, {"size": 32, "crop_size": 32, "scale": 1.0})
     result = run_export(ExportConfig(segmenter=tmp_path))
     assert result["checked"] and result["max_abs_diff"] <= 1e-4 and result["dynamic_size"]

@@ -26,7 +26,8 @@ from anomalign.evaluation.report import ReportConfig
 from anomalign.generator.pretrain import PretrainBaseConfig
 from anomalign.generator.train import TrainGeneratorConfig
 from anomalign.pipeline import RunConfig
-from anomalign.segmenter.infer import ExportConfig, SegmentConfig
+from anomalign.segmenter.export import ExportConfig
+from anomalign.segmenter.infer import SegmentConfig
 from anomalign.segmenter.train import TrainSegmenterConfig
 from anomalign.study import StudyConfig
 from anomalign.synthesis.generate import GenerateConfig
@@ -141,7 +142,7 @@ COMMANDS: dict[str, Command] = {
     "segment": ("predict anomaly masks (PNG) and overlays for new images of any size", SegmentConfig,
                 lazy("anomalign.segmenter.infer:run_segment", progress=True)),
     "export": ("export a trained segmenter to ONNX (checked against PyTorch with onnxruntime)",
-               ExportConfig, lazy("anomalign.segmenter.infer:run_export")),
+               ExportConfig, lazy("anomalign.segmenter.export:run_export")),
     "study": ("run what is missing of a study file (studies/*.yaml: jobs, seeds, tables), resumable, "
               "--dry-run lists the jobs; then print its tables (mean ± sd over seeds)", StudyConfig,
               lambda cfg: __import__("anomalign.study", fromlist=["run_study"]).run_study(cfg)),

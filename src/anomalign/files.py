@@ -10,7 +10,6 @@ from contextlib import contextmanager
 from typing import Iterator
 from pathlib import Path
 
-import numpy as np
 from PIL import Image
 
 

@@ -798,7 +798,7 @@ def test_stage(cfg: RunConfig, out: Path, chosen: str) -> dict:
 
 def export_stage(out: Path, chosen: str) -> str | None:
     """ONNX of the chosen segmenter as ``RUN/segmenter.onnx`` (a note instead when onnx is missing)."""
-    from anomalign.segmenter.infer import ExportConfig, run_export
+    from anomalign.segmenter.export import ExportConfig, run_export
     try:
         import onnx  # noqa: F401
     except ImportError:

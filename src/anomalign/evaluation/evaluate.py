@@ -59,7 +59,7 @@ def test_sets(path: Path, opts: DataOptions, skipped: list | None = None, split:
 
 @torch.no_grad()
 def run_evaluate(cfg: EvaluateConfig) -> dict:
-    from anomalign.segmenter.infer import check_size
+    from anomalign.segmenter.model import check_size
     from anomalign.segmenter.model import Segmenter
     check_size(cfg.size)
     out = check_output_folder(Path(cfg.out) if cfg.out else Path(cfg.segmenter) / "eval", "evaluate", _legacy_eval)

@@ -16,7 +16,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from anomalign.errors import AnomalignError
+from anomalign.errors import AnomalignError, ConfigError
 from anomalign.files import is_hub_id
 from anomalign.segmenter.sliding import pad_bottom_right
 from anomalign.weights import read_weights, write_weights
@@ -264,7 +264,6 @@ def check_segmenter_source(source: Path) -> None:
     ``config.yaml`` does not parse with ``yaml.safe_load`` (a ``!!python`` tag, as ``plan.yaml`` is refused: the
     folder is not what train-segmenter wrote, and its config must never be half-read by a later command)."""
     from anomalign.config import read_yaml
-    from anomalign.errors import ConfigError
     if source.is_file() and source.suffix.lower() != ".safetensors":
         raise AnomalignError(f"{source}: {NOT_A_SEGMENTER}; this is a file ({source.suffix or 'no extension'}). "
                              "Pass the folder, or its segmenter.safetensors")
@@ -289,6 +288,12 @@ def pretrained_encoder(model: "Segmenter") -> list[nn.Parameter]:
     if model.pretrained and hasattr(model.net, "segformer"):
         return list(model.net.segformer.parameters())
     return []
+
+
+def check_size(size: int | None) -> None:
+    """``--size`` of segment/evaluate/export: None (the trained size) or a side the networks can take."""
+    if size is not None and not 8 <= size <= MAX_SIDE:
+        raise ConfigError(f"size must be between 8 and {MAX_SIDE} pixels, got {size}")
 
 
 class Segmenter(nn.Module):

@@ -30,7 +30,7 @@ from anomalign.errors import AnomalignError, ConfigError, DataError
 from anomalign.files import check_out_outside, file_sha256, releases_locks, write_text_atomic
 from anomalign.generator.sampler import DEFAULT_GUIDANCE
 from anomalign.synthesis.diffusion import DiffusionSynthesizer
-from anomalign.synthesis.options import SCORES, GenerateConfig  # noqa: F401 (the command's config, also imported from here)
+from anomalign.synthesis.options import GenerateConfig
 from anomalign.synthesis.sources import host_files, load_masks, read_backgrounds, read_mask_sources, usable_hosts
 from anomalign.synthesis.store import prepare_out, read_record, write_attempt
 

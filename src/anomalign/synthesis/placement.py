@@ -26,9 +26,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-# moved to the generator layer, which MaskGenerator.inpaint shares with generate --normals; kept importable here
-from anomalign.generator.window import paste, window_around  # noqa: F401
-
 
 def estimate_foreground(image: np.ndarray, tolerance: float = 30.0, texture_share: float = 0.85,
                         ignore: np.ndarray | None = None, plain_border: float = 0.97, min_object: float = 0.05,
