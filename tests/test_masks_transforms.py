@@ -158,6 +158,25 @@ def test_photometric_jitter_is_seeded_global_and_keeps_grey():
     assert (a[0].flatten()[order].diff() >= -1e-6).all()
 
 
+def test_colour_jitter_changes_saturation_and_cast_and_leaves_the_grey_jitter_as_it_was():
+    import torch
+
+    from anomalign.data.transforms import photometric_jitter
+    torch.manual_seed(0)
+    x = torch.rand(3, 16, 16) * 2 - 1
+    # colour 0: the same numbers as before the colour option existed (the grey jitter draws first)
+    assert torch.equal(photometric_jitter(x, 5, 0.5, 0.0), photometric_jitter(x, 5, 0.5))
+    assert torch.equal(photometric_jitter(x, 5, 0.0, 0.0), x)
+    spread = lambda t: ((t + 1) / 2).amax(0) - ((t + 1) / 2).amin(0)  # noqa: E731  per-pixel chroma
+    outs = [photometric_jitter(x, s, 0.0, 1.0) for s in range(12)]
+    assert all(o.min() >= -1 and o.max() <= 1 and o.shape == x.shape for o in outs)
+    ratios = [float(spread(o).mean() / spread(x).mean()) for o in outs]
+    assert min(ratios) < 0.9 and max(ratios) > 1.1  # saturation goes both ways
+    casts = [((o + 1) / 2).mean((1, 2)) / ((x + 1) / 2).mean((1, 2)) for o in outs]
+    assert any(float(c.max() - c.min()) > 0.05 for c in casts)  # channels scaled differently: a colour cast
+    assert torch.equal(photometric_jitter(x, 7, 0.3, 1.0), photometric_jitter(x, 7, 0.3, 1.0))  # seeded
+
+
 def test_resize_images_is_antialiased_bilinear():
     from anomalign.data.transforms import resize_images
     x = torch.arange(16.0).view(1, 1, 4, 4)

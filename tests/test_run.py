@@ -22,13 +22,14 @@ from tiny_models import dummy_tiny_generator, write_tiny_plan
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 
 
-def fingerprint(short=257, long=359, extent=(11, 47, 262, 620), elongation=3.0, normals=667, grey=True):
+def fingerprint(short=257, long=359, extent=(11, 47, 262, 620), elongation=3.0, normals=667, grey=True, share=0.005,
+                saturation=0.0):
     return Fingerprint(pairs={"train": 270, "val": 40, "test": 78}, normals={"train": normals},
                        short_side={"min": short / 2, "median": short, "max": short * 1.5},
                        long_side={"min": long / 2, "median": long, "max": long * 1.5},
                        defect_extent=dict(zip(("p10", "median", "p90", "max"), map(float, extent))),
-                       defect_share={"median": 0.005, "p90": 0.3}, defect_elongation=elongation,
-                       components_per_image=1.0, grey=grey)
+                       defect_share={"median": share, "p90": 0.3}, defect_elongation=elongation,
+                       components_per_image=1.0, grey=grey, saturation=saturation)
 
 
 # the plan ------------------------------------------------------------------------------------------------
@@ -46,6 +47,26 @@ def test_plan_rules_on_hand_written_fingerprints():
     cracks = make_plan(fingerprint(short=320, long=480, extent=(2, 93, 479, 480), elongation=33, normals=0))
     assert (cracks.hosts, cracks.max_defect_size, cracks.scale) == ("anomalous", CROP, 1.0)
     assert make_plan(fingerprint(normals=0), has_normals=True).hosts == "normal"  # --normals given
+
+
+def test_object_like_defects_get_context_and_colour_photographs_colour_jitter():
+    from anomalign.plan import COLOUR_JITTER, OBJECT_CONTEXT
+    # polyp-like: one blob covering ~4 % of a colour frame (frames of 512 to 1 536 px)
+    polyp = make_plan(fingerprint(short=1024, long=1024, extent=(93, 169, 508, 696), elongation=2.2, normals=0,
+                                  grey=False, share=0.044, saturation=0.45))
+    assert polyp.crop_size == CROP and polyp.scale == pytest.approx(CROP / (OBJECT_CONTEXT * 169), abs=1e-3)
+    assert "object-like" in polyp.reasons["scale"] and polyp.colour == COLOUR_JITTER
+    assert "saturation 0.45" in polyp.reasons["colour"]
+    # no smaller than the smallest image allows (one crop per image)
+    tight = make_plan(fingerprint(short=300, long=300, extent=(93, 169, 250, 260), elongation=2.0, share=0.2))
+    assert tight.scale == pytest.approx(CROP / 150, abs=1e-3) and "smallest image" in tight.reasons["scale"]
+    # surfaces keep their plans: small shares (magnetic tile), thin cracks in colour photos of asphalt (CrackForest)
+    assert make_plan(fingerprint()).scale == 1.0 and make_plan(fingerprint()).colour == 0.0
+    cracks = make_plan(fingerprint(short=320, long=480, extent=(2, 93, 479, 480), elongation=33, normals=0,
+                                   grey=False, share=0.03, saturation=0.04))
+    assert (cracks.scale, cracks.colour) == (1.0, 0.0) and "little colour" in cracks.reasons["colour"]
+    # an object that already fits a crop with its context: native pixels
+    assert make_plan(fingerprint(extent=(10, 40, 60, 80), share=0.05)).scale == 1.0
 
 
 def test_budget_scales_steps_down_never_up():
@@ -235,6 +256,16 @@ def test_the_plan_never_sees_the_test_split(tmp_path):
     after = measure(load_dataset(tmp_path / "data", announce=False)).to_dict()
     assert after == before
     assert after["pairs"] == {"train": 4, "val": 2, "test": 3}  # the test split still counts for the check
+
+
+def test_median_saturation_tells_grey_surfaces_from_colour_photographs():
+    from anomalign.data.fingerprint import median_saturation
+    rng = np.random.default_rng(0)
+    grey = np.repeat(rng.integers(0, 256, (8, 8, 1), dtype=np.uint8), 3, axis=2)
+    assert median_saturation(grey) == 0.0
+    pink = np.zeros((8, 8, 3), np.uint8) + np.array([220, 120, 130], np.uint8)
+    assert median_saturation(pink) == pytest.approx(100 / 220, abs=1e-6)
+    assert median_saturation(np.zeros((4, 4, 3), np.uint8)) == 0.0  # black: no division by zero
 
 
 def _counting_task(metric: float, calls: list):

@@ -232,11 +232,13 @@ def test_train_segmenter_unet_with_dice_and_photometric_jitter(tmp_path):
     write_paired(real, defects=("scratch",), n=6, normals=2)
     cfg = build_config(TrainSegmenterConfig, dict(
         train=str(real), out=str(tmp_path / "seg"), size=32, preset="unet-tiny", dice_weight=1.0, photometric=0.5,
-        max_steps=3, batch_size=4, validate_every=3, log_every=1, device="cpu"))
+        colour=0.5, max_steps=3, batch_size=4, validate_every=3, log_every=1, device="cpu"))
     out = run_train_segmenter(cfg, progress=False)
     assert Segmenter.load(out).preset == "unet-tiny"
     with pytest.raises(Exception, match="photometric must be in"):
         build_config(TrainSegmenterConfig, dict(train=str(real), out=str(tmp_path / "x"), photometric=2.0))
+    with pytest.raises(Exception, match="colour must be in"):
+        build_config(TrainSegmenterConfig, dict(train=str(real), out=str(tmp_path / "x"), colour=-0.1))
 
 
 def test_pretrain_on_synthetic_only_then_fine_tune_from_it(tmp_path, capsys):

@@ -165,7 +165,7 @@ class Stages:
         p, cfg = self.plan, self.cfg
         return {**data_values(cfg), "train": str(cfg.data), "out": str(folder), "preset": p.preset, "norm": p.norm, "size": p.size,
                 "crop_size": p.crop_size, "scale": p.scale, "max_steps": p.seg_steps, "batch_size": p.batch_size,
-                "train_normals": p.train_normals, "seed": cfg.seed, "device": cfg.device,
+                "train_normals": p.train_normals, "colour": p.colour, "seed": cfg.seed, "device": cfg.device,
                 "checkpoint_every": p.fork_step, "keep_checkpoints": 3,
                 # a val point every quarter of the baseline's first half: the report's training curves (the refit of
                 # --choice cv has no val split: its end only)

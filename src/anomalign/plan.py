@@ -26,7 +26,7 @@ ARMS = ("synthetic", "feedback", "both")
 # Fields that were literals in the run's code before they became plan fields (their defaults are those literals,
 # so a plan.yaml written before them runs as it did).
 ADDED_WITH_RECIPE = {"gen_batch_size", "gen_learning_rate", "gen_crops_per_image", "gen_normals", "alpha",
-                     "synthesis_batch_size", "synthetic_weight", "temperature", "w_fb", "fb_every", "fb_rows"}
+                     "synthesis_batch_size", "synthetic_weight", "temperature", "w_fb", "fb_every", "fb_rows", "colour"}
 # The arms a run compares by default: + synthetic pairs only. Generative Feedback added nothing measurable wherever
 # measured (docs/run.md, "The plan's rules": feedback alone -0.9 to +0.4 test points, the full method level with
 # + synthetic) and its two arms cost 26 of a 66-minute run; they are opt-in: `--arms all` or `--preset paper`.
@@ -39,6 +39,17 @@ DEFAULT_ARMS = ("synthetic",)
 # crops 1.25x, feedback on 4 rows every 2nd step 1.6x).
 SEC_SEG_STEP, SEC_GEN_STEP, SEC_ATTEMPT, SEC_SAMPLE_STEP = 0.3, 3.3, 0.18, 0.031
 SYN_FACTOR, FB_FACTOR = 1.25, 1.6
+# Object-like anomalies (issue 47): blob-shaped defects (median elongation <= THIN, the thin-defect rule's bound)
+# whose median covers >= OBJECT_SHARE of its image — a polyp in a frame, not a scratch on a tile. A crop must then
+# hold the whole object with context: the images are resampled so the median defect spans 1 / OBJECT_CONTEXT of
+# the crop's side (a ring of ~3/4 of its size on each side), where the surface rule only makes it fit.
+# Thresholds chosen from the fingerprints' spread, not tuned on any score: defect shares of magnetic tile 0.5 %,
+# CrackForest 1.4 % (thin), polyp frames 4.4 %. OBJECT_CONTEXT 2.5: a choice (the paper gives no crop rule).
+THIN, OBJECT_SHARE, OBJECT_CONTEXT = 8.0, 0.02, 2.5
+# Colour photographs (median HSV saturation of the checked images >= COLOURFUL; asphalt 0.04, tissue 0.47) train
+# with saturation / white-balance jitter of strength COLOUR_JITTER: frames from other cameras and lights differ
+# in colour cast more than surfaces under one line camera. A choice, measured on polyp-dev (docs/run.md).
+COLOURFUL, COLOUR_JITTER = 0.2, 0.5
 
 
 @dataclass(kw_only=True)
@@ -53,6 +64,7 @@ class Plan:
     seg_steps: int = option(SEG_STEPS, "segmenter steps of the baseline (arms fork from it half-way)")
     batch_size: int = option(SEGMENTER["batch_size"], "real crops per segmenter step")
     train_normals: bool = option(SEGMENTER["train_normals"], "normal images in the segmenter's batches")
+    colour: float = option(SEGMENTER["colour"], "saturation / white-balance jitter of the segmenter's training images")
     backend: Literal["tiny", "sd"] = option("tiny", "generator backend")
     base: str | None = option(None, "generator base (tiny: the shipped one; sd: a folder or hub id)")
     gen_resolution: int = option(128, "generator resolution")
@@ -117,7 +129,15 @@ def make_plan(fp: Fingerprint, *, backend: str = "tiny", base: str | None = None
                             f"resized to {size} px")
     why["size"] = why["crop_size"]
     scale = 1.0
-    if crop and extent > crop:
+    object_like = fp.defect_share["median"] >= OBJECT_SHARE and 0 < fp.defect_elongation <= THIN
+    if crop and object_like and extent * OBJECT_CONTEXT > crop:
+        floor = crop / max(fp.short_side["min"], 1.0)  # every image still holds one crop
+        scale = round(max(floor, crop / (OBJECT_CONTEXT * extent)), 3)
+        why["scale"] = (f"object-like defects (median {extent:.0f} px, {100 * fp.defect_share['median']:.1f} % of the "
+                        f"image, elongation {fp.defect_elongation:.1f}): images resampled by {scale:g} so a "
+                        f"{crop}-px crop holds the whole typical defect with context (it spans 1/{OBJECT_CONTEXT:g} of "
+                        "the crop)" + (" — as far as the smallest image allows" if scale == round(floor, 3) else ""))
+    elif crop and extent > crop:
         scale = max(0.25, round(crop / extent, 3))
         why["scale"] = (f"the median defect ({extent:.0f} px) is longer than the crop: images resampled by {scale:g} "
                         "so a typical defect fits in a crop")
@@ -134,11 +154,16 @@ def make_plan(fp: Fingerprint, *, backend: str = "tiny", base: str | None = None
     hosts = "normal" if (has_normals or train_normals >= 10) else "anomalous"
     why["hosts"] = (f"{train_normals} normal training images{' (+ --normals)' if has_normals else ''}: defects go into "
                     + ("normal images" if hosts == "normal" else "the anomalous images' free area (too few normals)"))
-    thin = fp.defect_elongation > 8 and fp.defect_extent["p90"] > CROP
+    thin = fp.defect_elongation > THIN and fp.defect_extent["p90"] > CROP
     max_defect = CROP if thin else None
     why["max_defect_size"] = (f"long thin defects (median elongation {fp.defect_elongation:.0f}, p90 extent "
                               f"{fp.defect_extent['p90']:.0f} px): pasted as {CROP}-px pieces at their native width"
                               if thin else "defects are pasted whole (scaled down only when they do not fit)")
+    colour = COLOUR_JITTER if not fp.grey and fp.saturation >= COLOURFUL else 0.0
+    why["colour"] = (f"colourful photographs (median saturation {fp.saturation:.2f} >= {COLOURFUL:g}): saturation and "
+                     f"white-balance jitter {colour:g}, for frames from other cameras and lights" if colour else
+                     f"{'grey images' if fp.grey else f'little colour (median saturation {fp.saturation:.2f})'}: no "
+                     "colour jitter (brightness/contrast/gamma only)")
     gen_crop = CROP if crop else 0
     why["gen_crop_size"] = ("the generator fine-tunes on native crops of its resolution, so defects keep their real "
                             "size" if gen_crop else "whole images resized to the generator's resolution")
@@ -167,7 +192,7 @@ def make_plan(fp: Fingerprint, *, backend: str = "tiny", base: str | None = None
     why["min_gain"] = ("an arm replaces the baseline only if it gains >= 1 val mIoU point, its paired per-image gain "
                        "passes a one-sided t-test (Holm over the arms, 5 %) on >= 10 val anomalies, and it adds at "
                        "most 0.1 % false-positive area on the val normals (evaluation/choice.py)")
-    plan = Plan(crop_size=crop, size=size, scale=scale, backend=backend, base=base, gen_crop_size=gen_crop,
+    plan = Plan(crop_size=crop, size=size, scale=scale, colour=colour, backend=backend, base=base, gen_crop_size=gen_crop,
                 gen_steps=gen_steps, hosts=hosts, max_defect_size=max_defect, reasons=why)
     if backend == "sd":
         plan.gen_resolution = 512

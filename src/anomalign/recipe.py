@@ -26,6 +26,7 @@ SEGMENTER = {
     "anomaly_weight": 5.0,
     "dice_weight": 1.0,
     "photometric": 0.5,
+    "colour": 0.0,               # saturation/white-balance jitter: off for train-segmenter; run's plan sets it
     # Generative Feedback (Eq. 8-11)
     "temperature": 0.1,          # λ of Eq. 8
     "w_fb": 1.0,

@@ -2,7 +2,7 @@
 
 Image sizes, how large the defects are (per connected component, at native resolution), grey or colour,
 and how many anomalous pairs and normal images each split holds. Read once from the files (masks decoded,
-images from their headers plus a few decoded to tell grey from colour), written as ``fingerprint.json``.
+images from their headers plus a few decoded to tell grey from colour, and how colourful), written as ``fingerprint.json``.
 
 Every number a plan is decided from is measured on the train and val splits only (``PLANNING_SPLITS``): the test
 split is what the run is judged on, so its masks (and images) must not set the crop, the scale or the defect
@@ -36,6 +36,7 @@ class Fingerprint:
     grey: bool                        # every image checked has equal channels
     empty_masks: int = 0              # anomalous images whose mask is empty (left out of ``pairs``)
     smallest_side: float = 0.0        # shorter side of the smallest image of any split (the run's check only)
+    saturation: float = 0.0           # median over the checked images of their median HSV saturation (0 grey, ~0.5 vivid)
     notes: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict:
@@ -108,7 +109,8 @@ def fingerprint(index: DatasetIndex, threshold: float = 0.5, grey_checks: int = 
             counts.append(len(ext))
             shares.append(float(mask.mean()))
     probe = planning[:: max(1, len(planning) // grey_checks)][:grey_checks]
-    grey = all(is_grey(read_image(s.image)) for s in probe)
+    probed = [read_image(s.image) for s in probe]
+    grey = all(is_grey(a) for a in probed)
     return Fingerprint(
         pairs=pairs, normals=normals,
         short_side=_stats(shorts, {"min": 0, "median": 0.5, "max": 1}),
@@ -117,4 +119,13 @@ def fingerprint(index: DatasetIndex, threshold: float = 0.5, grey_checks: int = 
         defect_share=_stats(shares, {"median": 0.5, "p90": 0.9}),
         defect_elongation=float(np.median(elongation)) if elongation else 0.0,
         components_per_image=float(np.median(counts)) if counts else 0.0, grey=grey, empty_masks=empty,
-        smallest_side=float(smallest if index.samples else 0.0))
+        smallest_side=float(smallest if index.samples else 0.0),
+        saturation=float(np.median([median_saturation(a) for a in probed])) if probed else 0.0)
+
+
+def median_saturation(image: np.ndarray) -> float:
+    """Median HSV saturation (max - min) / max of the pixels of a uint8 image [H, W, 3]: 0 for grey data, ~0.05
+    for a photograph of a grey surface (asphalt), ~0.5 for vivid colour (tissue)."""
+    a = image.astype(np.float32)
+    hi, lo = a.max(-1), a.min(-1)
+    return float(np.median(np.where(hi > 0, (hi - lo) / np.maximum(hi, 1.0), 0.0)))

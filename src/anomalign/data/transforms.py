@@ -147,18 +147,26 @@ def dihedral_view(image: torch.Tensor, mask: torch.Tensor, variant: tuple[int, i
     return image, mask
 
 
-def photometric_jitter(image: torch.Tensor, seed: int, strength: float) -> torch.Tensor:
+def photometric_jitter(image: torch.Tensor, seed: int, strength: float, colour: float = 0.0) -> torch.Tensor:
     """Random global brightness, contrast and gamma of one image [C, H, W] in [-1, 1] (the mask is untouched:
     these ops move no pixel). ``strength`` s in [0, 1]: brightness shift up to ±0.2·s (of the [0, 1] range),
     contrast ×e^(±0.3·s) about the image mean, gamma e^(±0.3·s). The same numbers for every channel, so a
-    grey image stays grey. Deterministic in ``seed``; s = 0 returns the image unchanged."""
-    if strength <= 0:
+    grey image stays grey. ``colour`` c in [0, 1] (colour photographs only; 0 = off): saturation ×e^(±0.5·c)
+    about each pixel's grey value and a white-balance shift, each channel ×e^(±0.15·c) (a colour cast of another
+    camera or light). Deterministic in ``seed``; s = c = 0 returns the image unchanged."""
+    if strength <= 0 and colour <= 0:
         return image
     rng = random.Random(seed ^ 0x5EED)
     u = lambda: rng.uniform(-1.0, 1.0)  # noqa: E731
     shift, contrast, gamma = 0.2 * strength * u(), float(np.exp(0.3 * strength * u())), float(np.exp(0.3 * strength * u()))
     x = (image + 1) / 2
     x = ((x - x.mean()) * contrast + x.mean() + shift).clamp(0, 1) ** gamma
+    if colour > 0 and x.shape[0] == 3:
+        # drawn after the grey jitter's numbers, so colour 0 leaves the grey jitter of every seed as it was
+        saturation = float(np.exp(0.5 * colour * u()))
+        gains = torch.tensor([float(np.exp(0.15 * colour * u())) for _ in range(3)], dtype=x.dtype).view(3, 1, 1)
+        grey = x.mean(0, keepdim=True)
+        x = ((grey + (x - grey) * saturation) * gains).clamp(0, 1)
     return (x * 2 - 1).clamp(-1, 1)
 
 

@@ -130,14 +130,15 @@ class SegStepOptions:
 
 
 def segmenter_batch(real: SegPairs | CropPairs, syn: SegPairs | CropPairs | None, n_real: int, n_syn: int, seed: int,
-                    k: int, rank: int, world: int, photometric: float = 0.0) -> dict:
+                    k: int, rank: int, world: int, photometric: float = 0.0, colour: float = 0.0) -> dict:
     """This rank's share of global micro-batch k: {"image" [B, 3, S, S], "mask" [B, 1, S, S], "synthetic" [B]
     bool, "keys" (pair, view) of the real rows (which come first; the view is None for crops), "prompts" of the
     real rows, "step" k, "seeds" of the real rows}.
 
     Crops and feedback seeds follow each sample's place in the GLOBAL batch, as the generator's do, so
     a sample's crop and (ε, t) do not depend on the number of processes. ``photometric``: strength of the
-    brightness/contrast/gamma jitter of every row (0 = off), seeded by the row's place too.
+    brightness/contrast/gamma jitter of every row (0 = off), seeded by the row's place too; ``colour``: its
+    saturation/white-balance jitter (``photometric_jitter``).
     """
     positions = list(range(n_real))[rank::world]
     idx_r = batch_indices(len(real), n_real, seed, k) if n_real else []
@@ -153,9 +154,9 @@ def segmenter_batch(real: SegPairs | CropPairs, syn: SegPairs | CropPairs | None
             items["image"].append(x)
             items["mask"].append(m)
             items["synthetic"].append(True)
-    if photometric > 0:
+    if photometric > 0 or colour > 0:
         places = positions + list(range(n_real, n_real + n_syn))[rank::world]
-        items["image"] = [photometric_jitter(x, sample_seed(seed, k, p), photometric)
+        items["image"] = [photometric_jitter(x, sample_seed(seed, k, p), photometric, colour)
                           for x, p in zip(items["image"], places)]
     items["image"], items["mask"] = torch.stack(items["image"]), torch.stack(items["mask"])
     items["synthetic"] = torch.tensor(items["synthetic"])
@@ -243,7 +244,7 @@ def encoder_groups(model, learning_rate: float, encoder_lr_scale: float = 1.0
 
 def segmenter_task(model, real: SegPairs, syn: SegPairs | None, batch_size: int, synthetic_fraction: float,
                    seed: int, step_opts: SegStepOptions, fb, save_fn: Callable,
-                   validate_fn: Callable | None = None, photometric: float = 0.0,
+                   validate_fn: Callable | None = None, photometric: float = 0.0, colour: float = 0.0,
                    groups: tuple[list, list[dict] | None] | None = None) -> TrainTask:
     """The TrainTask of a segmenter run: ``synthetic_fraction`` of each global batch from ``syn``. ``groups``:
     (params, param_groups) from ``encoder_groups``; None = every parameter at the loop's learning rate."""
@@ -252,7 +253,7 @@ def segmenter_task(model, real: SegPairs, syn: SegPairs | None, batch_size: int,
     params, param_groups = groups or (list(model.parameters()), None)
     return TrainTask(params=params, param_groups=param_groups,
                      get_batch=lambda k, rank, world: segmenter_batch(real, syn, n_real, n_syn, seed, k, rank, world,
-                                                                    photometric),
+                                                                    photometric, colour),
                      step_fn=lambda batch, g: segmenter_step(model, batch, step_opts, fb),
                      state_fn=model.net.state_dict, load_state_fn=lambda sd: model.net.load_state_dict(sd),
                      save_fn=save_fn, validate_fn=validate_fn, best_metric="mIoU")

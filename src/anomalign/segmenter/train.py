@@ -74,6 +74,8 @@ class TrainSegmenterConfig(DataOptions, CropOptions, LoopOptions):
                                      "helps defects that cover well under 1 %% of the pixels)")
     photometric: float = option(SEGMENTER["photometric"], "strength in [0, 1] of random brightness/contrast/gamma jitter of the "
                                      "training images (0 = off)")
+    colour: float = option(SEGMENTER["colour"], "strength in [0, 1] of random saturation and white-balance jitter of colour "
+                                "training images (0 = off; `anomalign run` sets it for colourful photographs)")
     temperature: float = option(SEGMENTER["temperature"], "λ of Eq. 8 (softmax temperature, in (0, 1])")
     w_fb: float = option(SEGMENTER["w_fb"], "weight of L_fb in Eq. 11 (1 in the paper)")
     fb_t_min: int = option(0, "smallest diffusion timestep drawn for feedback")
@@ -125,6 +127,8 @@ class TrainSegmenterConfig(DataOptions, CropOptions, LoopOptions):
             raise ConfigError("need 0 <= fb_t_min < fb_t_max")
         if not 0 <= self.photometric <= 1:
             raise ConfigError(f"photometric must be in [0, 1], got {self.photometric}")
+        if not 0 <= self.colour <= 1:
+            raise ConfigError(f"colour must be in [0, 1], got {self.colour}")
         if self.dice_weight < 0:
             raise ConfigError(f"dice_weight must be >= 0, got {self.dice_weight}")
         if not 0 <= self.synthetic_fraction <= 1:
@@ -190,7 +194,7 @@ def run_train_segmenter(cfg: TrainSegmenterConfig, progress: bool = True) -> Pat
                                cfg.fb_every, cfg.fb_warmup_steps, cfg.fb_rows, cfg.dice_weight,
                                cfg.synthetic_weight)
     task = segmenter_task(model, real, syn, cfg.batch_size, cfg.synthetic_fraction, cfg.seed, step_opts, fb, save_fn,
-                          validate_fn=validate_fn, photometric=cfg.photometric,
+                          validate_fn=validate_fn, photometric=cfg.photometric, colour=cfg.colour,
                           groups=encoder_groups(model, cfg.learning_rate, encoder_lr_scale(cfg, model)))
     val_samples = val.samples if isinstance(val, PairDataset) else val
     n_val = sum(not v.normal for v in val_samples)
