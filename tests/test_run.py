@@ -210,6 +210,32 @@ def test_bad_input_stops_before_training_with_exit_2(tmp_path, capsys, case):
     assert sorted(p for p in tmp_path.rglob("*")) == before  # nothing written, RUN not even created
 
 
+def test_run_with_a_user_pretrained_segformer(tmp_path):
+    """`run --pretrained FOLDER`: the plan takes the user's encoder (its reason says so) and the baseline starts from
+    it; a --plan file is used as it is, so a different --pretrained is refused, not ignored."""
+    from transformers import SegformerConfig, SegformerForSemanticSegmentation
+
+    from anomalign.plan import read_plan
+    from anomalign.segmenter.model import PRESETS
+    SegformerForSemanticSegmentation(SegformerConfig(num_labels=3, **PRESETS["tiny"])).save_pretrained(tmp_path / "mit")
+    plan = make_plan(fingerprint(), pretrained=str(tmp_path / "mit"))
+    assert plan.pretrained == str(tmp_path / "mit") and "your pretrained encoder" in plan.reasons["preset"]
+    assert make_plan(fingerprint()).pretrained is None
+    write_paired(tmp_path / "data", defects=("scratch",), n=8, normals=2)
+    dummy_tiny_generator().save(tmp_path / "base")
+    write_tiny_plan(tmp_path / "plan.yaml", tmp_path / "base", arms=[])
+    with (tmp_path / "plan.yaml").open("a") as f:
+        f.write(f"pretrained: {tmp_path / 'mit'}\n")
+    args = ["run", str(tmp_path / "data"), "--plan", str(tmp_path / "plan.yaml"), "--device", "cpu", "--no-export"]
+    assert main(args + ["--out", str(tmp_path / "r0"), "--pretrained", str(tmp_path / "other")]) != 0
+    assert not (tmp_path / "r0" / "baseline").exists()
+    assert main(args + ["--out", str(tmp_path / "r1")]) == 0
+    assert read_plan(tmp_path / "r1" / "plan.yaml").pretrained == str(tmp_path / "mit")
+    import yaml
+    seg = yaml.safe_load((tmp_path / "r1" / "baseline" / "config.yaml").read_text())
+    assert seg["pretrained"] == str(tmp_path / "mit")
+
+
 def test_a_plan_written_before_the_sampler_field_keeps_ddim(tmp_path):
     from anomalign.plan import read_plan, write_plan
     write_plan(make_plan(fingerprint()), tmp_path / "new.yaml")

@@ -51,6 +51,9 @@ class RunConfig(DataOptions):
     backend: Literal["tiny", "sd"] = option("tiny", "generator: tiny (CPU, shipped base) or sd (Stable Diffusion "
                                                     "1.x/2.x, with --base, on a GPU)")
     base: str | None = option(None, "generator base: sd folder or hub id (required for sd); tiny: another base")
+    pretrained: str | None = option(None, "a pretrained Segformer for the segmenter: a local folder (safetensors) or "
+                                          "a hub id such as nvidia/mit-b0 when online; the plan uses it instead of "
+                                          "the from-scratch U-Net (default: none, the measured U-Net)")
     plan: Path | None = option(None, "a plan file to use instead of planning from the data (e.g. another run's "
                                      "plan.yaml, edited); RUN/plan.yaml is used when it exists")
     arms: list[str] | None = option(None, f"arms to compare with the baseline (default: the plan's, "
@@ -164,6 +167,7 @@ class Stages:
     def segmenter_values(self, folder: Path) -> dict:
         p, cfg = self.plan, self.cfg
         return {**data_values(cfg), "train": str(cfg.data), "out": str(folder), "preset": p.preset, "norm": p.norm, "size": p.size,
+                "pretrained": p.pretrained,
                 "crop_size": p.crop_size, "scale": p.scale, "max_steps": p.seg_steps, "batch_size": p.batch_size,
                 "train_normals": p.train_normals, "colour": p.colour, "seed": cfg.seed, "device": cfg.device,
                 "checkpoint_every": p.fork_step, "keep_checkpoints": 3,
@@ -675,6 +679,10 @@ def decide_plan(cfg: RunConfig, fp, plan_file: Path) -> tuple[Plan, bool]:
     (kept from an earlier start, maybe edited), else one planned from the fingerprint."""
     if cfg.plan is not None:
         plan = read_plan(Path(cfg.plan))
+        if cfg.pretrained and cfg.pretrained != plan.pretrained:
+            raise AnomalignError(f"--pretrained {cfg.pretrained}: the plan {cfg.plan} has pretrained: "
+                                 f"{plan.pretrained or 'null'}; set its pretrained line instead (a plan file is used "
+                                 "as it is)")
         if plan_file.is_file() and read_plan(plan_file) != plan:
             raise AnomalignError(f"{plan_file}: this run already has another plan; continue it without --plan, or "
                                  "choose a new --out")
@@ -685,7 +693,7 @@ def decide_plan(cfg: RunConfig, fp, plan_file: Path) -> tuple[Plan, bool]:
         check_run_options(cfg, plan, plan_file)
         return plan, False
     plan = make_plan(fp, backend=cfg.backend, base=cfg.base, has_normals=cfg.normals is not None,
-                     budget_minutes=cfg.budget)
+                     budget_minutes=cfg.budget, pretrained=cfg.pretrained)
     if cfg.arms is not None:
         plan.arms = list(cfg.arms)
     return plan, True
@@ -694,7 +702,7 @@ def decide_plan(cfg: RunConfig, fp, plan_file: Path) -> tuple[Plan, bool]:
 def check_run_options(cfg: RunConfig, plan: Plan, plan_file: Path) -> None:
     """A run continued with options its plan cannot follow: stop with a message instead of ignoring them.
 
-    ``--arms`` must be the plan's arms (given); ``--budget``, ``--backend`` and ``--base`` those of the start that
+    ``--arms`` must be the plan's arms (given); ``--budget``, ``--backend``, ``--base`` and ``--pretrained`` those of the start that
     made the plan (``RUN/run.yaml``): a plan is made once, so a new budget or backend needs a new plan."""
     import yaml
     if cfg.arms is not None and list(cfg.arms) != list(plan.arms):
@@ -705,7 +713,8 @@ def check_run_options(cfg: RunConfig, plan: Plan, plan_file: Path) -> None:
     if not previous.is_file():
         return
     before = yaml.safe_load(previous.read_text()) or {}
-    for name, flag in (("budget", "--budget"), ("backend", "--backend"), ("base", "--base")):
+    for name, flag in (("budget", "--budget"), ("backend", "--backend"), ("base", "--base"),
+                       ("pretrained", "--pretrained")):
         was, now = before.get(name), getattr(cfg, name)
         if name == "budget" and now is None:
             continue  # the budget only shapes a new plan; continuing without it is the same run

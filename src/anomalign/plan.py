@@ -26,7 +26,8 @@ ARMS = ("synthetic", "feedback", "both")
 # Fields that were literals in the run's code before they became plan fields (their defaults are those literals,
 # so a plan.yaml written before them runs as it did).
 ADDED_WITH_RECIPE = {"gen_batch_size", "gen_learning_rate", "gen_crops_per_image", "gen_normals", "alpha",
-                     "synthesis_batch_size", "synthetic_weight", "temperature", "w_fb", "fb_every", "fb_rows", "colour"}
+                     "synthesis_batch_size", "synthetic_weight", "temperature", "w_fb", "fb_every", "fb_rows", "colour",
+                     "pretrained"}
 # The arms a run compares by default: + synthetic pairs only. Generative Feedback added nothing measurable wherever
 # measured (docs/run.md, "The plan's rules": feedback alone -0.9 to +0.4 test points, the full method level with
 # + synthetic) and its two arms cost 26 of a 66-minute run; they are opt-in: `--arms all` or `--preset paper`.
@@ -58,6 +59,8 @@ class Plan:
 
     preset: str = option(SEGMENTER["preset"], "segmenter network")
     norm: Literal["group", "batch"] = option(SEGMENTER["norm"], "the U-Net's normalisation (group or batch)")
+    pretrained: str | None = option(None, "a pretrained Segformer (folder or hub id) the segmenter starts from "
+                                          "instead of the preset (run --pretrained)")
     crop_size: int = option(CROP, "segmenter crop at native resolution (0: whole images resized to size)")
     size: int = option(CROP, "segmenter input size (the crop, or the size whole images are resized to)")
     scale: float = option(1.0, "resampling of the images before cropping")
@@ -114,8 +117,9 @@ class Plan:
 
 
 def make_plan(fp: Fingerprint, *, backend: str = "tiny", base: str | None = None, has_normals: bool | None = None,
-              budget_minutes: float | None = None) -> Plan:
-    """The plan of a dataset from its fingerprint (``has_normals``: normal images given with ``--normals``)."""
+              budget_minutes: float | None = None, pretrained: str | None = None) -> Plan:
+    """The plan of a dataset from its fingerprint (``has_normals``: normal images given with ``--normals``;
+    ``pretrained``: the user's pretrained Segformer, ``run --pretrained``)."""
     why: dict[str, str] = {}
     short, extent = fp.short_side["median"], fp.defect_extent["median"]
     if short >= 2 * CROP:
@@ -192,7 +196,13 @@ def make_plan(fp: Fingerprint, *, backend: str = "tiny", base: str | None = None
     why["min_gain"] = ("an arm replaces the baseline only if it gains >= 1 val mIoU point, its paired per-image gain "
                        "passes a one-sided t-test (Holm over the arms, 5 %) on >= 10 val anomalies, and it adds at "
                        "most 0.1 % false-positive area on the val normals (evaluation/choice.py)")
-    plan = Plan(crop_size=crop, size=size, scale=scale, colour=colour, backend=backend, base=base, gen_crop_size=gen_crop,
+    if pretrained:
+        why["pretrained"] = (f"your pretrained encoder ({pretrained}): the segmenter starts from it instead of the "
+                             "from-scratch U-Net (the preset is then unused), fine-tuned whole at the recipe's "
+                             "learning rate, as `train-segmenter --pretrained`; the paper's segmenters start from "
+                             "pretrained encoders, and none is shipped")
+        why["preset"] = why["pretrained"]
+    plan = Plan(crop_size=crop, size=size, scale=scale, colour=colour, pretrained=pretrained or None, backend=backend, base=base, gen_crop_size=gen_crop,
                 gen_steps=gen_steps, hosts=hosts, max_defect_size=max_defect, reasons=why)
     if backend == "sd":
         plan.gen_resolution = 512
