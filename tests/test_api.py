@@ -193,13 +193,14 @@ def test_inpaint_equals_what_generate_normals_writes(tmp_path, gen_dir, case):
         written = np.asarray(Image.open(tmp_path / "out" / r["file_name"]).convert("RGB"))
         written_mask = np.asarray(Image.open(tmp_path / "out" / r["mask_file_name"])) > 127
         normal = np.asarray(Image.open(r["normal_image"]).convert("RGB"))
-        assert r["window"][2] == (24 if grey else 32)
+        from anomalign.generator.window import MARGIN, window_side
+        assert r["window"][2] == window_side(24, 20, 16 if grey else 32, 60, 70, 1.0, MARGIN)  # defect + context
         how = dict(seed=r["seed"], steps=r["steps"], scheduler=r["scheduler"])  # guidance: the same default
         assert r["guidance"] == 3.0
         image, mask = gen.inpaint(normal, written_mask, r["prompt"], window=r["window"], **how)
         assert image.dtype == np.uint8 and image.shape == normal.shape and mask.dtype == bool
         assert np.array_equal(mask, written_mask) and np.array_equal(image, written)
-        own, own_mask = gen.inpaint(normal, written_mask, r["prompt"], **how)  # the centred window
+        own, own_mask = gen.inpaint(normal, written_mask, r["prompt"], margin=0, **how)  # centred, the old region
         assert np.array_equal(own_mask, written_mask) and not np.array_equal(own, normal)
         grown = torch.nn.functional.max_pool2d(torch.from_numpy(written_mask).float()[None, None], 7, 1, 3)[0, 0]
         assert np.array_equal(own[grown.numpy() == 0], normal[grown.numpy() == 0])  # nothing else changed

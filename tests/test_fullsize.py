@@ -37,11 +37,15 @@ def dilate(mask, px):
     return torch.nn.functional.max_pool2d(t, 2 * px + 1, 1, px)[0, 0].numpy() > 0
 
 
-def test_full_size_pairs_change_only_the_dilated_mask_and_sit_on_the_object(gen_dir, tmp_path):
+@pytest.mark.parametrize("margin", [0.0, None])
+def test_full_size_pairs_change_only_the_dilated_mask_and_sit_on_the_object(gen_dir, tmp_path, margin):
+    """margin 0: the old region (the mask grown by --dilate); the default: that plus the context band."""
+    from anomalign.generator.window import DILATE_PX, MARGIN, band_px
     data = tmp_path / "data"
     write_paired(data, defects=("scratch",), n=3, normals=0)
     fg_dir = normals_with_objects(tmp_path / "normals")
-    run(gen_dir, data, tmp_path / "normals", tmp_path / "out", foreground=fg_dir)
+    run(gen_dir, data, tmp_path / "normals", tmp_path / "out", foreground=fg_dir,
+        **({} if margin is None else {"margin": margin}))
     rows = [json.loads(r) for r in (tmp_path / "out" / "metadata.jsonl").read_text().splitlines()]
     assert len(rows) == 6
     for r in rows:
@@ -53,8 +57,10 @@ def test_full_size_pairs_change_only_the_dilated_mask_and_sit_on_the_object(gen_
         y, x, h, w = r["defect_box"]
         assert mask.any() and mask[y:y + h, x:x + w].sum() == mask.sum()
         assert fg[mask].all()  # on the object
-        outside = ~dilate(mask, 3)  # the generator window is 32 px here: the region is the mask grown by --dilate
-        assert np.abs(image - normal)[outside].max() <= 1
+        top, left, side = r["window"]
+        band = 0 if margin == 0 else band_px(max(h, w) * 32 / side, MARGIN) * side / 32  # the generator is 32 px
+        outside = ~dilate(mask, DILATE_PX + int(np.ceil(band)) + 1)  # +1: a soft region is resized bilinearly
+        assert np.array_equal(image[outside], normal[outside])  # byte-identical (PNG, lossless)
         assert r["source_mask"] and len(r["window"]) == 3
 
 
@@ -125,7 +131,9 @@ def test_anomalous_hosts_keep_their_own_mask_and_new_defects_keep_their_distance
         new[own] = False
         assert (mask[own]).all() and new.any()  # the union: the host's crack and the new defect
         assert not (dilate(new, 8) & own).any()  # --host-gap px between them
-        assert np.abs(image - host)[~dilate(new, 3)].max() <= 1  # the host's crack itself is untouched
+        assert np.array_equal(image[own], host[own])  # the host's crack itself is untouched (the band avoids it)
+        if synthesizer == "cutpaste":
+            assert np.array_equal(image[~new], host[~new])
 
 
 def test_anomalous_hosts_need_a_dataset(tmp_path):

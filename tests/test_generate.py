@@ -181,14 +181,20 @@ def test_a_slower_process_never_sees_the_main_ones_half_written_folder(gen_dir, 
     assert (tmp_path / "out" / "run.json").is_file()
 
 
-def test_inpainting_keeps_pixels_outside_the_dilated_mask(gen_dir, data, tmp_path):
+@pytest.mark.parametrize("margin", [0.0, 0.25])
+def test_inpainting_keeps_pixels_outside_the_dilated_mask(gen_dir, data, tmp_path, margin):
+    """margin 0: the old region (the mask grown by --dilate); 0.25: that plus the context band."""
+    from anomalign.generator.window import band_px
     out = tmp_path / "inp"
-    run_generate(cfg(gen_dir, data, out, background=data, dilate=2, augment=[]), progress=False)
+    run_generate(cfg(gen_dir, data, out, background=data, dilate=2, augment=[], margin=margin), progress=False)
     for r in meta(out):
         bg = np.asarray(Image.open(r["background"]).convert("RGB").resize((32, 32), Image.BICUBIC)).astype(int)
         img = np.asarray(Image.open(out / r["file_name"])).astype(int)
-        m = torch.from_numpy(np.asarray(Image.open(out / r["mask_file_name"])) > 127).float()[None, None]
-        region = torch.nn.functional.max_pool2d(m, 5, stride=1, padding=2)[0, 0].numpy() > 0
+        mask = np.asarray(Image.open(out / r["mask_file_name"])) > 127
+        m = torch.from_numpy(mask).float()[None, None]
+        ys, xs = np.nonzero(mask)
+        grow = 2 + band_px(max(np.ptp(ys), np.ptp(xs)) + 1, margin)
+        region = torch.nn.functional.max_pool2d(m, 2 * grow + 1, stride=1, padding=grow)[0, 0].numpy() > 0
         assert (~region).any() and region.any()
         # outside the region: the background exactly (tolerance: 1 grey level of rounding)
         assert np.abs(img - bg)[~region].max() <= 1

@@ -202,19 +202,25 @@ class MaskGenerator(nn.Module):
 
     @torch.no_grad()
     def inpaint(self, image, mask, prompt: str, seed: int = 0, steps: int | None = None,
-                guidance: float | None = None, scheduler: str = DEFAULT_SAMPLER, window: tuple[int, int, int] | None = None):
+                guidance: float | None = None, scheduler: str = DEFAULT_SAMPLER, window: tuple[int, int, int] | None = None,
+                margin: float | None = None, keep=None):
         """A defect generated inside ``image`` where ``mask`` says, at the image's own size: (image, mask).
 
         ``image``: a file path, a PIL image or an array [H, W, 3] / [H, W] (grey), uint8 or float in [0, 1]
         (``data.transforms.image_u8``); ``mask``: bool / 0-1 array [H, W] of the same size, where the anomaly must
         be. ``prompt``: e.g. "a photo of a surface with a scratch defect".
 
-        As ``generate --normals`` does it, with the same functions (``generator.window``): a square window of the
-        generator's resolution R around the mask's anomaly pixels (larger when they span more, then resized to R
-        and back), the defect generated there by the inpainting sampler inside the mask grown by ``DILATE_PX``,
-        and pasted back through that region only: every other pixel keeps its exact value, and grey images stay
-        grey. The window is centred on the anomaly (``window_around`` puts it at a random place for ``generate``);
-        ``window`` = (top, left, side) chooses it, e.g. the ``window`` of a ``generate`` record. ``seed``: the
+        As ``generate --normals`` does it, with the same functions (``generator.window``): a square window of
+        R / scale native px around the mask's anomaly pixels (R the generator's resolution, scale the one it was
+        fine-tuned at, ``spec["scale"]``, else 1; larger when the anomaly and its context need it, then resized to R
+        and back), the defect generated there by the inpainting sampler inside the mask with a soft context band of
+        ``margin`` x its longer side (default ``window.MARGIN``; 0 = the mask grown by ``DILATE_PX``), and pasted
+        back through that region only: every other pixel keeps its exact value, the window's border ring included,
+        and grey images stay grey. The window is centred on the anomaly (``window_around`` puts it at a random place
+        for ``generate``); ``window`` = (top, left, side) chooses it, e.g. the ``window`` of a ``generate`` record
+        (then give that run's ``margin`` too, if it was not the default). ``keep``: optional bool [H, W], pixels
+        the context band must leave alone (``generate --normals`` passes those off the host's foreground: a frame,
+        an anomalous host's own defects; give the same to reproduce its image there). ``seed``: the
         sample's seed (a ``generate`` record's ``seed``); ``steps``, ``scheduler``: as ``generate``; ``guidance``:
         default 3 for the tiny backend, 7 for Stable Diffusion (``sampler.DEFAULT_GUIDANCE``), as ``generate``.
 
@@ -223,8 +229,9 @@ class MaskGenerator(nn.Module):
         import numpy as np
 
         from anomalign.data.transforms import from_model_range, image_u8
-        from anomalign.generator.window import (DILATE_PX, FEATHER_PX, centred_window, dilate, paste_window,
-                                                window_tensors)
+        from anomalign.generator.window import (MARGIN, centred_window, keep_tensor, open_edges, paste_window,
+                                                seamless_masks, window_side, window_tensors)
+        margin = MARGIN if margin is None else margin
         full = image_u8(image)
         m = np.asarray(mask.detach().cpu() if torch.is_tensor(mask) else mask)
         m = m[..., 0] if m.ndim == 3 and m.shape[-1] == 1 else m
@@ -241,19 +248,23 @@ class MaskGenerator(nn.Module):
             if max(h, w) > min(H, W):
                 raise AnomalignError(f"the mask's anomaly spans {h} x {w} px: it does not fit a square window inside "
                                      f"the {H} x {W} image (generate --normals scales such a defect down)")
-            window = centred_window(y, x, h, w, size, H, W)
+            side = window_side(h, w, size, H, W, float(self.spec.get("scale") or 1.0), margin)
+            window = centred_window(y, x, h, w, side, H, W)
         top, left, side = (int(v) for v in window)
         if not (0 <= top and 0 <= left and top + side <= H and left + side <= W
                 and top <= y and left <= x and y + h <= top + side and x + w <= left + side):
             raise AnomalignError(f"window {[top, left, side]} (top, left, side) must lie inside the {H} x {W} image and "
                                  f"hold every anomaly pixel (box y {y}, x {x}, {h} x {w} px)")
         bg, cond = window_tensors(full, top, left, side, m[top:top + side, left:left + side], size)
-        region = dilate(cond[None], DILATE_PX)
+        off = None if keep is None else keep_tensor(np.asarray(keep, bool)[top:top + side, left:left + side], size)[None]
+        region, alpha = seamless_masks(cond[None], margin, [open_edges(top, left, side, H, W)], keep=off)
         out = sample(self.eval(), cond[None], [prompt], [seed], scheduler,
                      DEFAULT_STEPS.get(scheduler, 50) if steps is None else steps,
                      DEFAULT_GUIDANCE[self.spec.get("backend", "tiny")] if guidance is None else guidance,
-                     background=bg[None], region=region, feather_px=FEATHER_PX).float().cpu()
-        return paste_window(full, from_model_range(out)[0], region[0], top, left, side), m
+                     background=bg[None], region=region, alpha=alpha, composite=margin <= 0).float().cpu()
+        # margin 0: the window's composite through the binary region (the old path); else the raw decoded window
+        # blended at full size by the soft region, as generate does
+        return paste_window(full, from_model_range(out)[0], region[0] if margin <= 0 else alpha[0], top, left, side), m
 
     def save(self, folder: Path, dtype: torch.dtype | None = None) -> Path:
         """Write ``generator.safetensors`` (+ ``generator.json``) into ``folder`` atomically."""

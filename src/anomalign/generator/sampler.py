@@ -98,15 +98,18 @@ def _renoise_one_step(sched, latents: torch.Tensor, t_prev: int, t: int, seeds: 
 def sample(gen, masks: torch.Tensor, prompts: list[str], seeds: list[int], scheduler: SchedulerName = "ddim",
            steps: int = 50, guidance: float = 7.0, decode: bool = True, background: torch.Tensor | None = None,
            region: torch.Tensor | None = None, resample: int = 0, feather_px: int = 2,
-           x0_clip: float | None = None) -> torch.Tensor:
+           x0_clip: float | None = None, alpha: torch.Tensor | None = None, composite: bool = True) -> torch.Tensor:
     """Generate images for masks [B, 1, H, W] in {0,1} (or soft), prompts [B], seeds [B].
 
     ``x0_clip``: bound on the clean-latent estimate at every step (``bound_x0``); None = the generator's
     stored bound (``spec["x0_clip"]``, none if absent), 0 = no bound.
 
-    Inpainting: ``background`` [B, 3, H, W] in [-1, 1] and ``region`` [B, 1, H, W] in {0,1} (where to
-    generate, e.g. the dilated mask); see the module docstring. Returns images [B, 3, H, W] in [-1, 1]
-    (or latents [B, C, h, w] if ``decode`` is False).
+    Inpainting: ``background`` [B, 3, H, W] in [-1, 1] and ``region`` [B, 1, H, W] in [0, 1] (where to
+    generate, e.g. the dilated mask; a soft region, ``window.seamless_masks``, blends the latents in proportion:
+    a latent cell is regenerated as much as its most regenerated pixel); see the module docstring. ``alpha``
+    [B, 1, H, W]: the final composite's alpha (default ``feather(region, feather_px)``); ``composite`` False
+    returns the decoded images without it (a caller that pastes them itself, at another size). Returns images
+    [B, 3, H, W] in [-1, 1] (or latents [B, C, h, w] if ``decode`` is False).
     """
     if resample and scheduler != "ddim":
         raise ValueError("resample (RePaint-style) needs the ddim scheduler: multistep solvers keep a history")
@@ -161,8 +164,8 @@ def sample(gen, masks: torch.Tensor, prompts: list[str], seeds: list[int], sched
     if not decode:
         return latents
     images = gen.decode(latents).clamp(-1, 1)
-    if background is not None:
-        alpha = feather(region.to(images), feather_px)
+    if background is not None and composite:
+        alpha = feather(region.to(images), feather_px) if alpha is None else alpha.to(images)
         images = alpha * images + (1 - alpha) * bg.to(images)
     return images
 

@@ -219,6 +219,8 @@ def run_train_generator(cfg: TrainGeneratorConfig, progress: bool = True) -> Pat
         raise ConfigError(f"resolution {resolution} must be a multiple of {gen.factor * 4} for this model")
     gen.spec["resolution"] = resolution
     (images, masks, prompts), (val_images, val_masks, val_prompts), skipped = training_pairs(cfg, resolution)
+    if cfg.crop_size:  # crops of images resampled by --scale: `generate --normals` windows then cover R / scale px
+        gen.spec["scale"] = float(cfg.scale)
     gen.spec["grayscale"] = is_grey(images)  # `generate` then writes single-channel images, like the data
     if gen.spec["grayscale"] and acc.is_main_process:
         print("grayscale training images: generated images will be written as grayscale")

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from anomalign.generator.window import dilate
+from anomalign.generator.window import seamless_masks
 from anomalign.synthesis.augment import augment_mask
 from anomalign.synthesis.options import GenerateConfig
 from anomalign.synthesis.sources import MaskSource
@@ -33,6 +33,8 @@ class DiffusionSynthesizer:
         from anomalign.generator.sampler import x0_bound_of
         self.x0_bound = x0_bound_of(gen, cfg.x0_clip)  # the bound actually used, recorded per sample
         self.usable = [k for k in range(len(sources)) if masks[k].any()]
+        # The scale the generator saw its training crops at: a full-size window covers resolution / scale native px.
+        self.scale = cfg.scale if cfg.scale is not None else float(gen.spec.get("scale") or 1.0)
 
     def conditioning(self, i: int) -> tuple[int, torch.Tensor, list[str]]:
         """(source index, mask [1, H, W], augmentations applied) of attempt i."""
@@ -70,7 +72,7 @@ class DiffusionSynthesizer:
         out = {}
         for i in attempts:
             defect = defect_shape(self.conditioning(i)[1], cfg.max_defect_size, piece_rng(cfg.seed, i))
-            out[i] = plan(i, cfg.seed, defect, self.normals, size) or (None, defect)
+            out[i] = plan(i, cfg.seed, defect, self.normals, size, scale=self.scale, margin=cfg.margin) or (None, defect)
         return out
 
     @torch.no_grad()
@@ -83,22 +85,32 @@ class DiffusionSynthesizer:
         cond = [self.conditioning(i) for i in attempts]
         prompts = [self.sources[k].prompt for k, _, _ in cond]
         seeds = [sample_seed(cfg.seed, i, 0) for i in attempts]
-        bg = region = placed = None
+        bg = region = alpha = placed = None
         if self.normals is not None:  # full size: a window of each normal image around the defect's location
-            from anomalign.synthesis.fullsize import window_inputs
+            from anomalign.synthesis.fullsize import window_edges, window_inputs, window_keep
             size = gen.resolution if cfg.resolution is None else cfg.resolution
             placed, defects = [plans[i][0] for i in attempts], [plans[i][1] for i in attempts]
             bg, masks = map(torch.stack, zip(*(window_inputs(p, d, self.normals, size)
                                                for p, d in zip(placed, defects))))
-            region = dilate(masks, cfg.dilate)
+            edges = [window_edges(p, self.normals) for p in placed]
+            keep = torch.stack([window_keep(p, self.normals, size) for p in placed])
+            region, alpha = seamless_masks(masks, cfg.margin, edges, cfg.dilate, cfg.feather, keep=keep)
         else:
             masks = torch.stack([m for _, m, _ in cond])
-        if self.backgrounds is not None:
+        if self.backgrounds is not None:  # the whole image is the window: its sides are the image's edges
             files, images = self.backgrounds
             bg_idx = [i % len(files) for i in attempts]
-            bg, region = images[bg_idx], dilate(masks, cfg.dilate)
+            bg = images[bg_idx]
+            region, alpha = seamless_masks(masks, cfg.margin, [(True,) * 4] * len(attempts), cfg.dilate, cfg.feather)
+        # A soft region is pasted at full size from the raw decoded window (blended there, at native resolution,
+        # not twice); the window's own composite is what the scores see.
+        raw_paste = placed is not None and cfg.margin > 0
         fake = sample(gen, masks, prompts, seeds, cfg.scheduler, cfg.steps, cfg.guidance, background=bg,
-                      region=region, resample=cfg.resample, feather_px=cfg.feather, x0_clip=cfg.x0_clip).float().cpu()
+                      region=region, resample=cfg.resample, feather_px=cfg.feather, x0_clip=cfg.x0_clip,
+                      alpha=alpha, composite=not raw_paste).float().cpu()
+        decoded = fake
+        if raw_paste:
+            fake = alpha * fake + (1 - alpha) * bg
         scores: dict[str, list[float]] = {}
         if "free-lunch" in cfg.scores:
             fl = free_lunch(gen, fake, masks, prompts, shift=masks.shape[-1] // 4,
@@ -132,8 +144,9 @@ class DiffusionSynthesizer:
             if placed is not None:
                 from anomalign.synthesis.fullsize import compose
                 p = placed[j]
-                image_u8, m_u8 = compose(p, defects[j], images_u8[j], region[j], self.normals)
-                rec |= self.normals.record(p) | {"window": [p.top, p.left, p.side],
+                window_u8 = from_model_range(decoded[j:j + 1])[0] if raw_paste else images_u8[j]
+                image_u8, m_u8 = compose(p, defects[j], window_u8, alpha[j] if raw_paste else region[j], self.normals)
+                rec |= self.normals.record(p) | {"window": [p.top, p.left, p.side], "window_scale": self.scale,
                                                  "resolution": [int(m_u8.shape[0]), int(m_u8.shape[1])]}
             out.append((rec, image_u8 if kept else None, m_u8 if kept else None))
         return out

@@ -2,10 +2,12 @@
 
 Attempt i takes normal image ``i mod #normals``, its source mask (augmented at the mask's own resolution,
 then cut to the defect's bounding box), a location on the normal image's foreground
-(``synthesis.placement``), and a square window around it of the generator's resolution R (larger if the
-defect is larger; then the window is resized to R for generation and back). The defect is generated in
-the window by the inpainting sampler and pasted back through the dilated mask only: every other pixel of
-the normal image keeps its value. Grayscale normal images stay grayscale.
+(``synthesis.placement``), and a square window around it of R / scale native px, R the generator's resolution
+and scale the one it was fine-tuned at (larger if the defect and its context need it; the window is resized to R
+for generation and back). The defect is generated in the window by the inpainting sampler and pasted back
+through the region only (``generator.window.seamless_masks``: the mask with a soft context band, zero on the
+window's border ring): every other pixel of the normal image keeps its value. Grayscale normal images stay
+grayscale.
 
 Anomalous hosts (``generate --hosts anomalous``, for datasets without normal images such as CrackForest):
 the host's own mask is kept. Its defect pixels, grown by ``host_gap`` px, are taken out of the foreground, so
@@ -25,7 +27,7 @@ from PIL import Image
 
 from anomalign.data.transforms import is_grey
 from anomalign.errors import DataError
-from anomalign.generator.window import paste_window, window_around, window_tensors
+from anomalign.generator.window import paste_window, window_around, window_pad, window_side, window_tensors
 from anomalign.synthesis.placement import estimate_foreground, place
 
 
@@ -180,12 +182,16 @@ def fit_defect(defect: np.ndarray, side: int) -> tuple[np.ndarray, float]:
 
 
 def plan(i: int, seed: int, defect: np.ndarray, normals: NormalImages, size: int, tries: int = 200,
-         normals_to_try: int = 10) -> tuple[Placement, np.ndarray] | None:
+         normals_to_try: int = 10, scale: float = 1.0, margin: float = 0.0) -> tuple[Placement, np.ndarray] | None:
     """Placement of attempt i: normal image i mod N (or one of the next ones if the defect does not fit
     on its foreground), a location drawn from ``(seed, i)``, and the generation window; also the defect as
     placed: scaled down when longer than the image's shorter side, and to a half or a quarter of that side
     when it fits no foreground otherwise (``Placement.shrink`` records the scale). None when it fits on none
-    of the images tried: the attempt is skipped and counted, the run goes on."""
+    of the images tried: the attempt is skipped and counted, the run goes on.
+
+    The window (``generator.window.window_side``) covers ``size`` / ``scale`` native px, widened until the
+    defect and its context band (``margin``) fit, and is placed so the band stays clear of its sides inside the
+    image (``window_pad``); ``scale`` 1 and ``margin`` 0 give the old window of ``size`` px."""
     rng = random.Random(f"{seed}:{i}:placement")
     for extra in (1.0, 0.5, 0.25):  # a defect covering most of an image may only fit the foreground smaller
         for step in range(min(normals_to_try, len(normals))):
@@ -198,7 +204,9 @@ def plan(i: int, seed: int, defect: np.ndarray, normals: NormalImages, size: int
             if spot is not None:
                 y, x = spot
                 h, w = fitted.shape
-                top, left, side = window_around(y, x, h, w, size, *image.shape[:2], rng)
+                side = window_side(h, w, size, *image.shape[:2], scale, margin)
+                pad = window_pad(h, w, side, size, margin)
+                top, left, side = window_around(y, x, h, w, side, *image.shape[:2], rng, pad)
                 return Placement(j, y, x, h, w, top, left, side, shrink), fitted
     return None
 
@@ -213,12 +221,27 @@ def window_inputs(p: Placement, defect: np.ndarray, normals: NormalImages, size:
     return window_tensors(image, p.top, p.left, p.side, mask, size)
 
 
+def window_keep(p: Placement, normals: NormalImages, size: int) -> torch.Tensor:
+    """[1, R, R] in {0, 1}: the window's pixels off the host's foreground (a frame, a plain background, an
+    anomalous host's own defects and their gap), which the context band must leave as they are; a window cell
+    counts as kept if any of its native pixels is (thin cracks survive the reduction to R)."""
+    from anomalign.generator.window import keep_tensor
+    _, fg = normals.get(p.normal)
+    return keep_tensor(~fg[p.top:p.top + p.side, p.left:p.left + p.side], size)
+
+
+def window_edges(p: Placement, normals: NormalImages) -> tuple[bool, bool, bool, bool]:
+    """Which sides of the placement's window (top, bottom, left, right) lie on its image's edge."""
+    from anomalign.generator.window import open_edges
+    return open_edges(p.top, p.left, p.side, *normals.get(p.normal)[0].shape[:2])
+
+
 def compose(p: Placement, defect: np.ndarray, window_u8: np.ndarray, region: torch.Tensor, normals: NormalImages
             ) -> tuple[np.ndarray, np.ndarray]:
     """Full-size image uint8 [H, W] (grayscale normals) or [H, W, 3] and mask uint8 [H, W] (0/255, the defect's
     own pixels, and the host's own mask for an anomalous host): the generated window [R, R, 3] pasted into the
-    normal image through the inpainting region [1, R, R] only (``generator.window.paste_window``), so every
-    pixel outside it keeps its value."""
+    normal image through the inpainting region [1, R, R] only, blended by it where it is soft
+    (``generator.window.paste_window``), so every pixel where it is 0 keeps its value."""
     image, _ = normals.get(p.normal)
     full = paste_window(image, window_u8, region, p.top, p.left, p.side)
     return (full[..., 0] if is_grey(image) else full), normals.full_mask(p, defect)

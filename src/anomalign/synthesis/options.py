@@ -13,7 +13,7 @@ from anomalign.config import option
 from anomalign.data.folders import DataOptions
 from anomalign.errors import ConfigError
 from anomalign.generator.sampler import DEFAULT_SAMPLER, DEFAULT_STEPS
-from anomalign.generator.window import DILATE_PX, FEATHER_PX
+from anomalign.generator.window import DILATE_PX, FEATHER_PX, MARGIN
 from anomalign.synthesis.augment import MASK_AUGMENTS
 
 SCORES = ("free-lunch", "oracle")
@@ -76,7 +76,16 @@ class GenerateConfig(DataOptions):
     foreground: Path | None = option(None, "with --normals: foreground masks named like the normal images (defects "
                                            "are placed on them); default: estimated from the image border")
     dilate: int = option(DILATE_PX, "inpainting: grow the mask by this many pixels to get the region regenerated")
-    feather: int = option(FEATHER_PX, "inpainting: width in pixels of the blend ramp inside the region")
+    feather: int = option(FEATHER_PX, "inpainting: width in pixels of the blend ramp (inside the region with "
+                                      "--margin 0; else the least width of the context band)")
+    margin: float = option(MARGIN, "inpainting: context band around the defect, as a fraction of its longer side, "
+                                   "across which the generated pixels blend into the host (soft in the latents and "
+                                   "in the paste; the window's border ring always keeps the host; the mask stays "
+                                   "the label); 0 = the old region: the mask grown by --dilate, feathered by --feather")
+    scale: float | None = option(None, "with --normals: the scale the generator was fine-tuned at (its windows "
+                                       "cover resolution / scale native px; widened for a defect that would not "
+                                       "fit with its context); default: the generator's own (train-generator "
+                                       "--scale), else 1")
     resample: int = option(0, "inpainting: RePaint-style re-noise/denoise repeats per step (ddim only)")
     scores: list[str] = option(default_factory=lambda: ["free-lunch"],
                                help="alignment scores per sample: free-lunch (the generator's own), oracle "
@@ -115,6 +124,11 @@ class GenerateConfig(DataOptions):
                 raise ConfigError(f"{name} must be >= {least}, got {getattr(self, name)}")
         if self.x0_clip is not None and self.x0_clip < 0:
             raise ConfigError(f"x0_clip must be >= 0 (0 = no bound), got {self.x0_clip}")
+        for name in ("dilate", "feather", "margin"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.scale is not None and not self.scale > 0:
+            raise ConfigError(f"scale must be > 0, got {self.scale}")
         if self.guidance is not None and self.guidance < 0:
             raise ConfigError(f"guidance must be >= 0 (1 = off), got {self.guidance}")
 
