@@ -229,6 +229,9 @@ def test_run_with_a_user_pretrained_segformer(tmp_path):
     args = ["run", str(tmp_path / "data"), "--plan", str(tmp_path / "plan.yaml"), "--device", "cpu", "--no-export"]
     assert main(args + ["--out", str(tmp_path / "r0"), "--pretrained", str(tmp_path / "other")]) != 0
     assert not (tmp_path / "r0" / "baseline").exists()
+    # the same for --arms: a plan file's arms are its own (they were silently ignored before)
+    assert main(args + ["--out", str(tmp_path / "r0"), "--arms", "synthetic"]) != 0
+    assert not (tmp_path / "r0" / "baseline").exists()
     assert main(args + ["--out", str(tmp_path / "r1")]) == 0
     assert read_plan(tmp_path / "r1" / "plan.yaml").pretrained == str(tmp_path / "mit")
     import yaml

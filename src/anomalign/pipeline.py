@@ -685,6 +685,10 @@ def decide_plan(cfg: RunConfig, fp, plan_file: Path) -> tuple[Plan, bool]:
             raise AnomalignError(f"--pretrained {cfg.pretrained}: the plan {cfg.plan} has pretrained: "
                                  f"{plan.pretrained or 'null'}; set its pretrained line instead (a plan file is used "
                                  "as it is)")
+        if cfg.arms is not None and list(cfg.arms) != list(plan.arms):
+            raise AnomalignError(f"--arms {' '.join(cfg.arms) or 'none'}: the plan {cfg.plan} has arms "
+                                 f"{' '.join(plan.arms) or 'none'}; set its arms line instead (a plan file is used as "
+                                 "it is)")
         if plan_file.is_file() and read_plan(plan_file) != plan:
             raise AnomalignError(f"{plan_file}: this run already has another plan; continue it without --plan, or "
                                  "choose a new --out")
