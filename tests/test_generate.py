@@ -116,6 +116,9 @@ def cli(*args: str) -> None:
     assert r.returncode == 0, r.stderr[-3000:]
 
 
+# ~30 s of CI (two CLI runs after a SIGKILL): slow; the default run keeps the in-process resume test above and
+# `run`'s kill-and-resume test (tests/test_run.py)
+@pytest.mark.slow
 def test_killed_run_resumes_to_the_same_files(gen_dir, data, tmp_path):
     args = ["--num", "16", "--steps", "20", "--batch-size", "1"]
     env = ENV

@@ -156,8 +156,7 @@ COMMANDS: dict[str, Command] = {
 # schedules, feedback timing, dataset-reader details).
 FRONT: dict[str, dict[str, list[str]]] = {
     "run": {"data": ["data", "normals", "policy", "train_pairs", "val_fraction", "test_fraction", "split_seed"],
-            "run": ["seed", "budget", "plan", "arms", "choice", "backend", "base", "pretrained", "quality", "export",
-                    "device"],
+            "run": ["seed", "budget", "plan", "arms", "choice", "backend", "base", "quality", "export", "device"],
             "output": ["out"]},
     "train-segmenter": {"data": ["train", "synthetic", "policy", "train_pairs"],
                         "model": ["recipe", "preset", "pretrained", "crop_size", "scale"],
