@@ -189,3 +189,13 @@ def write_line_dataset(root: Path, n_train: int = 10, n_val: int = 2, n_test: in
             image, mask = line_defect(rng, size, size, width)
             save(root / split / "images" / f"{i:03d}.png", image)
             save(root / split / "masks" / f"{i:03d}.png", mask)
+
+
+def pasted_pairs(out: Path):
+    """Each record of a full-size ``generate --normals`` folder ``out`` with its arrays: (record, image int [H, W, 3],
+    mask bool [H, W], host image int [H, W, 3])."""
+    for line in (Path(out) / "metadata.jsonl").read_text().splitlines():
+        r = json.loads(line)
+        yield (r, np.asarray(Image.open(Path(out) / r["file_name"]).convert("RGB")).astype(int),
+               np.asarray(Image.open(Path(out) / r["mask_file_name"])) > 127,
+               np.asarray(Image.open(r["normal_image"]).convert("RGB")).astype(int))

@@ -8,7 +8,7 @@ from PIL import Image
 
 from anomalign.errors import ConfigError
 from anomalign.synthesis.generate import GenerateConfig, run_generate
-from dummy_data import save, write_paired
+from dummy_data import pasted_pairs, save, write_paired
 
 
 def normals_with_objects(folder, n=3, grey=False):
@@ -46,12 +46,9 @@ def test_full_size_pairs_change_only_the_dilated_mask_and_sit_on_the_object(gen_
     fg_dir = normals_with_objects(tmp_path / "normals")
     run(gen_dir, data, tmp_path / "normals", tmp_path / "out", foreground=fg_dir,
         **({} if margin is None else {"margin": margin}))
-    rows = [json.loads(r) for r in (tmp_path / "out" / "metadata.jsonl").read_text().splitlines()]
-    assert len(rows) == 6
-    for r in rows:
-        image = np.asarray(Image.open(tmp_path / "out" / r["file_name"]).convert("RGB")).astype(int)
-        mask = np.asarray(Image.open(tmp_path / "out" / r["mask_file_name"])) > 127
-        normal = np.asarray(Image.open(r["normal_image"]).convert("RGB")).astype(int)
+    pairs = list(pasted_pairs(tmp_path / "out"))
+    assert len(pairs) == 6
+    for r, image, mask, normal in pairs:
         fg = np.asarray(Image.open(fg_dir / (r["normal_image"].rsplit("/", 1)[1]))) > 127
         assert image.shape == normal.shape == (90, 130, 3) and mask.shape == (90, 130)
         y, x, h, w = r["defect_box"]

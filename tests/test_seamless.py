@@ -1,16 +1,14 @@
 """Seamless placement (issue 46): a soft context band around the defect, zero on the window's border ring, and
 windows at the scale the generator was fine-tuned at (``generator.window``, ``generate --margin / --scale``)."""
-import json
 
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from anomalign.generator.window import (BORDER_PX, DILATE_PX, FEATHER_PX, MARGIN, band_px, dilate, paste_window,
                                         seamless_masks, window_around, window_pad, window_side)
 from anomalign.synthesis.generate import GenerateConfig, run_generate
-from dummy_data import save, write_paired
+from dummy_data import pasted_pairs, save, write_paired
 
 
 def square_mask(size=64, y=24, x=20, h=12, w=16):
@@ -101,12 +99,9 @@ def test_generated_pairs_keep_the_window_border_and_the_label_is_the_mask(gen_di
     cfg = GenerateConfig(generator=gen_dir, masks=data, out=tmp_path / "out", num=3, split="all", steps=2,
                          batch_size=3, augment=["flip"], device="cpu", normals=tmp_path / "normals", scale=scale)
     run_generate(cfg, progress=False)
-    rows = [json.loads(r) for r in (tmp_path / "out" / "metadata.jsonl").read_text().splitlines()]
-    assert len(rows) == 3
-    for r in rows:
-        image = np.asarray(Image.open(tmp_path / "out" / r["file_name"]).convert("RGB")).astype(int)
-        mask = np.asarray(Image.open(tmp_path / "out" / r["mask_file_name"])) > 127
-        host = np.asarray(Image.open(r["normal_image"]).convert("RGB")).astype(int)
+    pairs = list(pasted_pairs(tmp_path / "out"))
+    assert len(pairs) == 3
+    for r, image, mask, host in pairs:
         y, x, h, w = r["defect_box"]
         ys, xs = np.nonzero(mask)  # the label is the defect itself, not its grown region or band
         assert (ys.min(), xs.min(), ys.max() + 1 - ys.min(), xs.max() + 1 - xs.min()) == (y, x, h, w)
