@@ -78,6 +78,28 @@ def test_budget_scales_steps_down_never_up():
     assert "scaled by" in plan.reasons["budget"]
 
 
+def test_the_patience_rule_is_planned_within_the_budget_and_kept_out_of_cross_fitting(tmp_path):
+    import dataclasses
+    from anomalign.config import build_config
+    from anomalign.pipeline import RunConfig, Stages
+    plan = make_plan(fingerprint())
+    assert plan.seg_extend == SEG_STEPS // 2 and plan.extend_block == SEG_STEPS // 4
+    assert "patience rule" in plan.reasons["seg_extend"]
+    tight = make_plan(fingerprint(), budget_minutes=50)  # the estimate (40 min) fits, with time for one block
+    assert tight.seg_steps == SEG_STEPS and tight.seg_extend == SEG_STEPS // 4 and "leaves time for" in \
+        tight.reasons["seg_extend"]
+    assert make_plan(fingerprint(), budget_minutes=20).seg_extend == 0  # scaled down: no time to train on
+    assert make_plan(fingerprint(), budget_minutes=10_000).seg_extend == SEG_STEPS // 2
+    cfg = build_config(RunConfig, {"data": str(tmp_path), "out": str(tmp_path / "r")})
+    values = Stages(cfg, plan, tmp_path / "r", False).arm_values(tmp_path / "r" / "arm_synthetic", "synthetic")
+    assert (values["extend_steps"], values["extend_block"]) == (SEG_STEPS // 2, SEG_STEPS // 4)
+    # the baseline keeps its fork checkpoint however many blocks are added
+    assert Stages(cfg, plan, tmp_path / "r", False).segmenter_values(tmp_path)["keep_checkpoints"] == 3 + 2
+    for fold in ("0/3", "all"):  # held-out labels must not shape a fold's training; the refit has no val split
+        fold_cfg = dataclasses.replace(cfg, cv_fold=fold)  # as the cross-fitting makes its folds' configs
+        assert Stages(fold_cfg, plan, tmp_path / "r", False).segmenter_values(tmp_path)["extend_steps"] == 0
+
+
 # the choice -----------------------------------------------------------------------------------------------
 
 

@@ -170,10 +170,14 @@ class Stages:
                 "pretrained": p.pretrained,
                 "crop_size": p.crop_size, "scale": p.scale, "max_steps": p.seg_steps, "batch_size": p.batch_size,
                 "train_normals": p.train_normals, "colour": p.colour, "seed": cfg.seed, "device": cfg.device,
-                "checkpoint_every": p.fork_step, "keep_checkpoints": 3,
+                # the fork checkpoint stays: the one at fork_step, the end, and one per block the patience rule adds
+                "checkpoint_every": p.fork_step, "keep_checkpoints": 3 + math.ceil(p.seg_extend / p.extend_block),
                 # a val point every quarter of the baseline's first half: the report's training curves (the refit of
                 # --choice cv has no val split: its end only)
-                "validate_every": 0 if cfg.cv_fold == "all" else max(1, p.fork_step // 4)}
+                "validate_every": 0 if cfg.cv_fold == "all" else max(1, p.fork_step // 4),
+                # the patience rule on the val split; not in cross-fitting, whose held-out labels must not shape
+                # training (and whose refit has no val split)
+                "extend_steps": p.seg_extend if cfg.cv_fold is None else 0, "extend_block": p.extend_block}
 
     def arm_values(self, folder: Path, arm: str | None = None) -> dict:
         """``train-segmenter``'s values for the baseline (``arm`` None) or an arm, without ``resume``."""

@@ -27,7 +27,7 @@ ARMS = ("synthetic", "feedback", "both")
 # so a plan.yaml written before them runs as it did).
 ADDED_WITH_RECIPE = {"gen_batch_size", "gen_learning_rate", "gen_crops_per_image", "gen_normals", "alpha",
                      "synthesis_batch_size", "synthetic_weight", "temperature", "w_fb", "fb_every", "fb_rows", "colour",
-                     "pretrained"}
+                     "pretrained", "seg_extend"}
 # The arms a run compares by default: + synthetic pairs only. Generative Feedback added nothing measurable wherever
 # measured (docs/run.md, "The plan's rules": feedback alone -0.9 to +0.4 test points, the full method level with
 # + synthetic) and its two arms cost 26 of a 66-minute run; they are opt-in: `--arms all` or `--preset paper`.
@@ -51,6 +51,10 @@ THIN, OBJECT_SHARE, OBJECT_CONTEXT = 8.0, 0.02, 2.5
 # with saturation / white-balance jitter of strength COLOUR_JITTER: frames from other cameras and lights differ
 # in colour cast more than surfaces under one line camera. A choice, measured on polyp-dev (docs/run.md).
 COLOURFUL, COLOUR_JITTER = 0.2, 0.5
+# The patience rule (issue 47): after seg_steps, the baseline and each arm train on in blocks of seg_steps / 4 (each a
+# warm restart of the cosine at half the peak rate) while the val score at a block's end is the run's best so far,
+# up to EXTEND x seg_steps more steps (training.train_on). A choice: the paper trains for a fixed length.
+EXTEND = 0.5
 
 
 @dataclass(kw_only=True)
@@ -65,6 +69,8 @@ class Plan:
     size: int = option(CROP, "segmenter input size (the crop, or the size whole images are resized to)")
     scale: float = option(1.0, "resampling of the images before cropping")
     seg_steps: int = option(SEG_STEPS, "segmenter steps of the baseline (arms fork from it half-way)")
+    seg_extend: int = option(0, "steps the baseline and each arm may train on after seg_steps while their val score "
+                                "still rises (blocks of seg_steps / 4; 0: off)")
     batch_size: int = option(SEGMENTER["batch_size"], "real crops per segmenter step")
     train_normals: bool = option(SEGMENTER["train_normals"], "normal images in the segmenter's batches")
     colour: float = option(SEGMENTER["colour"], "saturation / white-balance jitter of the segmenter's training images")
@@ -105,10 +111,18 @@ class Plan:
         for name in ("seg_steps", "gen_steps", "synthetic", "batch_size", "sample_steps"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.seg_extend < 0:
+            raise ConfigError(f"seg_extend must be >= 0 (0: no patience rule), got {self.seg_extend}")
         if self.seg_steps < 4:
             raise ConfigError(f"seg_steps must be >= 4 (arms fork from the baseline half-way), got {self.seg_steps}")
         if self.crop_size and self.crop_size < 16 or self.size < 16:
             raise ConfigError(f"crop_size / size must be >= 16 px, got {self.crop_size} / {self.size}")
+
+    @property
+    def extend_block(self) -> int:
+        """Steps per block of the patience rule (``seg_extend``): a quarter of the baseline's, for the baseline and
+        every arm alike."""
+        return max(1, self.seg_steps // 4)
 
     @property
     def fork_step(self) -> int:
@@ -152,6 +166,10 @@ def make_plan(fp: Fingerprint, *, backend: str = "tiny", base: str | None = None
     why["norm"] = ("GroupNorm, the measured recipe; the BatchNorm U-Net (as good with windows on magnetic tile, "
                    "seed 0; faster bf16 training) is measured on one seed only (studies/one_pass.yaml)")
     why["seg_steps"] = f"{SEG_STEPS}: real only gained 8 mIoU from 2 400 to 3 200 steps on magnetic tile"
+    seg_extend = int(SEG_STEPS * EXTEND)
+    why["seg_extend"] = (f"the patience rule: while the val score at the end of training is the best so far, train on "
+                         f"in blocks of {SEG_STEPS // 4} steps (a warm restart at half the learning rate), up to "
+                         f"{seg_extend} more; a block that does not beat it ends training and the best weights ship")
     why["train_normals"] = ("anomalous pairs only: with the normals in the batch the anomaly class drowned on "
                             "magnetic tile (val mIoU 0 for a whole run)")
     train_normals = fp.normals.get("train", 0)
@@ -202,7 +220,7 @@ def make_plan(fp: Fingerprint, *, backend: str = "tiny", base: str | None = None
                              "learning rate, as `train-segmenter --pretrained`; the paper's segmenters start from "
                              "pretrained encoders, and none is shipped")
         why["preset"] = why["pretrained"]
-    plan = Plan(crop_size=crop, size=size, scale=scale, colour=colour, pretrained=pretrained or None, backend=backend, base=base, gen_crop_size=gen_crop,
+    plan = Plan(crop_size=crop, size=size, scale=scale, colour=colour, seg_extend=seg_extend, pretrained=pretrained or None, backend=backend, base=base, gen_crop_size=gen_crop,
                 gen_steps=gen_steps, hosts=hosts, max_defect_size=max_defect, reasons=why)
     if backend == "sd":
         plan.gen_resolution = 512
@@ -244,10 +262,20 @@ def fit_budget(plan: Plan, minutes: float) -> None:
     factor = min(1.0, 60 * minutes / total)
     if factor >= 1:
         plan.reasons["budget"] = f"estimated {total / 60:.0f} min fits --budget {minutes:g} min: nothing scaled"
+        # the patience rule trains on only in the time left: the baseline's step and each arm's, per extra step
+        seconds = estimate_seconds(plan)
+        per_step = ((seconds["baseline"] - 30) / plan.seg_steps
+                    + sum(seconds[f"arm_{a}"] - 30 for a in plan.arms) / (plan.seg_steps - plan.fork_step))
+        fits = int((60 * minutes - total) / max(per_step, 1e-9)) // plan.extend_block * plan.extend_block
+        if fits < plan.seg_extend:
+            plan.seg_extend = fits
+            plan.reasons["seg_extend"] += f" (--budget {minutes:g} min leaves time for {fits})"
         return
     plan.seg_steps = max(8, int(plan.seg_steps * factor) // 2 * 2)
     plan.gen_steps = max(4, int(plan.gen_steps * factor))
     plan.synthetic = max(8, int(plan.synthetic * factor))
+    plan.seg_extend = 0
+    plan.reasons["seg_extend"] = f"--budget {minutes:g} min leaves no time to train on: no patience rule"
     plan.reasons["budget"] = (f"estimated {total / 60:.0f} min for --budget {minutes:g} min: steps and pairs scaled by "
                               f"{factor:.2f} (fewer steps than measured: expect lower scores)")
 
@@ -288,6 +316,7 @@ def steps_note(plan: Plan) -> str:
     """One line: the plan's main numbers and the time estimate."""
     total = sum(estimate_seconds(plan).values())
     where = f"{plan.crop_size}-px crops" if plan.crop_size else f"whole images at {plan.size} px"
-    return (f"plan: {plan.preset} on {where} (scale {plan.scale:g}), {plan.seg_steps} steps; {plan.backend} generator "
+    more = f" (+ up to {plan.seg_extend} while val rises)" if plan.seg_extend else ""
+    return (f"plan: {plan.preset} on {where} (scale {plan.scale:g}), {plan.seg_steps} steps{more}; {plan.backend} generator "
             f"{plan.gen_steps} steps; {plan.synthetic} synthetic pairs into {plan.hosts} images; arms "
             f"{', '.join(plan.arms) or 'none'}; about {math.ceil(total / 60)} min (estimated for one CPU core)")

@@ -59,6 +59,11 @@ class LoopOptions:
     checkpoint_every: int = option(200, "save a resumable checkpoint every N steps")
     keep_checkpoints: int = option(2, "checkpoints kept (older ones are deleted)")
     validate_every: int = option(0, "run validation every N steps (0: only at the end)")
+    extend_steps: int = option(0, "train on while the val score still rises: up to this many steps after "
+                                  "--max-steps, in blocks, each kept only while the validation at its end is the "
+                                  "best so far (0: off; needs a validation)")
+    extend_block: int = option(0, "steps per extension block, a warm restart of the schedule (0: max_steps // 4)")
+    extend_lr: float = option(0.5, "peak learning rate of each extension block, times --learning-rate")
     log_every: int = option(10, "write a log row every N steps")
     seed: int = option(0, "training seed (data order, noise, timesteps, dropout)")
     resume: str | None = option(None, "'latest' or a checkpoint folder to continue from")
@@ -122,15 +127,43 @@ class EMA:
 
 def _lr_lambda(opts: LoopOptions) -> Callable[[int], float]:
     def f(step: int) -> float:
+        if step >= opts.max_steps and opts.extend_steps:  # an extension block: the schedule again from extend_lr
+            block = extension_block(opts)
+            return opts.extend_lr * shape(((step - opts.max_steps) % block) / block)
         if step < opts.lr_warmup_steps:
             return (step + 1) / max(1, opts.lr_warmup_steps)
-        frac = (step - opts.lr_warmup_steps) / max(1, opts.max_steps - opts.lr_warmup_steps)
+        return shape((step - opts.lr_warmup_steps) / max(1, opts.max_steps - opts.lr_warmup_steps))
+
+    def shape(frac: float) -> float:
         if opts.lr_schedule == "cosine":
             return 0.5 * (1 + math.cos(math.pi * min(1.0, frac)))
         if opts.lr_schedule == "linear":
             return max(0.0, 1 - frac)
         return 1.0
     return f
+
+
+def extension_block(opts: LoopOptions) -> int:
+    """Steps per extension block (``--extend-block``, or a quarter of ``--max-steps``)."""
+    return opts.extend_block or max(1, opts.max_steps // 4)
+
+
+def train_on(opts: LoopOptions, best: dict | None, done: int) -> bool:
+    """The patience rule: after ``done`` steps (``--max-steps`` or an extension block's end), train one more block
+    only when the validation at ``done`` is the best of the run so far (the val score still rises) and the block
+    fits in ``--extend-steps``. One block of patience: a block whose end is not a new best ends training."""
+    return (opts.extend_steps > 0 and best is not None and best.get("step") == done
+            and done + extension_block(opts) <= opts.max_steps + opts.extend_steps)
+
+
+def segment_end(opts: LoopOptions, step: int) -> int:
+    """Where the stretch of training that holds ``step`` ends: ``--max-steps``, or the end of its extension block
+    (a resume inside a block finishes that block; a resume at a block's end decides again, from the checkpoint's
+    best, what the uninterrupted run decided)."""
+    if step <= opts.max_steps:
+        return opts.max_steps
+    block = extension_block(opts)
+    return opts.max_steps + math.ceil((step - opts.max_steps) / block) * block
 
 
 def _optimizer_state(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
@@ -200,6 +233,9 @@ def train_loop(task: TrainTask, opts: LoopOptions, out_dir: Path, accelerator=No
                progress: bool = True) -> dict[str, Any]:
     """Run ``opts.max_steps`` optimizer steps of ``task``; returns a summary (last losses, best metric, timing)."""
     out_dir = Path(out_dir)
+    if opts.extend_steps < 0 or opts.extend_block < 0 or not opts.extend_lr > 0:
+        raise AnomalignError(f"--extend-steps and --extend-block must be >= 0 and --extend-lr > 0, got "
+                             f"{opts.extend_steps}, {opts.extend_block} and {opts.extend_lr}")
     acc = accelerator or make_accelerator(opts)
     rank, world = acc.process_index, acc.num_processes
     opt = torch.optim.AdamW(task.param_groups or task.params, lr=opts.learning_rate, weight_decay=opts.weight_decay)
@@ -230,42 +266,61 @@ def train_loop(task: TrainTask, opts: LoopOptions, out_dir: Path, accelerator=No
     window = _LogWindow(log_path, writer)
     if ckpt is not None:  # the steps since the last log row: a resumed row averages the same steps as one run's
         window.restore(_read_trainer_json(ckpt).get("log_window"))
+    end = segment_end(opts, start)
     try:
-        for step in range(start, opts.max_steps):
-            micro_values: dict[str, list[float]] = {}
-            for micro in range(opts.gradient_accumulation_steps):
-                k = step * opts.gradient_accumulation_steps + micro
-                batch = task.get_batch(k, rank, world)
-                with acc.autocast():
-                    losses = task.step_fn(batch, step_generator(opts.seed, step, rank, micro))
-                loss = losses["loss"]
-                if not torch.isfinite(loss.detach()).all():
-                    raise TrainingDiverged(_diverged_message(out_dir, float(loss.detach()), step, scale0))
-                acc.backward(loss / opts.gradient_accumulation_steps)
-                for name, v in losses.items():
-                    micro_values.setdefault(name, []).append(float(v.detach()))
-            totals = {name: _finite_mean(vs) for name, vs in micro_values.items()}
-            totals = _optimizer_step(task, opts, acc, opt, sched, ema, totals)
-            last = dict(totals, lr=sched.get_last_lr()[0])
-            window.add(totals)
-            done = step + 1
-            bar.update(1)
-            bar.set_postfix({k: f"{v:.4f}" for k, v in totals.items() if math.isfinite(v)})
-            if acc.is_main_process and (done % opts.log_every == 0 or done == opts.max_steps):
-                last["it_per_s"] = window.write(done, last["lr"])
-            if (task.validate_fn is not None and opts.validate_every and done % opts.validate_every == 0
-                    and done < opts.max_steps):  # the last step's validation is _finish's, once
-                best = _validate(task, ema, acc, done, out_dir, best)
-            if done % opts.checkpoint_every == 0 and done < opts.max_steps and acc.is_main_process:
-                _save_checkpoint(out_dir, done, task, opt, sched, ema, best, opts.keep_checkpoints, acc.scaler,
-                                 log_window=window.state())
-        best = _finish(task, opts, acc, out_dir, opt, sched, ema, best)
+        while True:
+            for step in range(start, end):
+                micro_values: dict[str, list[float]] = {}
+                for micro in range(opts.gradient_accumulation_steps):
+                    k = step * opts.gradient_accumulation_steps + micro
+                    batch = task.get_batch(k, rank, world)
+                    with acc.autocast():
+                        losses = task.step_fn(batch, step_generator(opts.seed, step, rank, micro))
+                    loss = losses["loss"]
+                    if not torch.isfinite(loss.detach()).all():
+                        raise TrainingDiverged(_diverged_message(out_dir, float(loss.detach()), step, scale0))
+                    acc.backward(loss / opts.gradient_accumulation_steps)
+                    for name, v in losses.items():
+                        micro_values.setdefault(name, []).append(float(v.detach()))
+                totals = {name: _finite_mean(vs) for name, vs in micro_values.items()}
+                totals = _optimizer_step(task, opts, acc, opt, sched, ema, totals)
+                last = dict(totals, lr=sched.get_last_lr()[0])
+                window.add(totals)
+                done = step + 1
+                bar.update(1)
+                bar.set_postfix({k: f"{v:.4f}" for k, v in totals.items() if math.isfinite(v)})
+                if acc.is_main_process and (done % opts.log_every == 0 or done == end):
+                    last["it_per_s"] = window.write(done, last["lr"])
+                if (task.validate_fn is not None and opts.validate_every and done % opts.validate_every == 0
+                        and done < end):  # the stretch's last validation is below, once
+                    best = _validate(task, ema, acc, done, out_dir, best)
+                if done % opts.checkpoint_every == 0 and done < end and acc.is_main_process:
+                    _save_checkpoint(out_dir, done, task, opt, sched, ema, best, opts.keep_checkpoints, acc.scaler,
+                                     log_window=window.state())
+            # a resume from this run's own checkpoint at ``end`` finds its validation done (the checkpoint was
+            # saved after it)
+            if task.validate_fn is not None and not (start == end and ckpt is not None and best is not None):
+                best = _validate(task, ema, acc, end, out_dir, best)
+            if acc.num_processes > 1 and opts.extend_steps:  # only the main process validates: all decide as it
+                from accelerate.utils import broadcast_object_list
+                best = broadcast_object_list([best])[0]
+            if not train_on(opts, best, end):
+                break
+            if acc.is_main_process:  # the block end the rule continued from: a resume decides the same again
+                _save_checkpoint(out_dir, end, task, opt, sched, ema, best, opts.keep_checkpoints, acc.scaler)
+            start, end = end, end + extension_block(opts)
+            bar.total = end
+            bar.refresh()
+            if acc.is_main_process and progress:
+                print(f"val {best['metric']} still rising at step {start} ({best['value']:.4f}): training on to "
+                      f"step {end} (--extend-steps {opts.extend_steps})")
+        best = _finish(task, opts, acc, out_dir, opt, sched, ema, best, end)
     finally:
         bar.close()
         if writer is not None:
             writer.close()
     acc.wait_for_everyone()
-    return {"last": last, "best": best, "steps": opts.max_steps}
+    return {"last": last, "best": best, "steps": end}
 
 
 def _own_checkpoint(ckpt: Path, out_dir: Path) -> bool:
@@ -420,18 +475,31 @@ class _LogWindow:
 
 
 def _finish(task: TrainTask, opts: LoopOptions, acc, out_dir: Path, opt, sched, ema: EMA | None,
-            best: dict | None) -> dict | None:
-    """The last validation, the final artifact (EMA weights when on) and the final checkpoint; returns best."""
-    if task.validate_fn is not None:
-        best = _validate(task, ema, acc, opts.max_steps, out_dir, best)
+            best: dict | None, end: int) -> dict | None:
+    """The final artifact (EMA weights when on) and the final checkpoint, after ``end`` steps; returns best.
+    After an extension whose last block did not beat the best validation, the artifact is the best one
+    (``best/``, from a step >= --max-steps: training went on only from a best), so the run ships the weights the
+    patience rule kept."""
     if acc.is_main_process:
-        if ema is not None:
-            ema.swap()
-        task.save_fn(out_dir)
-        if ema is not None:
-            ema.swap()
-        _save_checkpoint(out_dir, opts.max_steps, task, opt, sched, ema, best, opts.keep_checkpoints, acc.scaler)
+        if end > opts.max_steps and best is not None and best.get("step") != end and (out_dir / "best").is_dir():
+            _copy_artifact(out_dir / "best", out_dir)
+        else:
+            if ema is not None:
+                ema.swap()
+            task.save_fn(out_dir)
+            if ema is not None:
+                ema.swap()
+        _save_checkpoint(out_dir, end, task, opt, sched, ema, best, opts.keep_checkpoints, acc.scaler)
     return best
+
+
+def _copy_artifact(src: Path, dst: Path) -> None:
+    """Copy the files of an artifact folder (what ``save_fn`` writes) over ``dst``'s, each replaced atomically."""
+    for f in sorted(src.iterdir()):
+        if f.is_file():
+            tmp = dst / f".{f.name}.tmp"
+            shutil.copyfile(f, tmp)
+            tmp.replace(dst / f.name)
 
 
 def _validate(task: TrainTask, ema: EMA | None, acc, step: int, out_dir: Path, best: dict | None) -> dict | None:
