@@ -29,6 +29,7 @@ def test_demo_is_a_run_on_the_built_in_dataset(demo):
     assert result["chosen"] == summary["chosen"] and set(result["choice"]["arms"]) == {"synthetic"}
     plan = (out / "plan.yaml").read_text()
     assert "seg_steps: 4  # demo: --fast smoke run" in plan  # the demo's budgets, with their reasons
+    assert "seg_extend: 0  # demo: --fast smoke run" in plan  # no patience rule: a fixed time
     assert summary["segmentation"]["real only"] == result["test"]["baseline"]
     assert summary["generation"]["synthetic"]["images"] == 4 and "oracle_iou_moved" in summary["generation"]["synthetic"]
     assert summary["peak_rss_mb"] > 0 and json.loads((out / "demo.json").read_text())["fast"] is True

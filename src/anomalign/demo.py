@@ -21,6 +21,8 @@ DEMO_BUDGET = {
     "crop_size": (64, "64-px crops at native resolution: a step costs a quarter of a whole 128-px image"),
     "size": (64, "the crop"),
     "seg_steps": (800, "800 steps (the measured recipe has 3 200): the demo must finish in 10 min on 2 cores"),
+    "seg_extend": (0, "no patience rule (run's plan trains on while val rises, up to half the steps more): the "
+                      "demo's time is fixed"),
     "gen_steps": (150, "the shipped base already follows masks; 150 steps adapt it to the demo's images"),
     "synthetic": (96, "96 kept pairs (one per training mask) keep synthesis near 2 min"),
     "arms": (["synthetic"], "+ synthetic pairs, the arm `run` compares by default; `--arms all` adds Generative "
