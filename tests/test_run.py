@@ -538,3 +538,20 @@ def test_a_default_passed_explicitly_redoes_nothing(tmp_path, capsys):
     assert not StageRecords(tmp_path).done("arm_synthetic", other, defaults)
     assert "its inputs changed since it ran (anomaly_weight" in capsys.readouterr().out
     assert not (tmp_path / "arm_synthetic").exists()  # cleared, to be redone
+
+
+def test_a_baseline_that_trains_on_keeps_the_fork_checkpoint_its_arms_start_from(tiny_run, capsys, monkeypatch):
+    """With the patience rule training on to its cap (forced: the tiny data's val curve decides nothing), the
+    baseline's extra block-end checkpoints must not push out the half-way one the arms fork from."""
+    import anomalign.training as training
+    monkeypatch.setattr(training, "train_on", lambda opts, best, done: opts.extend_steps > 0 and (
+        done + training.extension_block(opts) <= opts.max_steps + opts.extend_steps))
+    plan = tiny_run / "plan_extend.yaml"
+    plan.write_text((tiny_run / "plan.yaml").read_text() + "seg_extend: 4\n")  # 8 steps, blocks of 2: 12 in all
+    out = tiny_run / "extend"
+    assert main(["run", str(tiny_run / "data"), "--out", str(out), "--plan", str(plan), "--device", "cpu"]) == 0
+    assert "real pairs only (8 steps, + up to 4 while val rises)" in capsys.readouterr().out
+    for folder in ("baseline", "arm_synthetic"):
+        assert json.loads((out / folder / "checkpoints" / "step-0000012" / "trainer.json").read_text())["step"] == 12
+        assert "extend_steps: 4" in (out / folder / "config.yaml").read_text()
+    assert (out / "baseline" / "checkpoints" / "step-0000004").is_dir()

@@ -506,7 +506,8 @@ def train_stages(stages: Stages, records: StageRecords, arms: list[str], stage, 
     def done(name: str) -> bool:  # finished, from today's inputs (else cleared and recorded, to be run)
         return records.done(name, stages.inputs(name), command_defaults(name))
 
-    stage(f"{prefix}baseline", f"{title}baseline segmenter, real pairs only ({plan.seg_steps} steps)",
+    more = f", + up to {plan.seg_extend} while val rises" if plan.seg_extend and stages.cfg.cv_fold is None else ""
+    stage(f"{prefix}baseline", f"{title}baseline segmenter, real pairs only ({plan.seg_steps} steps{more})",
           lambda: stages.train_segmenter(out / "baseline"), done("baseline"))
     if arms:
         stage(f"{prefix}generator", f"{title}train the generator ({plan.backend}, {plan.gen_steps} steps)",
