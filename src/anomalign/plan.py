@@ -169,7 +169,8 @@ def make_plan(fp: Fingerprint, *, backend: str = "tiny", base: str | None = None
     seg_extend = int(SEG_STEPS * EXTEND)
     why["seg_extend"] = (f"the patience rule: while the val score at the end of training is the best so far, train on "
                          f"in blocks of {SEG_STEPS // 4} steps (a warm restart at half the learning rate), up to "
-                         f"{seg_extend} more; a block that does not beat it ends training and the best weights ship")
+                         f"{seg_extend} more; a block that does not beat it ends training and the best weights ship "
+                         f"(magnetic tile: +4.6 and +5.2 test mIoU on the 2 of 3 seeds it acted on)")
     why["train_normals"] = ("anomalous pairs only: with the normals in the batch the anomaly class drowned on "
                             "magnetic tile (val mIoU 0 for a whole run)")
     train_normals = fp.normals.get("train", 0)
