@@ -14,29 +14,16 @@ the same pairs, hosts, windows and oracle filter) into OUT/syn_N. Then, by hand:
 """
 import argparse
 import math
-import shutil
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
-from safetensors.torch import load_file, save_file
 
 from anomalign.config import build_config, load_config
 from anomalign.pipeline import RunConfig, Stages
 from anomalign.plan import read_plan
+from checkpoints import artifact_at  # studies/scripts/checkpoints.py
 
 WEIGHTS = "generator.safetensors"
-
-
-def generator_at(trained: Path, step: int, folder: Path) -> Path:
-    """``trained``'s checkpoint at ``step`` as a generator folder (its spec, config and the step's weights)."""
-    folder.mkdir(parents=True, exist_ok=True)
-    for name in ("config.yaml", "generator.json", "run.json"):
-        shutil.copy(trained / name, folder / name)
-    meta = safe_open(str(trained / WEIGHTS), "pt").metadata()
-    save_file(load_file(str(trained / "checkpoints" / f"step-{step:07d}" / "model.safetensors")),
-              str(folder / WEIGHTS), metadata=meta)
-    return folder
 
 
 def main() -> None:
@@ -70,7 +57,7 @@ def main() -> None:
     for n in a.steps:
         trained = next(f for f in sorted(a.out.glob("generator_to_*")) if (f / WEIGHTS).is_file()
                        and (f / "checkpoints" / f"step-{n:07d}").is_dir())  # a finished training that passed n
-        gen = generator_at(trained, n, a.out / f"gen_{n}")
+        gen = artifact_at(trained, n, a.out / f"gen_{n}", WEIGHTS, ("config.yaml", "generator.json", "run.json"))
         syn = a.out / f"syn_{n}"
         if (syn / "summary.json").is_file():
             continue

@@ -10,14 +10,11 @@ Paired: the same training up to `seg_steps`, the same test images. Writes RUN/pa
 """
 import csv
 import json
-import shutil
 import sys
 import tempfile
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
-from safetensors.torch import load_file, save_file
 
 from anomalign.config import load_config
 from anomalign.data.validate import load_dataset
@@ -25,16 +22,7 @@ from anomalign.pipeline import RunConfig
 from anomalign.plan import read_plan
 from anomalign.segmenter.model import WEIGHTS_NAME, Segmenter
 from anomalign.segmenter.validation import evaluate_run_style
-
-
-def weights_at(base: Path, step: int, folder: Path) -> Path:
-    """A segmenter folder holding ``base``'s checkpoint at ``step`` (the checkpoint keeps raw weights; the
-    segmenter has no EMA, so they are what a run ending there would have saved)."""
-    shutil.copy(base / "config.yaml", folder / "config.yaml")
-    meta = safe_open(str(base / WEIGHTS_NAME), "pt").metadata()
-    save_file(load_file(str(base / "checkpoints" / f"step-{step:07d}" / "model.safetensors")),
-              str(folder / WEIGHTS_NAME), metadata=meta)
-    return folder
+from checkpoints import artifact_at  # studies/scripts/checkpoints.py
 
 
 def main(runs: list[str]) -> None:
@@ -50,7 +38,7 @@ def main(runs: list[str]) -> None:
         with tempfile.TemporaryDirectory() as tmp:
             folders = {"shipped": base}
             if result["trained_to"] > steps:
-                folders["at_seg_steps"] = weights_at(base, steps, Path(tmp))
+                folders["at_seg_steps"] = artifact_at(base, steps, Path(tmp), WEIGHTS_NAME, ("config.yaml",))
             for name, folder in folders.items():
                 model = Segmenter.load(folder, device="cpu")
                 m = evaluate_run_style(model, test, model.size or 64, "cpu", mask_threshold=cfg.mask_threshold,
