@@ -1,5 +1,6 @@
 """train-generator end to end on tiny random models: outputs, save/reload, resume, NaN stop, sd backend."""
 import csv
+import math
 import shutil
 
 import pytest
@@ -177,3 +178,65 @@ def test_vae_mask_encoding_in_training_and_in_feedback(data, tmp_path):
         validate_every=0, log_every=1, device="cpu", val_fraction=0.0, test_fraction=0.0)), progress=False)
     with open(seg / "logs" / "train.csv") as fh:
         assert all(float(r["l_fb"]) > 0 for r in csv.DictReader(fh))
+
+
+def held_out_pairs(n=3, size=32, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    images = torch.rand(n, 3, size, size, generator=g) * 2 - 1
+    masks = (torch.rand(n, 1, size, size, generator=g) > 0.6).float()
+    return images, masks, ["a photo of a scratch"] * n
+
+
+def test_held_out_loss_is_a_function_of_the_weights_only():
+    from anomalign.generator.task import held_out_loss
+    gen = dummy_tiny_generator()
+    images, masks, prompts = held_out_pairs()
+    a = held_out_loss(gen, images, masks, prompts, seed=0)
+    assert a == held_out_loss(gen, images, masks, prompts, seed=0)
+    b = held_out_loss(gen, images, masks, prompts, seed=0, batch_size=5)  # batching does not change the draws
+    assert b["heldout_loss"] == pytest.approx(a["heldout_loss"], rel=1e-5)
+    assert b["heldout_defect_loss"] == pytest.approx(a["heldout_defect_loss"], rel=1e-5)
+    assert held_out_loss(gen, images, masks, prompts, seed=1) != a  # other noise, other value
+    # a mask over the whole image weights every cell alike: the defect loss is the whole loss
+    full = held_out_loss(gen, images, torch.ones_like(masks), prompts, seed=0)
+    assert full["heldout_defect_loss"] == pytest.approx(full["heldout_loss"], rel=1e-5)
+    assert math.isnan(held_out_loss(gen, images, torch.zeros_like(masks), prompts)["heldout_defect_loss"])
+    with torch.no_grad():
+        gen.unet.conv_in.weight.mul_(1.5)
+    assert held_out_loss(gen, images, masks, prompts, seed=0)["heldout_loss"] != a["heldout_loss"]
+    assert gen.unet.training  # left as it was found
+
+
+def validation_rows(run_dir):
+    with open(run_dir / "logs" / "validation.csv") as fh:
+        return list(csv.DictReader(fh))
+
+
+def test_train_generator_trains_on_while_the_held_out_loss_falls(data, gen_dir, tmp_path):
+    """--extend-steps on train-generator follows the held-out anomaly loss on the val split (lower is better,
+    --extend-min-gain its noise floor): training went on exactly while each block's end beat the best by the gain,
+    and the shipped weights are the best block's."""
+    gain = 0.06  # this tiny run's loss falls ~11 %, then ~5 % per block: it trains on once, then stops
+    cfg = config(data, tmp_path / "run", base=str(gen_dir), val_fraction=0.5, max_steps=2, checkpoint_every=2,
+                 extend_steps=6, extend_block=2, extend_lr=1.0, extend_min_gain=gain, learning_rate=1e-3)
+    out = run_train_generator(cfg, progress=False)
+    rows = validation_rows(out)
+    steps, loss = [int(r["step"]) for r in rows], [float(r["heldout_defect_loss"]) for r in rows]
+    assert steps == list(range(2, 2 + 2 * len(steps), 2)) and all(math.isfinite(v) for v in loss)
+    best = loss[0]
+    for k in range(1, len(loss)):  # each block that ran was asked for by a new best at the previous one
+        assert loss[k - 1] == best, f"trained on after a block that was not a new best: {loss}"
+        best = loss[k] if loss[k] < best * (1 - gain) else best
+    assert 2 < steps[-1] < 8 and loss[-1] > best * (1 - gain)  # stopped by the rule, before the cap
+    shipped = load_file(str(out / "generator.safetensors"))
+    assert all(torch.equal(v, load_file(str(out / "best" / "generator.safetensors"))[k]) for k, v in shipped.items())
+    last = load_file(str(out / "checkpoints" / f"step-{steps[-1]:07d}" / "model.safetensors"))
+    assert not torch.equal(shipped["unet.conv_in.weight"], last["unet.conv_in.weight"])  # not the last block's
+
+
+def test_no_val_anomalies_means_no_held_out_loss_and_no_extension(data, gen_dir, tmp_path, capsys):
+    out = run_train_generator(config(data, tmp_path / "run", base=str(gen_dir), extend_steps=4, extend_block=2),
+                              progress=False)
+    assert "no anomalous val pairs" in capsys.readouterr().out
+    rows = validation_rows(out)
+    assert [int(r["step"]) for r in rows] == [4] and "heldout_defect_loss" not in rows[0]

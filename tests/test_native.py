@@ -87,7 +87,7 @@ def test_a_folder_of_normals_is_accepted_by_both_trainers(tmp_path):
     assert [p.path.name for p in skipped] == ["broken.png"]
     gen = build_config(TrainGeneratorConfig, dict(data=str(tmp_path / "d"), out=str(tmp_path / "g"), crop_size=0,
                                                   **common))
-    (images, masks, prompts), _, _ = training_pairs(gen, 32)
+    (images, masks, prompts), _, _, _ = training_pairs(gen, 32)
     assert len(prompts) == 5 and sum("defect-free" in p for p in prompts) == 2
 
 

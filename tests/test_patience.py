@@ -107,3 +107,26 @@ def test_a_resume_inside_or_at_the_end_of_a_block_decides_as_the_whole_run(tmp_p
     assert validated_steps(tmp_path / "cut") == validated_steps(tmp_path / "whole") == [4, 8, 12, 16]
     shipped = [load_file(str(tmp_path / f / "w.safetensors"))["w"] for f in ("whole", "cut")]
     assert torch.allclose(shipped[0], shipped[1]) and math.isfinite(float(shipped[0].sum()))
+
+
+def test_a_loss_trains_on_while_it_falls_by_the_min_gain(tmp_path):
+    """``best_higher`` False (a held-out loss): lower is better. With ``extend_min_gain`` 0.05 a block that lowers the
+    loss by under 5 % of it is not a new best: training stops and the last clearly better weights ship."""
+    w = torch.nn.Parameter(torch.zeros(3))
+    task = scripted_task(w, {8: 1.0, 12: 0.9, 16: 0.88})  # -10 %, then -2.2 %
+    task.best_metric, task.best_higher = "miou", False
+    summary = train_loop(task, opts(validate_every=0, extend_min_gain=0.05), tmp_path, progress=False)
+    assert summary["steps"] == 16 and summary["best"] == {"step": 12, "metric": "miou", "value": 0.9}
+    assert torch.equal(load_file(str(tmp_path / "w.safetensors"))["w"],
+                       load_file(str(tmp_path / "best" / "w.safetensors"))["w"])
+    assert not torch.equal(load_file(str(tmp_path / "w.safetensors"))["w"], w.detach())
+    # without the noise floor the 2.2 % step is a new best and training goes on to the cap (16 + 0 left: stops)
+    task2 = scripted_task(torch.nn.Parameter(torch.zeros(3)), {8: 1.0, 12: 0.9, 16: 0.88})
+    task2.best_metric, task2.best_higher = "miou", False
+    assert train_loop(task2, opts(validate_every=0), tmp_path / "b", progress=False)["best"]["step"] == 16
+
+
+def test_a_nan_validation_is_never_the_best(tmp_path):
+    summary = train_loop(scripted_task(torch.nn.Parameter(torch.zeros(3)), {4: math.nan, 8: math.nan}), opts(),
+                         tmp_path, progress=False)
+    assert summary["best"] is None and summary["steps"] == 8

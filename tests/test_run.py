@@ -540,6 +540,38 @@ def test_a_default_passed_explicitly_redoes_nothing(tmp_path, capsys):
     assert not (tmp_path / "arm_synthetic").exists()  # cleared, to be redone
 
 
+def test_the_generator_length_rule_is_planned_within_the_budget_and_kept_out_of_cross_fitting(tmp_path):
+    """The plan's gen_extend (issue 46 item 4): blocks of gen_steps up to GEN_MAX_STEPS, judged by the held-out
+    anomaly loss with GEN_MIN_GAIN as its noise floor at the generator's constant rate; within --budget; off in
+    cross-fitting; absent from the generator's values when off (older runs keep their stage identity)."""
+    import dataclasses
+    from anomalign.config import build_config
+    from anomalign.pipeline import RunConfig, Stages
+    from anomalign.plan import GEN_MAX_STEPS, GEN_MIN_GAIN, SEC_GEN_STEP, estimate_seconds
+    plan = make_plan(fingerprint())
+    assert plan.gen_steps + plan.gen_extend == GEN_MAX_STEPS and plan.gen_extend % plan.gen_steps == 0
+    assert "held-out loss" in plan.reasons["gen_extend"]
+    cfg = build_config(RunConfig, {"data": str(tmp_path), "out": str(tmp_path / "r")})
+    values = Stages(cfg, plan, tmp_path / "r", False).generator_values()
+    assert (values["max_steps"], values["extend_steps"], values["extend_block"], values["extend_lr"],
+            values["extend_min_gain"]) == (plan.gen_steps, plan.gen_extend, plan.gen_steps, 1.0, GEN_MIN_GAIN)
+    fold_cfg = dataclasses.replace(cfg, cv_fold="0/3")
+    assert "extend_steps" not in Stages(fold_cfg, plan, tmp_path / "r", False).generator_values()
+    assert "extend_steps" not in Stages(cfg, dataclasses.replace(plan, gen_extend=0), tmp_path / "r",
+                                        False).generator_values()
+    # the segmenter's measured patience rule first: a budget with time for all of it and 2 generator blocks
+    full, total = make_plan(fingerprint()), sum(estimate_seconds(make_plan(fingerprint())).values())
+    seconds = estimate_seconds(full)
+    per_step = (seconds["baseline"] - 30) / full.seg_steps + sum(
+        seconds[f"arm_{a}"] - 30 for a in full.arms) / (full.seg_steps - full.fork_step)
+    minutes = (total + full.seg_extend * per_step + 2.5 * full.gen_steps * SEC_GEN_STEP) / 60
+    tight = make_plan(fingerprint(), budget_minutes=minutes)
+    assert tight.seg_extend == full.seg_extend and tight.gen_extend == 2 * full.gen_steps
+    assert "leaves time for 300" in tight.reasons["gen_extend"]
+    assert make_plan(fingerprint(), budget_minutes=50).gen_extend == 0  # the segmenter's block takes the spare time
+    assert make_plan(fingerprint(), budget_minutes=20).gen_extend == 0  # scaled down: no time to train on
+
+
 def test_a_baseline_that_trains_on_keeps_the_fork_checkpoint_its_arms_start_from(tiny_run, capsys, monkeypatch):
     """With the patience rule training on to its cap (forced: the tiny data's val curve decides nothing), the
     baseline's extra block-end checkpoints must not push out the half-way one the arms fork from."""

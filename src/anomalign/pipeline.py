@@ -33,8 +33,8 @@ from anomalign.config import build_config, option, save_config
 from anomalign.data.folders import DataOptions
 from anomalign.errors import AnomalignError, DataError
 from anomalign.files import check_out_outside, lock_folder, releases_locks, write_text_atomic
-from anomalign.plan import (ARMS, DEFAULT_ARMS, Plan, estimate_seconds, make_plan, parse_arms, read_plan, steps_note,
-                            write_plan)
+from anomalign.plan import (ARMS, DEFAULT_ARMS, GEN_MIN_GAIN, Plan, estimate_seconds, make_plan, parse_arms,
+                            read_plan, steps_note, write_plan)
 
 
 @dataclass(kw_only=True)
@@ -221,7 +221,11 @@ class Stages:
             "crops_per_image": p.gen_crops_per_image, "max_steps": p.gen_steps, "batch_size": p.gen_batch_size,
             "learning_rate": p.gen_learning_rate, "alpha": p.alpha, "normals": p.gen_normals,
             "checkpoint_every": max(1, p.gen_steps // 3), "validation_masks": 8,
-            "validation_steps": 25, "validation_guidance": p.guidance, "seed": cfg.seed, "device": cfg.device}
+            "validation_steps": 25, "validation_guidance": p.guidance, "seed": cfg.seed, "device": cfg.device,
+            # the generator's length from its held-out loss on the val split (plan.py, GEN_MIN_GAIN); not in
+            # cross-fitting, whose held-out images judge the arms. Keys only when on: older runs keep their identity
+            **({"extend_steps": p.gen_extend, "extend_block": p.gen_steps, "extend_lr": 1.0,
+                "extend_min_gain": GEN_MIN_GAIN} if p.gen_extend and cfg.cv_fold is None else {})}
 
     def train_generator(self) -> None:
         from anomalign.generator.train import TrainGeneratorConfig, run_train_generator
@@ -510,7 +514,9 @@ def train_stages(stages: Stages, records: StageRecords, arms: list[str], stage, 
     stage(f"{prefix}baseline", f"{title}baseline segmenter, real pairs only ({plan.seg_steps} steps{more})",
           lambda: stages.train_segmenter(out / "baseline"), done("baseline"))
     if arms:
-        stage(f"{prefix}generator", f"{title}train the generator ({plan.backend}, {plan.gen_steps} steps)",
+        gen_more = (f", + up to {plan.gen_extend} while its held-out loss falls"
+                    if plan.gen_extend and stages.cfg.cv_fold is None else "")
+        stage(f"{prefix}generator", f"{title}train the generator ({plan.backend}, {plan.gen_steps} steps{gen_more})",
               stages.train_generator, done("generator"))
     if "synthetic" in arms or "both" in arms:
         stage(f"{prefix}synthetic", f"{title}generate {plan.synthetic} synthetic pairs, kept where the baseline finds "

@@ -64,6 +64,8 @@ class LoopOptions:
                                   "best so far (0: off; needs a validation)")
     extend_block: int = option(0, "steps per extension block, a warm restart of the schedule (0: max_steps // 4)")
     extend_lr: float = option(0.5, "peak learning rate of each extension block, times --learning-rate")
+    extend_min_gain: float = option(0.0, "a validation is a new best only when it beats the best by at least this "
+                                         "fraction of it (the patience rule's noise floor; 0: any improvement)")
     log_every: int = option(10, "write a log row every N steps")
     seed: int = option(0, "training seed (data order, noise, timesteps, dropout)")
     resume: str | None = option(None, "'latest' or a checkpoint folder to continue from")
@@ -220,7 +222,8 @@ class TrainTask:
     load_state_fn: Callable[[dict[str, torch.Tensor]], None]
     save_fn: Callable[[Path], None]
     validate_fn: Callable[[int, Path], dict[str, float]] | None = None
-    best_metric: str | None = None  # a key of validate_fn's result, higher is better
+    best_metric: str | None = None  # a key of validate_fn's result
+    best_higher: bool = True  # whether a higher best_metric is better (False: a loss)
     param_groups: list[dict] | None = None
 
 
@@ -233,9 +236,9 @@ def train_loop(task: TrainTask, opts: LoopOptions, out_dir: Path, accelerator=No
                progress: bool = True) -> dict[str, Any]:
     """Run ``opts.max_steps`` optimizer steps of ``task``; returns a summary (last losses, best metric, timing)."""
     out_dir = Path(out_dir)
-    if opts.extend_steps < 0 or opts.extend_block < 0 or not opts.extend_lr > 0:
-        raise AnomalignError(f"--extend-steps and --extend-block must be >= 0 and --extend-lr > 0, got "
-                             f"{opts.extend_steps}, {opts.extend_block} and {opts.extend_lr}")
+    if opts.extend_steps < 0 or opts.extend_block < 0 or not opts.extend_lr > 0 or not opts.extend_min_gain >= 0:
+        raise AnomalignError(f"--extend-steps, --extend-block and --extend-min-gain must be >= 0 and --extend-lr > 0, "
+                             f"got {opts.extend_steps}, {opts.extend_block}, {opts.extend_min_gain} and {opts.extend_lr}")
     acc = accelerator or make_accelerator(opts)
     rank, world = acc.process_index, acc.num_processes
     opt = torch.optim.AdamW(task.param_groups or task.params, lr=opts.learning_rate, weight_decay=opts.weight_decay)
@@ -293,14 +296,14 @@ def train_loop(task: TrainTask, opts: LoopOptions, out_dir: Path, accelerator=No
                     last["it_per_s"] = window.write(done, last["lr"])
                 if (task.validate_fn is not None and opts.validate_every and done % opts.validate_every == 0
                         and done < end):  # the stretch's last validation is below, once
-                    best = _validate(task, ema, acc, done, out_dir, best)
+                    best = _validate(task, ema, acc, done, out_dir, best, opts.extend_min_gain)
                 if done % opts.checkpoint_every == 0 and done < end and acc.is_main_process:
                     _save_checkpoint(out_dir, done, task, opt, sched, ema, best, opts.keep_checkpoints, acc.scaler,
                                      log_window=window.state())
             # a resume from this run's own checkpoint at ``end`` finds its validation done (the checkpoint was
             # saved after it)
             if task.validate_fn is not None and not (start == end and ckpt is not None and best is not None):
-                best = _validate(task, ema, acc, end, out_dir, best)
+                best = _validate(task, ema, acc, end, out_dir, best, opts.extend_min_gain)
             if acc.num_processes > 1 and opts.extend_steps:  # only the main process validates: all decide as it
                 from accelerate.utils import broadcast_object_list
                 best = broadcast_object_list([best])[0]
@@ -312,7 +315,7 @@ def train_loop(task: TrainTask, opts: LoopOptions, out_dir: Path, accelerator=No
             bar.total = end
             bar.refresh()
             if acc.is_main_process and progress:
-                print(f"val {best['metric']} still rising at step {start} ({best['value']:.4f}): training on to "
+                print(f"val {best['metric']} still improving at step {start} ({best['value']:.4f}): training on to "
                       f"step {end} (--extend-steps {opts.extend_steps})")
         best = _finish(task, opts, acc, out_dir, opt, sched, ema, best, end)
     finally:
@@ -502,7 +505,8 @@ def _copy_artifact(src: Path, dst: Path) -> None:
             tmp.replace(dst / f.name)
 
 
-def _validate(task: TrainTask, ema: EMA | None, acc, step: int, out_dir: Path, best: dict | None) -> dict | None:
+def _validate(task: TrainTask, ema: EMA | None, acc, step: int, out_dir: Path, best: dict | None,
+              min_gain: float = 0.0) -> dict | None:
     if not acc.is_main_process:
         return best
     if ema is not None:
@@ -511,8 +515,12 @@ def _validate(task: TrainTask, ema: EMA | None, acc, step: int, out_dir: Path, b
         metrics = task.validate_fn(step, out_dir / "validation")
         _log_row(out_dir / "logs" / "validation.csv", step, metrics)
         key = task.best_metric
-        if key is not None and key in metrics and (best is None or metrics[key] > best["value"]):
-            best = {"step": step, "metric": key, "value": metrics[key]}
+        value = metrics.get(key, math.nan) if key is not None else math.nan
+        margin = min_gain * abs(best["value"]) if best is not None else 0.0
+        better = best is None or (value > best["value"] + margin if task.best_higher
+                                  else value < best["value"] - margin)
+        if math.isfinite(value) and better:
+            best = {"step": step, "metric": key, "value": value}
             task.save_fn(out_dir / "best")
     finally:
         if ema is not None:

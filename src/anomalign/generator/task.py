@@ -5,11 +5,12 @@ from dataclasses import dataclass
 from typing import Callable
 
 import torch
+import torch.nn.functional as F
 
 from anomalign.data.transforms import DihedralViews
-from anomalign.generator.losses import LossSpace, StopGrad, dual_branch_loss
+from anomalign.generator.losses import LossSpace, StopGrad, add_noise, dual_branch_loss
 from anomalign.generator.model import MaskGenerator
-from anomalign.seeding import normal_rows, sample_generators
+from anomalign.seeding import normal_rows, sample_generators, seeded_noise
 from anomalign.training import TrainTask, batch_indices, sample_seed
 
 
@@ -148,3 +149,47 @@ def generator_task(gen: MaskGenerator, pairs: LatentPairs, params: list, batch_s
                      step_fn=lambda batch, g: generator_step(gen, batch, step_opts),
                      state_fn=gen.trainable_state, load_state_fn=gen.load_trainable_state,
                      save_fn=save_fn, validate_fn=validate_fn, best_metric=None)
+
+
+HELD_OUT_TIMESTEPS = 8  # noise levels per held-out pair: the strata centres of [0, T)
+
+
+@torch.no_grad()
+def held_out_loss(gen: MaskGenerator, images: torch.Tensor, masks: torch.Tensor, prompts: list[str], seed: int = 0,
+                  timesteps: int = HELD_OUT_TIMESTEPS, batch_size: int = 32) -> dict[str, float]:
+    """Eq. 1's ε-MSE of the image branch on pairs the generator never trains on, at fixed draws, so that it is a
+    function of the weights only and two checkpoints compare exactly.
+
+    images [N, 3, R, R] in [-1, 1], masks [N, 1, R, R] in {0, 1}, prompts [N]. Pair i is noised at
+    ``timesteps`` levels t_k = (k + ½)·T / timesteps (k < timesteps), with ε drawn from seed (seed, i, k); mask
+    and prompt are given (no dropout). Returns {"heldout_loss": the mean over every latent cell,
+    "heldout_defect_loss": the mean over the cells inside the mask (area-weighted; NaN without defect pixels)}.
+    The second is the anomaly's own look: the normal surroundings are a large, easy part of every crop.
+    """
+    if len(images) != len(masks) or len(images) != len(prompts):
+        raise ValueError(f"held_out_loss: {len(images)} images, {len(masks)} masks and {len(prompts)} prompts")
+    was_training = gen.unet.training
+    gen.unet.eval()
+    T = gen.scheduler.config.num_train_timesteps
+    total = torch.zeros(()), torch.zeros(())  # (sum of squared errors, cells) over all cells
+    defect = torch.zeros(()), torch.zeros(())
+    try:
+        jobs = [(i, k) for i in range(len(images)) for k in range(timesteps)]
+        for s in range(0, len(jobs), batch_size):
+            chunk = jobs[s:s + batch_size]
+            idx = [i for i, _ in chunk]
+            x, m = images[idx].to(gen.device), masks[idx].to(gen.device)
+            z0 = gen.encode(x).float()
+            t = torch.tensor([int((k + 0.5) * T / timesteps) for _, k in chunk], device=z0.device)
+            noise = seeded_noise([(seed * 1_000_003 + i) * 1_009 + k for i, k in chunk], tuple(z0.shape[1:]),
+                                 device=z0.device)
+            eps = gen.predict_noise(add_noise(gen.scheduler, z0, noise, t), t, gen.encode_prompts([prompts[i] for i in idx]),
+                                    gen.condition(m)).float()
+            err = (eps - noise).pow(2).mean(dim=1)  # [B, h, w]
+            w = F.adaptive_avg_pool2d(m.float(), err.shape[-2:])[:, 0]  # the share of each latent cell in the defect
+            total = total[0] + err.sum().cpu(), total[1] + err.numel()
+            defect = defect[0] + (w * err).sum().cpu(), defect[1] + w.sum().cpu()
+    finally:
+        gen.unet.train(was_training)
+    return {"heldout_loss": float(total[0] / max(total[1], 1)),
+            "heldout_defect_loss": float(defect[0] / defect[1]) if defect[1] > 0 else float("nan")}

@@ -18,7 +18,7 @@ from anomalign.data.validate import load_dataset, load_normal_folder, skipped_re
 from anomalign.errors import AnomalignError, ConfigError
 from anomalign.generator.conditioning import MaskConvIn, split_mask_channels
 from anomalign.generator.model import LORA_TARGETS, TINY_BASE, MaskGenerator, sd_generator
-from anomalign.generator.task import GenStepOptions, LatentPairs, generator_task
+from anomalign.generator.task import GenStepOptions, LatentPairs, generator_task, held_out_loss
 from anomalign.generator.tiny import words
 from anomalign.files import check_out_outside, releases_locks
 from anomalign.generator.sampler import DEFAULT_GUIDANCE
@@ -29,6 +29,7 @@ from anomalign.training import LoopOptions, make_accelerator, train_loop
 # The mask channels of conv_in start at zero and must learn the mask from a few dozen pairs: at the LoRA's 1e-5
 # they barely move in a GPU budget (tests/test_sd_gpu_path.py measures the mask-loss gap on an SD-shaped model).
 SD_MASK_LEARNING_RATE = 1e-4
+HELD_OUT_IMAGES = 64  # val anomalies in the held-out loss: enough for a stable mean, seconds on a CPU
 
 PRESETS = {
     # The paper's recipe: Eq. 5 with α = 0.7, gradients through both branches of Eq. 4.
@@ -169,9 +170,12 @@ def parameter_groups(gen: MaskGenerator, params: list[torch.nn.Parameter], cfg: 
 
 
 def training_pairs(cfg: TrainGeneratorConfig, resolution: int):
-    """Train-split anomalies (+ up to ``cfg.normals`` normals) and validation masks at ``resolution``, each as
-    (images [N, 3, R, R], masks [N, 1, R, R], prompts); also the problems of the files ``--policy skip`` left out.
+    """Train-split anomalies (+ up to ``cfg.normals`` normals), validation masks for the grid and the held-out
+    pairs at ``resolution``, each as (images [N, 3, R, R], masks [N, 1, R, R], prompts); also the problems of the
+    files ``--policy skip`` left out.
 
+    The held-out pairs are the val split's anomalies (at most ``HELD_OUT_IMAGES``; with crops, as many per image as
+    training cuts) and are empty without any: the held-out loss is then not measured, never on training pairs.
     With crops (``--crop-size``, or images at least twice ``resolution``): a fixed bank of R-px crops at
     native resolution (``data.crops.crop_bank``), so the defects are learnt at the size they really have."""
     index = load_dataset(cfg.data, cfg)
@@ -186,7 +190,8 @@ def training_pairs(cfg: TrainGeneratorConfig, resolution: int):
         normals += extra.samples
         skipped += extra.skipped
     normals = normals[: cfg.normals]
-    val = ([s for s in index.split("val") if not s.normal] or train)[: cfg.validation_masks]
+    held_out = [s for s in index.split("val") if not s.normal][:HELD_OUT_IMAGES]
+    val = (held_out or train)[: cfg.validation_masks]
     if cfg.crop_size is None:
         cfg.crop_size, side = auto_crop_size(train, resolution, cfg.scale)
         if cfg.crop_size:
@@ -199,10 +204,17 @@ def training_pairs(cfg: TrainGeneratorConfig, resolution: int):
             x, m, src = crop_bank(samples, resolution, cfg.scale, per_image, cfg.crop_jitter, cfg.seed,
                                   cfg.mask_threshold)
             return x, m, [default_prompt(s) for s in src]
-        return bank(train + normals, cfg.crops_per_image), bank(val, 1), skipped
-    train_ds, val_ds = PairDataset(train + normals, size=resolution), PairDataset(val, size=resolution)
-    return ((*train_ds.tensors(), [default_prompt(s) for s in train_ds.samples]),
-            (*val_ds.tensors(), [default_prompt(s) for s in val_ds.samples]), skipped)
+        return (bank(train + normals, cfg.crops_per_image), bank(val, 1),
+                bank(held_out, cfg.crops_per_image) if held_out else _no_pairs(resolution), skipped)
+
+    def whole(samples):
+        ds = PairDataset(samples, size=resolution)
+        return *ds.tensors(), [default_prompt(s) for s in ds.samples]
+    return whole(train + normals), whole(val), whole(held_out) if held_out else _no_pairs(resolution), skipped
+
+
+def _no_pairs(resolution: int) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+    return torch.zeros(0, 3, resolution, resolution), torch.zeros(0, 1, resolution, resolution), []
 
 
 @releases_locks
@@ -218,7 +230,7 @@ def run_train_generator(cfg: TrainGeneratorConfig, progress: bool = True) -> Pat
     if resolution % (gen.factor * 4):
         raise ConfigError(f"resolution {resolution} must be a multiple of {gen.factor * 4} for this model")
     gen.spec["resolution"] = resolution
-    (images, masks, prompts), (val_images, val_masks, val_prompts), skipped = training_pairs(cfg, resolution)
+    (images, masks, prompts), (val_images, val_masks, val_prompts), held_out, skipped = training_pairs(cfg, resolution)
     if cfg.crop_size:  # crops of images resampled by --scale: `generate --normals` windows then cover R / scale px
         gen.spec["scale"] = float(cfg.scale)
     gen.spec["grayscale"] = is_grey(images)  # `generate` then writes single-channel images, like the data
@@ -242,13 +254,21 @@ def run_train_generator(cfg: TrainGeneratorConfig, progress: bool = True) -> Pat
         save_config(cfg, Path(folder) / "config.yaml")
 
     def validate_fn(step: int, folder: Path) -> dict[str, float]:
-        return validation_grid(gen, val_images, val_masks, val_prompts, folder / f"step-{step:07d}.png",
-                               cfg.validation_steps, cfg.validation_guidance, cfg.seed)
+        stats = validation_grid(gen, val_images, val_masks, val_prompts, folder / f"step-{step:07d}.png",
+                                cfg.validation_steps, cfg.validation_guidance, cfg.seed)
+        if len(held_out[0]):
+            stats.update(held_out_loss(gen, *held_out, seed=cfg.seed))
+        return stats
 
     step_opts = GenStepOptions(alpha=cfg.alpha, al_stop_grad=cfg.al_stop_grad, w_mask=cfg.w_mask,
                                snr_gamma=cfg.snr_gamma, mask_dropout=cfg.mask_dropout,
                                prompt_dropout=cfg.prompt_dropout, loss_space=cfg.loss_space)
     task = generator_task(gen, pairs, params, cfg.batch_size, cfg.seed, step_opts, save_fn, validate_fn)
+    # the patience rule (--extend-steps) follows the anomaly's held-out loss: lower is better
+    task.best_metric, task.best_higher = ("heldout_defect_loss", False) if len(held_out[0]) else (None, True)
+    if cfg.extend_steps and not len(held_out[0]) and acc.is_main_process:
+        print(f"{cfg.data}: no anomalous val pairs, so no held-out loss: --extend-steps is not used (training stops "
+              f"at --max-steps {cfg.max_steps})")
     task.param_groups = parameter_groups(gen, params, cfg)
     gen.unet.train()
     summary = train_loop(task, cfg, out, acc, progress=progress)
