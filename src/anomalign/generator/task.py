@@ -174,12 +174,13 @@ def held_out_loss(gen: MaskGenerator, images: torch.Tensor, masks: torch.Tensor,
     total = torch.zeros(()), torch.zeros(())  # (sum of squared errors, cells) over all cells
     defect = torch.zeros(()), torch.zeros(())
     try:
+        latents = torch.cat([gen.encode(images[s:s + batch_size].to(gen.device)).float().cpu()
+                             for s in range(0, len(images), batch_size)]) if len(images) else None
         jobs = [(i, k) for i in range(len(images)) for k in range(timesteps)]
         for s in range(0, len(jobs), batch_size):
             chunk = jobs[s:s + batch_size]
             idx = [i for i, _ in chunk]
-            x, m = images[idx].to(gen.device), masks[idx].to(gen.device)
-            z0 = gen.encode(x).float()
+            z0, m = latents[idx].to(gen.device), masks[idx].to(gen.device)
             t = torch.tensor([int((k + 0.5) * T / timesteps) for _, k in chunk], device=z0.device)
             noise = seeded_noise([(seed * 1_000_003 + i) * 1_009 + k for i, k in chunk], tuple(z0.shape[1:]),
                                  device=z0.device)

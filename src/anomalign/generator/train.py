@@ -29,7 +29,9 @@ from anomalign.training import LoopOptions, make_accelerator, train_loop
 # The mask channels of conv_in start at zero and must learn the mask from a few dozen pairs: at the LoRA's 1e-5
 # they barely move in a GPU budget (tests/test_sd_gpu_path.py measures the mask-loss gap on an SD-shaped model).
 SD_MASK_LEARNING_RATE = 1e-4
-HELD_OUT_IMAGES = 64  # val anomalies in the held-out loss: enough for a stable mean, seconds on a CPU
+# the held-out loss: up to 64 val anomalies, as many crops each as training cuts but 128 in all (8 timesteps each:
+# about half a minute per validation on one CPU thread)
+HELD_OUT_IMAGES, HELD_OUT_CROPS = 64, 128
 
 PRESETS = {
     # The paper's recipe: Eq. 5 with α = 0.7, gradients through both branches of Eq. 4.
@@ -175,7 +177,7 @@ def training_pairs(cfg: TrainGeneratorConfig, resolution: int):
     files ``--policy skip`` left out.
 
     The held-out pairs are the val split's anomalies (at most ``HELD_OUT_IMAGES``; with crops, as many per image as
-    training cuts) and are empty without any: the held-out loss is then not measured, never on training pairs.
+    training cuts, at most ``HELD_OUT_CROPS`` in all) and are empty without any: the held-out loss is then not measured, never on training pairs.
     With crops (``--crop-size``, or images at least twice ``resolution``): a fixed bank of R-px crops at
     native resolution (``data.crops.crop_bank``), so the defects are learnt at the size they really have."""
     index = load_dataset(cfg.data, cfg)
@@ -205,7 +207,8 @@ def training_pairs(cfg: TrainGeneratorConfig, resolution: int):
                                   cfg.mask_threshold)
             return x, m, [default_prompt(s) for s in src]
         return (bank(train + normals, cfg.crops_per_image), bank(val, 1),
-                bank(held_out, cfg.crops_per_image) if held_out else _no_pairs(resolution), skipped)
+                bank(held_out, max(1, min(cfg.crops_per_image, HELD_OUT_CROPS // max(len(held_out), 1))))
+                if held_out else _no_pairs(resolution), skipped)
 
     def whole(samples):
         ds = PairDataset(samples, size=resolution)
