@@ -232,6 +232,11 @@ def test_train_generator_trains_on_while_the_held_out_loss_falls(data, gen_dir, 
     assert all(torch.equal(v, load_file(str(out / "best" / "generator.safetensors"))[k]) for k, v in shipped.items())
     last = load_file(str(out / "checkpoints" / f"step-{steps[-1]:07d}" / "model.safetensors"))
     assert not torch.equal(shipped["unet.conv_in.weight"], last["unet.conv_in.weight"])  # not the last block's
+    # what run's report says about it
+    from anomalign.evaluation.run_report import generator_length, generator_length_text
+    length = generator_length(out)
+    assert length == {"curve": list(zip(steps, loss)), "trained": steps[-1], "shipped": steps[loss.index(best)]}
+    assert f"the weights of step {steps[loss.index(best)]} ship" in generator_length_text(length)
 
 
 def test_no_val_anomalies_means_no_held_out_loss_and_no_extension(data, gen_dir, tmp_path, capsys):
@@ -240,3 +245,5 @@ def test_no_val_anomalies_means_no_held_out_loss_and_no_extension(data, gen_dir,
     assert "no anomalous val pairs" in capsys.readouterr().out
     rows = validation_rows(out)
     assert [int(r["step"]) for r in rows] == [4] and "heldout_defect_loss" not in rows[0]
+    from anomalign.evaluation.run_report import generator_length
+    assert generator_length(out) is None  # the report then says nothing about it

@@ -219,8 +219,45 @@ def training_section(page: Page, out: Path, tiles: Path) -> None:
         png = loss_curve(out / run / "logs" / "train.csv", tiles / f"curve_{run}.png", f"{run}: losses (log scale)")
         if png is not None:
             page.image(png, f"{run} training losses")
+    length = generator_length(out / "generator")
+    if length is not None:
+        from anomalign.figures import line_plot
+        steps, losses = zip(*length["curve"])
+        page.para(generator_length_text(length))
+        page.image(line_plot({"held-out anomaly loss": (list(steps), list(losses))}, tiles / "generator_heldout.png",
+                             title="generator: held-out loss inside the val defects against step"),
+                   "the generator's held-out anomaly loss (lower: the val split's defects denoised better)")
     if grids:
         page.image(grids[-1], f"generator validation at {grids[-1].stem} (real | generated, mask contour in red)")
+
+
+def generator_length(folder: Path) -> dict | None:
+    """The generator's held-out anomaly loss at each validation (``logs/validation.csv``) and the step whose weights
+    it shipped (the loop's best, from its last checkpoint): {"curve": [(step, loss)], "trained": last step,
+    "shipped": step or None}; None when the run measured no held-out loss (no val anomalies)."""
+    import csv
+
+    from anomalign.training import find_checkpoint
+    path = folder / "logs" / "validation.csv"
+    if not path.is_file():
+        return None
+    with path.open() as f:
+        curve = [(int(r["step"]), float(r["heldout_defect_loss"])) for r in csv.DictReader(f)
+                 if r.get("heldout_defect_loss") not in (None, "", "nan")]
+    if not curve:
+        return None
+    ckpt = find_checkpoint(folder, "latest") if (folder / "checkpoints").is_dir() else None
+    best = json.loads((ckpt / "trainer.json").read_text()).get("best") if ckpt is not None else None
+    return {"curve": curve, "trained": curve[-1][0], "shipped": best.get("step") if best else None}
+
+
+def generator_length_text(length: dict) -> str:
+    """One sentence: how long the generator trained, by its held-out loss, and which weights ship."""
+    steps = ", ".join(f"{s}: {v:.4f}" for s, v in length["curve"])
+    shipped = length["shipped"]
+    return (f"Generator: trained {length['trained']} steps; its held-out loss inside the val split's defects ({steps})"
+            + (f"; the weights of step {shipped} ship (the last block that lowered it by the plan's margin)"
+               if shipped is not None and shipped != length["trained"] else "; the last weights ship") + ".")
 
 
 def headline_text(result: dict) -> str:
