@@ -210,10 +210,10 @@ def make_plan(fp: Fingerprint, *, backend: str = "tiny", base: str | None = None
     gen_extend = rule if GEN_RULE_DEFAULT else 0
     why["gen_extend"] = (
         f"{gen_extend}: set {rule} to train the generator on in blocks of {gen_steps} steps while each lowers the "
-        f"held-out loss of the val split's anomalies by >= {100 * GEN_MIN_GAIN:g} % (up to {gen_steps + rule} steps; the "
-        "lowest-loss weights ship). Off by default: on polyp-dev (3 split seeds) it chose 600 steps and aligned better "
-        "(oracle IoU 0.51 -> 0.63, 2.4x more attempts kept), but the synthetic arm scored lower (val mIoU 54.1 -> 53.1, "
-        "test 67.0 -> 60.7; docs/synthesis.md)")
+        f"held-out loss of the val split's anomalies by >= {100 * GEN_MIN_GAIN:g} % (up to {gen_steps + rule} steps; "
+        "the lowest-loss weights ship). Off by default: on polyp-dev (3 split seeds) it chose 600 steps and aligned "
+        "better (oracle IoU 0.51 -> 0.63, 2.4x more attempts kept), but the synthetic arm scored lower (val mIoU "
+        "54.1 -> 53.1, test 67.0 -> 60.7; docs/synthesis.md)")
     why["synthetic"] = (f"{RUN['synthetic']} pairs, kept only where the baseline finds the defect (oracle IoU >= "
                         f"{RUN['min_alignment']:g}): 47.9 ± 1.8 vs 40.2 ± 9.2 unfiltered on magnetic tile")
     why["min_alignment"] = why["synthetic"]
@@ -355,6 +355,6 @@ def steps_note(plan: Plan) -> str:
     where = f"{plan.crop_size}-px crops" if plan.crop_size else f"whole images at {plan.size} px"
     more = f" (+ up to {plan.seg_extend} while val rises)" if plan.seg_extend else ""
     gen_more = f" (+ up to {plan.gen_extend} while its held-out loss falls)" if plan.gen_extend else ""
-    return (f"plan: {plan.preset} on {where} (scale {plan.scale:g}), {plan.seg_steps} steps{more}; {plan.backend} generator "
-            f"{plan.gen_steps} steps{gen_more}; {plan.synthetic} synthetic pairs into {plan.hosts} images; arms "
+    return (f"plan: {plan.preset} on {where} (scale {plan.scale:g}), {plan.seg_steps} steps{more}; {plan.backend} "
+            f"generator {plan.gen_steps} steps{gen_more}; {plan.synthetic} synthetic pairs into {plan.hosts} images; arms "
             f"{', '.join(plan.arms) or 'none'}; about {math.ceil(total / 60)} min (estimated for one CPU core)")

@@ -184,8 +184,8 @@ def held_out_loss(gen: MaskGenerator, images: torch.Tensor, masks: torch.Tensor,
             t = torch.tensor([int((k + 0.5) * T / timesteps) for _, k in chunk], device=z0.device)
             noise = seeded_noise([(seed * 1_000_003 + i) * 1_009 + k for i, k in chunk], tuple(z0.shape[1:]),
                                  device=z0.device)
-            eps = gen.predict_noise(add_noise(gen.scheduler, z0, noise, t), t, gen.encode_prompts([prompts[i] for i in idx]),
-                                    gen.condition(m)).float()
+            emb = gen.encode_prompts([prompts[i] for i in idx])
+            eps = gen.predict_noise(add_noise(gen.scheduler, z0, noise, t), t, emb, gen.condition(m)).float()
             err = (eps - noise).pow(2).mean(dim=1)  # [B, h, w]
             w = F.adaptive_avg_pool2d(m.float(), err.shape[-2:])[:, 0]  # the share of each latent cell in the defect
             total = total[0] + err.sum().cpu(), total[1] + err.numel()

@@ -177,7 +177,8 @@ def training_pairs(cfg: TrainGeneratorConfig, resolution: int):
     files ``--policy skip`` left out.
 
     The held-out pairs are the val split's anomalies (at most ``HELD_OUT_IMAGES``; with crops, as many per image as
-    training cuts, at most ``HELD_OUT_CROPS`` in all) and are empty without any: the held-out loss is then not measured, never on training pairs.
+    training cuts, at most ``HELD_OUT_CROPS`` in all), empty without any: the held-out loss is then not measured
+    (never on training pairs).
     With crops (``--crop-size``, or images at least twice ``resolution``): a fixed bank of R-px crops at
     native resolution (``data.crops.crop_bank``), so the defects are learnt at the size they really have."""
     index = load_dataset(cfg.data, cfg)
