@@ -156,7 +156,8 @@ HELD_OUT_TIMESTEPS = 8  # noise levels per held-out pair: the strata centres of 
 
 @torch.no_grad()
 def held_out_loss(gen: MaskGenerator, images: torch.Tensor, masks: torch.Tensor, prompts: list[str], seed: int = 0,
-                  timesteps: int = HELD_OUT_TIMESTEPS, batch_size: int = 32) -> dict[str, float]:
+                  timesteps: int = HELD_OUT_TIMESTEPS, batch_size: int = 32, latents: torch.Tensor | None = None
+                  ) -> dict[str, float]:
     """Eq. 1's ε-MSE of the image branch on pairs the generator never trains on, at fixed draws, so that it is a
     function of the weights only and two checkpoints compare exactly.
 
@@ -165,6 +166,8 @@ def held_out_loss(gen: MaskGenerator, images: torch.Tensor, masks: torch.Tensor,
     and prompt are given (no dropout). Returns {"heldout_loss": the mean over every latent cell,
     "heldout_defect_loss": the mean over the cells inside the mask (area-weighted; NaN without defect pixels)}.
     The second is the anomaly's own look: the normal surroundings are a large, easy part of every crop.
+    ``latents``: E(images) [N, C, h, w] (``held_out_latents``) when already encoded: the codec is frozen, so a
+    trainer encodes its held-out pairs once, not at every validation.
     """
     if len(images) != len(masks) or len(images) != len(prompts):
         raise ValueError(f"held_out_loss: {len(images)} images, {len(masks)} masks and {len(prompts)} prompts")
@@ -174,8 +177,8 @@ def held_out_loss(gen: MaskGenerator, images: torch.Tensor, masks: torch.Tensor,
     total = torch.zeros(()), torch.zeros(())  # (sum of squared errors, cells) over all cells
     defect = torch.zeros(()), torch.zeros(())
     try:
-        latents = torch.cat([gen.encode(images[s:s + batch_size].to(gen.device)).float().cpu()
-                             for s in range(0, len(images), batch_size)]) if len(images) else None
+        if latents is None:
+            latents = held_out_latents(gen, images, batch_size)
         jobs = [(i, k) for i in range(len(images)) for k in range(timesteps)]
         for s in range(0, len(jobs), batch_size):
             chunk = jobs[s:s + batch_size]
@@ -194,3 +197,12 @@ def held_out_loss(gen: MaskGenerator, images: torch.Tensor, masks: torch.Tensor,
         gen.unet.train(was_training)
     return {"heldout_loss": float(total[0] / max(total[1], 1)),
             "heldout_defect_loss": float(defect[0] / defect[1]) if defect[1] > 0 else float("nan")}
+
+
+@torch.no_grad()
+def held_out_latents(gen: MaskGenerator, images: torch.Tensor, batch_size: int = 32) -> torch.Tensor:
+    """E(images) [N, C, h, w] on the CPU, for ``held_out_loss`` (images [N, 3, R, R] in [-1, 1], N >= 0)."""
+    if not len(images):
+        return torch.zeros(0)
+    return torch.cat([gen.encode(images[s:s + batch_size].to(gen.device)).float().cpu()
+                      for s in range(0, len(images), batch_size)])

@@ -18,7 +18,7 @@ from anomalign.data.validate import load_dataset, load_normal_folder, skipped_re
 from anomalign.errors import AnomalignError, ConfigError
 from anomalign.generator.conditioning import MaskConvIn, split_mask_channels
 from anomalign.generator.model import LORA_TARGETS, TINY_BASE, MaskGenerator, sd_generator
-from anomalign.generator.task import GenStepOptions, LatentPairs, generator_task, held_out_loss
+from anomalign.generator.task import GenStepOptions, LatentPairs, generator_task, held_out_latents, held_out_loss
 from anomalign.generator.tiny import words
 from anomalign.files import check_out_outside, releases_locks
 from anomalign.generator.sampler import DEFAULT_GUIDANCE
@@ -257,11 +257,15 @@ def run_train_generator(cfg: TrainGeneratorConfig, progress: bool = True) -> Pat
         gen.save(folder)
         save_config(cfg, Path(folder) / "config.yaml")
 
+    held_out_z: list[torch.Tensor] = []
+
     def validate_fn(step: int, folder: Path) -> dict[str, float]:
         stats = validation_grid(gen, val_images, val_masks, val_prompts, folder / f"step-{step:07d}.png",
                                 cfg.validation_steps, cfg.validation_guidance, cfg.seed)
         if len(held_out[0]):
-            stats.update(held_out_loss(gen, *held_out, seed=cfg.seed))
+            if not held_out_z:  # encoded at the first validation, after the frozen codec's move to the device
+                held_out_z.append(held_out_latents(gen, held_out[0]))
+            stats.update(held_out_loss(gen, *held_out, seed=cfg.seed, latents=held_out_z[0]))
         return stats
 
     step_opts = GenStepOptions(alpha=cfg.alpha, al_stop_grad=cfg.al_stop_grad, w_mask=cfg.w_mask,
