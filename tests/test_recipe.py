@@ -33,7 +33,8 @@ def test_the_commands_take_their_defaults_from_the_recipe():
 
 
 def test_the_plan_and_the_api_take_theirs_from_the_same_recipe(tmp_path):
-    from anomalign.pipeline import RunConfig, Stages
+    from anomalign.pipeline import RunConfig
+    from anomalign.stages import Stages
     from anomalign.plan import CROP, Plan, make_plan
     plan = make_plan(fingerprint())  # what `anomalign run` and `anomalign.run()` plan for large images
     assert (plan.preset, plan.norm, plan.crop_size, plan.seg_steps, plan.batch_size, plan.train_normals) == (

@@ -81,7 +81,8 @@ def test_budget_scales_steps_down_never_up():
 def test_the_patience_rule_is_planned_within_the_budget_and_kept_out_of_cross_fitting(tmp_path):
     import dataclasses
     from anomalign.config import build_config
-    from anomalign.pipeline import RunConfig, Stages
+    from anomalign.pipeline import RunConfig
+    from anomalign.stages import Stages
     plan = make_plan(fingerprint())
     assert plan.seg_extend == SEG_STEPS // 2 and plan.extend_block == SEG_STEPS // 4
     assert "patience rule" in plan.reasons["seg_extend"]
@@ -174,13 +175,13 @@ def test_run_end_to_end_on_tiny_data(tiny_run, capsys):
 KILL_AFTER_SYNTHESIS = textwrap.dedent("""
     import os, signal, sys
     sys.path.insert(0, {src!r})
-    import anomalign.pipeline as pipeline
-    real = pipeline.Stages.generate
+    import anomalign.stages as stages
+    real = stages.Stages.generate
 
     def generate(self):  # kill -9 right after the synthetic pairs are written
         real(self)
         os.kill(os.getpid(), signal.SIGKILL)
-    pipeline.Stages.generate = generate
+    stages.Stages.generate = generate
     from anomalign.cli import main
     sys.exit(main(sys.argv[1:]))
 """)
@@ -355,7 +356,7 @@ def test_a_fork_validates_once_at_the_end_and_keeps_its_own_best(tmp_path):
 
 def test_an_arm_checkpoints_after_the_fork(tiny_run):
     """A killed arm resumes near where it stopped, not from the fork: it checkpoints within its own half."""
-    from anomalign.pipeline import arm_checkpoint_every
+    from anomalign.stages import arm_checkpoint_every
     from anomalign.plan import Plan
     plan = Plan(seg_steps=3200)
     assert arm_checkpoint_every(plan) == 400 and plan.fork_step % arm_checkpoint_every(plan) == 0
@@ -526,7 +527,7 @@ def test_cross_fitted_run_on_tiny_data(tiny_run, capsys):
 def test_a_default_passed_explicitly_redoes_nothing(tmp_path, capsys):
     """Records compare what a stage's command runs with: a value given on one side only counts as the command's
     default, so code that starts passing a default explicitly (or stops) keeps finished stages."""
-    from anomalign.pipeline import StageRecords, command_defaults
+    from anomalign.stages import StageRecords, command_defaults
     defaults = command_defaults("arm_synthetic")
     (tmp_path / "arm_synthetic").mkdir()
     (tmp_path / "arm_synthetic" / "segmenter.safetensors").write_bytes(b"weights")
@@ -546,7 +547,8 @@ def test_the_generator_length_rule_is_planned_within_the_budget_and_kept_out_of_
     cross-fitting; absent from the generator's values when off (older runs keep their stage identity)."""
     import dataclasses
     from anomalign.config import build_config
-    from anomalign.pipeline import RunConfig, Stages
+    from anomalign.pipeline import RunConfig
+    from anomalign.stages import Stages
     from anomalign.plan import GEN_MAX_STEPS, GEN_MIN_GAIN, SEC_GEN_STEP, estimate_seconds, generator_length_rule
     default = make_plan(fingerprint())
     # off by default (measured: the synthetic arm scored lower with it on polyp-dev); the reason says how to turn it on

@@ -19,7 +19,8 @@ from pathlib import Path
 import torch
 
 from anomalign.config import build_config, load_config
-from anomalign.pipeline import RunConfig, Stages
+from anomalign.pipeline import RunConfig
+from anomalign.stages import Stages
 from anomalign.plan import read_plan
 from checkpoints import artifact_at  # studies/scripts/checkpoints.py
 
