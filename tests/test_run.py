@@ -541,6 +541,25 @@ def test_a_default_passed_explicitly_redoes_nothing(tmp_path, capsys):
     assert not (tmp_path / "arm_synthetic").exists()  # cleared, to be redone
 
 
+def test_colour_photographs_plan_the_generator_length_rule_and_guidance_2():
+    """Colour photographs with the tiny backend (issue 46 item 4): the generator trains on by its held-out loss and
+    synthesis samples at guidance 2; grey or little-coloured data, the SD backend and the demo keep guidance 3 and a
+    fixed-length generator."""
+    from anomalign.demo import DemoConfig, demo_plan
+    from anomalign.generator.sampler import DEFAULT_GUIDANCE
+    from anomalign.plan import COLOUR_GUIDANCE, generator_length_rule
+    tissue = fingerprint(grey=False, saturation=0.47)
+    colour = make_plan(tissue)
+    assert colour.guidance == COLOUR_GUIDANCE == 2.0 != DEFAULT_GUIDANCE["tiny"]
+    assert colour.gen_extend == generator_length_rule(colour.gen_steps) > 0
+    assert "colour photographs" in colour.reasons["guidance"] and "colour photographs" in colour.reasons["gen_extend"]
+    for plan in (make_plan(fingerprint()), make_plan(fingerprint(grey=False, saturation=0.04)),
+                 make_plan(tissue, backend="sd", base="some/sd")):
+        assert (plan.guidance, plan.gen_extend) == (DEFAULT_GUIDANCE["tiny"], 0)
+    demo = demo_plan(tissue, DemoConfig())
+    assert (demo.guidance, demo.gen_extend) == (3.0, 0) and demo.reasons["guidance"].startswith("demo: ")
+
+
 def test_the_generator_length_rule_is_planned_within_the_budget_and_kept_out_of_cross_fitting(tmp_path):
     """The plan's gen_extend (issue 46 item 4): blocks of gen_steps up to GEN_MAX_STEPS, judged by the held-out
     anomaly loss with GEN_MIN_GAIN as its noise floor at the generator's constant rate; within --budget; off in

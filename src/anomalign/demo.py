@@ -26,6 +26,8 @@ DEMO_BUDGET = {
     "gen_steps": (150, "the shipped base already follows masks; 150 steps adapt it to the demo's images"),
     "gen_extend": (0, "the generator trains a fixed length (run's plan trains on while its held-out loss falls): the "
                       "demo's time is fixed"),
+    "guidance": (3.0, "guidance 3, where a short fine-tune aligns best (run's plan uses 2 for colour photographs "
+                      "with its longer-trained generator)"),
     "synthetic": (96, "96 kept pairs (one per training mask) keep synthesis near 2 min"),
     "arms": (["synthetic"], "+ synthetic pairs, the arm `run` compares by default; `--arms all` adds Generative "
                             "Feedback alone and the full method (synthetic + feedback)"),
