@@ -56,7 +56,10 @@ def main() -> None:
         b = im.copy()
         b[top:top + n, left:left + n] = np.asarray(
             Image.fromarray(((y + 1) * 127.5).round().astype(np.uint8)).resize((n, n), Image.BICUBIC))
-        reals.append(im), masks.append(m), resized.append(a), coded.append(b)
+        reals.append(im)
+        masks.append(m)
+        resized.append(a)
+        coded.append(b)
     rc, rm = defect_crops(reals, masks)
     print(f"{len(rc)} real defects, {side}-px windows at {R} px")
     for name, imgs in (("resized only", resized), ("resized + codec", coded)):
