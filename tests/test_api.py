@@ -36,6 +36,9 @@ def test_readme_api_example_runs(tmp_path, monkeypatch):
     write_tiny_plan(tmp_path / "plan.yaml", tmp_path / "base", arms=["synthetic"])
     # the example's `run` plans from the data; here the plan is a seconds-long one
     monkeypatch.setattr(pipeline, "make_plan", lambda *a, **k: read_plan(tmp_path / "plan.yaml"))
+    # and the single-split choice (the tiny data's 2 val anomalies would make --choice auto cross-fit 5 folds:
+    # test_run.py tests that; here it would only triple the seconds)
+    monkeypatch.setattr(pipeline, "resolve_choice", lambda cfg, fp: ("val", "the test's single split"))
     scope: dict = {}
     exec(compile(readme_api_example(), "README.md", "exec"), scope)
     result = scope["result"]

@@ -138,7 +138,9 @@ def tiny_run(tmp_path_factory):
 
 
 def run_args(root: Path, out: Path) -> list[str]:
-    return ["run", str(root / "data"), "--out", str(out), "--plan", str(root / "plan.yaml"), "--device", "cpu"]
+    # the single-split choice unless a test asks for cv (tiny_run's 2 val anomalies would make auto cross-fit)
+    return ["run", str(root / "data"), "--out", str(out), "--plan", str(root / "plan.yaml"), "--device", "cpu",
+            "--choice", "val"]
 
 
 def test_run_end_to_end_on_tiny_data(tiny_run, capsys):
@@ -494,6 +496,46 @@ def test_cross_fitted_run_needs_no_val_split(tmp_path):
     assert fp.pairs.get("val", 0) == 0 and fp.pairs["train"] >= 3
 
 
+def test_choice_auto_cross_fits_only_where_the_val_rule_cannot_adopt(tmp_path):
+    from anomalign.config import build_config
+    from anomalign.pipeline import RunConfig, check_stage, resolve_choice
+    cfg = RunConfig(data=tmp_path, out=tmp_path / "R")
+    fp = fingerprint()  # 40 val anomalies: the single-split rule can decide
+    assert resolve_choice(cfg, fp)[0] == "val"
+    fp.pairs = {"train": 31, "val": 4, "test": 9}  # polyp-dev's split: 4 val anomalies, 35 in train + val
+    mode, why = resolve_choice(cfg, fp)
+    assert mode == "cv" and "4 anomalous pair(s)" in why and "35" in why
+    assert resolve_choice(RunConfig(data=tmp_path, out=tmp_path / "R", arms=[]), fp)[0] == "val"  # nothing to choose
+    assert resolve_choice(RunConfig(data=tmp_path, out=tmp_path / "R", choice="val"), fp)[0] == "val"
+    fp.pairs = {"train": 6, "val": 1, "test": 2}  # too few for either rule: the cheaper single split
+    assert resolve_choice(cfg, fp)[0] == "val"
+    fp.pairs = {"train": 40, "val": 9, "test": 9}
+    assert resolve_choice(cfg, fp)[0] == "cv"
+    # a folder with no val anomalies at all runs (cross-fitted) instead of stopping at the check
+    write_paired(tmp_path / "data", defects=("scratch",), n=16, normals=0)
+    values = {"data": str(tmp_path / "data"), "out": str(tmp_path / "R"), "val_fraction": 0.0}
+    index, fp = check_stage(build_config(RunConfig, values))
+    assert fp.pairs.get("val", 0) == 0 and resolve_choice(build_config(RunConfig, values), fp)[0] == "cv"
+
+
+def test_cross_fitting_with_one_shared_generator(tiny_run, capsys):
+    out = tiny_run / "cv_shared"
+    args = run_args(tiny_run, out) + ["--choice", "cv", "--folds", "3", "--cv-generator", "shared"]
+    assert main(args) == 0
+    text = capsys.readouterr().out
+    assert text.count("train the generator") == 1 and "train the generator once, on train + val" in text
+    assert (out / "generator" / "generator.safetensors").is_file()
+    assert "cv_fold: all" in (out / "generator" / "config.yaml").read_text()
+    for k in range(3):
+        fold = out / "cv" / f"fold_{k}"
+        assert not (fold / "generator").exists()  # every fold samples from the run's one generator
+        assert f"generator: {out / 'generator'}" in (fold / "synthetic" / "config.yaml").read_text()
+        assert f"cv_fold: {k}/3" in (fold / "synthetic" / "config.yaml").read_text()  # masks and hosts: its part
+    assert json.loads((out / "choice.json").read_text())["mode"] == "cv"
+    assert main(args) == 0  # a rerun redoes nothing (the refit's generator is the shared one)
+    assert "redoing" not in capsys.readouterr().out
+
+
 def test_cross_fitted_run_on_tiny_data(tiny_run, capsys):
     out = tiny_run / "cv"
     assert main(run_args(tiny_run, out) + ["--choice", "cv", "--folds", "3"]) == 0
@@ -606,7 +648,8 @@ def test_a_baseline_that_trains_on_keeps_the_fork_checkpoint_its_arms_start_from
     plan = tiny_run / "plan_extend.yaml"
     plan.write_text((tiny_run / "plan.yaml").read_text() + "seg_extend: 4\n")  # 8 steps, blocks of 2: 12 in all
     out = tiny_run / "extend"
-    assert main(["run", str(tiny_run / "data"), "--out", str(out), "--plan", str(plan), "--device", "cpu"]) == 0
+    assert main(["run", str(tiny_run / "data"), "--out", str(out), "--plan", str(plan), "--device", "cpu",
+                 "--choice", "val"]) == 0
     assert "real pairs only (8 steps, + up to 4 while val rises)" in capsys.readouterr().out
     for folder in ("baseline", "arm_synthetic"):
         assert json.loads((out / folder / "checkpoints" / "step-0000012" / "trainer.json").read_text())["step"] == 12

@@ -90,8 +90,9 @@ def run_demo(cfg: DemoConfig, progress: bool = True) -> dict:
     else:
         print("[data] make the built-in dataset", flush=True)
         make_data(cfg, data)
+    # the single-split choice: the demo's minutes are its point (its val split is small; auto would cross-fit)
     run_cfg = build_config(RunConfig, dict(data=str(data), out=str(out), seed=cfg.seed, device=cfg.device,
-                                           quality=True, base=str(cfg.base) if cfg.base else None))
+                                           quality=True, base=str(cfg.base) if cfg.base else None, choice="val"))
     if not (out / "plan.yaml").is_file():
         index = load_dataset(data, run_cfg, announce=False)
         write_plan(demo_plan(fingerprint(index, run_cfg.mask_threshold), cfg), out / "plan.yaml")

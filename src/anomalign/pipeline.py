@@ -30,10 +30,11 @@ from typing import Literal
 from anomalign.config import build_config, option, save_config
 from anomalign.data.folders import DataOptions
 from anomalign.errors import AnomalignError, DataError
+from anomalign.evaluation.choice import MIN_VAL_ANOMALIES
 from anomalign.files import check_out_outside, lock_folder, releases_locks, write_text_atomic
 from anomalign.plan import (ARMS, DEFAULT_ARMS, Plan, estimate_seconds, make_plan, parse_arms,
                             read_plan, steps_note, write_plan)
-from anomalign.stages import StageRecords, Stages, train_stages
+from anomalign.stages import StageRecords, Stages, command_defaults, train_stages
 
 
 @dataclass(kw_only=True)
@@ -60,12 +61,17 @@ class RunConfig(DataOptions):
     preset: Literal["measured", "paper"] = option("measured", "measured: the arms the measurements support (+ synthetic "
                                                               "pairs); paper: the paper's full comparison, arms "
                                                               f"{' '.join(ARMS)}")
-    choice: Literal["val", "cv"] = option("val", "how an arm is chosen over the baseline: val, the single-split rule "
-                                                 "on the validation split; cv, cross-fitted: --folds folds over train "
-                                                 "+ val, each training the baseline and the arms on the rest and "
-                                                 "judging them on its held-out images, then the chosen run refit on "
-                                                 "all of train + val (docs/run.md, 'Pre-registered choice rule')")
+    choice: Literal["auto", "val", "cv"] = option(
+        "auto", "how an arm is chosen over the baseline: val, the single-split rule on the validation split; cv, "
+                "cross-fitted: --folds folds over train + val, each training the baseline and the arms on the rest "
+                "and judging them on its held-out images, then the chosen run refit on all of train + val (about "
+                "--folds + 1 times the training); auto: val when the val split holds enough anomalies for its rule "
+                f"(>= {MIN_VAL_ANOMALIES}), else cv (docs/run.md, 'Pre-registered choice rule')")
     folds: int = option(5, "folds of --choice cv (nnU-Net's 5)")
+    cv_generator: Literal["fold", "shared"] = option(
+        "fold", "--choice cv: fold, a generator per fold trained on its training part only (no held-out image "
+                "reaches an arm); shared, one generator trained on all of train + val for every fold and the refit "
+                "(cheaper; it has seen the held-out images: docs/run.md)")
     export: bool = option(True, "export the chosen segmenter to ONNX (needs the onnx package)")
     quality: bool = option(False, "also measure the kept synthetic pairs (generation/): FID against the real test "
                                   "anomalies, oracle IoU with the moved-mask control, t-SNE; about a minute more")
@@ -84,7 +90,7 @@ class RunConfig(DataOptions):
             self.arms = list(ARMS)
         if self.cv_fold is not None:
             raise AnomalignError("--cv-fold is set by `run --choice cv` for its folds; use --choice cv --folds K")
-        if self.choice == "cv" and self.folds < 3:
+        if self.choice in ("cv", "auto") and self.folds < 3:
             raise AnomalignError(f"--folds must be >= 3 (the cross-fitted rule judges fold means), got {self.folds}")
         if self.backend == "sd" and not self.base:
             raise AnomalignError("--backend sd needs --base (a Stable Diffusion folder or hub id)")
@@ -127,12 +133,13 @@ def check_stage(cfg: RunConfig):
     index = load_dataset(cfg.data, cfg)
     fp = fingerprint(index, cfg.mask_threshold)
     short = []
-    needs = dict(MIN_PAIRS, val=0) if cfg.choice == "cv" else MIN_PAIRS  # cv: the folds come from train + val
+    choice = resolve_choice(cfg, fp)[0]
+    needs = dict(MIN_PAIRS, val=0) if choice == "cv" else MIN_PAIRS  # cv: the folds come from train + val
     for split, need in needs.items():
         if fp.pairs.get(split, 0) < need:
             short.append(f"{split}: {fp.pairs.get(split, 0)} (needs {need})")
     pooled = fp.pairs.get("train", 0) + fp.pairs.get("val", 0)
-    if cfg.choice == "cv" and pooled < max(3, cfg.folds):
+    if choice == "cv" and pooled < max(3, cfg.folds):
         short.append(f"train + val: {pooled} (needs {max(3, cfg.folds)} for {cfg.folds} folds)")
     if short:
         raise DataError(f"{cfg.data}: too few anomalous image/mask pairs with a non-empty mask ({'; '.join(short)}; "
@@ -142,6 +149,37 @@ def check_stage(cfg: RunConfig):
         raise DataError(f"{cfg.data}: the smallest image is {fp.smallest_side:.0f} px on a side; images under 16 px "
                         "are too small to segment (run `anomalign data check` to find them)")
     return index, fp
+
+
+def continued_choice(cfg: RunConfig) -> str:
+    """``--choice auto`` on a run folder that already has a ``run.yaml``: the choice that start used, so a rerun
+    without the flag continues the same run (an explicit ``--choice`` is used as given)."""
+    import yaml
+    previous = Path(cfg.out) / "run.yaml"
+    if cfg.choice != "auto" or not previous.is_file():
+        return cfg.choice
+    return (yaml.safe_load(previous.read_text()) or {}).get("choice", "val")  # runs before auto chose by val
+
+
+def resolve_choice(cfg: RunConfig, fp) -> tuple[str, str]:
+    """``--choice auto``: (the choice, why). The single-split rule never adopts an arm with fewer than
+    ``MIN_VAL_ANOMALIES`` val anomalies, so then the run cross-fits over train + val instead, as long as those
+    hold the rule's minimum (else neither rule could adopt, and the cheaper single split runs). No arms
+    (``--arms none``): nothing to choose, the single split."""
+    if cfg.choice != "auto":
+        return cfg.choice, f"--choice {cfg.choice}"
+    val, pooled = fp.pairs.get("val", 0), fp.pairs.get("train", 0) + fp.pairs.get("val", 0)
+    if cfg.arms == []:
+        return "val", "--choice auto: no arms to choose among"
+    if val >= MIN_VAL_ANOMALIES:
+        return "val", (f"--choice auto: the val split holds {val} anomalous pairs (>= {MIN_VAL_ANOMALIES}, the rule's "
+                       "minimum)")
+    if pooled >= max(MIN_VAL_ANOMALIES, cfg.folds):
+        return "cv", (f"--choice auto: the val split holds {val} anomalous pair(s), fewer than the single-split rule "
+                      f"needs ({MIN_VAL_ANOMALIES}); train + val hold {pooled}, so the choice is cross-fitted over "
+                      f"{cfg.folds} folds (about {cfg.folds + 1}x the training of a single split)")
+    return "val", (f"--choice auto: train + val hold {pooled} anomalous pairs, fewer than either rule needs "
+                   f"({MIN_VAL_ANOMALIES}): the single split (it will keep the baseline)")
 
 
 def write_check(out: Path, index, fp) -> None:
@@ -158,25 +196,31 @@ def run_pipeline(cfg: RunConfig, progress: bool = True) -> dict:
     from anomalign.runs import check_output_folder, mark_output_folder
     from anomalign.training import peak_rss_mb
     cfg.validate()
+    cfg = dataclasses.replace(cfg, choice=continued_choice(cfg))
+    asked = cfg.choice
     check_out_outside(cfg.out, {"the data folder": cfg.data, "--normals": cfg.normals})
     out = check_output_folder(Path(cfg.out), "run")
     t_start = time.perf_counter()
     index, fp = check_stage(cfg)  # every input problem surfaces here, before anything is written
+    choice_mode, choice_why = resolve_choice(cfg, fp)
+    cfg = dataclasses.replace(cfg, choice=choice_mode)  # run.yaml keeps what the user asked (auto)
     plan_file = out / "plan.yaml"
     plan, write = decide_plan(cfg, fp, plan_file)
     check_plan(plan, fp, Path(cfg.plan) if cfg.plan else plan_file)
     mark_output_folder(out, "run")
     lock_folder(out, "run")  # before anything else is written: a second `run` on this folder stops here
-    save_config(cfg, out / "run.yaml")
+    save_config(dataclasses.replace(cfg, choice=asked), out / "run.yaml")
     write_check(out, index, fp)
     if write:
         write_plan(plan, plan_file, fp)
     print(steps_note(plan))
     arms = list(plan.arms)
+    if asked == "auto" and arms:
+        print(f"choice: {choice_why}")
     print_choice_note(fp, arms, cfg)
     estimates = estimate_seconds(plan)
     if cfg.choice == "cv":
-        estimates = cv_estimates(estimates, cfg.folds)
+        estimates = cv_estimates(estimates, cfg.folds, shared_generator=cfg.cv_generator == "shared")
     if cfg.quality:
         estimates = {**{k: v for k, v in estimates.items() if k != "report"}, "generation": 90.0, "report": 20.0}
     prog = Progress(estimates)
@@ -193,14 +237,19 @@ def run_pipeline(cfg: RunConfig, progress: bool = True) -> dict:
 
     stage("check", f"check the data ({sum(fp.pairs.values())} anomalous pairs)", lambda: None, True)
     if cfg.choice == "cv":
-        choice, premise = cross_fit(cfg, plan, out, arms, stage, progress)
+        choice, premise = cross_fit(cfg, plan, out, arms, stage, progress, why=choice_why)
+        if arms and cfg.cv_generator == "fold":
+            run_generator(cfg, plan, out, stage, progress, f"refit on train + val: train the generator ({plan.backend}, "
+                          f"{plan.gen_steps} steps)")
         # the refit: the baseline (the test's reference) and the chosen arm, on all of train + val
-        refit = Stages(dataclasses.replace(cfg, cv_fold="all"), plan, out, progress)
+        # (its generator is RUN/generator, trained above: the refit's stages read it and train none)
+        refit = Stages(dataclasses.replace(cfg, cv_fold="all"), plan, out, progress, generator=out / "generator")
         train_stages(refit, StageRecords(out), [] if choice["chosen"] == "baseline" else [choice["chosen"]], stage,
                      check_premise=False, prefix="refit/", title="refit on train + val: ")
     else:
         arms, premise = train_stages(stages, StageRecords(out), arms, stage)
-        choice = stage("choice", "choose on the validation split", lambda: choice_stage(cfg, out, arms), False)
+        choice = stage("choice", "choose on the validation split", lambda: choice_stage(cfg, out, arms, choice_why),
+                       False)
     test = stage("test", "evaluate the baseline and the choice on the test split",
                  lambda: test_stage(cfg, out, choice["chosen"]), False)
     result = {"chosen": choice["chosen"], "segmenter": str(out / run_folder(choice["chosen"])),
@@ -226,17 +275,20 @@ def fold_folder(out: Path, k: int) -> Path:
     return out / "cv" / f"fold_{k}"
 
 
-def cross_fit(cfg: RunConfig, plan: Plan, out: Path, arms: list[str], stage, progress: bool
+def cross_fit(cfg: RunConfig, plan: Plan, out: Path, arms: list[str], stage, progress: bool, why: str = ""
               ) -> tuple[dict, dict | None]:
     """``--choice cv``: for each of ``cfg.folds`` folds of train + val (``data.validate.assign_fold``), the
     baseline, a generator, synthetic pairs and the arms trained on the other folds only (synthetic pairs made
     from them only: a generator per fold, so no held-out image reaches an arm), then every run scored on the
     fold's held-out images; the choice (``evaluation.choice.choose_cv``) over all of them. Returns (choice.json's
     content, fold 0's premise)."""
-    fold_arms, premise = {}, None
+    fold_arms, premise, generator = {}, None, None
+    if cfg.cv_generator == "shared" and arms:  # the run's one generator, on all of train + val (the refit's too)
+        generator = run_generator(cfg, plan, out, stage, progress, "train the generator once, on train + val, for "
+                                  f"every fold ({plan.backend}, {plan.gen_steps} steps)")
     for k in range(cfg.folds):
         fold_cfg = dataclasses.replace(cfg, cv_fold=f"{k}/{cfg.folds}")
-        stages = Stages(fold_cfg, plan, fold_folder(out, k), progress)
+        stages = Stages(fold_cfg, plan, fold_folder(out, k), progress, generator=generator)
         ran, fold_premise = train_stages(stages, StageRecords(fold_folder(out, k)), list(arms), stage,
                                          prefix=f"fold{k}/", title=f"fold {k + 1}/{cfg.folds}: ")
         fold_arms[k] = ran
@@ -244,11 +296,21 @@ def cross_fit(cfg: RunConfig, plan: Plan, out: Path, arms: list[str], stage, pro
     # an arm is compared only where it ran in every fold (the feedback premise is checked per fold)
     common = [a for a in arms if all(a in fold_arms[k] for k in range(cfg.folds))]
     choice = stage("choice", f"choose on the {cfg.folds} folds' held-out images",
-                   lambda: cv_choice_stage(cfg, out, common), False)
+                   lambda: cv_choice_stage(cfg, out, common, why), False)
     return choice, premise
 
 
-def cv_choice_stage(cfg: RunConfig, out: Path, arms: list[str]) -> dict:
+def run_generator(cfg: RunConfig, plan: Plan, out: Path, stage, progress: bool, title: str) -> Path:
+    """``RUN/generator`` of a cross-fitted run, trained on all of train + val (skipped when done from today's
+    inputs): every fold's with ``--cv-generator shared``, else the refit's, trained whatever the choice, so a
+    run always leaves the generator it is for. Returns its folder."""
+    refit = Stages(dataclasses.replace(cfg, cv_fold="all"), plan, out, progress)
+    stage("generator", title, refit.train_generator,
+          StageRecords(out).done("generator", refit.inputs("generator"), command_defaults("generator")))
+    return refit.generator
+
+
+def cv_choice_stage(cfg: RunConfig, out: Path, arms: list[str], why: str = "") -> dict:
     """Each fold's runs scored on its held-out images (IoU on the anomalies, false-positive area on the images with
     an empty mask); the cross-fitted choice (``evaluation.choice.choose_cv``), written to ``choice.json``."""
     import numpy as np
@@ -268,7 +330,7 @@ def cv_choice_stage(cfg: RunConfig, out: Path, arms: list[str]) -> dict:
     result = choose_cv([f["baseline"]["iou"] for f in folds], {a: [f[a]["iou"] for f in folds] for a in arms},
                        min_gain=plan.min_gain, fp_baseline=np.concatenate([f["baseline"]["fp"] for f in folds]),
                        fp_arms={a: np.concatenate([f[a]["fp"] for f in folds]) for a in arms})
-    result["mode"] = "cv"
+    result["mode"], result["mode_reason"] = "cv", why or "--choice cv"
     result["per_image"] = {name: np.concatenate([f[name]["iou"] for f in folds]).tolist() for name in ["baseline", *arms]}
     write_text_atomic(out / "choice.json", json.dumps(result, indent=1))
     print(result["reason"])
@@ -432,7 +494,6 @@ def check_plan(plan: Plan, fp, plan_file: Path) -> None:
 def print_choice_note(fp, arms: list[str], cfg: RunConfig) -> None:
     """Say at the start, not after an hour of training, when there are too few anomalies for the choice to adopt
     an arm (the arms still run: their numbers are in the report)."""
-    from anomalign.evaluation.choice import MIN_VAL_ANOMALIES
     cv = cfg.choice == "cv"
     n = fp.pairs.get("val", 0) + (fp.pairs.get("train", 0) if cv else 0)
     if arms and n < MIN_VAL_ANOMALIES:
@@ -441,15 +502,21 @@ def print_choice_note(fp, arms: list[str], cfg: RunConfig) -> None:
               "the baseline whatever the arms score." + ("" if cv else " More val pairs: --val-fraction, or --choice cv"))
 
 
-def cv_estimates(estimates: dict[str, float], folds: int) -> dict[str, float]:
+def cv_estimates(estimates: dict[str, float], folds: int, shared_generator: bool = False) -> dict[str, float]:
     """The stage estimates of ``--choice cv``: each fold's training stages (on (K-1)/K of train + val, counted as a
-    whole run's: the steps do not shrink), the choice, and the refit of the baseline and one arm."""
+    whole run's: the steps do not shrink), the choice, and the refit of the baseline and one arm. A shared
+    generator is trained once, before the folds (and the refit reuses it)."""
     training = [n for n in ("baseline", "generator", "synthetic", *(f"arm_{a}" for a in ARMS)) if n in estimates]
     out = {"check": estimates.get("check", 0.0)}
+    if shared_generator and "generator" in estimates:
+        out["generator"] = estimates["generator"]
     for k in range(folds):
-        out |= {f"fold{k}/{n}": estimates[n] for n in training}
+        out |= {f"fold{k}/{n}": estimates[n] for n in training if not (shared_generator and n == "generator")}
     out["choice"] = estimates.get("choice", 0.0) * folds
-    out |= {f"refit/{n}": estimates[n] for n in training}  # every arm counted, though only the chosen one refits
+    if "generator" in estimates:  # RUN/generator: the shared one (above), else the refit's, trained after the choice
+        out["generator"] = estimates["generator"]
+    # every arm counted, though only the chosen one refits; the refit's generator is RUN/generator
+    out |= {f"refit/{n}": estimates[n] for n in training if n != "generator"}
     return out | {n: v for n, v in estimates.items() if n not in out and n not in training}
 
 
@@ -457,7 +524,7 @@ def run_folder(name: str) -> str:
     return "baseline" if name == "baseline" else f"arm_{name}"
 
 
-def choice_stage(cfg: RunConfig, out: Path, arms: list[str]) -> dict:
+def choice_stage(cfg: RunConfig, out: Path, arms: list[str], why: str = "") -> dict:
     """Per-image val scores of every run's final weights (IoU on the val anomalies, false-positive area on the val
     images with an empty mask); the choice (``evaluation.choice.choose``)."""
     from anomalign.data.validate import load_dataset
@@ -474,6 +541,7 @@ def choice_stage(cfg: RunConfig, out: Path, arms: list[str]) -> dict:
     result = choose(base["iou"], {k: v["iou"] for k, v in scores.items()}, min_gain=plan.min_gain,
                     fp_baseline=base["fp"], fp_arms={k: v["fp"] for k, v in scores.items()})
     result["mode"] = cfg.choice  # which choice decided (with "rule": what it is, and "reason": why)
+    result["mode_reason"] = why or f"--choice {cfg.choice}"
     result["per_image"] = {"baseline": base["iou"].tolist()} | {k: v["iou"].tolist() for k, v in scores.items()}
     write_text_atomic(out / "choice.json", json.dumps(result, indent=1))
     print(result["reason"])

@@ -30,10 +30,14 @@ def data_values(cfg: DataOptions) -> dict:
 
 class Stages:
     """Each stage of a run as the command it runs, on the folders under RUN. ``cfg`` is the run's
-    ``pipeline.RunConfig`` (named, not imported: the pipeline imports this module)."""
+    ``pipeline.RunConfig`` (named, not imported: the pipeline imports this module). ``generator``: the generator
+    folder the synthesis and feedback stages read (default ``out/generator``, trained here; a fold of
+    ``--choice cv --cv-generator shared`` reads the run's one generator and trains none)."""
 
-    def __init__(self, cfg, plan: Plan, out: Path, progress: bool):
+    def __init__(self, cfg, plan: Plan, out: Path, progress: bool, generator: Path | None = None):
         self.cfg, self.plan, self.out, self.progress = cfg, plan, out, progress
+        self.generator = Path(generator) if generator is not None else out / "generator"
+        self.own_generator = generator is None
 
     def segmenter_values(self, folder: Path) -> dict:
         p, cfg = self.plan, self.cfg
@@ -62,7 +66,7 @@ class Stages:
                        "synthetic_weight": p.synthetic_weight}
         if arm in ("feedback", "both"):
             # forked half-way: feedback starts at the fork, as the measured warm-up (no second warm-up)
-            values |= {"feedback_generator": str(self.out / "generator"), "fb_warmup_steps": 0,
+            values |= {"feedback_generator": str(self.generator), "fb_warmup_steps": 0,
                        "temperature": p.temperature, "w_fb": p.w_fb, "fb_every": p.fb_every, "fb_rows": p.fb_rows}
             if self.cfg.base and self.plan.backend == "sd":
                 values["feedback_base"] = self.cfg.base
@@ -87,7 +91,7 @@ class Stages:
         """``train-generator``'s values, without ``resume``."""
         p, cfg = self.plan, self.cfg
         return {
-            **data_values(cfg), "data": str(cfg.data), "out": str(self.out / "generator"), "backend": p.backend,
+            **data_values(cfg), "data": str(cfg.data), "out": str(self.generator), "backend": p.backend,
             "base": p.base, "resolution": p.gen_resolution, "crop_size": p.gen_crop_size, "scale": p.scale,
             "crops_per_image": p.gen_crops_per_image, "max_steps": p.gen_steps, "batch_size": p.gen_batch_size,
             "learning_rate": p.gen_learning_rate, "alpha": p.alpha, "normals": p.gen_normals,
@@ -100,7 +104,7 @@ class Stages:
 
     def train_generator(self) -> None:
         from anomalign.generator.train import TrainGeneratorConfig, run_train_generator
-        own = self.out / "generator" / "checkpoints"
+        own = self.generator / "checkpoints"
         run_train_generator(build_config(TrainGeneratorConfig, {
             **self.generator_values(),
             "resume": "latest" if own.is_dir() and any(own.glob("step-*[0-9]")) else None}), progress=self.progress)
@@ -110,7 +114,7 @@ class Stages:
         p, cfg = self.plan, self.cfg
         normals = cfg.normals or cfg.data
         return {
-            **data_values(cfg), "generator": str(self.out / "generator"), "masks": str(cfg.data),
+            **data_values(cfg), "generator": str(self.generator), "masks": str(cfg.data),
             "out": str(self.out / "synthetic"), "split": "train", "num": p.synthetic,
             "augment": ["flip"] if p.hosts == "normal" else ["flip", "rot90"], "scheduler": p.sampler,
             "steps": p.sample_steps, "guidance": p.guidance, "batch_size": p.synthesis_batch_size, "seed": cfg.seed,
@@ -145,7 +149,7 @@ class Stages:
         elif name == "synthetic":
             values, parents = self.generate_values(), {"generator": None, "baseline": None}
         elif name == "premise":
-            values = self.segmenter_values(out / "arm_feedback") | {"feedback_generator": str(out / "generator")}
+            values = self.segmenter_values(out / "arm_feedback") | {"feedback_generator": str(self.generator)}
             parents = {"generator": None}
         elif name.startswith("arm_"):
             arm = name[len("arm_"):]
@@ -157,8 +161,15 @@ class Stages:
         else:
             raise KeyError(name)
         values = {k: v for k, v in values.items() if k not in ("device", "resume")}
-        parents = {k: file_identity(out / STAGE_OUTPUT[k]) for k in parents}
+        parents = {k: file_identity(self.output(k)) for k in parents}
         return json.loads(json.dumps({"values": values, "parents": parents}, sort_keys=True, default=str))
+
+    def output(self, name: str) -> Path:
+        """The file whose presence marks stage ``name`` done (``STAGE_OUTPUT``; the generator's is in
+        ``self.generator``)."""
+        if name == "generator":
+            return self.generator / Path(STAGE_OUTPUT["generator"]).name
+        return self.out / STAGE_OUTPUT[name]
 
     def generation_quality(self) -> dict:
         """``generation/``: evaluate-generation of the kept synthetic pairs against the real test anomalies,
@@ -169,7 +180,7 @@ class Stages:
         res = run_evaluate_generation(build_config(EvaluateGenerationConfig, {
             **data_values(cfg), "generated": [str(self.out / "synthetic")], "labels": ["synthetic"],
             "real": str(cfg.data), "split": "test", "out": str(self.out / "generation"),
-            "generator": str(self.out / "generator"), "oracle": str(self.out / "baseline"), "seed": cfg.seed,
+            "generator": str(self.generator), "oracle": str(self.out / "baseline"), "seed": cfg.seed,
             "base": cfg.base if self.plan.backend == "sd" else None}))
         return {k: res[k] for k in ("sets", "premise", "notes", "figures", "real_images")}
 
@@ -178,10 +189,10 @@ class Stages:
         from anomalign.generator.model import MaskGenerator
         from anomalign.segmenter.train import (PREMISE_MIN, TrainSegmenterConfig, feedback_premise,
                                                training_sets)
-        values = self.segmenter_values(self.out / "arm_feedback") | {"feedback_generator": str(self.out / "generator")}
+        values = self.segmenter_values(self.out / "arm_feedback") | {"feedback_generator": str(self.generator)}
         seg_cfg = build_config(TrainSegmenterConfig, values)
         real = training_sets(seg_cfg)[0]
-        gen = MaskGenerator.load(self.out / "generator", **({"base": self.cfg.base} if self.plan.backend == "sd"
+        gen = MaskGenerator.load(self.generator, **({"base": self.cfg.base} if self.plan.backend == "sd"
                                                              else {}))
         gen.requires_grad_(False).eval()
         result = feedback_premise(gen, real, seg_cfg)
@@ -315,7 +326,7 @@ def train_stages(stages: Stages, records: StageRecords, arms: list[str], stage, 
     more = f", + up to {plan.seg_extend} while val rises" if plan.seg_extend and stages.cfg.cv_fold is None else ""
     stage(f"{prefix}baseline", f"{title}baseline segmenter, real pairs only ({plan.seg_steps} steps{more})",
           lambda: stages.train_segmenter(out / "baseline"), done("baseline"))
-    if arms:
+    if arms and stages.own_generator:
         gen_more = (f", + up to {plan.gen_extend} while its held-out loss falls"
                     if plan.gen_extend and stages.cfg.cv_fold is None else "")
         stage(f"{prefix}generator", f"{title}train the generator ({plan.backend}, {plan.gen_steps} steps{gen_more})",
