@@ -10,7 +10,7 @@ SRC = Path(__file__).resolve().parent.parent / "src" / "anomalign"
 # Lowest first. The shared base (errors, config, files, weights, runs, training, metrics, figures, devices) imports
 # nothing above it; a module may import its own layer and the ones below.
 LAYERS = ["base", "data", "generator", "synthesis", "segmenter", "evaluation", "app"]
-APP = {"cli", "demo", "__main__", "pipeline", "plan", "stages", "study"}
+APP = {"cli", "demo", "__main__", "pipeline", "plan", "stages", "crossfit", "study"}
 
 
 def layer(module: str) -> int:

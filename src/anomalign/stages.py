@@ -354,6 +354,11 @@ def train_stages(stages: Stages, records: StageRecords, arms: list[str], stage, 
     return arms, premise
 
 
+def run_folder(name: str) -> str:
+    """The folder of run ``name`` in a run folder: ``baseline`` or ``arm_<name>``."""
+    return "baseline" if name == "baseline" else f"arm_{name}"
+
+
 def arm_checkpoint_every(plan: Plan) -> int:
     """Steps between an arm's checkpoints: a quarter of the steps it trains after the fork."""
     return max(1, math.ceil((plan.seg_steps - plan.fork_step) / 4))
