@@ -185,8 +185,8 @@ def make_plan(fp: Fingerprint, *, backend: str = "tiny", base: str | None = None
         why["scale"] = f"the median defect ({extent:.0f} px) fits in a crop: native pixels"
     why["preset"] = ("a small U-Net: without pretrained weights it generalises from a few hundred crops where a "
                      "random Segformer memorises them (magnetic tile 41-49 vs 7.9 test mIoU)")
-    why["norm"] = ("GroupNorm, the measured recipe; the BatchNorm U-Net (as good with windows on magnetic tile, "
-                   "seed 0; faster bf16 training) is measured on one seed only (studies/one_pass.yaml)")
+    why["norm"] = ("GroupNorm, the measured recipe; the BatchNorm U-Net trained in bf16 (1.9x faster steps) lost "
+                   "7.0 val mIoU on magnetic tile over 3 seeds (studies/one_pass.yaml, docs/segmenter.md)")
     why["seg_steps"] = f"{SEG_STEPS}: real only gained 8 mIoU from 2 400 to 3 200 steps on magnetic tile"
     seg_extend = int(SEG_STEPS * EXTEND)
     why["seg_extend"] = (f"the patience rule: while the val score at the end of training is the best so far, train on "

@@ -53,7 +53,7 @@ class TrainSegmenterConfig(DataOptions, CropOptions, LoopOptions):
     norm: Literal["group", "batch"] = option(
         SEGMENTER["norm"], "the U-Net's normalisation: group (GroupNorm, the measured recipe) or batch (BatchNorm: fixed "
                  "statistics at inference; as good with windows on magnetic tile, seed 0; 1.9x faster steps with "
-                 "--mixed-precision bf16 on CPUs with native bf16, which cost 3 val points there; docs/segmenter.md)")
+                 "--mixed-precision bf16 on CPUs with native bf16, which cost 7 val points there, 3 seeds; docs/segmenter.md)")
     pretrained: str | None = option(None, "Segformer to start from instead of a preset: a local folder or a hub id "
                                           "such as nvidia/mit-b0 (downloaded once, then cached)")
     size: int = option(SEGMENTER["size"], "input size: images and masks resized to size x size, or, for images much larger "
