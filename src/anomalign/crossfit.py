@@ -59,7 +59,8 @@ def cross_fit(cfg, plan: Plan, out: Path, arms: list[str], stage, progress: bool
               ) -> tuple[dict, dict | None]:
     """``--choice cv``: for each of ``cfg.folds`` folds of train + val (``data.validate.assign_fold``), the
     baseline, a generator, synthetic pairs and the arms trained on the other folds only (synthetic pairs made
-    from them only: a generator per fold, so no held-out image reaches an arm), then every run scored on the
+    from them only: a generator per fold, so no held-out image reaches an arm; with ``--cv-generator shared`` the
+    run's one generator, trained on all of train + val, samples every fold's pairs), then every run scored on the
     fold's held-out images; the choice (``evaluation.choice.choose_cv``) over all of them. Returns (choice.json's
     content, fold 0's premise)."""
     fold_arms, premise, generator = {}, None, None
