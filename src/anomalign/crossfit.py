@@ -123,14 +123,14 @@ def cv_estimates(estimates: dict[str, float], folds: int, shared_generator: bool
     whole run's: the steps do not shrink), the choice, and the refit of the baseline and one arm. A shared
     generator is trained once, before the folds (and the refit reuses it)."""
     training = [n for n in ("baseline", "generator", "synthetic", *(f"arm_{a}" for a in ARMS)) if n in estimates]
-    out = {"check": estimates.get("check", 0.0)}
-    if shared_generator and "generator" in estimates:
-        out["generator"] = estimates["generator"]
+    # RUN/generator, once: the shared one before the folds, else the refit's after the choice
+    generator = {"generator": estimates["generator"]} if "generator" in estimates else {}
+    out = {"check": estimates.get("check", 0.0), **(generator if shared_generator else {})}
     for k in range(folds):
         out |= {f"fold{k}/{n}": estimates[n] for n in training if not (shared_generator and n == "generator")}
     out["choice"] = estimates.get("choice", 0.0) * folds
-    if "generator" in estimates:  # RUN/generator: the shared one (above), else the refit's, trained after the choice
-        out["generator"] = estimates["generator"]
+    if not shared_generator:
+        out |= generator
     # every arm counted, though only the chosen one refits; the refit's generator is RUN/generator
     out |= {f"refit/{n}": estimates[n] for n in training if n != "generator"}
     return out | {n: v for n, v in estimates.items() if n not in out and n not in training}
