@@ -498,6 +498,7 @@ def test_cross_fitted_run_needs_no_val_split(tmp_path):
 
 def test_choice_auto_cross_fits_only_where_the_val_rule_cannot_adopt(tmp_path):
     from anomalign.config import build_config
+    from anomalign.errors import AnomalignError
     from anomalign.pipeline import RunConfig, check_stage, resolve_choice
     cfg = RunConfig(data=tmp_path, out=tmp_path / "R")
     fp = fingerprint()  # 40 val anomalies: the single-split rule can decide
@@ -511,6 +512,15 @@ def test_choice_auto_cross_fits_only_where_the_val_rule_cannot_adopt(tmp_path):
     assert resolve_choice(cfg, fp)[0] == "val"
     fp.pairs = {"train": 40, "val": 9, "test": 9}
     assert resolve_choice(cfg, fp)[0] == "cv"
+    # --folds 2 is refused only where auto cross-fits; with enough val anomalies it is never used
+    two = RunConfig(data=tmp_path, out=tmp_path / "R", folds=2)
+    two.validate()
+    with pytest.raises(AnomalignError, match="--folds must be >= 3.*--choice val"):
+        resolve_choice(two, fp)
+    fp.pairs = {"train": 40, "val": 10, "test": 9}
+    assert resolve_choice(two, fp)[0] == "val"
+    with pytest.raises(AnomalignError, match="--folds must be >= 3"):
+        RunConfig(data=tmp_path, out=tmp_path / "R", folds=2, choice="cv").validate()
     # a folder with no val anomalies at all runs (cross-fitted) instead of stopping at the check
     write_paired(tmp_path / "data", defects=("scratch",), n=16, normals=0)
     values = {"data": str(tmp_path / "data"), "out": str(tmp_path / "R"), "val_fraction": 0.0}

@@ -13,6 +13,7 @@ import dataclasses
 import json
 from pathlib import Path
 
+from anomalign.errors import AnomalignError
 from anomalign.evaluation.choice import MIN_VAL_ANOMALIES
 from anomalign.files import write_text_atomic
 from anomalign.plan import ARMS, Plan, read_plan
@@ -43,6 +44,10 @@ def resolve_choice(cfg, fp) -> tuple[str, str]:
         return "val", (f"--choice auto: the val split holds {val} anomalous pairs (>= {MIN_VAL_ANOMALIES}, the rule's "
                        "minimum)")
     if pooled >= max(MIN_VAL_ANOMALIES, cfg.folds):
+        if cfg.folds < 3:
+            raise AnomalignError(f"--choice auto cross-fits this folder (the val split holds {val} anomalous pair(s), "
+                                 f"fewer than the single-split rule's {MIN_VAL_ANOMALIES}), and --folds must be >= 3 "
+                                 f"(the cross-fitted rule judges fold means), got {cfg.folds}; or set --choice val")
         return "cv", (f"--choice auto: the val split holds {val} anomalous pair(s), fewer than the single-split rule "
                       f"needs ({MIN_VAL_ANOMALIES}); train + val hold {pooled}, so the choice is cross-fitted over "
                       f"{cfg.folds} folds (about {cfg.folds + 1}x the training of a single split)")

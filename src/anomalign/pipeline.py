@@ -93,7 +93,7 @@ class RunConfig(DataOptions):
             self.arms = list(ARMS)
         if self.cv_fold is not None:
             raise AnomalignError("--cv-fold is set by `run --choice cv` for its folds; use --choice cv --folds K")
-        if self.choice in ("cv", "auto") and self.folds < 3:
+        if self.choice == "cv" and self.folds < 3:  # auto: refused only if it cross-fits (crossfit.resolve_choice)
             raise AnomalignError(f"--folds must be >= 3 (the cross-fitted rule judges fold means), got {self.folds}")
         if self.backend == "sd" and not self.base:
             raise AnomalignError("--backend sd needs --base (a Stable Diffusion folder or hub id)")
