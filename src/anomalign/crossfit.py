@@ -20,6 +20,16 @@ from anomalign.plan import ARMS, Plan, read_plan
 from anomalign.stages import StageRecords, Stages, command_defaults, run_folder, train_stages
 
 
+MIN_FOLDS = 3  # the cross-fitted rule judges fold means: a t-test needs at least 2 degrees of freedom
+
+
+def check_folds(folds: int, why: str = "") -> None:
+    """Refuse fewer than ``MIN_FOLDS`` folds for a run that cross-fits (``why``: what makes it cross-fit)."""
+    if folds < MIN_FOLDS:
+        raise AnomalignError(f"{why}--folds must be >= {MIN_FOLDS} (the cross-fitted rule judges fold means), got "
+                             f"{folds}" + ("; or set --choice val" if why else ""))
+
+
 def continued_choice(cfg) -> str:
     """``--choice auto`` on a run folder that already has a ``run.yaml``: the choice that start used, so a rerun
     without the flag continues the same run (an explicit ``--choice`` is used as given)."""
@@ -44,10 +54,8 @@ def resolve_choice(cfg, fp) -> tuple[str, str]:
         return "val", (f"--choice auto: the val split holds {val} anomalous pairs (>= {MIN_VAL_ANOMALIES}, the rule's "
                        "minimum)")
     if pooled >= max(MIN_VAL_ANOMALIES, cfg.folds):
-        if cfg.folds < 3:
-            raise AnomalignError(f"--choice auto cross-fits this folder (the val split holds {val} anomalous pair(s), "
-                                 f"fewer than the single-split rule's {MIN_VAL_ANOMALIES}), and --folds must be >= 3 "
-                                 f"(the cross-fitted rule judges fold means), got {cfg.folds}; or set --choice val")
+        check_folds(cfg.folds, f"--choice auto cross-fits this folder (the val split holds {val} anomalous pair(s), "
+                               f"fewer than the single-split rule's {MIN_VAL_ANOMALIES}), and ")
         return "cv", (f"--choice auto: the val split holds {val} anomalous pair(s), fewer than the single-split rule "
                       f"needs ({MIN_VAL_ANOMALIES}); train + val hold {pooled}, so the choice is cross-fitted over "
                       f"{cfg.folds} folds (about {cfg.folds + 1}x the training of a single split)")

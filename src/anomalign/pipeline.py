@@ -36,7 +36,8 @@ from anomalign.evaluation.choice import MIN_VAL_ANOMALIES
 from anomalign.files import check_out_outside, lock_folder, releases_locks, write_text_atomic
 from anomalign.plan import (ARMS, DEFAULT_ARMS, Plan, estimate_seconds, make_plan, parse_arms,
                             read_plan, steps_note, write_plan)
-from anomalign.crossfit import continued_choice, cross_fit, cv_estimates, resolve_choice, run_generator
+from anomalign.crossfit import (MIN_FOLDS, check_folds, continued_choice, cross_fit, cv_estimates, resolve_choice,
+                                run_generator)
 from anomalign.stages import StageRecords, Stages, run_folder, train_stages
 
 
@@ -93,8 +94,8 @@ class RunConfig(DataOptions):
             self.arms = list(ARMS)
         if self.cv_fold is not None:
             raise AnomalignError("--cv-fold is set by `run --choice cv` for its folds; use --choice cv --folds K")
-        if self.choice == "cv" and self.folds < 3:  # auto: refused only if it cross-fits (crossfit.resolve_choice)
-            raise AnomalignError(f"--folds must be >= 3 (the cross-fitted rule judges fold means), got {self.folds}")
+        if self.choice == "cv":  # auto: refused only if it cross-fits (crossfit.resolve_choice)
+            check_folds(self.folds)
         if self.backend == "sd" and not self.base:
             raise AnomalignError("--backend sd needs --base (a Stable Diffusion folder or hub id)")
 
@@ -142,8 +143,8 @@ def check_stage(cfg: RunConfig):
         if fp.pairs.get(split, 0) < need:
             short.append(f"{split}: {fp.pairs.get(split, 0)} (needs {need})")
     pooled = fp.pairs.get("train", 0) + fp.pairs.get("val", 0)
-    if choice == "cv" and pooled < max(3, cfg.folds):
-        short.append(f"train + val: {pooled} (needs {max(3, cfg.folds)} for {cfg.folds} folds)")
+    if choice == "cv" and pooled < max(MIN_FOLDS, cfg.folds):
+        short.append(f"train + val: {pooled} (needs {max(MIN_FOLDS, cfg.folds)} for {cfg.folds} folds)")
     if short:
         raise DataError(f"{cfg.data}: too few anomalous image/mask pairs with a non-empty mask ({'; '.join(short)}; "
                         f"{fp.empty_masks} anomalous image(s) have an empty mask). A run trains on train, chooses on "
