@@ -70,18 +70,22 @@ if __name__ == "__main__":
                    for line in (rejected_by / "rejected.jsonl").read_text().splitlines() if line.strip()}
         rows = [r for r in rows if r["index"] in dropped]
         print(f"{len(rows)} of {len(dropped)} attempts dropped by {rejected_by} are in {syn}")
-    picked = spread_by_type(rows, n)
     others = {r["index"]: r for r in window_records(other)} if other else {}
+    if other:
+        # a filtered set keeps only some attempts: show the ones both sets kept (attempt i draws the same pair)
+        shared = [r for r in rows if others.get(r["index"], {}).get("window") == r.get("window")]
+        if not shared:
+            sys.exit(f"{other}: no record shares an attempt and window with {syn}; make both sets with one seed and config")
+        print(f"{len(shared)} of {len(rows)} attempts of {syn} are also in {other}")
+        rows = shared
+    picked = spread_by_type(rows, n)
     tiles = []
     for r in picked:
         image, mask = window_pair(syn, r)
         scale = max(1, 128 // image.shape[0])
         tiles += [draw_contour(image, mask, scale=scale), draw_contour(image, np.zeros_like(mask), scale=scale)]
         if other:
-            o = others.get(r["index"])
-            if o is None or o.get("window") != r.get("window"):
-                sys.exit(f"{other}: record {r['index']} is missing or placed elsewhere; make both sets with one seed and config")
-            image, _ = window_pair(other, o)
+            image, _ = window_pair(other, others[r["index"]])
             tiles.append(draw_contour(image, np.zeros_like(mask), scale=scale))
     side = 160  # one tile size (larger windows shrink, smaller ones were enlarged)
     tiles = [np.asarray(Image.fromarray(t).resize((side, side), Image.BILINEAR)) for t in tiles]
