@@ -119,7 +119,7 @@ class Stages:
             "augment": ["flip"] if p.hosts == "normal" else ["flip", "rot90"], "scheduler": p.sampler,
             "steps": p.sample_steps, "guidance": p.guidance, "batch_size": p.synthesis_batch_size, "seed": cfg.seed,
             "normals": str(normals), "hosts": "normal" if cfg.normals else p.hosts,
-            "max_defect_size": p.max_defect_size, "oracle": str(self.out / "baseline"),
+            "max_defect_size": p.max_defect_size, "margin": p.margin, "oracle": str(self.out / "baseline"),
             # windows at the scale the generator was fine-tuned at (native crops at plan.scale): R / scale px
             "scale": p.scale if p.gen_crop_size else None,
             "min_alignment": p.min_alignment, "device": cfg.device, "base": cfg.base if p.backend == "sd" else None}
