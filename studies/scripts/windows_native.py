@@ -75,7 +75,8 @@ if __name__ == "__main__":
         # a filtered set keeps only some attempts: show the ones both sets kept (attempt i draws the same pair)
         shared = [r for r in rows if others.get(r["index"], {}).get("window") == r.get("window")]
         if not shared:
-            sys.exit(f"{other}: no record shares an attempt and window with {syn}; make both sets with one seed and config")
+            sys.exit(f"{other}: no record shares an attempt and window with {syn}; "
+                     "make both sets with one seed and config")
         print(f"{len(shared)} of {len(rows)} attempts of {syn} are also in {other}")
         rows = shared
     picked = spread_by_type(rows, n)
